@@ -1,0 +1,545 @@
+//! The streaming decoders: [`RequestDecoder`] (server role) and [`ResponseDecoder`] (client
+//! role).
+//!
+//! Push bytes in ([`Decoder::feed`], or read straight into [`Decoder::buffer_mut`]) and pull
+//! [`Event`]s out with [`Decoder::decode`] until it returns `Ok(None)`. A message yields one
+//! `Head` (ICAP head plus encapsulated HTTP heads, once all have arrived), zero or more `Data`
+//! pieces of de-chunked body, each a `Bytes` view of the input, and `End`. Messages follow each
+//! other on one connection, so after `End` the next `Head` may come at once.
+//!
+//! Preview (RFC 3507 4.5) needs one decision from outside: after a preview without `ieof`
+//! the decoder reports [`Event::PreviewEnd`] and waits; the server then calls
+//! [`RequestDecoder::continue_after_preview`] if it sent `100 Continue`, or
+//! [`RequestDecoder::finish_after_preview`] if it sent a final answer. The decoder owns framing
+//! only; what a server may answer, and when, belongs to a transaction layer above it.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::chunked::{Chunk, ChunkedDecoder, LastChunk};
+use crate::encapsulated::Encapsulated;
+use crate::error::{Error, ErrorKind, Result};
+use crate::head::{
+    parse_request_line, parse_status_line, scan_head, HttpRequestHead, HttpResponseHead, Method,
+};
+use crate::headers::Headers;
+use crate::limits::Limits;
+use crate::message::{BodyKind, Request, Response};
+
+/// What the decoder produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<M> {
+    /// A message's ICAP head and encapsulated HTTP heads.
+    Head(M),
+    /// A piece of de-chunked body, a view of the input buffer.
+    Data(Bytes),
+    /// A preview ended without `ieof`: the client waits for `100 Continue` or a final answer.
+    /// Requests only; tell the decoder which with `continue_after_preview` or
+    /// `finish_after_preview`.
+    PreviewEnd,
+    /// The message is complete.
+    End(LastChunk),
+}
+
+/// The two message kinds a [`Decoder`] can produce. Sealed: implemented by [`Request`] and
+/// [`Response`] only.
+pub trait Message: sealed::Sealed + Sized {}
+impl Message for Request {}
+impl Message for Response {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::Request {}
+    impl Sealed for crate::Response {}
+}
+
+#[derive(Debug)]
+enum State<M> {
+    /// Waiting for the ICAP head; `scanned` bytes of the buffer are known to hold no end.
+    Icap { scanned: usize },
+    /// ICAP head parsed; waiting for `heads` bytes of encapsulated HTTP heads.
+    Heads {
+        msg: Box<M>,
+        enc: Encapsulated,
+        at: u64,
+    },
+    /// In a chunked body.
+    Body {
+        chunked: ChunkedDecoder,
+        preview: bool,
+    },
+    /// A message without body has been reported; its `End` comes next.
+    EndPending,
+    /// A preview ended without ieof; waiting for the caller's decision.
+    AwaitPreview { total: u64 },
+    /// An error was returned; the stream cannot be trusted any more.
+    Failed,
+}
+
+/// A streaming ICAP decoder for one direction of one connection.
+#[derive(Debug)]
+pub struct Decoder<M: Message> {
+    buf: BytesMut,
+    /// Stream offset of `buf[0]`.
+    consumed: u64,
+    limits: Limits,
+    state: State<M>,
+    /// Responses: the method of the request being answered, for Encapsulated rules.
+    expect: Option<Method>,
+}
+
+/// Decodes ICAP requests: the server side of a connection.
+pub type RequestDecoder = Decoder<Request>;
+/// Decodes ICAP responses: the client side of a connection.
+pub type ResponseDecoder = Decoder<Response>;
+
+impl<M: Message> Default for Decoder<M>
+where
+    Decoder<M>: Decode<M>,
+{
+    fn default() -> Self {
+        Self::new(Limits::default())
+    }
+}
+
+/// The role-specific half of decoding; implemented for both decoders.
+#[doc(hidden)]
+pub trait Decode<M> {
+    fn parse_head(&mut self, raw: Bytes, at: u64) -> Result<(M, Option<Encapsulated>)>;
+    fn attach(msg: &mut M, req: Option<HttpRequestHead>, res: Option<HttpResponseHead>, body: Option<BodyKind>);
+    fn preview_of(&self, msg: &M) -> Option<u64>;
+}
+
+impl<M: Message> Decoder<M>
+where
+    Decoder<M>: Decode<M>,
+{
+    /// A decoder with the given limits.
+    pub fn new(limits: Limits) -> Self {
+        Decoder {
+            buf: BytesMut::new(),
+            consumed: 0,
+            limits,
+            state: State::Icap { scanned: 0 },
+            expect: None,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Appends bytes (copying them) for the next [`Decoder::decode`].
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Appends a buffer without copying it when the decoder holds no unread bytes and `bytes`
+    /// is not shared; otherwise copies.
+    pub fn feed_bytes(&mut self, bytes: Bytes) {
+        if self.buf.is_empty() {
+            match bytes.try_into_mut() {
+                Ok(m) => self.buf = m,
+                Err(b) => self.buf.extend_from_slice(&b),
+            }
+        } else {
+            self.buf.extend_from_slice(&bytes);
+        }
+    }
+
+    /// The input buffer, to read into directly (e.g. `socket.read_buf(dec.buffer_mut())`).
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Bytes received but not decoded yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Stream offset of the next undecoded byte: bytes consumed so far.
+    pub fn position(&self) -> u64 {
+        self.consumed
+    }
+
+    /// True between messages: nothing of a message has been decoded or buffered.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Icap { .. }) && self.buf.is_empty()
+    }
+
+    /// True after an error: the connection must be closed, never reused.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.state, State::Failed)
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        self.state = State::Failed;
+        e
+    }
+
+    fn take(&mut self, n: usize) -> Bytes {
+        self.consumed += n as u64;
+        self.buf.split_to(n).freeze()
+    }
+
+    /// Decodes the next event from buffered bytes; `Ok(None)` means more input is needed
+    /// (or, after [`Event::PreviewEnd`], a decision). After an error every call fails again.
+    pub fn decode(&mut self) -> Result<Option<Event<M>>> {
+        match self.step() {
+            Ok(ev) => Ok(ev),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Call when the peer closed the connection. `Ok(())` when it closed between messages;
+    /// an [`ErrorKind::UnexpectedEof`] error when a message was cut short.
+    pub fn decode_eof(&mut self) -> Result<()> {
+        let blank = self.buf.iter().all(|&b| b == b'\r' || b == b'\n');
+        match self.state {
+            State::Icap { .. } if blank => Ok(()),
+            State::Failed => Err(Error::new(
+                ErrorKind::InvalidState,
+                self.consumed,
+                "the decoder has already failed",
+            )),
+            _ => {
+                let at = self.consumed + self.buf.len() as u64;
+                Err(self.fail(Error::new(
+                    ErrorKind::UnexpectedEof,
+                    at,
+                    "connection closed in the middle of a message",
+                )))
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<Event<M>>> {
+        loop {
+            match &mut self.state {
+                State::Icap { scanned } => {
+                    let scanned = *scanned;
+                    // Empty lines between messages are tolerated (RFC 7230 3.5).
+                    let lead = self.buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                    if lead > 0 {
+                        let keep = lead - usize::from(self.buf[lead - 1] == b'\r');
+                        if keep > 0 {
+                            if self.buf[..keep].windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r')
+                                || self.buf[0] == b'\n'
+                            {
+                                return Err(Error::new(
+                                    ErrorKind::BareLf,
+                                    self.consumed,
+                                    "bare LF before a message",
+                                ));
+                            }
+                            let _ = self.take(keep);
+                            self.state = State::Icap { scanned: 0 };
+                            continue;
+                        }
+                    }
+                    let from = scanned.saturating_sub(3);
+                    let found = scan_head(&self.buf, from).map_err(|e| e.at(self.consumed))?;
+                    let Some(n) = found else {
+                        if self.buf.len() > self.limits.max_icap_head {
+                            return Err(Error::new(
+                                ErrorKind::IcapHeadTooLarge,
+                                self.consumed + self.limits.max_icap_head as u64,
+                                format!("ICAP head longer than {} bytes", self.limits.max_icap_head),
+                            ));
+                        }
+                        self.state = State::Icap {
+                            scanned: self.buf.len(),
+                        };
+                        return Ok(None);
+                    };
+                    if n > self.limits.max_icap_head {
+                        return Err(Error::new(
+                            ErrorKind::IcapHeadTooLarge,
+                            self.consumed + self.limits.max_icap_head as u64,
+                            format!("ICAP head is {n} bytes, over the limit of {}", self.limits.max_icap_head),
+                        ));
+                    }
+                    let at = self.consumed;
+                    let raw = self.take(n);
+                    let (msg, enc) = self.parse_head(raw, at)?;
+                    match enc {
+                        None => {
+                            // No Encapsulated header: nothing follows the head.
+                            self.state = State::EndPending;
+                            return Ok(Some(Event::Head(msg)));
+                        }
+                        Some(enc) => {
+                            let heads = enc.heads_len();
+                            if heads > self.limits.max_http_head as u64 {
+                                return Err(Error::new(
+                                    ErrorKind::HttpHeadTooLarge,
+                                    self.consumed,
+                                    format!(
+                                        "Encapsulated announces {heads} bytes of HTTP heads, over the limit of {}",
+                                        self.limits.max_http_head
+                                    ),
+                                ));
+                            }
+                            self.state = State::Heads {
+                                msg: Box::new(msg),
+                                enc,
+                                at: self.consumed,
+                            };
+                        }
+                    }
+                }
+                State::Heads { enc, .. } => {
+                    let need = enc.heads_len() as usize;
+                    if self.buf.len() < need {
+                        return Ok(None);
+                    }
+                    let raw = self.take(need);
+                    let State::Heads { msg, enc, at } =
+                        std::mem::replace(&mut self.state, State::Failed)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let mut msg = *msg;
+                    let (mut req, mut res) = (None, None);
+                    for (section, start, end) in enc.head_ranges() {
+                        if start == end {
+                            continue;
+                        }
+                        let part = raw.slice(start as usize..end as usize);
+                        let base = at + start;
+                        match section {
+                            crate::Section::ReqHdr => {
+                                req = Some(
+                                    HttpRequestHead::parse(part, self.limits.max_headers)
+                                        .map_err(|e| e.at(base))?,
+                                )
+                            }
+                            _ => {
+                                res = Some(
+                                    HttpResponseHead::parse(part, self.limits.max_headers)
+                                        .map_err(|e| e.at(base))?,
+                                )
+                            }
+                        }
+                    }
+                    let body = BodyKind::from_section(enc.body());
+                    Self::attach(&mut msg, req, res, body);
+                    if body.is_some() {
+                        let mut chunked = ChunkedDecoder::new(&self.limits);
+                        let preview = match self.preview_of(&msg) {
+                            Some(p) => {
+                                chunked = chunked.with_budget(p, ErrorKind::PreviewOverrun);
+                                true
+                            }
+                            None => false,
+                        };
+                        self.state = State::Body { chunked, preview };
+                    } else {
+                        self.state = State::EndPending;
+                    }
+                    return Ok(Some(Event::Head(msg)));
+                }
+                State::Body { chunked, preview } => {
+                    let preview = *preview;
+                    match chunked.decode(&mut self.buf, &mut self.consumed)? {
+                        None => return Ok(None),
+                        Some(Chunk::Data(d)) => return Ok(Some(Event::Data(d))),
+                        Some(Chunk::Last(last)) => {
+                            if preview && !last.ieof {
+                                let total = chunked.total();
+                                self.state = State::AwaitPreview { total };
+                                return Ok(Some(Event::PreviewEnd));
+                            }
+                            self.state = State::Icap { scanned: 0 };
+                            return Ok(Some(Event::End(last)));
+                        }
+                    }
+                }
+                State::EndPending => {
+                    self.state = State::Icap { scanned: 0 };
+                    return Ok(Some(Event::End(LastChunk::default())));
+                }
+                State::AwaitPreview { .. } => return Ok(None),
+                State::Failed => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidState,
+                        self.consumed,
+                        "the decoder has already failed; close the connection",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl Decoder<Request> {
+    /// After [`Event::PreviewEnd`]: the server sent `100 Continue`, so the rest of the body
+    /// follows as more chunks (counted together with the preview).
+    pub fn continue_after_preview(&mut self) -> Result<()> {
+        let State::AwaitPreview { total } = self.state else {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                self.consumed,
+                "continue_after_preview called when no preview is waiting",
+            ));
+        };
+        let mut chunked = ChunkedDecoder::new(&self.limits);
+        if let Some(max) = self.limits.max_body {
+            chunked = chunked.with_budget(max.saturating_sub(total), ErrorKind::BodyTooLarge);
+        }
+        self.state = State::Body {
+            chunked,
+            preview: false,
+        };
+        Ok(())
+    }
+
+    /// After [`Event::PreviewEnd`]: the server answered with a final response (204, 200 ...),
+    /// so the client sends nothing more for this message; the next bytes are a new request.
+    pub fn finish_after_preview(&mut self) -> Result<()> {
+        if !matches!(self.state, State::AwaitPreview { .. }) {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                self.consumed,
+                "finish_after_preview called when no preview is waiting",
+            ));
+        }
+        self.state = State::Icap { scanned: 0 };
+        Ok(())
+    }
+
+    /// True while a preview waits for [`Self::continue_after_preview`] or
+    /// [`Self::finish_after_preview`].
+    pub fn awaiting_preview_decision(&self) -> bool {
+        matches!(self.state, State::AwaitPreview { .. })
+    }
+}
+
+impl Decoder<Response> {
+    /// Tells the decoder which method the next response answers, so that its Encapsulated
+    /// header is checked against that method's rules (RFC 3507 4.4.1). Without it, any list
+    /// that is legal for some method passes.
+    pub fn expect_response_to(&mut self, method: Option<Method>) {
+        self.expect = method;
+    }
+}
+
+fn one_encapsulated(headers: &Headers, at: u64) -> Result<Option<Encapsulated>> {
+    let mut all = headers.get_all("Encapsulated");
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(Error::new(
+            ErrorKind::DuplicateEncapsulated,
+            at,
+            "more than one Encapsulated header",
+        ));
+    }
+    Encapsulated::parse(v)
+        .map(Some)
+        .map_err(|e| Error::new(e.kind(), at, format!("{} (at byte {} of the value)", e.message(), e.offset())))
+}
+
+impl Decode<Request> for Decoder<Request> {
+    fn parse_head(&mut self, raw: Bytes, at: u64) -> Result<(Request, Option<Encapsulated>)> {
+        let (line, hstart) = parse_request_line(&raw).map_err(|e| e.at(at))?;
+        let n = raw.len();
+        let headers = Headers::parse(raw, hstart, n - 2, self.limits.max_headers, false)
+            .map_err(|e| e.at(at))?;
+        let enc = one_encapsulated(&headers, at)?;
+        match &enc {
+            Some(e) => e.check_request(&line.method).map_err(|e| e.at(at))?,
+            None if matches!(line.method, Method::Reqmod | Method::Respmod) => {
+                return Err(Error::new(
+                    ErrorKind::MissingEncapsulated,
+                    at,
+                    format!("{} request without an Encapsulated header", line.method),
+                ))
+            }
+            None => {}
+        }
+        if let Some(p) = headers.get("Preview") {
+            let p = std::str::from_utf8(p)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::BadPreview,
+                        at,
+                        format!("Preview {:?} is not a decimal number", String::from_utf8_lossy(p)),
+                    )
+                })?;
+            if p > self.limits.max_preview {
+                return Err(Error::new(
+                    ErrorKind::PreviewTooLarge,
+                    at,
+                    format!("Preview of {p} bytes is over the limit of {}", self.limits.max_preview),
+                ));
+            }
+        }
+        let req = Request {
+            method: line.method,
+            uri: line.uri,
+            version: line.version,
+            headers,
+            http_request: None,
+            http_response: None,
+            body: None,
+        };
+        Ok((req, enc))
+    }
+
+    fn attach(msg: &mut Request, req: Option<HttpRequestHead>, res: Option<HttpResponseHead>, body: Option<BodyKind>) {
+        msg.http_request = req;
+        msg.http_response = res;
+        msg.body = body;
+    }
+
+    fn preview_of(&self, msg: &Request) -> Option<u64> {
+        match msg.method {
+            Method::Reqmod | Method::Respmod => msg.preview(),
+            _ => None,
+        }
+    }
+}
+
+impl Decode<Response> for Decoder<Response> {
+    fn parse_head(&mut self, raw: Bytes, at: u64) -> Result<(Response, Option<Encapsulated>)> {
+        let (line, hstart) = parse_status_line(&raw).map_err(|e| e.at(at))?;
+        let n = raw.len();
+        let headers = Headers::parse(raw, hstart, n - 2, self.limits.max_headers, true)
+            .map_err(|e| e.at(at))?;
+        let enc = one_encapsulated(&headers, at)?;
+        // 100 and 204 end with their head, whatever Encapsulated says (RFC 3507 4.5, 4.6):
+        // reading a body after them would take the next response's bytes as this one's.
+        let enc = match line.status {
+            100 | 204 => None,
+            _ => enc,
+        };
+        if let Some(e) = &enc {
+            e.check_response(self.expect.as_ref()).map_err(|e| e.at(at))?;
+        }
+        let res = Response {
+            version: line.version,
+            status: line.status,
+            reason: line.reason,
+            headers,
+            http_request: None,
+            http_response: None,
+            body: None,
+        };
+        Ok((res, enc))
+    }
+
+    fn attach(msg: &mut Response, req: Option<HttpRequestHead>, res: Option<HttpResponseHead>, body: Option<BodyKind>) {
+        msg.http_request = req;
+        msg.http_response = res;
+        msg.body = body;
+    }
+
+    fn preview_of(&self, _: &Response) -> Option<u64> {
+        None
+    }
+}

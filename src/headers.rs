@@ -1,0 +1,465 @@
+//! Header fields: an ordered, case-insensitive multimap held as one `Bytes` plus offsets.
+//!
+//! A parsed head keeps its bytes in one shared [`Bytes`]; each header is two offset pairs into
+//! it, so parsing allocates one `Vec` per head and never copies a name or a value. Headers a
+//! program adds later (and folded values, which must be joined) live in a small side buffer, so
+//! the same type serves parsed and built heads. This module owns header-line syntax; start
+//! lines belong to [`head`](crate::head).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Byte range into the virtual concatenation `raw ++ extra`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    name: Span,
+    value: Span,
+}
+
+/// An ordered list of header fields. Names compare case-insensitively; order and duplicates
+/// are kept exactly as received or added.
+#[derive(Clone, Default)]
+pub struct Headers {
+    raw: Bytes,
+    extra: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+/// `tchar` of RFC 7230: the bytes allowed in a header name and a method.
+pub(crate) static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = matches!(b,
+            b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z'
+            | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.'
+            | b'^' | b'_' | b'`' | b'|' | b'~');
+        i += 1;
+    }
+    t
+};
+
+pub(crate) fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| TOKEN[b as usize])
+}
+
+/// True when `v` holds a control byte other than HTAB. Written as a fold without early exit so
+/// the compiler vectorises it: values are the bulk of a head.
+#[inline]
+fn has_ctl(v: &[u8]) -> bool {
+    v.iter()
+        .fold(false, |bad, &b| bad | ((b < 0x20) & (b != b'\t')) | (b == 0x7f))
+}
+
+fn trim_ows(mut v: &[u8]) -> (usize, &[u8]) {
+    let mut lead = 0;
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+        lead += 1;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    (lead, v)
+}
+
+impl Headers {
+    /// An empty header list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses the header lines of `raw[start..end]`, where each line ends in CRLF (the caller
+    /// has checked line endings) and the blank line that ends the head is excluded.
+    ///
+    /// `fold` accepts obs-fold continuation lines (joined to the previous value with one space);
+    /// otherwise they are an [`ErrorKind::ObsFold`] error. Error offsets are relative to `raw`.
+    pub(crate) fn parse(
+        raw: Bytes,
+        start: usize,
+        end: usize,
+        max_headers: usize,
+        fold: bool,
+    ) -> Result<Headers> {
+        let mut h = Headers {
+            raw,
+            extra: Vec::new(),
+            entries: Vec::with_capacity(16),
+        };
+        let buf = h.raw.clone();
+        let mut pos = start;
+        while pos < end {
+            let nl = match memchr::memchr(b'\n', &buf[pos..end]) {
+                Some(i) => pos + i,
+                None => end,
+            };
+            // Line without its CR.
+            let line_end = if nl > pos && buf[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            let line = &buf[pos..line_end];
+            if matches!(line.first(), Some(b' ' | b'\t')) {
+                if !fold {
+                    return Err(Error::new(
+                        ErrorKind::ObsFold,
+                        pos as u64,
+                        "folded header line (obs-fold) is not accepted here",
+                    ));
+                }
+                h.unfold(line, pos)?;
+            } else {
+                if h.entries.len() >= max_headers {
+                    return Err(Error::new(
+                        ErrorKind::TooManyHeaders,
+                        pos as u64,
+                        format!("more than {max_headers} header lines"),
+                    ));
+                }
+                let colon = memchr::memchr(b':', line).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::BadHeader,
+                        pos as u64,
+                        "header line has no colon",
+                    )
+                })?;
+                let name = &line[..colon];
+                if let Some(bad) = name.iter().position(|&b| !TOKEN[b as usize]) {
+                    return Err(Error::new(
+                        ErrorKind::BadHeader,
+                        (pos + bad) as u64,
+                        format!("byte 0x{:02x} is not allowed in a header name", name[bad]),
+                    ));
+                }
+                if name.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::BadHeader,
+                        pos as u64,
+                        "empty header name",
+                    ));
+                }
+                let (lead, value) = trim_ows(&line[colon + 1..]);
+                if has_ctl(value) {
+                    let bad = value
+                        .iter()
+                        .position(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+                        .unwrap_or(0);
+                    return Err(Error::new(
+                        ErrorKind::BadHeader,
+                        (pos + colon + 1 + lead + bad) as u64,
+                        format!("control byte 0x{:02x} in a header value", value[bad]),
+                    ));
+                }
+                let vstart = pos + colon + 1 + lead;
+                h.entries.push(Entry {
+                    name: Span {
+                        start: pos as u32,
+                        end: (pos + colon) as u32,
+                    },
+                    value: Span {
+                        start: vstart as u32,
+                        end: (vstart + value.len()) as u32,
+                    },
+                });
+            }
+            pos = nl + 1;
+        }
+        Ok(h)
+    }
+
+    /// Joins a continuation line to the last value, through the side buffer.
+    fn unfold(&mut self, line: &[u8], pos: usize) -> Result<()> {
+        let (_, cont) = trim_ows(line);
+        if has_ctl(cont) {
+            return Err(Error::new(
+                ErrorKind::BadHeader,
+                pos as u64,
+                "control byte in a folded header value",
+            ));
+        }
+        let Some(last) = self.entries.last().copied() else {
+            return Err(Error::new(
+                ErrorKind::BadHeader,
+                pos as u64,
+                "continuation line before any header",
+            ));
+        };
+        let prev = self.slice(last.value).to_vec();
+        let mut joined = prev;
+        if !cont.is_empty() {
+            if !joined.is_empty() {
+                joined.push(b' ');
+            }
+            joined.extend_from_slice(cont);
+        }
+        let value = self.push_extra(&joined);
+        self.entries.last_mut().expect("checked above").value = value;
+        Ok(())
+    }
+
+    fn push_extra(&mut self, bytes: &[u8]) -> Span {
+        let start = self.raw.len() + self.extra.len();
+        self.extra.extend_from_slice(bytes);
+        Span {
+            start: start as u32,
+            end: (start + bytes.len()) as u32,
+        }
+    }
+
+    fn slice(&self, s: Span) -> &[u8] {
+        let (start, end) = (s.start as usize, s.end as usize);
+        let n = self.raw.len();
+        if start >= n && !(start == n && end == n) {
+            &self.extra[start - n..end - n]
+        } else {
+            &self.raw[start..end]
+        }
+    }
+
+    /// Number of header fields.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are no header fields.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The fields in order, as `(name, value)` byte slices; values have surrounding
+    /// whitespace removed and folded lines joined with one space.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.entries
+            .iter()
+            .map(move |e| (self.slice(e.name), self.slice(e.value)))
+    }
+
+    /// The first value of `name` (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of `name` as text, or `None` when absent or not UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every value of `name` (case-insensitive), in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// How many fields are named `name`.
+    pub fn count(&self, name: &str) -> usize {
+        self.get_all(name).count()
+    }
+
+    /// True when a field named `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// True when any value of `name`, read as a comma-separated list, has the element `token`
+    /// (case-insensitive), as in `Allow: 204, trailers` or `Connection: close`.
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.get_all(name).any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| trim_ows(t).1.eq_ignore_ascii_case(token.as_bytes()))
+        })
+    }
+
+    /// Adds a field at the end, keeping any fields of the same name.
+    ///
+    /// # Panics
+    /// When `name` is not a token or `value` holds CR, LF or another control byte: a builder
+    /// must not be able to produce a message that smuggles a header.
+    pub fn append(&mut self, name: &str, value: impl AsRef<[u8]>) {
+        let value = value.as_ref();
+        assert!(is_token(name.as_bytes()), "invalid header name {name:?}");
+        assert!(!has_ctl(value), "control byte in header value for {name}");
+        let name = self.push_extra(name.as_bytes());
+        let value = self.push_extra(trim_ows(value).1);
+        self.entries.push(Entry { name, value });
+    }
+
+    /// Sets `name` to one `value`: replaces the first field of that name in place and removes
+    /// the others, or appends when absent. Panics like [`Headers::append`].
+    pub fn insert(&mut self, name: &str, value: impl AsRef<[u8]>) {
+        let value = value.as_ref();
+        assert!(!has_ctl(value), "control byte in header value for {name}");
+        match self.position(name) {
+            Some(i) => {
+                let v = self.push_extra(trim_ows(value).1);
+                self.entries[i].value = v;
+                let mut seen = false;
+                let raw_len = self.raw.len();
+                let extra = &self.extra;
+                let raw = &self.raw;
+                self.entries.retain(|e| {
+                    let n = slice_in(raw, extra, raw_len, e.name);
+                    if n.eq_ignore_ascii_case(name.as_bytes()) {
+                        let keep = !seen;
+                        seen = true;
+                        keep
+                    } else {
+                        true
+                    }
+                });
+            }
+            None => self.append(name, value),
+        }
+    }
+
+    /// Removes every field named `name`; returns how many were removed.
+    pub fn remove(&mut self, name: &str) -> usize {
+        let before = self.entries.len();
+        let raw_len = self.raw.len();
+        let (raw, extra) = (&self.raw, &self.extra);
+        self.entries
+            .retain(|e| !slice_in(raw, extra, raw_len, e.name).eq_ignore_ascii_case(name.as_bytes()));
+        before - self.entries.len()
+    }
+
+    /// Index of the first field named `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    /// Bytes that [`Headers::write_to`] writes.
+    pub fn encoded_len(&self) -> usize {
+        self.iter().map(|(n, v)| n.len() + v.len() + 4).sum()
+    }
+
+    /// Writes the fields as `Name: value\r\n` lines (no blank line after them).
+    pub fn write_to(&self, out: &mut BytesMut) {
+        for (n, v) in self.iter() {
+            out.put_slice(n);
+            out.put_slice(b": ");
+            out.put_slice(v);
+            out.put_slice(b"\r\n");
+        }
+    }
+}
+
+fn slice_in<'a>(raw: &'a [u8], extra: &'a [u8], n: usize, s: Span) -> &'a [u8] {
+    let (start, end) = (s.start as usize, s.end as usize);
+    if start >= n && !(start == n && end == n) {
+        &extra[start - n..end - n]
+    } else {
+        &raw[start..end]
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.iter()
+                    .map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v))),
+            )
+            .finish()
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
+
+impl<N: AsRef<str>, V: AsRef<[u8]>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut h = Headers::new();
+        for (n, v) in iter {
+            h.append(n.as_ref(), v);
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str, fold: bool) -> Result<Headers> {
+        let b = Bytes::copy_from_slice(s.as_bytes());
+        let n = b.len();
+        Headers::parse(b, 0, n, 100, fold)
+    }
+
+    #[test]
+    fn parses_in_order_with_duplicates() {
+        let h = parse("Host: a\r\nX-A:  1 \r\nx-a: 2\r\nEmpty:\r\n", false).unwrap();
+        let v: Vec<_> = h.iter().collect();
+        assert_eq!(
+            v,
+            vec![
+                (&b"Host"[..], &b"a"[..]),
+                (b"X-A", b"1"),
+                (b"x-a", b"2"),
+                (b"Empty", b"")
+            ]
+        );
+        assert_eq!(h.get_all("X-A").collect::<Vec<_>>(), vec![b"1", b"2"]);
+        assert_eq!(h.get("HOST"), Some(&b"a"[..]));
+    }
+
+    #[test]
+    fn folds_when_allowed_and_rejects_otherwise() {
+        let s = "X-Violations-Found: 1\r\n\tfile.txt\r\n \t Threat\r\nServer: c\r\n";
+        let h = parse(s, true).unwrap();
+        assert_eq!(h.get("x-violations-found"), Some(&b"1 file.txt Threat"[..]));
+        assert_eq!(h.get("server"), Some(&b"c"[..]));
+        let e = parse(s, false).unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::ObsFold, 23));
+    }
+
+    #[test]
+    fn rejects_bad_lines_with_offsets() {
+        let e = parse("Host: a\r\nNoColon\r\n", false).unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::BadHeader, 9));
+        let e = parse("Bad Name: a\r\n", false).unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::BadHeader, 3));
+        let e = parse("A: x\0y\r\n", false).unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::BadHeader, 4));
+        let e = Headers::parse(Bytes::from_static(b"A: 1\r\nB: 2\r\n"), 0, 12, 1, false)
+            .unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::TooManyHeaders, 6));
+    }
+
+    #[test]
+    fn mutation_keeps_order() {
+        let mut h = parse("A: 1\r\nB: 2\r\nA: 3\r\n", false).unwrap();
+        h.insert("a", "9");
+        h.append("C", "4");
+        assert_eq!(h.iter().collect::<Vec<_>>(), vec![(&b"A"[..], &b"9"[..]), (b"B", b"2"), (b"C", b"4")]);
+        assert_eq!(h.remove("b"), 1);
+        let mut out = BytesMut::new();
+        h.write_to(&mut out);
+        assert_eq!(&out[..], b"A: 9\r\nC: 4\r\n");
+        assert_eq!(h.encoded_len(), out.len());
+        assert!(h.has_token("a", "9"));
+    }
+
+    #[test]
+    #[should_panic]
+    fn append_refuses_header_injection() {
+        Headers::new().append("X-A", "1\r\nX-B: 2");
+    }
+}

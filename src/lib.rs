@@ -1,0 +1,40 @@
+//! ICAP (RFC 3507) for Rust.
+//!
+//! The codec layer of this crate has no I/O: feed bytes to a [`RequestDecoder`] (server side)
+//! or a [`ResponseDecoder`] (client side) and take [`Event`]s out; write messages with an
+//! [`Encoder`], which frames bodies around your `Bytes` without copying them.
+//!
+//! ```
+//! use icap::{Event, ResponseDecoder};
+//!
+//! let mut dec = ResponseDecoder::default();
+//! dec.feed(b"ICAP/1.0 204 Unmodified\r\nISTag: \"x1\"\r\n\r\n");
+//! match dec.decode().unwrap() {
+//!     Some(Event::Head(res)) => assert_eq!(res.status, 204),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert!(matches!(dec.decode().unwrap(), Some(Event::End(_))));
+//! assert!(dec.is_idle());
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod chunked;
+pub mod decode;
+pub mod encapsulated;
+pub mod encode;
+pub mod error;
+pub mod head;
+pub mod headers;
+pub mod limits;
+pub mod message;
+
+pub use chunked::{Chunk, ChunkedDecoder, LastChunk};
+pub use decode::{Decoder, Event, RequestDecoder, ResponseDecoder};
+pub use encapsulated::{Encapsulated, Section};
+pub use encode::Encoder;
+pub use error::{Error, ErrorKind, Result};
+pub use head::{HttpRequestHead, HttpResponseHead, Method, Version};
+pub use headers::Headers;
+pub use limits::Limits;
+pub use message::{BodyKind, Request, Response};
