@@ -69,6 +69,8 @@ pub struct ChunkedDecoder {
     total: u64,
     budget: Option<(u64, ErrorKind)>,
     trailer_scanned: usize,
+    /// Stream offset where the current size line began, for errors about its content.
+    line_start: u64,
     pending_last: Option<LastChunk>,
     max_chunk_line: usize,
     max_trailer: usize,
@@ -96,6 +98,7 @@ impl ChunkedDecoder {
             total: 0,
             budget: limits.max_body.map(|m| (m, ErrorKind::BodyTooLarge)),
             trailer_scanned: 0,
+            line_start: 0,
             pending_last: None,
             max_chunk_line: limits.max_chunk_line,
             max_trailer: limits.max_trailer,
@@ -187,6 +190,7 @@ impl ChunkedDecoder {
             match (self.state, b) {
                 (State::Start, _) => match hex(b) {
                     Some(d) => {
+                        self.line_start = *base + i as u64;
                         self.size = d;
                         self.state = State::Size;
                     }
@@ -218,7 +222,11 @@ impl ChunkedDecoder {
                 }
                 (State::Size | State::SizeWs | State::Ext, b'\r') => self.state = State::SizeLf,
                 (State::Size | State::SizeWs | State::Ext, b'\n') => {
-                    return err(ErrorKind::BareLf, i, "chunk-size line ends in a bare LF".into())
+                    return err(
+                        ErrorKind::BareLf,
+                        i,
+                        "chunk-size line ends in a bare LF".into(),
+                    )
                 }
                 (State::Size | State::SizeWs, _) => {
                     return err(
@@ -239,7 +247,7 @@ impl ChunkedDecoder {
                 }
                 (State::SizeLf, b'\n') => {
                     self.line_len = 0;
-                    self.end_size_line(*base + i as u64)?;
+                    self.end_size_line(self.line_start)?;
                 }
                 (State::SizeLf, _) => {
                     return err(
@@ -335,7 +343,10 @@ impl ChunkedDecoder {
                 return Err(Error::new(
                     ErrorKind::BadChunkExtension,
                     at,
-                    format!("chunk extension name {:?} is not a token", String::from_utf8_lossy(name)),
+                    format!(
+                        "chunk extension name {:?} is not a token",
+                        String::from_utf8_lossy(name)
+                    ),
                 ));
             }
         }
@@ -398,7 +409,10 @@ fn trim(mut s: &[u8]) -> &[u8] {
 
 /// Writes the size line of a data chunk of `len` bytes (lower-case hex, no extensions).
 pub fn write_chunk_size(len: usize, out: &mut BytesMut) {
-    debug_assert!(len > 0, "a zero size line ends the body; use write_last_chunk");
+    debug_assert!(
+        len > 0,
+        "a zero size line ends the body; use write_last_chunk"
+    );
     let mut digits = [0u8; 16];
     let mut n = len;
     let mut i = digits.len();
@@ -414,7 +428,11 @@ pub fn write_chunk_size(len: usize, out: &mut BytesMut) {
 /// The end of a body: `0; ieof\r\n\r\n` or `0\r\n\r\n`. Never any other extension: c-icap
 /// drops the connection on unknown ones.
 pub fn last_chunk(ieof: bool) -> Bytes {
-    Bytes::from_static(if ieof { b"0; ieof\r\n\r\n" } else { b"0\r\n\r\n" })
+    Bytes::from_static(if ieof {
+        b"0; ieof\r\n\r\n"
+    } else {
+        b"0\r\n\r\n"
+    })
 }
 
 /// The end of a 206 body: `0; use-original-body=N\r\n\r\n`.

@@ -105,7 +105,12 @@ where
 #[doc(hidden)]
 pub trait Decode<M> {
     fn parse_head(&mut self, raw: Bytes, at: u64) -> Result<(M, Option<Encapsulated>)>;
-    fn attach(msg: &mut M, req: Option<HttpRequestHead>, res: Option<HttpResponseHead>, body: Option<BodyKind>);
+    fn attach(
+        msg: &mut M,
+        req: Option<HttpRequestHead>,
+        res: Option<HttpResponseHead>,
+        body: Option<BodyKind>,
+    );
     fn preview_of(&self, msg: &M) -> Option<u64>;
 }
 
@@ -219,11 +224,17 @@ where
                 State::Icap { scanned } => {
                     let scanned = *scanned;
                     // Empty lines between messages are tolerated (RFC 7230 3.5).
-                    let lead = self.buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                    let lead = self
+                        .buf
+                        .iter()
+                        .take_while(|&&b| b == b'\r' || b == b'\n')
+                        .count();
                     if lead > 0 {
                         let keep = lead - usize::from(self.buf[lead - 1] == b'\r');
                         if keep > 0 {
-                            if self.buf[..keep].windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r')
+                            if self.buf[..keep]
+                                .windows(2)
+                                .any(|w| w[1] == b'\n' && w[0] != b'\r')
                                 || self.buf[0] == b'\n'
                             {
                                 return Err(Error::new(
@@ -244,7 +255,10 @@ where
                             return Err(Error::new(
                                 ErrorKind::IcapHeadTooLarge,
                                 self.consumed + self.limits.max_icap_head as u64,
-                                format!("ICAP head longer than {} bytes", self.limits.max_icap_head),
+                                format!(
+                                    "ICAP head longer than {} bytes",
+                                    self.limits.max_icap_head
+                                ),
                             ));
                         }
                         self.state = State::Icap {
@@ -256,7 +270,10 @@ where
                         return Err(Error::new(
                             ErrorKind::IcapHeadTooLarge,
                             self.consumed + self.limits.max_icap_head as u64,
-                            format!("ICAP head is {n} bytes, over the limit of {}", self.limits.max_icap_head),
+                            format!(
+                                "ICAP head is {n} bytes, over the limit of {}",
+                                self.limits.max_icap_head
+                            ),
                         ));
                     }
                     let at = self.consumed;
@@ -436,9 +453,13 @@ fn one_encapsulated(headers: &Headers, at: u64) -> Result<Option<Encapsulated>> 
             "more than one Encapsulated header",
         ));
     }
-    Encapsulated::parse(v)
-        .map(Some)
-        .map_err(|e| Error::new(e.kind(), at, format!("{} (at byte {} of the value)", e.message(), e.offset())))
+    Encapsulated::parse(v).map(Some).map_err(|e| {
+        Error::new(
+            e.kind(),
+            at,
+            format!("{} (at byte {} of the value)", e.message(), e.offset()),
+        )
+    })
 }
 
 impl Decode<Request> for Decoder<Request> {
@@ -468,14 +489,20 @@ impl Decode<Request> for Decoder<Request> {
                     Error::new(
                         ErrorKind::BadPreview,
                         at,
-                        format!("Preview {:?} is not a decimal number", String::from_utf8_lossy(p)),
+                        format!(
+                            "Preview {:?} is not a decimal number",
+                            String::from_utf8_lossy(p)
+                        ),
                     )
                 })?;
             if p > self.limits.max_preview {
                 return Err(Error::new(
                     ErrorKind::PreviewTooLarge,
                     at,
-                    format!("Preview of {p} bytes is over the limit of {}", self.limits.max_preview),
+                    format!(
+                        "Preview of {p} bytes is over the limit of {}",
+                        self.limits.max_preview
+                    ),
                 ));
             }
         }
@@ -491,7 +518,12 @@ impl Decode<Request> for Decoder<Request> {
         Ok((req, enc))
     }
 
-    fn attach(msg: &mut Request, req: Option<HttpRequestHead>, res: Option<HttpResponseHead>, body: Option<BodyKind>) {
+    fn attach(
+        msg: &mut Request,
+        req: Option<HttpRequestHead>,
+        res: Option<HttpResponseHead>,
+        body: Option<BodyKind>,
+    ) {
         msg.http_request = req;
         msg.http_response = res;
         msg.body = body;
@@ -519,7 +551,8 @@ impl Decode<Response> for Decoder<Response> {
             _ => enc,
         };
         if let Some(e) = &enc {
-            e.check_response(self.expect.as_ref()).map_err(|e| e.at(at))?;
+            e.check_response(self.expect.as_ref())
+                .map_err(|e| e.at(at))?;
         }
         let res = Response {
             version: line.version,
@@ -533,7 +566,12 @@ impl Decode<Response> for Decoder<Response> {
         Ok((res, enc))
     }
 
-    fn attach(msg: &mut Response, req: Option<HttpRequestHead>, res: Option<HttpResponseHead>, body: Option<BodyKind>) {
+    fn attach(
+        msg: &mut Response,
+        req: Option<HttpRequestHead>,
+        res: Option<HttpResponseHead>,
+        body: Option<BodyKind>,
+    ) {
         msg.http_request = req;
         msg.http_response = res;
         msg.body = body;

@@ -155,7 +155,10 @@ impl Encapsulated {
             return Err(Error::new(
                 ErrorKind::EncapsulatedNotAllowed,
                 0,
-                format!("Encapsulated lists {} sections; at most 3 are legal", list.len()),
+                format!(
+                    "Encapsulated lists {} sections; at most 3 are legal",
+                    list.len()
+                ),
             ));
         }
         let mut e = Encapsulated {
@@ -211,7 +214,9 @@ impl Encapsulated {
             ));
         }
         if let Some((s, _)) = heads.iter().find(|(s, _)| s.is_body()) {
-            return bad(format!("{s} is not last: at most one body is allowed, at the end"));
+            return bad(format!(
+                "{s} is not last: at most one body is allowed, at the end"
+            ));
         }
         match heads {
             [] | [(Section::ReqHdr, _)] | [(Section::ResHdr, _)] => Ok(()),
@@ -249,9 +254,7 @@ impl Encapsulated {
 
     /// Byte range of each head section `(section, start, end)` within the heads.
     pub fn head_ranges(&self) -> impl Iterator<Item = (Section, u64, u64)> + '_ {
-        self.as_slice()
-            .windows(2)
-            .map(|w| (w[0].0, w[0].1, w[1].1))
+        self.as_slice().windows(2).map(|w| (w[0].0, w[0].1, w[1].1))
     }
 
     fn shape(&self, heads: &[Section], bodies: &[Section]) -> bool {
@@ -376,16 +379,38 @@ mod tests {
     #[test]
     fn per_method_rules() {
         let p = |s: &str| Encapsulated::parse(s.as_bytes()).unwrap();
-        assert!(p("res-hdr=0, res-body=10").check_request(&Method::Reqmod).is_err());
-        assert!(p("req-hdr=0, res-body=10").check_request(&Method::Reqmod).is_err());
-        assert!(p("req-hdr=0, req-body=10").check_request(&Method::Respmod).is_err());
-        p("req-hdr=0, res-hdr=10, res-body=20").check_request(&Method::Respmod).unwrap();
-        p("res-hdr=0, res-body=10").check_response(Some(&Method::Reqmod)).unwrap();
-        p("req-hdr=0, req-body=10").check_response(Some(&Method::Reqmod)).unwrap();
-        assert!(p("req-hdr=0, req-body=10").check_response(Some(&Method::Respmod)).is_err());
-        assert!(p("req-hdr=0, res-hdr=5, res-body=10").check_response(None).is_err());
-        p("res-hdr=0, null-body=0").check_response(Some(&Method::Respmod)).unwrap();
-        assert!(p("opt-body=0").check_response(Some(&Method::Reqmod)).is_err());
-        assert!(p("req-hdr=0, null-body=3").check_request(&Method::Options).is_err());
+        assert!(p("res-hdr=0, res-body=10")
+            .check_request(&Method::Reqmod)
+            .is_err());
+        assert!(p("req-hdr=0, res-body=10")
+            .check_request(&Method::Reqmod)
+            .is_err());
+        assert!(p("req-hdr=0, req-body=10")
+            .check_request(&Method::Respmod)
+            .is_err());
+        p("req-hdr=0, res-hdr=10, res-body=20")
+            .check_request(&Method::Respmod)
+            .unwrap();
+        p("res-hdr=0, res-body=10")
+            .check_response(Some(&Method::Reqmod))
+            .unwrap();
+        p("req-hdr=0, req-body=10")
+            .check_response(Some(&Method::Reqmod))
+            .unwrap();
+        assert!(p("req-hdr=0, req-body=10")
+            .check_response(Some(&Method::Respmod))
+            .is_err());
+        assert!(p("req-hdr=0, res-hdr=5, res-body=10")
+            .check_response(None)
+            .is_err());
+        p("res-hdr=0, null-body=0")
+            .check_response(Some(&Method::Respmod))
+            .unwrap();
+        assert!(p("opt-body=0")
+            .check_response(Some(&Method::Reqmod))
+            .is_err());
+        assert!(p("req-hdr=0, null-body=3")
+            .check_request(&Method::Options)
+            .is_err());
     }
 }

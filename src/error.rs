@@ -68,6 +68,15 @@ pub enum ErrorKind {
     /// The caller used the API out of order (for example fed more bytes while the decoder waits
     /// for a decision after a preview).
     InvalidState,
+    /// An ICAP URI is not `icap://host[:port]/path[?query]` (or `icaps://`).
+    BadUri,
+    /// A builder was given parts that would make an invalid message (a bad header name or
+    /// value, a missing required head, a body where none is allowed).
+    InvalidMessage,
+    /// The peer answered with something the transaction rules forbid at this point (RFC 3507
+    /// 4.5, 4.6): 100 after `ieof`, 204 without `Allow: 204` outside a preview, 206 without
+    /// `Allow: 206`.
+    UnexpectedResponse,
 }
 
 impl ErrorKind {
@@ -102,6 +111,9 @@ impl ErrorKind {
             BodyTooLarge => "body_too_large",
             UnexpectedEof => "unexpected_eof",
             InvalidState => "invalid_state",
+            BadUri => "bad_uri",
+            InvalidMessage => "invalid_message",
+            UnexpectedResponse => "unexpected_response",
         }
     }
 }

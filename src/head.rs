@@ -151,7 +151,10 @@ fn bad_line(kind: ErrorKind, line: &[u8], what: &str) -> Error {
     Error::new(
         kind,
         0,
-        format!("{what}: {:?}", String::from_utf8_lossy(&line[..line.len().min(80)])),
+        format!(
+            "{what}: {:?}",
+            String::from_utf8_lossy(&line[..line.len().min(80)])
+        ),
     )
 }
 
@@ -192,7 +195,14 @@ pub(crate) fn parse_request_line(raw: &Bytes) -> Result<(RequestLine, usize)> {
         )
     })?;
     let uri = raw.slice(m.len() + 1..m.len() + 1 + uri.len());
-    Ok((RequestLine { method, uri, version }, end + 2))
+    Ok((
+        RequestLine {
+            method,
+            uri,
+            version,
+        },
+        end + 2,
+    ))
 }
 
 /// The parsed start line of an ICAP response.
@@ -219,11 +229,18 @@ pub(crate) fn parse_status_line(raw: &Bytes) -> Result<(StatusLine, usize)> {
         Error::new(
             ErrorKind::BadStatus,
             (v.len() + 1) as u64,
-            format!("status {:?} is not three digits", String::from_utf8_lossy(code)),
+            format!(
+                "status {:?} is not three digits",
+                String::from_utf8_lossy(code)
+            ),
         )
     })?;
     if has_ctl(reason) {
-        return Err(bad_line(ErrorKind::BadStartLine, line, "control byte in reason"));
+        return Err(bad_line(
+            ErrorKind::BadStartLine,
+            line,
+            "control byte in reason",
+        ));
     }
     let start = v.len() + code.len() + 2;
     let reason = raw.slice(start.min(end)..end);
@@ -322,7 +339,10 @@ impl HttpRequestHead {
 
     /// Bytes [`HttpRequestHead::write_to`] writes.
     pub fn encoded_len(&self) -> usize {
-        self.method.len() + self.target.len() + self.version.len() + 4
+        self.method.len()
+            + self.target.len()
+            + self.version.len()
+            + 4
             + self.headers.encoded_len()
             + 2
     }
@@ -375,7 +395,10 @@ impl HttpResponseHead {
 
     /// Makes a head from parts, e.g. `HttpResponseHead::new(403, "Forbidden", headers)`.
     pub fn new(status: u16, reason: &str, headers: Headers) -> Self {
-        assert!((100..1000).contains(&status), "HTTP status must have three digits");
+        assert!(
+            (100..1000).contains(&status),
+            "HTTP status must have three digits"
+        );
         HttpResponseHead {
             version: Bytes::from_static(b"HTTP/1.1"),
             status,
@@ -450,7 +473,10 @@ mod tests {
         assert_eq!(scan_head(h, 0).unwrap(), Some(15));
         for cut in 0..15 {
             assert_eq!(scan_head(&h[..cut], 0).unwrap(), None);
-            assert_eq!(scan_head(&h[..15], cut.saturating_sub(3)).unwrap(), Some(15));
+            assert_eq!(
+                scan_head(&h[..15], cut.saturating_sub(3)).unwrap(),
+                Some(15)
+            );
         }
         let e = scan_head(b"A b c\nX: 1\r\n\r\n", 0).unwrap_err();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BareLf, 5));
@@ -460,20 +486,38 @@ mod tests {
     fn start_lines() {
         let raw = Bytes::from_static(b"REQMOD icap://h/s?a=1 ICAP/1.0\r\n\r\n");
         let (l, hs) = parse_request_line(&raw).unwrap();
-        assert_eq!((l.method, &l.uri[..], l.version, hs), (Method::Reqmod, &b"icap://h/s?a=1"[..], Version::ICAP_1_0, 32));
+        assert_eq!(
+            (l.method, &l.uri[..], l.version, hs),
+            (
+                Method::Reqmod,
+                &b"icap://h/s?a=1"[..],
+                Version::ICAP_1_0,
+                32
+            )
+        );
         let raw = Bytes::from_static(b"ICAP/1.0 204 Unmodified\r\n\r\n");
         let (s, _) = parse_status_line(&raw).unwrap();
         assert_eq!((s.status, &s.reason[..]), (204, &b"Unmodified"[..]));
         let raw = Bytes::from_static(b"ICAP/1.0 100\r\n\r\n");
         let (s, _) = parse_status_line(&raw).unwrap();
         assert_eq!((s.status, &s.reason[..]), (100, &b""[..]));
-        for bad in [&b"REQMOD  icap://h/ ICAP/1.0\r\n\r\n"[..], b"REQMOD\r\n\r\n", b"RE(MOD icap://x ICAP/1.0\r\n\r\n"] {
-            let e = parse_request_line(&Bytes::copy_from_slice(bad)).err().unwrap();
+        for bad in [
+            &b"REQMOD  icap://h/ ICAP/1.0\r\n\r\n"[..],
+            b"REQMOD\r\n\r\n",
+            b"RE(MOD icap://x ICAP/1.0\r\n\r\n",
+        ] {
+            let e = parse_request_line(&Bytes::copy_from_slice(bad))
+                .err()
+                .unwrap();
             assert_eq!(e.kind(), ErrorKind::BadStartLine);
         }
-        let e = parse_request_line(&Bytes::from_static(b"REQMOD icap://x HTTP/1.1\r\n\r\n")).err().unwrap();
+        let e = parse_request_line(&Bytes::from_static(b"REQMOD icap://x HTTP/1.1\r\n\r\n"))
+            .err()
+            .unwrap();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadVersion, 16));
-        let e = parse_status_line(&Bytes::from_static(b"ICAP/1.0 2x4 OK\r\n\r\n")).err().unwrap();
+        let e = parse_status_line(&Bytes::from_static(b"ICAP/1.0 2x4 OK\r\n\r\n"))
+            .err()
+            .unwrap();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadStatus, 9));
     }
 
@@ -481,7 +525,10 @@ mod tests {
     fn http_heads_round_trip() {
         let raw = Bytes::from_static(b"GET http://x/a?b HTTP/1.1\r\nHost: x\r\n\r\n");
         let h = HttpRequestHead::parse(raw.clone(), 10).unwrap();
-        assert_eq!((&h.method[..], &h.target[..], &h.version[..]), (&b"GET"[..], &b"http://x/a?b"[..], &b"HTTP/1.1"[..]));
+        assert_eq!(
+            (&h.method[..], &h.target[..], &h.version[..]),
+            (&b"GET"[..], &b"http://x/a?b"[..], &b"HTTP/1.1"[..])
+        );
         let mut out = BytesMut::new();
         h.write_to(&mut out);
         assert_eq!(out, raw);
@@ -497,9 +544,14 @@ mod tests {
 
     #[test]
     fn http_head_must_fill_its_section() {
-        let e = HttpRequestHead::parse(Bytes::from_static(b"GET / HTTP/1.1\r\n\r\nxx"), 10).unwrap_err();
-        assert_eq!((e.kind(), e.offset()), (ErrorKind::EncapsulatedMismatch, 18));
-        let e = HttpRequestHead::parse(Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n"), 10).unwrap_err();
+        let e = HttpRequestHead::parse(Bytes::from_static(b"GET / HTTP/1.1\r\n\r\nxx"), 10)
+            .unwrap_err();
+        assert_eq!(
+            (e.kind(), e.offset()),
+            (ErrorKind::EncapsulatedMismatch, 18)
+        );
+        let e = HttpRequestHead::parse(Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n"), 10)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::EncapsulatedMismatch);
         let e = HttpRequestHead::parse(Bytes::from_static(b"GET /\r\n\r\n"), 10).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BadHttpHead);

@@ -55,8 +55,9 @@ pub(crate) fn is_token(s: &[u8]) -> bool {
 /// the compiler vectorises it: values are the bulk of a head.
 #[inline]
 fn has_ctl(v: &[u8]) -> bool {
-    v.iter()
-        .fold(false, |bad, &b| bad | ((b < 0x20) & (b != b'\t')) | (b == 0x7f))
+    v.iter().fold(false, |bad, &b| {
+        bad | ((b < 0x20) & (b != b'\t')) | (b == 0x7f)
+    })
 }
 
 fn trim_ows(mut v: &[u8]) -> (usize, &[u8]) {
@@ -126,11 +127,7 @@ impl Headers {
                     ));
                 }
                 let colon = memchr::memchr(b':', line).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::BadHeader,
-                        pos as u64,
-                        "header line has no colon",
-                    )
+                    Error::new(ErrorKind::BadHeader, pos as u64, "header line has no colon")
                 })?;
                 let name = &line[..colon];
                 if let Some(bad) = name.iter().position(|&b| !TOKEN[b as usize]) {
@@ -328,8 +325,9 @@ impl Headers {
         let before = self.entries.len();
         let raw_len = self.raw.len();
         let (raw, extra) = (&self.raw, &self.extra);
-        self.entries
-            .retain(|e| !slice_in(raw, extra, raw_len, e.name).eq_ignore_ascii_case(name.as_bytes()));
+        self.entries.retain(|e| {
+            !slice_in(raw, extra, raw_len, e.name).eq_ignore_ascii_case(name.as_bytes())
+        });
         before - self.entries.len()
     }
 
@@ -438,8 +436,8 @@ mod tests {
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadHeader, 3));
         let e = parse("A: x\0y\r\n", false).unwrap_err();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadHeader, 4));
-        let e = Headers::parse(Bytes::from_static(b"A: 1\r\nB: 2\r\n"), 0, 12, 1, false)
-            .unwrap_err();
+        let e =
+            Headers::parse(Bytes::from_static(b"A: 1\r\nB: 2\r\n"), 0, 12, 1, false).unwrap_err();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::TooManyHeaders, 6));
     }
 
@@ -448,7 +446,10 @@ mod tests {
         let mut h = parse("A: 1\r\nB: 2\r\nA: 3\r\n", false).unwrap();
         h.insert("a", "9");
         h.append("C", "4");
-        assert_eq!(h.iter().collect::<Vec<_>>(), vec![(&b"A"[..], &b"9"[..]), (b"B", b"2"), (b"C", b"4")]);
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            vec![(&b"A"[..], &b"9"[..]), (b"B", b"2"), (b"C", b"4")]
+        );
         assert_eq!(h.remove("b"), 1);
         let mut out = BytesMut::new();
         h.write_to(&mut out);

@@ -131,7 +131,12 @@ impl Request {
         out.put_u8(b' ');
         self.version.write_to(out);
         out.put_slice(b"\r\n");
-        write_icap_headers(&self.headers, self.needs_encapsulated(), self.encapsulated(), out);
+        write_icap_headers(
+            &self.headers,
+            self.needs_encapsulated(),
+            self.encapsulated(),
+            out,
+        );
         write_heads(&self.http_request, &self.http_response, out);
     }
 
@@ -144,8 +149,15 @@ impl Request {
 
     /// Bytes [`Request::write_to`] writes.
     pub fn encoded_len(&self) -> usize {
-        self.method.as_bytes().len() + self.uri.len() + 12 + 2
-            + icap_headers_len(&self.headers, self.needs_encapsulated(), self.encapsulated())
+        self.method.as_bytes().len()
+            + self.uri.len()
+            + 12
+            + 2
+            + icap_headers_len(
+                &self.headers,
+                self.needs_encapsulated(),
+                self.encapsulated(),
+            )
             + heads_len(&self.http_request, &self.http_response)
     }
 }
@@ -153,7 +165,10 @@ impl Request {
 impl Response {
     /// A response with the given status and reason and nothing else.
     pub fn new(status: u16, reason: impl Into<Bytes>) -> Self {
-        assert!((100..1000).contains(&status), "ICAP status must have three digits");
+        assert!(
+            (100..1000).contains(&status),
+            "ICAP status must have three digits"
+        );
         Response {
             version: Version::ICAP_1_0,
             status,
@@ -194,14 +209,29 @@ impl Response {
             out.put_slice(&self.reason);
         }
         out.put_slice(b"\r\n");
-        write_icap_headers(&self.headers, self.needs_encapsulated(), self.encapsulated(), out);
+        write_icap_headers(
+            &self.headers,
+            self.needs_encapsulated(),
+            self.encapsulated(),
+            out,
+        );
         write_heads(&self.http_request, &self.http_response, out);
     }
 
     /// Bytes [`Response::write_to`] writes.
     pub fn encoded_len(&self) -> usize {
-        8 + 4 + if self.reason.is_empty() { 0 } else { 1 + self.reason.len() } + 2
-            + icap_headers_len(&self.headers, self.needs_encapsulated(), self.encapsulated())
+        8 + 4
+            + if self.reason.is_empty() {
+                0
+            } else {
+                1 + self.reason.len()
+            }
+            + 2
+            + icap_headers_len(
+                &self.headers,
+                self.needs_encapsulated(),
+                self.encapsulated(),
+            )
             + heads_len(&self.http_request, &self.http_response)
     }
 }

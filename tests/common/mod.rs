@@ -1,0 +1,162 @@
+//! Shared helpers for the wire-level tests: feed a byte stream to a decoder in pieces of
+//! several shapes and collect the events in a form that does not depend on the split.
+
+#![allow(dead_code)]
+
+use icap::{Error, Event, LastChunk, Request, RequestDecoder, Response, ResponseDecoder};
+
+/// An event with body pieces merged, so that different splits compare equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ev<M> {
+    Head(M),
+    Body(Vec<u8>),
+    PreviewEnd,
+    End(LastChunk),
+}
+
+fn push<M>(out: &mut Vec<Ev<M>>, ev: Event<M>) {
+    match ev {
+        Event::Head(m) => out.push(Ev::Head(m)),
+        Event::Data(d) => {
+            assert!(!d.is_empty(), "the decoder must not emit empty data");
+            if let Some(Ev::Body(b)) = out.last_mut() {
+                b.extend_from_slice(&d);
+            } else {
+                out.push(Ev::Body(d.to_vec()));
+            }
+        }
+        Event::PreviewEnd => out.push(Ev::PreviewEnd),
+        Event::End(l) => out.push(Ev::End(l)),
+    }
+}
+
+/// Split shapes every decoder test runs under.
+pub fn splits(len: usize) -> Vec<Vec<usize>> {
+    let mut out = vec![vec![len.max(1)], vec![1]];
+    // A few deterministic pseudo-random split patterns (xorshift), sizes 1..=17.
+    for seed in [0x9e3779b97f4a7c15u64, 0xdeadbeef, 12345, 7] {
+        let mut x = seed;
+        let mut v = Vec::new();
+        for _ in 0..64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.push((x % 17 + 1) as usize);
+        }
+        out.push(v);
+    }
+    out
+}
+
+/// Feeds `input` to a request decoder in pieces cycling through `sizes`; after a preview ends,
+/// continues when more bytes of the stream are left (as a server that sent 100 would).
+pub fn decode_requests(input: &[u8], sizes: &[usize]) -> Result<Vec<Ev<Request>>, Error> {
+    let mut dec = RequestDecoder::default();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut k = 0;
+    loop {
+        while let Some(ev) = dec.decode()? {
+            push(&mut out, ev);
+        }
+        if dec.awaiting_preview_decision() {
+            if pos < input.len() || !dec.buffered().is_empty() {
+                dec.continue_after_preview()?;
+            } else {
+                dec.finish_after_preview()?;
+            }
+            continue;
+        }
+        if pos >= input.len() {
+            dec.decode_eof()?;
+            return Ok(out);
+        }
+        let n = sizes[k % sizes.len()].min(input.len() - pos);
+        k += 1;
+        dec.feed(&input[pos..pos + n]);
+        pos += n;
+    }
+}
+
+/// Feeds `input` to a response decoder like [`decode_requests`].
+pub fn decode_responses(input: &[u8], sizes: &[usize]) -> Result<Vec<Ev<Response>>, Error> {
+    let mut dec = ResponseDecoder::default();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut k = 0;
+    loop {
+        while let Some(ev) = dec.decode()? {
+            push(&mut out, ev);
+        }
+        if pos >= input.len() {
+            dec.decode_eof()?;
+            return Ok(out);
+        }
+        let n = sizes[k % sizes.len()].min(input.len() - pos);
+        k += 1;
+        dec.feed(&input[pos..pos + n]);
+        pos += n;
+    }
+}
+
+/// Decodes under every split shape and checks that all give the same result (events, or the
+/// same error kind and offset); returns that result.
+pub fn requests_all_splits(input: &[u8]) -> Result<Vec<Ev<Request>>, Error> {
+    let first = decode_requests(input, &[input.len().max(1)]);
+    for s in splits(input.len()) {
+        let other = decode_requests(input, &s);
+        assert!(
+            same(&first, &other),
+            "split {s:?} disagrees: {} vs {}",
+            short(&first),
+            short(&other)
+        );
+    }
+    first
+}
+
+/// [`requests_all_splits`] for responses.
+pub fn responses_all_splits(input: &[u8]) -> Result<Vec<Ev<Response>>, Error> {
+    let first = decode_responses(input, &[input.len().max(1)]);
+    for s in splits(input.len()) {
+        let other = decode_responses(input, &s);
+        assert!(
+            same(&first, &other),
+            "split {s:?} disagrees: {} vs {}",
+            short(&first),
+            short(&other)
+        );
+    }
+    first
+}
+
+fn same<M: PartialEq>(a: &Result<Vec<Ev<M>>, Error>, b: &Result<Vec<Ev<M>>, Error>) -> bool {
+    match (a, b) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(a), Err(b)) => (a.kind(), a.offset()) == (b.kind(), b.offset()),
+        _ => false,
+    }
+}
+
+/// A one-line description of a result: event names and body sizes, or the error.
+pub fn short<M>(r: &Result<Vec<Ev<M>>, Error>) -> String {
+    match r {
+        Ok(v) => v
+            .iter()
+            .map(|e| match e {
+                Ev::Head(_) => "Head".to_string(),
+                Ev::Body(b) => format!("Body({})", b.len()),
+                Ev::PreviewEnd => "PreviewEnd".to_string(),
+                Ev::End(l) => format!("End(ieof={})", l.ieof),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(e) => format!("error {:?} at {}", e.kind(), e.offset()),
+    }
+}
+
+/// Reads a file under tests/data.
+pub fn data(name: &str) -> Vec<u8> {
+    let p = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
