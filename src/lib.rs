@@ -28,6 +28,7 @@ pub mod head;
 pub mod headers;
 pub mod limits;
 pub mod message;
+pub mod uri;
 
 pub use chunked::{Chunk, ChunkedDecoder, LastChunk};
 pub use decode::{Decoder, Event, RequestDecoder, ResponseDecoder};
@@ -38,3 +39,4 @@ pub use head::{HttpRequestHead, HttpResponseHead, Method, Version};
 pub use headers::Headers;
 pub use limits::Limits;
 pub use message::{BodyKind, Request, Response};
+pub use uri::{IcapUri, Scheme};
