@@ -425,6 +425,23 @@ impl Decoder<Request> {
         Ok(())
     }
 
+    /// For passive observers that see only the client's bytes (captures, taps), which cannot
+    /// see whether the server sent `100 Continue`: guesses from the buffered bytes whether a
+    /// chunk-size line follows (the client continued) or a new request starts. `None` when
+    /// too few bytes are buffered to tell. A server must not use this: it knows what it sent.
+    pub fn next_looks_like_chunk(&self) -> Option<bool> {
+        let digits = self
+            .buf
+            .iter()
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count();
+        match self.buf.get(digits) {
+            None => None,
+            Some(b';' | b'\r' | b' ' | b'\t') => Some(digits > 0),
+            Some(_) => Some(false),
+        }
+    }
+
     /// True while a preview waits for [`Self::continue_after_preview`] or
     /// [`Self::finish_after_preview`].
     pub fn awaiting_preview_decision(&self) -> bool {

@@ -114,7 +114,10 @@ impl IcapUri {
                 None => (authority, None),
             };
             if !host_name_ok(h) {
-                return Err(bad(rest_at, format!("{h:?} is not a host name or IPv4 address")));
+                return Err(bad(
+                    rest_at,
+                    format!("{h:?} is not a host name or IPv4 address"),
+                ));
             }
             (h.to_ascii_lowercase(), p)
         };
@@ -129,7 +132,10 @@ impl IcapUri {
         };
         let tail = &rest[auth_end..];
         if tail.contains('#') {
-            return Err(bad(rest_at + auth_end, "fragments are not allowed in an ICAP URI"));
+            return Err(bad(
+                rest_at + auth_end,
+                "fragments are not allowed in an ICAP URI",
+            ));
         }
         if let Some(i) = tail.bytes().position(|b| !path_byte_ok(b)) {
             return Err(bad(
@@ -141,7 +147,11 @@ impl IcapUri {
             Some((p, q)) => (p, Some(q.to_string())),
             None => (tail, None),
         };
-        let path = if path.is_empty() { "/".to_string() } else { path.to_string() };
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path.to_string()
+        };
         Ok(IcapUri {
             scheme,
             host,
@@ -247,34 +257,60 @@ mod tests {
     #[test]
     fn defaults_and_display() {
         let u = IcapUri::parse("icap://icap-server.net/server?arg=87").unwrap();
-        assert_eq!((u.host(), u.port(), u.path(), u.query()), ("icap-server.net", 1344, "/server", Some("arg=87")));
+        assert_eq!(
+            (u.host(), u.port(), u.path(), u.query()),
+            ("icap-server.net", 1344, "/server", Some("arg=87"))
+        );
         assert!(!u.is_tls());
         assert_eq!(u.host_header(), "icap-server.net");
         assert_eq!(u.to_string(), "icap://icap-server.net/server?arg=87");
 
         let u = IcapUri::parse("ICAPS://DLP.Example:11344/reqmod").unwrap();
         assert!(u.is_tls());
-        assert_eq!((u.host(), u.port(), u.explicit_port()), ("dlp.example", 11344, Some(11344)));
+        assert_eq!(
+            (u.host(), u.port(), u.explicit_port()),
+            ("dlp.example", 11344, Some(11344))
+        );
         assert_eq!(u.host_header(), "dlp.example");
         assert_eq!(u.to_string(), "icaps://dlp.example:11344/reqmod");
 
         let u = IcapUri::parse("icaps://10.0.0.1:1344").unwrap();
-        assert_eq!((u.port(), u.path(), u.host_header()), (1344, "/", "10.0.0.1:1344".to_string()));
+        assert_eq!(
+            (u.port(), u.path(), u.host_header()),
+            (1344, "/", "10.0.0.1:1344".to_string())
+        );
         assert_eq!(u.to_string(), "icaps://10.0.0.1:1344/");
 
         let u: IcapUri = "icap://[::1]:2000/av?mode=fast&x=%20".parse().unwrap();
-        assert_eq!((u.host(), u.port(), u.query()), ("::1", 2000, Some("mode=fast&x=%20")));
+        assert_eq!(
+            (u.host(), u.port(), u.query()),
+            ("::1", 2000, Some("mode=fast&x=%20"))
+        );
         assert_eq!(u.host_header(), "[::1]:2000");
         assert_eq!(u.to_string(), "icap://[::1]:2000/av?mode=fast&x=%20");
-        assert_eq!(IcapUri::parse("icap://[::1]/").unwrap().host_header(), "[::1]");
+        assert_eq!(
+            IcapUri::parse("icap://[::1]/").unwrap().host_header(),
+            "[::1]"
+        );
     }
 
     #[test]
     fn rejects_what_a_request_line_cannot_carry() {
         for bad in [
-            "http://h/", "icap:/h/", "icap://", "icap://h:0/", "icap://h:99999/", "icap://h:+1/",
-            "icap://u@h/", "icap://h/a#frag", "icap://h/a b", "icap://[::1/", "icap://[zz]/",
-            "icap://[::1]x/", "icap://h..x/", "icap://h/\r\nX: 1",
+            "http://h/",
+            "icap:/h/",
+            "icap://",
+            "icap://h:0/",
+            "icap://h:99999/",
+            "icap://h:+1/",
+            "icap://u@h/",
+            "icap://h/a#frag",
+            "icap://h/a b",
+            "icap://[::1/",
+            "icap://[zz]/",
+            "icap://[::1]x/",
+            "icap://h..x/",
+            "icap://h/\r\nX: 1",
         ] {
             let e = IcapUri::parse(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::BadUri, "{bad}");

@@ -60,12 +60,15 @@ pub fn decode_requests(input: &[u8], sizes: &[usize]) -> Result<Vec<Ev<Request>>
             push(&mut out, ev);
         }
         if dec.awaiting_preview_decision() {
-            if pos < input.len() || !dec.buffered().is_empty() {
-                dec.continue_after_preview()?;
-            } else {
-                dec.finish_after_preview()?;
+            match dec.next_looks_like_chunk() {
+                Some(true) => dec.continue_after_preview()?,
+                Some(false) => dec.finish_after_preview()?,
+                None if pos >= input.len() => dec.finish_after_preview()?,
+                None => {}
             }
-            continue;
+            if !dec.awaiting_preview_decision() {
+                continue;
+            }
         }
         if pos >= input.len() {
             dec.decode_eof()?;
