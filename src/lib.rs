@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod builder;
 pub mod chunked;
 pub mod decode;
 pub mod encapsulated;
@@ -28,8 +29,10 @@ pub mod head;
 pub mod headers;
 pub mod limits;
 pub mod message;
+pub mod options;
 pub mod uri;
 
+pub use builder::{ErrorStatus, RequestBuilder, ResponseBuilder};
 pub use chunked::{Chunk, ChunkedDecoder, LastChunk};
 pub use decode::{Decoder, Event, RequestDecoder, ResponseDecoder};
 pub use encapsulated::{Encapsulated, Section};
@@ -39,4 +42,5 @@ pub use head::{HttpRequestHead, HttpResponseHead, Method, Version};
 pub use headers::Headers;
 pub use limits::Limits;
 pub use message::{BodyKind, Request, Response};
+pub use options::{ServiceOptions, Transfer};
 pub use uri::{IcapUri, Scheme};
