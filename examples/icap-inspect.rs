@@ -86,13 +86,17 @@ fn encapsulated(h: &Headers) -> Value {
 }
 
 fn http_request(h: &Option<HttpRequestHead>) -> Value {
-    h.as_ref()
-        .map_or(Value::Null, |h| json!({"line": h.line(), "headers": headers(&h.headers)}))
+    h.as_ref().map_or(
+        Value::Null,
+        |h| json!({"line": h.line(), "headers": headers(&h.headers)}),
+    )
 }
 
 fn http_response(h: &Option<HttpResponseHead>) -> Value {
-    h.as_ref()
-        .map_or(Value::Null, |h| json!({"line": h.line(), "headers": headers(&h.headers)}))
+    h.as_ref().map_or(
+        Value::Null,
+        |h| json!({"line": h.line(), "headers": headers(&h.headers)}),
+    )
 }
 
 fn request_json(r: &Request) -> Value {
@@ -219,14 +223,21 @@ fn main() -> ExitCode {
         return ExitCode::from(66);
     }
     let role = args.role.unwrap_or_else(|| {
-        let start = input.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(0);
+        let start = input
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(0);
         if input[start..].starts_with(b"ICAP/") {
             Role::Response
         } else {
             Role::Request
         }
     });
-    let feed = if args.feed == 0 { input.len().max(1) } else { args.feed };
+    let feed = if args.feed == 0 {
+        input.len().max(1)
+    } else {
+        args.feed
+    };
     match role {
         Role::Request => run!(
             RequestDecoder::default(),

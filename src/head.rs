@@ -1,7 +1,7 @@
 //! Heads: start lines, the ICAP version, methods, and the encapsulated HTTP heads.
 //!
 //! A head is a start line, header lines and a blank line, every line ending in CRLF. This
-//! module finds where a head ends ([`scan_head`], resumable so that a head arriving one byte
+//! module finds where a head ends (resumably, so that a head arriving one byte
 //! at a time is scanned once), splits start lines, and parses encapsulated HTTP request and
 //! response heads. Header lines themselves belong to [`headers`](crate::headers); which heads
 //! a message carries belongs to [`encapsulated`](crate::encapsulated).

@@ -13,7 +13,11 @@ fn exe() -> PathBuf {
     p.pop();
     p.push("examples");
     p.push(format!("icap-inspect{}", std::env::consts::EXE_SUFFIX));
-    assert!(p.exists(), "{} not built (cargo test builds examples)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built (cargo test builds examples)",
+        p.display()
+    );
     p
 }
 
@@ -71,7 +75,10 @@ fn request_fields_and_body_digest() {
     let raw = std::fs::read(data("cicap-respmod-preview-continue.request.bin")).unwrap();
     let body = dechunk_after(&raw, b"\r\n\r\n", 4);
     assert_eq!(body.len(), 3000);
-    let hex: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(r["body"]["sha256"], hex);
 }
 
@@ -90,7 +97,11 @@ fn dechunk_after(raw: &[u8], sep: &[u8], nth: usize) -> Vec<u8> {
         rest = &rest[nl + 2..];
         if size == 0 {
             // c-icap-client's preview ends here; the rest follows the next chunk line.
-            if rest.len() > 2 && rest[..2] == *b"\r\n" && rest[2].is_ascii_hexdigit() && rest[2] != b'0' {
+            if rest.len() > 2
+                && rest[..2] == *b"\r\n"
+                && rest[2].is_ascii_hexdigit()
+                && rest[2] != b'0'
+            {
                 rest = &rest[2..];
                 continue;
             }
@@ -122,7 +133,11 @@ fn malformed_input_exits_2_with_typed_error() {
     let dir = std::env::temp_dir().join(format!("icap-inspect-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("bad.bin");
-    std::fs::write(&f, b"REQMOD icap://x/ ICAP/1.0\r\nHost: x\r\nEncapsulated: req-hdr=0, null-body=0x10\r\n\r\n").unwrap();
+    std::fs::write(
+        &f,
+        b"REQMOD icap://x/ ICAP/1.0\r\nHost: x\r\nEncapsulated: req-hdr=0, null-body=0x10\r\n\r\n",
+    )
+    .unwrap();
     let (code, msgs) = run(&["--role", "request", f.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert_eq!(msgs.last().unwrap()["type"], "error");
