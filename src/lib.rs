@@ -30,6 +30,7 @@ pub mod headers;
 pub mod limits;
 pub mod message;
 pub mod options;
+pub mod transaction;
 pub mod uri;
 
 pub use builder::{ErrorStatus, RequestBuilder, ResponseBuilder};
@@ -43,4 +44,7 @@ pub use headers::Headers;
 pub use limits::Limits;
 pub use message::{BodyKind, Request, Response};
 pub use options::{ServiceOptions, Transfer};
+pub use transaction::{
+    ClientEvent, ClientTransaction, CloseReason, RequestBody, Reuse, ServerEvent, ServerTransaction,
+};
 pub use uri::{IcapUri, Scheme};
