@@ -77,6 +77,8 @@ pub enum ErrorKind {
     /// 4.5, 4.6): 100 after `ieof`, 204 without `Allow: 204` outside a preview, 206 without
     /// `Allow: 206`.
     UnexpectedResponse,
+    /// A TLS certificate, key or CA file could not be read or used.
+    TlsConfig,
 }
 
 impl ErrorKind {
@@ -114,6 +116,7 @@ impl ErrorKind {
             BadUri => "bad_uri",
             InvalidMessage => "invalid_message",
             UnexpectedResponse => "unexpected_response",
+            TlsConfig => "tls_config",
         }
     }
 }

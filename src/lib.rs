@@ -30,6 +30,11 @@ pub mod headers;
 pub mod limits;
 pub mod message;
 pub mod options;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transaction;
 pub mod uri;
 

@@ -1,0 +1,963 @@
+//! The async ICAP server (feature `server`): tokio front end for [`ServerTransaction`].
+//!
+//! A [`Server`] routes each request by the path of its ICAP URI to a [`Service`] and answers
+//! OPTIONS itself from the service's declared [`ServiceOptions`]. The application only sees
+//! a request, its body as a stream, and (with a preview) the preview bytes first; whatever it
+//! returns, the rules hold: a [`Reply::Unmodified`] becomes a 204 only where the client allowed
+//! one (otherwise the original message is echoed as a 200, from a spool kept for that case),
+//! no 100 follows `ieof`, a 206 needs `Allow: 206`, unknown services get 404, methods a
+//! service does not offer 405, unknown methods 501, other versions 505, malformed requests
+//! 400 with `Connection: close`, and a client that stalls gets 408.
+//!
+//! Connections are kept alive and pipelined requests are answered in order. Limits bound
+//! connections, heads and bodies; timeouts bound how long an idle, slow or stalled client can
+//! hold a connection; [`Server::serve`] stops accepting on shutdown and lets transactions in
+//! flight finish. TLS (with optional client-certificate verification) is rustls.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::builder::ErrorStatus;
+use crate::decode::RequestDecoder;
+use crate::error::Error;
+use crate::head::Method;
+use crate::headers::Headers;
+use crate::limits::Limits;
+use crate::message::{Request, Response};
+use crate::options::ServiceOptions;
+use crate::transaction::{Reuse, ServerEvent, ServerState, ServerTransaction};
+use crate::uri::IcapUri;
+
+/// A boxed, sendable future, as service methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An ICAP service: what runs behind one path such as `/reqmod`.
+///
+/// Implement [`Service::options`] and [`Service::handle`]; override [`Service::preview`] to
+/// answer from the preview alone.
+pub trait Service: Send + Sync + 'static {
+    /// The options announced in answer to OPTIONS; also the source of the ISTag and of the
+    /// methods this service accepts.
+    fn options(&self) -> ServiceOptions;
+
+    /// Called when a preview without `ieof` has arrived, with its bytes. `None` (the default)
+    /// sends `100 Continue` and then calls [`Service::handle`] with the whole body; `Some`
+    /// answers now (a 204 here is allowed even without `Allow: 204`).
+    fn preview<'a>(
+        &'a self,
+        req: &'a IncomingRequest,
+        preview: &'a [u8],
+    ) -> BoxFuture<'a, Option<Reply>> {
+        let _ = (req, preview);
+        Box::pin(async { None })
+    }
+
+    /// Handles a REQMOD or RESPMOD request. `body` yields the encapsulated body (preview bytes
+    /// included); the application may stop reading early and answer.
+    fn handle<'a>(
+        &'a self,
+        req: &'a IncomingRequest,
+        body: &'a mut Body<'_, '_>,
+    ) -> BoxFuture<'a, Reply>;
+}
+
+/// A request as the application sees it.
+#[derive(Debug)]
+pub struct IncomingRequest {
+    /// The ICAP request head and encapsulated HTTP heads.
+    pub request: Request,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// True on a TLS connection.
+    pub secure: bool,
+}
+
+impl std::ops::Deref for IncomingRequest {
+    type Target = Request;
+    fn deref(&self) -> &Request {
+        &self.request
+    }
+}
+
+/// A response body the application hands back.
+pub enum ReplyBody {
+    /// No body.
+    Empty,
+    /// A body in memory.
+    Full(Bytes),
+    /// A body streamed from a reader, sent in chunks as it is read.
+    Reader(Box<dyn AsyncRead + Send + Unpin>),
+}
+
+impl std::fmt::Debug for ReplyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyBody::Empty => f.write_str("Empty"),
+            ReplyBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
+            ReplyBody::Reader(_) => f.write_str("Reader"),
+        }
+    }
+}
+
+/// The application's answer.
+#[derive(Debug)]
+pub enum Reply {
+    /// The message needs no change: a 204 where the client allows it, else a 200 that
+    /// echoes the original message. The headers are added to the ICAP response (for
+    /// instance `X-Infection-Found` in a monitoring mode).
+    Unmodified(Headers),
+    /// A final response (200 with a modified message or a block page, or an error status)
+    /// and its body; `response.body` must be `Some` exactly when a body is given.
+    Respond(Response, ReplyBody),
+    /// A 206: `prefix` replaces the start of the body, and the original body continues it
+    /// from offset `original_from`. Needs `Allow: 206`.
+    Partial(Response, Bytes, u64),
+}
+
+impl Reply {
+    /// The message stands as it is.
+    pub fn unmodified() -> Reply {
+        Reply::Unmodified(Headers::new())
+    }
+}
+
+/// Timeouts and limits of a [`Server`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Decoder limits (head sizes, header count, preview, body size).
+    pub limits: Limits,
+    /// Most connections served at once; more are answered 503 and closed. Default 256.
+    pub max_connections: usize,
+    /// How long a kept-alive connection may wait for its next request. Default 60 s.
+    pub idle_timeout: Duration,
+    /// How long a request head (ICAP and HTTP heads) may take from its first byte. Default 30 s.
+    pub head_timeout: Duration,
+    /// Longest wait for the next body bytes; a client that stalls longer gets 408. Default 30 s.
+    pub read_timeout: Duration,
+    /// Longest time a write to the client may block. Default 60 s.
+    pub write_timeout: Duration,
+    /// Longest TLS handshake. Default 10 s.
+    pub tls_handshake_timeout: Duration,
+    /// Body bytes kept in memory for a possible echo before spilling to a temporary file.
+    /// Default 1 MiB.
+    pub spool_memory: usize,
+    /// Directory for spill files. Default: the system temporary directory.
+    pub spool_dir: PathBuf,
+    /// ISTag for answers that belong to no service (404, 400 before routing). Default `"icap-rs"`.
+    pub istag: String,
+    /// `Server` header on every answer. Default `icap-rs/<version>`.
+    pub server_name: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            limits: Limits::default(),
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(60),
+            head_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            spool_memory: 1024 * 1024,
+            spool_dir: std::env::temp_dir(),
+            istag: "icap-rs".into(),
+            server_name: Some(concat!("icap-rs/", env!("CARGO_PKG_VERSION")).into()),
+        }
+    }
+}
+
+/// A boxed connection: TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An ICAP server: services by path, configuration, optional TLS.
+pub struct Server {
+    routes: HashMap<String, Arc<dyn Service>>,
+    config: ServerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("routes", &self.routes.keys().collect::<Vec<_>>())
+            .field("config", &self.config)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new(ServerConfig::default())
+    }
+}
+
+/// Counters of a running server, for tests and monitoring.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Connections refused with 503 for the connection limit.
+    pub refused: AtomicU64,
+}
+
+impl Server {
+    /// A server with no services.
+    pub fn new(config: ServerConfig) -> Self {
+        Server {
+            routes: HashMap::new(),
+            config,
+            tls: None,
+        }
+    }
+
+    /// Serves `service` at `path` (`"reqmod"` or `"/reqmod"` answer `icap://host/reqmod`).
+    pub fn route(mut self, path: &str, service: impl Service) -> Self {
+        self.routes
+            .insert(path.trim_start_matches('/').to_string(), Arc::new(service));
+        self
+    }
+
+    /// Serves `service`, already shared, at `path`.
+    pub fn route_arc(mut self, path: &str, service: Arc<dyn Service>) -> Self {
+        self.routes
+            .insert(path.trim_start_matches('/').to_string(), service);
+        self
+    }
+
+    /// Speaks TLS (ICAPS) with this rustls configuration, e.g. from
+    /// [`ServerTls::build`](crate::tls::ServerTls::build).
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes, then stops accepting,
+    /// lets every transaction in flight finish, closes idle connections, and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<Arc<Stats>> {
+        self.serve_many(vec![listener], shutdown).await
+    }
+
+    /// Like [`Server::serve`] on several listeners at once.
+    pub async fn serve_many(
+        self,
+        listeners: Vec<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<Arc<Stats>> {
+        let server = Arc::new(self);
+        let stats = Arc::new(Stats::default());
+        let permits = Arc::new(Semaphore::new(server.config.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(64);
+        let mut acceptors = JoinSet::new();
+        for l in listeners {
+            let tx = conn_tx.clone();
+            acceptors.spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok(c) => {
+                            if tx.send(c).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            });
+        }
+        drop(conn_tx);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                c = conn_rx.recv() => {
+                    let Some((tcp, peer)) = c else { break };
+                    stats.connections.fetch_add(1, Ordering::Relaxed);
+                    let _ = tcp.set_nodelay(true);
+                    let server = server.clone();
+                    let stats2 = stats.clone();
+                    let stop = stop_rx.clone();
+                    match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tasks.spawn(async move {
+                                let _permit = permit;
+                                server.connection(tcp, peer, stop, &stats2).await;
+                            });
+                        }
+                        Err(_) => {
+                            stats.refused.fetch_add(1, Ordering::Relaxed);
+                            tasks.spawn(async move { server.refuse(tcp).await });
+                        }
+                    }
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        acceptors.shutdown().await;
+        let _ = stop_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+        Ok(stats)
+    }
+
+    async fn refuse(&self, mut tcp: TcpStream) {
+        let res = self.error_response(ErrorStatus::ServiceOverloaded, &self.config.istag);
+        let mut buf = BytesMut::new();
+        res.write_to(&mut buf);
+        let _ = timeout(self.config.write_timeout, tcp.write_all(&buf)).await;
+        let _ = tcp.shutdown().await;
+    }
+
+    async fn connection(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        stop: watch::Receiver<bool>,
+        stats: &Stats,
+    ) {
+        let (io, secure): (Box<dyn Io>, bool) = match &self.tls {
+            None => (Box::new(tcp), false),
+            Some(acceptor) => {
+                match timeout(self.config.tls_handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => (Box::new(tls), true),
+                    Ok(Err(e)) => {
+                        log_debug(&format!("TLS handshake with {peer} failed: {e}"));
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        };
+        let mut conn = Conn {
+            io,
+            cfg: &self.config,
+            head_deadline: None,
+        };
+        let mut decoder = RequestDecoder::new(self.config.limits);
+        loop {
+            let txn = ServerTransaction::new(decoder);
+            match self
+                .transaction(&mut conn, txn, peer, secure, stop.clone())
+                .await
+            {
+                Some(d) => decoder = d,
+                None => break,
+            }
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+    }
+
+    fn server_header(&self, b: crate::builder::ResponseBuilder) -> crate::builder::ResponseBuilder {
+        match &self.config.server_name {
+            Some(s) => b.header("Server", s),
+            None => b,
+        }
+    }
+
+    fn error_response(&self, status: ErrorStatus, istag: &str) -> Response {
+        let b = self.server_header(Response::error(status, istag));
+        b.build().unwrap_or_else(|_| {
+            // Only a bad ISTag can fail; fall back to the server's own.
+            self.server_header(Response::error(status, "icap-rs"))
+                .build()
+                .expect("a fixed ISTag is valid")
+        })
+    }
+
+    /// Runs one transaction; returns the decoder when the connection may carry another.
+    async fn transaction(
+        &self,
+        conn: &mut Conn<'_>,
+        mut txn: ServerTransaction,
+        peer: SocketAddr,
+        secure: bool,
+        mut stop: watch::Receiver<bool>,
+    ) -> Option<RequestDecoder> {
+        // 1. The head: wait idle, then at most head_timeout from the first byte.
+        let request = loop {
+            match txn.poll_event() {
+                Ok(Some(ServerEvent::Request(r))) => break r,
+                Ok(Some(_)) => unreachable!("the first event of a transaction is its head"),
+                Ok(None) => {}
+                Err(_) => {
+                    let res = self.error_response(ErrorStatus::BadRequest, &self.config.istag);
+                    let _ = txn.respond(res);
+                    let _ = conn.flush_out(&mut txn).await;
+                    return None;
+                }
+            }
+            let idle = txn.decoder_mut().buffered().is_empty();
+            if idle && *stop.borrow() {
+                return None;
+            }
+            let read = if idle {
+                tokio::select! {
+                    r = timeout(self.config.idle_timeout, conn.read(&mut txn)) => r,
+                    _ = stop.changed() => return None,
+                }
+            } else {
+                let deadline = conn
+                    .head_deadline
+                    .get_or_insert_with(|| Instant::now() + self.config.head_timeout);
+                timeout_at(*deadline, conn.read(&mut txn)).await
+            };
+            match read {
+                Ok(Ok(0)) => {
+                    let _ = txn.on_eof();
+                    return None;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return None,
+                Err(_) if idle => return None,
+                Err(_) => {
+                    let res = self.error_response(ErrorStatus::RequestTimeout, &self.config.istag);
+                    let _ = txn.respond(res);
+                    let _ = conn.flush_out(&mut txn).await;
+                    return None;
+                }
+            }
+        };
+        conn.head_deadline = None;
+
+        // 2. Routing and the checks that need no service code.
+        let route = IcapUri::parse(&String::from_utf8_lossy(&request.uri))
+            .ok()
+            .map(|u| u.path().trim_start_matches('/').to_string());
+        let service = route.as_ref().and_then(|p| self.routes.get(p)).cloned();
+        let istag = service
+            .as_ref()
+            .map(|s| s.options().istag)
+            .unwrap_or_else(|| self.config.istag.clone());
+        let refusal = if request.version.major != 1 {
+            Some(ErrorStatus::VersionNotSupported)
+        } else if matches!(request.method, Method::Other(_)) {
+            Some(ErrorStatus::MethodNotImplemented)
+        } else if route.is_none() {
+            Some(ErrorStatus::BadRequest)
+        } else if service.is_none() {
+            Some(ErrorStatus::ServiceNotFound)
+        } else if request.method != Method::Options
+            && !service
+                .as_ref()
+                .is_some_and(|s| s.options().supports(&request.method))
+        {
+            Some(ErrorStatus::MethodNotAllowed)
+        } else {
+            None
+        };
+        if let Some(status) = refusal {
+            // Answered before the body was read: the transaction closes the connection.
+            let _ = txn.respond(self.error_response(status, &istag));
+            let _ = conn.flush_out(&mut txn).await;
+            return None;
+        }
+        let service = service.expect("refused above when missing");
+        let incoming = IncomingRequest {
+            request,
+            peer,
+            secure,
+        };
+
+        // 3. OPTIONS is answered from the declared options.
+        if incoming.method == Method::Options {
+            // An OPTIONS body (rare) is read and dropped before answering.
+            let mut body = Body::new(conn, &mut txn, None);
+            if body.drain().await.is_err() {
+                return None;
+            }
+            drop(body);
+            let opts = service.options();
+            let res = opts
+                .response_builder()
+                .map(|b| self.server_header(b))
+                .and_then(|b| b.build())
+                .unwrap_or_else(|_| self.error_response(ErrorStatus::ServerError, &istag));
+            let keep = self.send(conn, &mut txn, res, ReplyBody::Empty, None).await;
+            return keep.then(|| txn.into_decoder());
+        }
+
+        // 4. REQMOD / RESPMOD: preview, then the application.
+        let spool = (!incoming.allows_204() && incoming.body.is_some())
+            .then(|| Spool::new(self.config.spool_memory, self.config.spool_dir.clone()));
+        let mut body = Body::new(conn, &mut txn, spool);
+        let mut reply = None;
+        if incoming.body.is_some() && incoming.preview().is_some() {
+            match body.read_preview().await {
+                Ok(true) => {
+                    // ieof: the whole body is here; no 100 is possible.
+                }
+                Ok(false) => {
+                    let preview: Vec<u8> =
+                        body.replay.iter().flat_map(|b| b.iter().copied()).collect();
+                    reply = service.preview(&incoming, &preview).await;
+                    if reply.is_none() && body.send_continue().await.is_err() {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    self.body_error(body, e, &istag).await;
+                    return None;
+                }
+            }
+        }
+        let reply = match reply {
+            Some(r) => r,
+            None => service.handle(&incoming, &mut body).await,
+        };
+        if let Some(e) = body.failed.take() {
+            self.body_error(body, e, &istag).await;
+            return None;
+        }
+        let (conn, txn_ref, spool) = body.into_parts();
+        let keep = self
+            .answer(conn, txn_ref, &incoming, reply, spool, &istag)
+            .await;
+        keep.then(|| txn.into_decoder())
+    }
+
+    /// Answers a body that could not be read (400 or 408) where the connection still works.
+    async fn body_error(&self, body: Body<'_, '_>, e: BodyError, istag: &str) {
+        let (conn, txn, _) = body.into_parts();
+        let status = match e {
+            BodyError::Timeout => ErrorStatus::RequestTimeout,
+            BodyError::Protocol(_) => ErrorStatus::BadRequest,
+            BodyError::Io(_) | BodyError::Eof => return,
+        };
+        let _ = txn.respond(self.error_response(status, istag));
+        let _ = conn.flush_out(txn).await;
+    }
+
+    /// Turns the application's reply into a legal response and sends it.
+    async fn answer(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        req: &IncomingRequest,
+        reply: Reply,
+        spool: Option<Spool>,
+        istag: &str,
+    ) -> bool {
+        let in_preview = matches!(
+            txn.state(),
+            ServerState::Decide { .. } | ServerState::Preview
+        );
+        match reply {
+            Reply::Unmodified(extra) if req.allows_204() || in_preview => {
+                let mut b = self.server_header(Response::no_content(istag));
+                for (n, v) in extra.iter() {
+                    b = b.header(&String::from_utf8_lossy(n), v);
+                }
+                let res = b
+                    .build()
+                    .unwrap_or_else(|_| self.error_response(ErrorStatus::ServerError, istag));
+                self.send(conn, txn, res, ReplyBody::Empty, None).await
+            }
+            Reply::Unmodified(extra) => {
+                // No 204 allowed: echo the original message, its body from the spool.
+                let mut spool = spool;
+                if txn.state() == ServerState::Body {
+                    let mut body = Body::new(conn, txn, spool.take());
+                    if let Err(e) = body.drain().await {
+                        self.body_error(body, e, istag).await;
+                        return false;
+                    }
+                    spool = body.spool.take();
+                }
+                let mut res = Response::new(200, "OK");
+                if let Some(s) = &self.config.server_name {
+                    res.headers.append("Server", s);
+                }
+                res.headers
+                    .append("ISTag", format!("\"{}\"", istag.trim_matches('"')));
+                for (n, v) in extra.iter() {
+                    res.headers.append(&String::from_utf8_lossy(n), v);
+                }
+                res.http_request = req.http_request.clone();
+                res.http_response = req.http_response.clone();
+                if req.method == Method::Respmod {
+                    // A RESPMOD answer carries the response only (RFC 3507 4.9.2).
+                    res.http_request = None;
+                }
+                res.body = req.body;
+                // The spool exists whenever a body came without Allow: 204.
+                let body = match spool {
+                    Some(s) if req.body.is_some() => match s.into_reader().await {
+                        Ok(r) => ReplyBody::Reader(r),
+                        Err(_) => return false,
+                    },
+                    _ => ReplyBody::Empty,
+                };
+                self.send(conn, txn, res, body, None).await
+            }
+            Reply::Respond(res, body) => self.send(conn, txn, res, body, None).await,
+            Reply::Partial(res, prefix, from) => {
+                self.send(conn, txn, res, ReplyBody::Full(prefix), Some(from))
+                    .await
+            }
+        }
+    }
+
+    /// Sends `res` through the transaction (which enforces the rules), then its body.
+    /// Returns true when the connection may carry another transaction.
+    async fn send(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        res: Response,
+        body: ReplyBody,
+        original_from: Option<u64>,
+    ) -> bool {
+        let istag = res
+            .headers
+            .get_str("ISTag")
+            .unwrap_or(&self.config.istag)
+            .to_string();
+        if let Err(e) = txn.respond(res) {
+            // The application broke a rule (a 206 without Allow: 206, sections that do not
+            // suit the method ...): a server error is all that can be said.
+            log_debug(&format!("refused response: {e}"));
+            let _ = txn.respond(self.error_response(ErrorStatus::ServerError, &istag));
+            let _ = conn.flush_out(txn).await;
+            return false;
+        }
+        if txn.state() == ServerState::Responding {
+            let sent = match body {
+                ReplyBody::Empty => Ok(()),
+                ReplyBody::Full(b) => txn
+                    .send_data(b)
+                    .map_err(|e| io::Error::other(e.to_string())),
+                ReplyBody::Reader(mut r) => {
+                    let mut ok = Ok(());
+                    loop {
+                        let mut buf = BytesMut::with_capacity(64 * 1024);
+                        match r.read_buf(&mut buf).await {
+                            Ok(0) => break,
+                            Ok(_) => {
+                                if let Err(e) = txn.send_data(buf.freeze()) {
+                                    ok = Err(io::Error::other(e.to_string()));
+                                    break;
+                                }
+                                if conn.flush_out(txn).await.is_err() {
+                                    return false;
+                                }
+                            }
+                            Err(e) => {
+                                ok = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    ok
+                }
+            };
+            if sent.is_err() {
+                // The head is out; the only honest signal left is to cut the connection.
+                let _ = conn.flush_out(txn).await;
+                return false;
+            }
+            let ended = match original_from {
+                Some(n) => txn.end_use_original_body(n),
+                None => txn.end_response(),
+            };
+            if ended.is_err() {
+                return false;
+            }
+        }
+        if conn.flush_out(txn).await.is_err() {
+            return false;
+        }
+        txn.reuse() == Reuse::Keep
+    }
+}
+
+fn log_debug(msg: &str) {
+    tracing::debug!("{msg}");
+}
+
+/// The connection and its per-request deadline.
+struct Conn<'s> {
+    io: Box<dyn Io>,
+    cfg: &'s ServerConfig,
+    head_deadline: Option<Instant>,
+}
+
+impl Conn<'_> {
+    async fn read(&mut self, txn: &mut ServerTransaction) -> io::Result<usize> {
+        let buf = txn.decoder_mut().buffer_mut();
+        buf.reserve(16 * 1024);
+        self.io.read_buf(buf).await
+    }
+
+    async fn flush_out(&mut self, txn: &mut ServerTransaction) -> io::Result<()> {
+        let out = txn.outgoing();
+        let write = async {
+            self.io.write_all_buf(out).await?;
+            self.io.flush().await
+        };
+        match timeout(self.cfg.write_timeout, write).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+        }
+    }
+}
+
+/// Why reading a body failed.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The client sent nothing for [`ServerConfig::read_timeout`].
+    Timeout,
+    /// The client closed the connection in the middle of the body.
+    Eof,
+    /// The body was malformed.
+    Protocol(Error),
+    /// The connection failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Timeout => f.write_str("the client stalled"),
+            BodyError::Eof => f.write_str("the client closed the connection inside the body"),
+            BodyError::Protocol(e) => write!(f, "malformed body: {e}"),
+            BodyError::Io(e) => write!(f, "connection error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// The request body, read from the connection as the application asks for it.
+pub struct Body<'c, 's> {
+    conn: &'c mut Conn<'s>,
+    txn: &'c mut ServerTransaction,
+    /// Preview bytes, handed out again before the rest.
+    replay: VecDeque<Bytes>,
+    done: bool,
+    spool: Option<Spool>,
+    failed: Option<BodyError>,
+    read: u64,
+}
+
+impl std::fmt::Debug for Body<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("read", &self.read)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<'c, 's> Body<'c, 's> {
+    fn new(conn: &'c mut Conn<'s>, txn: &'c mut ServerTransaction, spool: Option<Spool>) -> Self {
+        let done = !matches!(txn.state(), ServerState::Body | ServerState::Preview);
+        Body {
+            conn,
+            txn,
+            replay: VecDeque::new(),
+            done,
+            spool,
+            failed: None,
+            read: 0,
+        }
+    }
+
+    fn into_parts(self) -> (&'c mut Conn<'s>, &'c mut ServerTransaction, Option<Spool>) {
+        (self.conn, self.txn, self.spool)
+    }
+
+    /// Bytes of body handed to the application so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
+    /// The next piece of the body, or `None` at its end. After an error the server answers
+    /// 400 or 408 (or just closes) whatever the application replies.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, &BodyError> {
+        if let Some(b) = self.replay.pop_front() {
+            self.read += b.len() as u64;
+            return Ok(Some(b));
+        }
+        match self.next_raw().await {
+            Ok(Some(b)) => {
+                self.read += b.len() as u64;
+                Ok(Some(b))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.failed = Some(e);
+                Err(self.failed.as_ref().expect("just set"))
+            }
+        }
+    }
+
+    /// Reads pieces from the wire, into the spool when one is kept.
+    async fn next_raw(&mut self) -> Result<Option<Bytes>, BodyError> {
+        if self.failed.is_some() || self.done {
+            return Ok(None);
+        }
+        loop {
+            match self.txn.poll_event() {
+                Ok(Some(ServerEvent::Data(d))) => {
+                    if let Some(s) = &mut self.spool {
+                        s.push(d.clone()).await.map_err(BodyError::Io)?;
+                    }
+                    return Ok(Some(d));
+                }
+                Ok(Some(ServerEvent::End(_))) | Ok(Some(ServerEvent::PreviewEnd { .. })) => {
+                    self.done = true;
+                    return Ok(None);
+                }
+                Ok(Some(ServerEvent::Request(_))) => unreachable!("one head per transaction"),
+                Ok(None) => {}
+                Err(e) => return Err(BodyError::Protocol(e)),
+            }
+            if !matches!(self.txn.state(), ServerState::Body | ServerState::Preview) {
+                self.done = true;
+                return Ok(None);
+            }
+            match timeout(self.conn.cfg.read_timeout, self.conn.read(self.txn)).await {
+                Err(_) => return Err(BodyError::Timeout),
+                Ok(Err(e)) => return Err(BodyError::Io(e)),
+                Ok(Ok(0)) => {
+                    let _ = self.txn.on_eof();
+                    return Err(BodyError::Eof);
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Reads the preview into the replay queue; `Ok(true)` when it ended with `ieof`.
+    async fn read_preview(&mut self) -> Result<bool, BodyError> {
+        while let Some(b) = self.next_raw().await? {
+            self.replay.push_back(b);
+        }
+        let ieof = matches!(self.txn.state(), ServerState::Decide { ieof: true });
+        // After the preview's zero chunk more body may follow, after 100 Continue.
+        self.done = ieof;
+        Ok(ieof)
+    }
+
+    async fn send_continue(&mut self) -> Result<(), BodyError> {
+        self.txn.send_continue().map_err(BodyError::Protocol)?;
+        self.conn.flush_out(self.txn).await.map_err(BodyError::Io)?;
+        self.done = false;
+        Ok(())
+    }
+
+    /// Reads the rest of the body, dropping it (spooling it when a spool is kept).
+    async fn drain(&mut self) -> Result<(), BodyError> {
+        self.replay.clear();
+        while self.next_raw().await?.is_some() {}
+        Ok(())
+    }
+}
+
+/// Keeps a copy of a request body for an echo: in memory up to a limit, then in a temporary
+/// file, so that memory stays bounded whatever the body size.
+struct Spool {
+    mem: Vec<Bytes>,
+    mem_len: usize,
+    limit: usize,
+    dir: PathBuf,
+    file: Option<(tokio::fs::File, PathBuf)>,
+}
+
+static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Spool {
+    fn new(limit: usize, dir: PathBuf) -> Self {
+        Spool {
+            mem: Vec::new(),
+            mem_len: 0,
+            limit,
+            dir,
+            file: None,
+        }
+    }
+
+    async fn push(&mut self, b: Bytes) -> io::Result<()> {
+        if self.file.is_none() && self.mem_len + b.len() <= self.limit {
+            self.mem_len += b.len();
+            self.mem.push(b);
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let path = self.dir.join(format!(
+                "icap-spool-{}-{}",
+                std::process::id(),
+                SPOOL_SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            let mut f = tokio::fs::OpenOptions::new()
+                .create_new(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .await?;
+            for m in self.mem.drain(..) {
+                f.write_all(&m).await?;
+            }
+            self.file = Some((f, path));
+        }
+        let (f, _) = self.file.as_mut().expect("created above");
+        f.write_all(&b).await
+    }
+
+    async fn into_reader(mut self) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
+        match self.file.take() {
+            None => {
+                let mut all = BytesMut::with_capacity(self.mem_len);
+                for m in &self.mem {
+                    all.extend_from_slice(m);
+                }
+                Ok(Box::new(io::Cursor::new(all.freeze())))
+            }
+            Some((mut f, path)) => {
+                use tokio::io::AsyncSeekExt;
+                f.flush().await?;
+                f.seek(io::SeekFrom::Start(0)).await?;
+                // Unlinked now: the open handle keeps the data until the reader is dropped.
+                let _ = tokio::fs::remove_file(&path).await;
+                Ok(Box::new(f))
+            }
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Some((_, path)) = self.file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

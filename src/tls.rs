@@ -1,0 +1,261 @@
+//! TLS settings for secure ICAP (`icaps://`, conventionally port 11344), shared by the client
+//! and the server.
+//!
+//! This module turns PEM files into rustls configurations: a server certificate with an
+//! optional client-certificate requirement (what stunnel's `verify = 2` does in front of a
+//! DLP appliance), and a client that trusts the system roots, a private CA, or exactly one
+//! pinned (typically self-signed) certificate, optionally presenting a client certificate.
+//! Handshakes themselves happen in the client and server front ends.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::error::{Error, ErrorKind, Result};
+
+fn config_error(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::TlsConfig, 0, msg)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>> {
+    let path = path.as_ref();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| config_error(format!("{}: {e}", path.display())))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(config_error(format!(
+            "{}: no certificate in the file",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+pub fn load_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>> {
+    let path = path.as_ref();
+    PrivateKeyDer::from_pem_file(path).map_err(|e| config_error(format!("{}: {e}", path.display())))
+}
+
+fn roots_from(certs: Vec<CertificateDer<'static>>, what: &str) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| config_error(format!("{what}: unusable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// Server-side TLS: certificate chain, key, and optionally the CA that client certificates
+/// must chain to.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server's certificate chain, leaf first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The server's private key.
+    pub key: Arc<PrivateKeyDer<'static>>,
+    /// When set, a client must present a certificate issued by one of these CAs.
+    pub client_ca: Option<Vec<CertificateDer<'static>>>,
+}
+
+impl ServerTls {
+    /// Loads the certificate chain and key from PEM files.
+    pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self> {
+        Ok(ServerTls {
+            cert_chain: load_certs(cert)?,
+            key: Arc::new(load_key(key)?),
+            client_ca: None,
+        })
+    }
+
+    /// Requires client certificates issued by the CA(s) in this PEM file.
+    pub fn require_client_certs(mut self, ca: impl AsRef<Path>) -> Result<Self> {
+        self.client_ca = Some(load_certs(ca)?);
+        Ok(self)
+    }
+
+    /// Builds the rustls configuration.
+    pub fn build(&self) -> Result<Arc<rustls::ServerConfig>> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config_error(e.to_string()))?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(cas) => {
+                let roots = roots_from(cas.clone(), "client CA")?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| config_error(format!("client CA: {e}")))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let cfg = builder
+            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
+            .map_err(|e| config_error(format!("server certificate and key: {e}")))?;
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// Which server certificates a client accepts.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The operating system's root store.
+    System,
+    /// Certificates issued by these CAs (a private CA, as DLP deployments use).
+    Ca(Vec<CertificateDer<'static>>),
+    /// Exactly these certificates, compared byte for byte: for self-signed appliance
+    /// certificates. Names and dates are not checked, as with any pin; the handshake
+    /// signature still is.
+    Pinned(Vec<CertificateDer<'static>>),
+}
+
+/// Client-side TLS: whom to trust, and an optional client certificate.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// Which server certificates to accept.
+    pub trust: Trust,
+    /// A client certificate chain and key, for servers that require one (mTLS).
+    pub identity: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+}
+
+impl Default for ClientTls {
+    fn default() -> Self {
+        ClientTls {
+            trust: Trust::System,
+            identity: None,
+        }
+    }
+}
+
+impl ClientTls {
+    /// Trusts the CA(s) in a PEM file instead of the system roots.
+    pub fn with_ca_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
+        self.trust = Trust::Ca(load_certs(path)?);
+        Ok(self)
+    }
+
+    /// Trusts exactly the certificate(s) in a PEM file (pinning).
+    pub fn with_pinned_cert_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
+        self.trust = Trust::Pinned(load_certs(path)?);
+        Ok(self)
+    }
+
+    /// Presents this client certificate and key.
+    pub fn with_client_cert_files(
+        mut self,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self> {
+        self.identity = Some((load_certs(cert)?, Arc::new(load_key(key)?)));
+        Ok(self)
+    }
+
+    /// Builds the rustls configuration.
+    pub fn build(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config_error(e.to_string()))?;
+        let builder = match &self.trust {
+            Trust::System => {
+                let found = rustls_native_certs::load_native_certs();
+                let mut roots = RootCertStore::empty();
+                let (added, _) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    return Err(config_error(
+                        "no usable system root certificates (install ca-certificates or give a CA file)",
+                    ));
+                }
+                builder.with_root_certificates(roots)
+            }
+            Trust::Ca(cas) => builder.with_root_certificates(roots_from(cas.clone(), "CA file")?),
+            Trust::Pinned(certs) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    pins: certs.clone(),
+                    provider: provider(),
+                })),
+        };
+        let cfg = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain.clone(), key.clone_key())
+                .map_err(|e| config_error(format!("client certificate and key: {e}")))?,
+        };
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// Accepts a server whose end-entity certificate is one of the pins.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pins: Vec<CertificateDer<'static>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if self.pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,392 @@
+//! The async server on loopback, driven by raw bytes: routing, OPTIONS, 204 rules and echo,
+//! preview and 100 Continue, errors, keep-alive, limits, timeouts and shutdown.
+#![cfg(feature = "server")]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use icap::server::{
+    Body, BoxFuture, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Service,
+};
+use icap::{Event, Method, Response, ResponseDecoder, ServiceOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// Blocks bodies containing "BLOCK" with a 403 page; everything else is unmodified.
+struct Blocker;
+
+const PAGE: &[u8] = b"<html>blocked</html>";
+
+impl Service for Blocker {
+    fn options(&self) -> ServiceOptions {
+        ServiceOptions {
+            methods: vec![Method::Reqmod, Method::Respmod],
+            istag: "\"blk-1\"".into(),
+            service: Some("test blocker".into()),
+            preview: Some(8),
+            allow_204: true,
+            transfer_preview: vec!["*".into()],
+            ..Default::default()
+        }
+    }
+
+    fn preview<'a>(
+        &'a self,
+        _req: &'a IncomingRequest,
+        preview: &'a [u8],
+    ) -> BoxFuture<'a, Option<Reply>> {
+        // "SKIP" in a preview: decided without the rest.
+        let skip = preview.starts_with(b"SKIP");
+        Box::pin(async move { skip.then(Reply::unmodified) })
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _req: &'a IncomingRequest,
+        body: &'a mut Body<'_, '_>,
+    ) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            let mut all = Vec::new();
+            while let Ok(Some(c)) = body.chunk().await {
+                all.extend_from_slice(&c);
+            }
+            if all.windows(5).any(|w| w == b"BLOCK") {
+                let res = Response::ok("blk-1")
+                    .header("X-Violations-Found", "1")
+                    .http_error_page(403, "Forbidden", "text/html", PAGE)
+                    .build()
+                    .unwrap();
+                Reply::Respond(res, ReplyBody::Full(Bytes::from_static(PAGE)))
+            } else {
+                Reply::unmodified()
+            }
+        })
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<std::sync::Arc<icap::server::Stats>>,
+}
+
+async fn start(cfg: ServerConfig) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = Server::new(cfg).route("blocker", Blocker);
+    let done = tokio::spawn(async move {
+        server
+            .serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap()
+    });
+    Running {
+        addr,
+        stop: Some(tx),
+        done,
+    }
+}
+
+impl Running {
+    async fn stop(mut self) -> std::sync::Arc<icap::server::Stats> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), self.done)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// Reads whole responses from `s` until `n` have arrived (or EOF); returns them with bodies.
+async fn read_responses(s: &mut TcpStream, n: usize) -> (Vec<(Response, Vec<u8>)>, bool) {
+    let mut dec = ResponseDecoder::default();
+    let mut out: Vec<(Response, Vec<u8>)> = Vec::new();
+    let mut eof = false;
+    loop {
+        while let Some(ev) = dec.decode().unwrap() {
+            match ev {
+                Event::Head(r) => out.push((r, Vec::new())),
+                Event::Data(d) => out.last_mut().unwrap().1.extend_from_slice(&d),
+                _ => {}
+            }
+        }
+        if out.len() >= n && dec.is_idle() {
+            break;
+        }
+        let mut buf = [0u8; 65536];
+        let k = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if k == 0 {
+            eof = true;
+            break;
+        }
+        dec.feed(&buf[..k]);
+    }
+    (out, eof)
+}
+
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+fn reqmod(extra: &str, body: Option<&[u8]>) -> Vec<u8> {
+    let http = "POST http://origin.example/up HTTP/1.1\r\nHost: origin.example\r\n\r\n";
+    let enc = match body {
+        Some(_) => format!("req-hdr=0, req-body={}", http.len()),
+        None => format!("req-hdr=0, null-body={}", http.len()),
+    };
+    let mut v = format!("REQMOD icap://127.0.0.1/blocker ICAP/1.0\r\nHost: 127.0.0.1\r\n{extra}Encapsulated: {enc}\r\n\r\n{http}").into_bytes();
+    if let Some(b) = body {
+        if !b.is_empty() {
+            v.extend_from_slice(format!("{:x}\r\n", b.len()).as_bytes());
+            v.extend_from_slice(b);
+            v.extend_from_slice(b"\r\n");
+        }
+        v.extend_from_slice(b"0\r\n\r\n");
+    }
+    v
+}
+
+#[tokio::test]
+async fn options_answered_from_declared_options() {
+    let srv = start(ServerConfig::default()).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"OPTIONS icap://127.0.0.1/blocker ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (res, _) = read_responses(&mut s, 1).await;
+    let r = &res[0].0;
+    assert_eq!(r.status, 200);
+    let o = ServiceOptions::from_response(r).unwrap();
+    assert_eq!(o.methods, vec![Method::Reqmod, Method::Respmod]);
+    assert_eq!(o.preview, Some(8));
+    assert_eq!(o.istag, "\"blk-1\"");
+    assert!(o.allow_204);
+    assert_eq!(r.headers.get("Encapsulated"), Some(&b"null-body=0"[..]));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn verdicts_204_echo_and_block_on_one_connection() {
+    let srv = start(ServerConfig::default()).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    // Pipelined: clean with Allow 204, clean without (echo), blocked.
+    let mut wire = reqmod("Allow: 204\r\n", Some(b"hello"));
+    wire.extend(reqmod("", Some(b"hello world")));
+    wire.extend(reqmod("Allow: 204\r\n", Some(b"xx BLOCK xx")));
+    s.write_all(&wire).await.unwrap();
+    let (res, eof) = read_responses(&mut s, 3).await;
+    assert!(!eof);
+    assert_eq!(
+        res.iter().map(|r| r.0.status).collect::<Vec<_>>(),
+        vec![204, 200, 200]
+    );
+    assert_eq!(res[0].0.headers.get("ISTag"), Some(&b"\"blk-1\""[..]));
+    // The echo carries the original request and body.
+    let echo = &res[1];
+    assert_eq!(
+        echo.0.http_request.as_ref().unwrap().line(),
+        "POST http://origin.example/up HTTP/1.1"
+    );
+    assert_eq!(echo.1, b"hello world");
+    // The block page.
+    let block = &res[2];
+    assert_eq!(block.0.http_response.as_ref().unwrap().status, 403);
+    assert_eq!(block.1, PAGE);
+    assert_eq!(block.0.headers.get("X-Violations-Found"), Some(&b"1"[..]));
+    let stats = srv.stop().await;
+    assert_eq!(stats.requests.load(std::sync::atomic::Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn preview_continue_and_ieof() {
+    let srv = start(ServerConfig::default()).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    // Preview 8 of a 20-byte body: the server asks for the rest.
+    let head = reqmod("Preview: 8\r\n", Some(b""));
+    let head = &head[..head.len() - 5]; // drop the "0\r\n\r\n"
+    s.write_all(head).await.unwrap();
+    s.write_all(b"8\r\nabcdefgh\r\n0\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"ICAP/1.0 100 Continue\r\n\r\n");
+    s.write_all(b"c\r\nij BLOCK xyz\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let (res, _) = read_responses(&mut s, 1).await;
+    assert_eq!(res[0].0.status, 200);
+    assert_eq!(res[0].1, PAGE);
+
+    // The whole body inside the preview (ieof): no 100, a 204 at once, even without Allow 204.
+    s.write_all(head).await.unwrap();
+    s.write_all(b"3\r\nabc\r\n0; ieof\r\n\r\n").await.unwrap();
+    let (res, _) = read_responses(&mut s, 1).await;
+    assert_eq!(res[0].0.status, 204);
+
+    // Decided on the preview alone: 204 without Allow 204 and without reading the rest.
+    s.write_all(head).await.unwrap();
+    s.write_all(b"8\r\nSKIPSKIP\r\n0\r\n\r\n").await.unwrap();
+    let (res, _) = read_responses(&mut s, 1).await;
+    assert_eq!(res[0].0.status, 204);
+    // And the connection still works.
+    s.write_all(&reqmod("Allow: 204\r\n", None)).await.unwrap();
+    let (res, _) = read_responses(&mut s, 1).await;
+    assert_eq!(res[0].0.status, 204);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn errors_and_closing() {
+    let srv = start(ServerConfig::default()).await;
+    for (wire, status) in [
+        (&b"REQMOD icap://127.0.0.1/nosuch ICAP/1.0\r\nHost: x\r\nEncapsulated: null-body=0\r\n\r\n"[..], 404),
+        (b"FOO icap://127.0.0.1/blocker ICAP/1.0\r\nHost: x\r\n\r\n", 501),
+        (b"OPTIONS icap://127.0.0.1/blocker ICAP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"REQMOD icap://127.0.0.1/blocker ICAP/1.0\r\nHost: x\r\nEncapsulated: req-hdr=0; null-body=5\r\n\r\n", 400),
+        (b"garbage\r\n\r\n", 400),
+    ] {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(wire).await.unwrap();
+        let (res, _) = read_responses(&mut s, 1).await;
+        assert_eq!(res[0].0.status, status, "{}", String::from_utf8_lossy(wire));
+        assert!(res[0].0.headers.has_token("Connection", "close"));
+        assert!(closed(&mut s).await, "closed after {status}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_client_gets_408_and_others_are_served() {
+    let cfg = ServerConfig {
+        head_timeout: Duration::from_millis(300),
+        read_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let srv = start(cfg).await;
+    // One byte, then nothing: the head never completes.
+    let mut slow = TcpStream::connect(srv.addr).await.unwrap();
+    slow.write_all(b"R").await.unwrap();
+    // Meanwhile another client is served.
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(&reqmod("Allow: 204\r\n", Some(b"ok")))
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut s, 1).await.0[0].0.status, 204);
+    let (res, _) = read_responses(&mut slow, 1).await;
+    assert_eq!(res[0].0.status, 408);
+    assert!(closed(&mut slow).await);
+    // A body that stalls half way also gets 408.
+    let mut half = TcpStream::connect(srv.addr).await.unwrap();
+    let w = reqmod("Allow: 204\r\n", Some(b"0123456789"));
+    half.write_all(&w[..w.len() - 12]).await.unwrap();
+    let (res, _) = read_responses(&mut half, 1).await;
+    assert_eq!(res[0].0.status, 408);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn connection_limit_answers_503() {
+    let srv = start(ServerConfig {
+        max_connections: 1,
+        ..Default::default()
+    })
+    .await;
+    let mut first = TcpStream::connect(srv.addr).await.unwrap();
+    first
+        .write_all(&reqmod("Allow: 204\r\n", None))
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut first, 1).await.0[0].0.status, 204);
+    let mut second = TcpStream::connect(srv.addr).await.unwrap();
+    let (res, _) = read_responses(&mut second, 1).await;
+    assert_eq!(res[0].0.status, 503);
+    drop(first);
+    let stats = srv.stop().await;
+    assert_eq!(stats.refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn large_echo_spools_to_disk_and_streams_back() {
+    let dir = std::env::temp_dir().join(format!("icap-spool-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let srv = start(ServerConfig {
+        spool_memory: 64 * 1024,
+        spool_dir: dir.clone(),
+        ..Default::default()
+    })
+    .await;
+    let body: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let wire = reqmod("", Some(&body));
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(&wire).await.unwrap();
+    };
+    let mut got = Vec::new();
+    let read = async {
+        let mut dec = ResponseDecoder::default();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = r.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            dec.feed(&buf[..n]);
+            let mut end = false;
+            while let Some(ev) = dec.decode().unwrap() {
+                match ev {
+                    Event::Head(h) => assert_eq!(h.status, 200),
+                    Event::Data(d) => got.extend_from_slice(&d),
+                    Event::End(_) => end = true,
+                    _ => {}
+                }
+            }
+            if end {
+                break;
+            }
+        }
+    };
+    tokio::join!(write, read);
+    assert_eq!(got.len(), body.len());
+    assert!(got == body);
+    // The spill file is gone once the answer is out.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    srv.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_transaction_in_flight_finish() {
+    let srv = start(ServerConfig::default()).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let w = reqmod("Allow: 204\r\n", Some(b"abcdef"));
+    // Half a request, then shutdown, then the rest.
+    s.write_all(&w[..w.len() - 8]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let Running { addr, stop, done } = srv;
+    let _ = stop.unwrap().send(());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+    assert!(!done.is_finished(), "waits for the transaction in flight");
+    s.write_all(&w[w.len() - 8..]).await.unwrap();
+    let (res, _) = read_responses(&mut s, 1).await;
+    assert_eq!(res[0].0.status, 204);
+    // Idle now: the server closes it and finishes.
+    assert!(closed(&mut s).await);
+    tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .unwrap()
+        .unwrap();
+}
