@@ -164,7 +164,7 @@ impl ServiceOptions {
             (Transfer::Complete, &self.transfer_complete),
             (Transfer::Preview, &self.transfer_preview),
         ];
-        if let Some((t, _)) = lists.iter().find(|(_, l)| l.iter().any(|e| *e == ext)) {
+        if let Some((t, _)) = lists.iter().find(|(_, l)| l.contains(&ext)) {
             return *t;
         }
         lists

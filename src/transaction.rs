@@ -208,6 +208,7 @@ impl ClientTransaction {
         match (body, preview) {
             (RequestBody::None, _) => tx.request_complete = true,
             (RequestBody::Known(0), Some(_)) => tx.finish_preview(true),
+            (RequestBody::Known(0), None) => tx.finish_body(),
             (RequestBody::Known(n), Some(0)) if n > 0 => tx.finish_preview(false),
             (_, Some(_)) => tx.state = ClientState::Preview,
             (_, None) => tx.state = ClientState::Body,
@@ -499,6 +500,9 @@ pub enum ServerState {
 }
 
 /// What a [`ServerTransaction`] received.
+// One head per transaction moves through this enum, like the codec's `Event`; boxing it would
+// cost an allocation per request to save stack space for the small `Data` events.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerEvent {
     /// The request head (ICAP head and encapsulated HTTP heads).
@@ -794,5 +798,85 @@ impl ServerTransaction {
                 Err(self.fail(CloseReason::Eof, e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uri::IcapUri;
+
+    fn req(preview: Option<u64>) -> Request {
+        let mut b = Request::reqmod(&IcapUri::parse("icap://h/r").unwrap())
+            .http_request_parts("POST", "/", [("Host", "x")])
+            .with_body();
+        if let Some(p) = preview {
+            b = b.preview(p);
+        }
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn client_start_states() {
+        let start = |p, body| {
+            ClientTransaction::new(&req(p), body, ResponseDecoder::default())
+                .unwrap()
+                .state()
+        };
+        assert_eq!(start(Some(5), RequestBody::Unknown), ClientState::Preview);
+        assert_eq!(
+            start(Some(5), RequestBody::Known(0)),
+            ClientState::AwaitResponse
+        );
+        assert_eq!(
+            start(Some(0), RequestBody::Known(3)),
+            ClientState::AwaitContinue
+        );
+        assert_eq!(start(None, RequestBody::Known(3)), ClientState::Body);
+        assert_eq!(
+            start(None, RequestBody::Known(0)),
+            ClientState::AwaitResponse
+        );
+    }
+
+    #[test]
+    fn failed_decoder_is_refused_or_failed() {
+        let mut dec = ResponseDecoder::default();
+        dec.feed(b"garbage\r\n\r\n");
+        assert!(dec.decode().is_err());
+        let e = ClientTransaction::new(&req(None), RequestBody::Unknown, dec).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidState);
+        let mut dec = RequestDecoder::default();
+        dec.feed(b"garbage\r\n\r\n");
+        assert!(dec.decode().is_err());
+        let mut tx = ServerTransaction::new(dec);
+        assert_eq!(tx.state(), ServerState::Failed);
+        assert_eq!(tx.poll_event().unwrap_err().kind(), ErrorKind::InvalidState);
+    }
+
+    #[test]
+    fn pipelined_next_response_stays_in_the_decoder() {
+        let allow = Request::reqmod(&IcapUri::parse("icap://h/r").unwrap())
+            .http_request_parts("GET", "/", [("Host", "x")])
+            .allow_204()
+            .build()
+            .unwrap();
+        let mut tx =
+            ClientTransaction::new(&allow, RequestBody::None, ResponseDecoder::default()).unwrap();
+        let no_content = b"ICAP/1.0 204 No Content\r\nISTag: \"t\"\r\n\r\n";
+        tx.feed(no_content);
+        assert!(matches!(
+            tx.poll_event().unwrap(),
+            Some(ClientEvent::Unmodified(_))
+        ));
+        // The 204 is not over until its End; a second head before it cannot be accepted.
+        tx.feed(no_content);
+        assert!(matches!(
+            tx.poll_event().unwrap(),
+            Some(ClientEvent::End(_))
+        ));
+        // After Done the next response belongs to the next transaction.
+        assert_eq!(tx.poll_event().unwrap(), None);
+        assert!(!tx.into_decoder().is_idle());
     }
 }
