@@ -175,7 +175,8 @@ impl ChunkedDecoder {
                 return Ok(None);
             };
             match self.state {
-                State::Start | State::Size | State::SizeWs | State::Ext => {
+                // The limit is on the line without its CRLF.
+                State::Start | State::Size | State::SizeWs | State::Ext if b != b'\r' => {
                     self.line_len += 1;
                     if self.line_len > self.max_chunk_line {
                         return err(
@@ -364,10 +365,13 @@ impl ChunkedDecoder {
             return Ok(Some(self.finish(None)));
         }
         // Trailer fields: a header block ending in a blank line.
-        let found = match crate::head::scan_head(buf, self.trailer_scanned.saturating_sub(3)) {
-            Ok(f) => f,
-            Err(e) => return Err(e.at(*base)),
-        };
+        // Scan no further than the limit, so that bytes past it cannot change the error.
+        let limit = buf.len().min(self.max_trailer);
+        let found =
+            match crate::head::scan_head(&buf[..limit], self.trailer_scanned.saturating_sub(3)) {
+                Ok(f) => f,
+                Err(e) => return Err(e.at(*base)),
+            };
         match found {
             Some(n) if n <= self.max_trailer => {
                 let raw = buf.split_to(n).freeze();

@@ -232,14 +232,14 @@ where
                     if lead > 0 {
                         let keep = lead - usize::from(self.buf[lead - 1] == b'\r');
                         if keep > 0 {
-                            if self.buf[..keep]
-                                .windows(2)
-                                .any(|w| w[1] == b'\n' && w[0] != b'\r')
-                                || self.buf[0] == b'\n'
-                            {
+                            // Reported at the LF itself, wherever the pieces were cut.
+                            let bare = (0..keep).find(|&i| {
+                                self.buf[i] == b'\n' && (i == 0 || self.buf[i - 1] != b'\r')
+                            });
+                            if let Some(i) = bare {
                                 return Err(Error::new(
                                     ErrorKind::BareLf,
-                                    self.consumed,
+                                    self.consumed + i as u64,
                                     "bare LF before a message",
                                 ));
                             }
@@ -249,7 +249,11 @@ where
                         }
                     }
                     let from = scanned.saturating_sub(3);
-                    let found = scan_head(&self.buf, from).map_err(|e| e.at(self.consumed))?;
+                    // Never look past the limit: what lies beyond it must not change the
+                    // error (a bare LF there would otherwise win when the bytes come at once).
+                    let limit = self.buf.len().min(self.limits.max_icap_head);
+                    let found =
+                        scan_head(&self.buf[..limit], from).map_err(|e| e.at(self.consumed))?;
                     let Some(n) = found else {
                         if self.buf.len() > self.limits.max_icap_head {
                             return Err(Error::new(

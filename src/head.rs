@@ -125,9 +125,11 @@ pub(crate) fn scan_head(buf: &[u8], from: usize) -> Result<Option<usize>> {
     Ok(None)
 }
 
-/// Position of the first CRLF (the end of the start line) in a scanned head.
+/// Position of the first CRLF (the end of the start line) in a scanned head, where every LF
+/// follows a CR. Found by the LF: a bare CR before it stays in the line, where the start-line
+/// checks reject it as a control byte, instead of ending the line and hiding the next byte.
 fn line_end(raw: &[u8]) -> usize {
-    memchr::memchr(b'\r', raw).unwrap_or(raw.len())
+    memchr::memchr(b'\n', raw).map_or(raw.len(), |i| i.saturating_sub(1))
 }
 
 /// Splits `line` at single spaces into three parts, the last of which may contain spaces
