@@ -127,6 +127,55 @@ fn entries(i: &[u8]) -> IResult<&[u8], Vec<(Section, u64)>> {
     .parse(i)
 }
 
+/// The grammar of [`entries`] without nom or a `Vec`, for values that are well formed and
+/// fit [`MAX_ENTRIES`]: `None` sends everything else to the nom parser, which locates errors.
+/// Decoding parses one such value per message, and nom was a tenth of a head's decode time.
+fn entries_fast(v: &[u8]) -> Option<([(Section, u64); MAX_ENTRIES], usize)> {
+    const NAMES: [(&[u8], Section); 6] = [
+        (b"req-hdr", Section::ReqHdr),
+        (b"res-hdr", Section::ResHdr),
+        (b"req-body", Section::ReqBody),
+        (b"res-body", Section::ResBody),
+        (b"opt-body", Section::OptBody),
+        (b"null-body", Section::NullBody),
+    ];
+    let ws = |mut i: usize| {
+        while matches!(v.get(i), Some(b' ' | b'\t')) {
+            i += 1;
+        }
+        i
+    };
+    let mut out = [(Section::NullBody, 0); MAX_ENTRIES];
+    let mut n = 0;
+    let mut i = ws(0);
+    loop {
+        let rest = &v[i..];
+        let &(name, section) = NAMES.iter().find(|(name, _)| rest.starts_with(name))?;
+        i += name.len();
+        if v.get(i) != Some(&b'=') {
+            return None;
+        }
+        i += 1;
+        let digits = i;
+        let mut offset: u64 = 0;
+        while let Some(&b) = v.get(i).filter(|b| b.is_ascii_digit()) {
+            offset = offset.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+            i += 1;
+        }
+        if i == digits || n == MAX_ENTRIES {
+            return None;
+        }
+        out[n] = (section, offset);
+        n += 1;
+        i = ws(i);
+        match v.get(i) {
+            None => return Some((out, n)),
+            Some(b',') => i = ws(i + 1),
+            Some(_) => return None,
+        }
+    }
+}
+
 impl Encapsulated {
     /// Parses a header value such as `req-hdr=0, res-hdr=137, res-body=296`.
     ///
@@ -134,6 +183,14 @@ impl Encapsulated {
     /// body entry, which comes last); the per-method rules are [`Encapsulated::check_request`]
     /// and [`Encapsulated::check_response`]. Error offsets are relative to `value`.
     pub fn parse(value: &[u8]) -> Result<Encapsulated> {
+        if let Some((entries, len)) = entries_fast(value) {
+            let e = Encapsulated {
+                entries,
+                len: len as u8,
+            };
+            e.check_order()?;
+            return Ok(e);
+        }
         let list = match entries(value) {
             Ok((_, list)) => list,
             Err(e) => {
@@ -342,6 +399,31 @@ mod tests {
             .unwrap()
             .check_request(&Method::Reqmod)
             .unwrap();
+    }
+
+    #[test]
+    fn fast_path_agrees_with_nom() {
+        for v in [
+            "req-hdr=0, res-hdr=137, res-body=296",
+            " null-body=0 ",
+            "res-hdr=0,res-body=00108",
+            "req-hdr=0 ,\tnull-body=7",
+            "req-hdr=0, req-hdr=0, req-hdr=0, req-hdr=0, null-body=0",
+            "req-hdr=0, null-body=99999999999999999999",
+            "req-hdr=0, , null-body=1",
+            "req-hdr=0, null-body=1,",
+            "Req-Hdr=0, null-body=1",
+            "req-hdr=, null-body=1",
+            "",
+        ] {
+            let nom = entries(v.as_bytes()).ok().map(|(_, l)| l);
+            let fast = entries_fast(v.as_bytes()).map(|(a, n)| a[..n].to_vec());
+            match (nom, fast) {
+                (Some(l), Some(f)) => assert_eq!(l, f, "{v:?}"),
+                (Some(l), None) => assert!(l.len() > MAX_ENTRIES, "{v:?}"),
+                (None, f) => assert_eq!(f, None, "{v:?}"),
+            }
+        }
     }
 
     #[test]

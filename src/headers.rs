@@ -32,6 +32,9 @@ pub struct Headers {
     entries: Vec<Entry>,
 }
 
+/// Header slots on the stack for [`Headers::parse_fast`]; longer blocks take the slow path.
+const FAST_HEADERS: usize = 32;
+
 /// `tchar` of RFC 7230: the bytes allowed in a header name and a method.
 pub(crate) static TOKEN: [bool; 256] = {
     let mut t = [false; 256];
@@ -84,6 +87,20 @@ impl Headers {
     /// `fold` accepts obs-fold continuation lines (joined to the previous value with one space);
     /// otherwise they are an [`ErrorKind::ObsFold`] error. Error offsets are relative to `raw`.
     pub(crate) fn parse(
+        raw: Bytes,
+        start: usize,
+        end: usize,
+        max_headers: usize,
+        fold: bool,
+    ) -> Result<Headers> {
+        match Self::parse_fast(&raw, start, end, max_headers) {
+            Some(h) => Ok(h),
+            None => Self::parse_exact(raw, start, end, max_headers, fold),
+        }
+    }
+
+    /// Byte-by-byte parse with exact error offsets and obs-fold; see [`Headers::parse`].
+    fn parse_exact(
         raw: Bytes,
         start: usize,
         end: usize,
@@ -171,6 +188,47 @@ impl Headers {
             pos = nl + 1;
         }
         Ok(h)
+    }
+
+    /// The common case through `httparse::parse_headers` (SIMD, one pass): a block of at most
+    /// [`FAST_HEADERS`] well-formed lines without obs-fold. Its rules for names (tchar) and
+    /// values (HTAB, SP, VCHAR, obs-text; surrounding SP/HTAB trimmed) are ours, so the fields
+    /// are the ones [`Headers::parse`] would find. `None` sends anything else, errors and
+    /// folds included, through the byte-exact parser below, which also reports offsets.
+    fn parse_fast(raw: &Bytes, start: usize, end: usize, max_headers: usize) -> Option<Headers> {
+        let block = raw.get(start..end.checked_add(2)?)?;
+        if !block.ends_with(b"\r\n") {
+            return None;
+        }
+        let mut slots = [httparse::EMPTY_HEADER; FAST_HEADERS];
+        let cap = max_headers.min(FAST_HEADERS);
+        let (n, parsed) = match httparse::parse_headers(block, &mut slots[..cap]) {
+            Ok(httparse::Status::Complete(done)) => done,
+            _ => return None,
+        };
+        if n != block.len() {
+            return None;
+        }
+        let base = raw.as_ptr() as usize;
+        let span = |s: &[u8]| {
+            let at = s.as_ptr() as usize - base;
+            Span {
+                start: at as u32,
+                end: (at + s.len()) as u32,
+            }
+        };
+        let entries = parsed
+            .iter()
+            .map(|f| Entry {
+                name: span(f.name.as_bytes()),
+                value: span(f.value),
+            })
+            .collect();
+        Some(Headers {
+            raw: raw.clone(),
+            extra: Vec::new(),
+            entries,
+        })
     }
 
     /// Joins a continuation line to the last value, through the side buffer.
@@ -399,6 +457,45 @@ mod tests {
         let b = Bytes::copy_from_slice(s.as_bytes());
         let n = b.len();
         Headers::parse(b, 0, n, 100, fold)
+    }
+
+    #[test]
+    fn fast_path_finds_what_the_exact_parser_finds() {
+        let many: String = (0..40).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        let blocks = [
+            "Host: a\r\nX-A:  1 \r\nx-a: 2\r\nEmpty:\r\nSpaces:   \r\n",
+            "Tab:\t v \t\r\nObs: caf\u{e9}\r\nQ: \"a, b\"\r\n",
+            "",
+            many.as_str(),
+        ];
+        for b in blocks {
+            let raw = Bytes::from(format!("{b}\r\n"));
+            let end = raw.len() - 2;
+            let exact = Headers::parse_exact(raw.clone(), 0, end, 100, false).unwrap();
+            let parsed = Headers::parse(raw.clone(), 0, end, 100, false).unwrap();
+            assert_eq!(parsed, exact, "{b:?}");
+            let fast = Headers::parse_fast(&raw, 0, end, 100);
+            assert_eq!(
+                fast.is_some(),
+                b.matches("\r\n").count() <= FAST_HEADERS,
+                "{b:?}"
+            );
+            if let Some(fast) = fast {
+                assert_eq!(fast, exact, "{b:?}");
+            }
+        }
+        for bad in [
+            "A: \x01\r\n",
+            "A : 1\r\n",
+            "A: 1\r\n folded\r\n",
+            "NoColon\r\n",
+        ] {
+            let raw = Bytes::from(format!("{bad}\r\n"));
+            assert!(
+                Headers::parse_fast(&raw, 0, raw.len() - 2, 100).is_none(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

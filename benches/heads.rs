@@ -1,0 +1,63 @@
+//! Head decode: the five head figures of issue 8, each beside `httparse` in the same group.
+//!
+//! `icap` decodes the whole message (ICAP head, Encapsulated, embedded HTTP heads, and the small
+//! bodies some carry) through one reused decoder, as on a keep-alive connection. Baselines:
+//! `httparse/embedded` parses only the embedded HTTP heads (the issue's baseline, goal
+//! `icap <= 1.5x`); `httparse/all-heads` parses every head byte we parse (the ICAP header block
+//! through `httparse::parse_headers`, plus the embedded heads), which measures the ICAP layer's
+//! own cost (goal `< 30%` on top).
+//!
+//! `cargo bench --bench heads -- --warm-up-time 1 --measurement-time 3`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use icap::{RequestDecoder, ResponseDecoder};
+
+mod support;
+use support::{drain_request, drain_response, fixtures, httparse_all_heads, httparse_embedded};
+
+fn heads(c: &mut Criterion) {
+    for f in fixtures() {
+        let mut g = c.benchmark_group(format!("heads/{}", f.name));
+        g.throughput(Throughput::ElementsAndBytes {
+            elements: 1,
+            bytes: f.wire.len() as u64,
+        });
+        if f.request {
+            let mut dec = RequestDecoder::default();
+            g.bench_function("icap", |b| {
+                b.iter(|| {
+                    dec.feed(&f.wire);
+                    drain_request(&mut dec)
+                })
+            });
+        } else {
+            let mut dec = ResponseDecoder::default();
+            g.bench_function("icap", |b| {
+                b.iter(|| {
+                    dec.feed(&f.wire);
+                    drain_response(&mut dec)
+                })
+            });
+        }
+        g.throughput(Throughput::ElementsAndBytes {
+            elements: 1,
+            bytes: f.head_bytes() as u64,
+        });
+        g.bench_function("httparse/all-heads", |b| {
+            b.iter(|| httparse_all_heads(std::hint::black_box(&f)))
+        });
+        if !f.http_heads.is_empty() {
+            g.throughput(Throughput::ElementsAndBytes {
+                elements: 1,
+                bytes: f.http_bytes() as u64,
+            });
+            g.bench_function("httparse/embedded", |b| {
+                b.iter(|| httparse_embedded(std::hint::black_box(&f)))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, heads);
+criterion_main!(benches);
