@@ -83,6 +83,14 @@ impl Encoder {
         self.push(bytes);
     }
 
+    /// Takes the next queued buffer whole, without copying it: for writers that hand
+    /// `Bytes` on (to a socket half, a channel) instead of draining through [`Buf`].
+    pub fn pop_front(&mut self) -> Option<Bytes> {
+        let b = self.parts.pop_front()?;
+        self.remaining -= b.len();
+        Some(b)
+    }
+
     /// Number of queued buffers.
     pub fn parts(&self) -> usize {
         self.parts.len()

@@ -21,6 +21,8 @@
 
 pub mod builder;
 pub mod chunked;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod decode;
 pub mod encapsulated;
 pub mod encode;
@@ -37,6 +39,7 @@ pub mod server;
 pub mod tls;
 pub mod transaction;
 pub mod uri;
+pub mod verdict;
 
 pub use builder::{ErrorStatus, RequestBuilder, ResponseBuilder};
 pub use chunked::{Chunk, ChunkedDecoder, LastChunk};

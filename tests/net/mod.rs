@@ -1,0 +1,159 @@
+//! Shared pieces of the client and server tests on loopback: a test PKI made with openssl,
+//! a small blocking service, and a server running in the test's runtime.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use icap::server::{
+    Body, BoxFuture, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Service, Stats,
+};
+use icap::{Method, Response, ServiceOptions};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The test PKI (tests/peers/gen-certs.sh), made once per test binary.
+pub fn certs() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("icap-test-pki-{}", std::process::id()));
+        let script = format!("{}/tests/peers/gen-certs.sh", env!("CARGO_MANIFEST_DIR"));
+        let st = std::process::Command::new("bash")
+            .arg(script)
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("bash and openssl are needed for the TLS tests");
+        assert!(st.success(), "gen-certs.sh failed");
+        dir
+    })
+}
+
+/// A file of the test PKI.
+pub fn pki(name: &str) -> PathBuf {
+    certs().join(name)
+}
+
+pub const PAGE: &[u8] = b"<html><body>Blocked by policy</body></html>";
+
+/// Blocks bodies containing "BLOCK" with a 403 page, answers "SKIP" previews at once, and
+/// is otherwise unmodified. Counts the body bytes it read.
+#[derive(Default)]
+pub struct Blocker {
+    pub read: Arc<std::sync::atomic::AtomicU64>,
+    pub max_connections: Option<u64>,
+}
+
+impl Service for Blocker {
+    fn options(&self) -> ServiceOptions {
+        ServiceOptions {
+            methods: vec![Method::Reqmod, Method::Respmod],
+            istag: "\"blk-1\"".into(),
+            service: Some("test blocker".into()),
+            preview: Some(8),
+            allow_204: true,
+            max_connections: self.max_connections,
+            options_ttl: Some(60),
+            transfer_preview: vec!["*".into()],
+            transfer_ignore: vec!["ignored".into()],
+            ..Default::default()
+        }
+    }
+
+    fn preview<'a>(
+        &'a self,
+        _req: &'a IncomingRequest,
+        preview: &'a [u8],
+    ) -> BoxFuture<'a, Option<Reply>> {
+        let skip = preview.starts_with(b"SKIP");
+        Box::pin(async move { skip.then(Reply::unmodified) })
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _req: &'a IncomingRequest,
+        body: &'a mut Body<'_, '_>,
+    ) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            // Stream: keep only a small tail so that "BLOCK" split across pieces is seen.
+            let mut tail: Vec<u8> = Vec::new();
+            let mut found = false;
+            while let Ok(Some(c)) = body.chunk().await {
+                self.read
+                    .fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                tail.extend_from_slice(&c);
+                found |= tail.windows(5).any(|w| w == b"BLOCK");
+                let keep = tail.len().saturating_sub(4);
+                tail.drain(..keep);
+            }
+            if found {
+                let res = Response::ok("blk-1")
+                    .header("X-Blocked-Reason", "keyword BLOCK")
+                    .http_error_page(403, "Forbidden", "text/html", PAGE)
+                    .build()
+                    .unwrap();
+                Reply::Respond(res, ReplyBody::Full(Bytes::from_static(PAGE)))
+            } else {
+                Reply::unmodified()
+            }
+        })
+    }
+}
+
+/// A server running until dropped or stopped.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<Arc<Stats>>>,
+}
+
+/// Starts `server` on a free loopback port.
+pub async fn start(server: Server) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        server
+            .serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap()
+    });
+    Running {
+        addr,
+        stop: Some(tx),
+        done: Some(done),
+    }
+}
+
+/// A plain server with a [`Blocker`] at `/blocker`.
+pub async fn blocker(cfg: ServerConfig) -> Running {
+    start(Server::new(cfg).route("blocker", Blocker::default())).await
+}
+
+impl Running {
+    /// Stops the server and returns its counters.
+    pub async fn stop(mut self) -> Arc<Stats> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), self.done.take().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    pub fn uri(&self, scheme: &str, path: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}/{path}", self.addr.port())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
