@@ -114,7 +114,7 @@ impl Dec for RequestDecoder {
         let cont = match flags & 3 {
             1 => true,
             2 => false,
-            3 => nth % 2 == 0,
+            3 => nth & 1 == 0,
             _ => match self.next_looks_like_chunk() {
                 Some(c) => c,
                 None if at_end => false,
@@ -130,7 +130,10 @@ impl Dec for RequestDecoder {
         assert!(!self.awaiting_preview_decision());
         let again = self.finish_after_preview().unwrap_err();
         assert_eq!(again.kind(), ErrorKind::InvalidState);
-        assert!(!self.is_failed(), "a refused API call must not fail the stream");
+        assert!(
+            !self.is_failed(),
+            "a refused API call must not fail the stream"
+        );
         Ok(Some(cont))
     }
 }
@@ -229,7 +232,10 @@ pub fn run<D: Dec>(input: &Input, sizes: &[usize]) -> Outcome<D::M> {
                 Err(e) => break 'run Some(e),
             }
         }
-        assert!(data_total <= pos, "{data_total} body bytes from {pos} input bytes");
+        assert!(
+            data_total <= pos,
+            "{data_total} body bytes from {pos} input bytes"
+        );
         if !dec.awaiting() {
             assert!(
                 dec.buffered_len() <= bound,
@@ -290,9 +296,16 @@ pub fn check<D: Dec>(data: &[u8]) {
     let whole = run::<D>(&input, &[input.stream.len().max(1)]);
     if input.sizes.is_empty() {
         let bytewise = run::<D>(&input, &[1]);
-        assert_eq!(whole, bytewise, "byte-at-a-time run disagrees with whole run");
+        assert_eq!(
+            whole, bytewise,
+            "byte-at-a-time run disagrees with whole run"
+        );
     } else {
         let split = run::<D>(&input, &input.sizes);
-        assert_eq!(whole, split, "split {:?} disagrees with whole run", input.sizes);
+        assert_eq!(
+            whole, split,
+            "split {:?} disagrees with whole run",
+            input.sizes
+        );
     }
 }

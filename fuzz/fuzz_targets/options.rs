@@ -42,9 +42,8 @@ fuzz_target!(|data: &[u8]| {
         for ext in list {
             let _ = opts.transfer_for(ext);
             let _ = opts.transfer_for(&format!("dir/file.{ext}"));
-            let simple = !ext.is_empty()
-                && ext != "*"
-                && ext.bytes().all(|b| b.is_ascii_alphanumeric());
+            let simple =
+                !ext.is_empty() && ext != "*" && ext.bytes().all(|b| b.is_ascii_alphanumeric());
             let elsewhere = [
                 &opts.transfer_ignore,
                 &opts.transfer_complete,

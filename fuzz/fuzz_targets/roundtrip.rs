@@ -11,13 +11,12 @@ use icap::{
 };
 use libfuzzer_sys::fuzz_target;
 
-const TCHARS: &[u8] = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+const TCHARS: &[u8] =
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 fn token(u: &mut Unstructured) -> arbitrary::Result<String> {
     let n = u.int_in_range(1..=12)?;
-    (0..n)
-        .map(|_| Ok(*u.choose(TCHARS)? as char))
-        .collect()
+    (0..n).map(|_| Ok(*u.choose(TCHARS)? as char)).collect()
 }
 
 /// A header value: visible bytes, spaces and obs-text inside, none at the ends.
@@ -60,7 +59,11 @@ fn headers(u: &mut Unstructured, reserved: &[&str]) -> arbitrary::Result<Headers
 }
 
 fn req_head(u: &mut Unstructured) -> arbitrary::Result<HttpRequestHead> {
-    Ok(HttpRequestHead::new(&token(u)?, &word(u)?, headers(u, &[])?))
+    Ok(HttpRequestHead::new(
+        &token(u)?,
+        &word(u)?,
+        headers(u, &[])?,
+    ))
 }
 
 fn res_head(u: &mut Unstructured) -> arbitrary::Result<HttpResponseHead> {
@@ -123,7 +126,11 @@ fn request(u: &mut Unstructured, enc: &mut Encoder) -> arbitrary::Result<ReqCase
     req.headers = headers(u, &["Encapsulated", "Preview"])?;
     let (http_req, http_res, body) = match method {
         Method::Reqmod => (bool::arbitrary(u)?, false, Some(BodyKind::Request)),
-        Method::Respmod => (bool::arbitrary(u)?, bool::arbitrary(u)?, Some(BodyKind::Response)),
+        Method::Respmod => (
+            bool::arbitrary(u)?,
+            bool::arbitrary(u)?,
+            Some(BodyKind::Response),
+        ),
         Method::Options => (false, false, Some(BodyKind::Options)),
         Method::Other(_) => (
             bool::arbitrary(u)?,
@@ -202,10 +209,7 @@ fn request(u: &mut Unstructured, enc: &mut Encoder) -> arbitrary::Result<ReqCase
     } else {
         expect.push(Ev::End(LastChunk::default()));
     }
-    Ok(ReqCase {
-        expect,
-        decision,
-    })
+    Ok(ReqCase { expect, decision })
 }
 
 fn push_body<M>(expect: &mut Vec<Ev<M>>, body: Vec<u8>) {
@@ -316,11 +320,7 @@ fn same_response(a: &Response, b: &Response) -> bool {
         && a.body == b.body
 }
 
-fn check_events<M: std::fmt::Debug>(
-    got: &[Ev<M>],
-    want: &[Ev<M>],
-    same: impl Fn(&M, &M) -> bool,
-) {
+fn check_events<M: std::fmt::Debug>(got: &[Ev<M>], want: &[Ev<M>], same: impl Fn(&M, &M) -> bool) {
     assert_eq!(got.len(), want.len(), "got {got:?}\nwant {want:?}");
     for (g, w) in got.iter().zip(want) {
         let ok = match (g, w) {
