@@ -4,14 +4,18 @@
 //! one request and sends the answer. Each drives the codec (an [`Encoder`] for what goes out,
 //! a [`Decoder`](crate::Decoder) for what comes in) and owns what the codec does not know:
 //! the preview stop-and-wait and `ieof` (RFC 3507 4.5), when 100, 204 and 206 are allowed
-//! (4.5, 4.6), what an early final response means, and whether the connection can carry
-//! another transaction afterwards ([`Reuse`]). Sockets, timers and buffering of the original
-//! message belong to the caller: feed received bytes in, poll events out, and write
-//! [`ClientTransaction::outgoing`] / [`ServerTransaction::outgoing`] to the peer.
+//! (4.5, 4.6), what a final response that comes while the request is still being sent
+//! means, and whether the connection can carry another transaction afterwards ([`Reuse`]).
+//! Sockets, timers and keeping the original message belong to the caller: feed received
+//! bytes in, poll events out, and write [`ClientTransaction::outgoing`] /
+//! [`ServerTransaction::outgoing`] to the peer.
 //!
-//! Illegal steps (a 100 after `ieof`, a 204 the client did not allow, body bytes after the
-//! server has answered) are returned as errors, never panics; after an error the machine is
-//! [`Failed`](ClientState::Failed) and its connection must be closed.
+//! Each side of a transaction is two small enums, one per direction, because the two
+//! messages overlap: a server may answer (and stream its answer) while the request is still
+//! arriving, as c-icap's echo service does. [`ClientState`] and [`ServerState`] summarise
+//! them. Illegal steps (a 100 after `ieof`, a 204 the client did not allow, body bytes
+//! after the request was stopped) are errors, never panics; after a protocol or decoding
+//! error the machine is failed and its connection must be closed.
 
 use bytes::Bytes;
 
@@ -20,14 +24,16 @@ use crate::decode::{Event, RequestDecoder, ResponseDecoder};
 use crate::encode::Encoder;
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::Method;
+use crate::headers::Headers;
 use crate::message::{Request, Response};
 
 /// Whether a connection may carry another transaction once this one is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reuse {
-    /// The transaction is not over yet.
+    /// Not decided yet: the request or the response is not complete.
     Pending,
-    /// The connection is clean and may carry the next transaction.
+    /// Both messages are complete and the connection is clean: it may carry the next
+    /// transaction.
     Keep,
     /// The connection must be closed, for this reason.
     Close(CloseReason),
@@ -43,10 +49,11 @@ pub enum CloseReason {
     /// The response was an error status; c-icap closes after every error, and after one the
     /// server may not have read the request to its end.
     ErrorStatus(u16),
-    /// A final response came before the request was sent (or read) to its end, so the two
-    /// sides no longer agree on where the next message starts.
+    /// The request was stopped before its end (the server answered early and will not read
+    /// more, or the caller gave up), so the two sides no longer agree on where the next
+    /// message starts.
     UnfinishedRequest,
-    /// The peer closed the connection before the message ended.
+    /// The peer closed the connection.
     Eof,
     /// The decoder failed: the stream cannot be trusted.
     DecodeError,
@@ -58,7 +65,7 @@ fn state_error(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidState, 0, msg)
 }
 
-fn says_close(h: &crate::Headers) -> bool {
+fn says_close(h: &Headers) -> bool {
     h.has_token("Connection", "close")
 }
 
@@ -75,7 +82,7 @@ pub enum RequestBody {
     Unknown,
 }
 
-/// Where a [`ClientTransaction`] stands.
+/// Where a [`ClientTransaction`] stands, seen from the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientState {
     /// The heads are queued; body bytes go out as the preview, up to `Preview` bytes.
@@ -86,12 +93,31 @@ pub enum ClientState {
     Body,
     /// The whole request is queued; waiting for the answer.
     AwaitResponse,
-    /// A final response head arrived; its body is arriving.
+    /// A final response head arrived; its body is arriving (and the request body may still
+    /// be going out: see [`ClientTransaction::wants_body`]).
     Response,
     /// The response has ended.
     Done,
     /// An error ended the transaction; close the connection.
     Failed,
+}
+
+/// The request direction of a client transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Send {
+    Preview,
+    AwaitContinue,
+    Body,
+    Done,
+}
+
+/// The response direction of a client transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recv {
+    /// Waiting for a final head (100 Continue does not count).
+    Head,
+    Body,
+    Done,
 }
 
 /// What a [`ClientTransaction`] received.
@@ -119,6 +145,20 @@ pub enum ClientEvent {
 /// The client side of one transaction: sends a request with its preview and body, and
 /// checks the answer against the rules.
 ///
+/// The caller keeps the original message until the transaction ends: a 204 (always
+/// possible in answer to a preview, and outside one when the request said `Allow: 204`) means
+/// "use the original", and a 206 means "the rest is the original body from offset N". Only
+/// the preview has to stay in memory; the rest can come again from a re-readable source
+/// such as a file.
+///
+/// A final answer that arrives while the body is still going out (an early response) does
+/// not by itself stop the body: servers stream answers while they read (c-icap's echo
+/// service sends most of its 200 before the client's last chunk), so a 2xx without
+/// `Connection: close` lets the body go on, and the connection stays reusable once both
+/// messages end. A 204, an error status or `Connection: close` stops it: the server will not
+/// read more, [`Self::wants_body`] turns false and the connection is closed afterwards. The
+/// caller may also stop with [`Self::abort_body`].
+///
 /// ```
 /// use bytes::Bytes;
 /// use icap::transaction::{ClientEvent, ClientTransaction, RequestBody, Reuse};
@@ -141,7 +181,10 @@ pub enum ClientEvent {
 /// ```
 #[derive(Debug)]
 pub struct ClientTransaction {
-    state: ClientState,
+    send: Send,
+    recv: Recv,
+    failed: bool,
+    close: Option<CloseReason>,
     dec: ResponseDecoder,
     out: Encoder,
     preview: Option<u64>,
@@ -157,11 +200,8 @@ pub struct ClientTransaction {
     body_ended: bool,
     continued: bool,
     ieof_sent: bool,
-    /// The last chunk is queued, or the server answered the preview: nothing more goes out.
-    request_complete: bool,
     /// The decoder reports an End after a 100 head; it belongs to no final response.
     skip_end: bool,
-    reuse: Reuse,
 }
 
 impl ClientTransaction {
@@ -179,12 +219,17 @@ impl ClientTransaction {
             return Err(state_error("the decoder has failed; open a new connection"));
         }
         decoder.expect_response_to(Some(request.method.clone()));
+        // A bodiless request with a Preview header (squid sends `Preview: 0` on them) still
+        // counts as previewed for the 204 rule: accept what servers answer to it.
         let preview = match request.method {
             Method::Reqmod | Method::Respmod => request.preview(),
             _ => None,
         };
         let mut tx = ClientTransaction {
-            state: ClientState::AwaitResponse,
+            send: Send::Done,
+            recv: Recv::Head,
+            failed: false,
+            close: None,
             dec: decoder,
             out: Encoder::new(),
             preview,
@@ -200,30 +245,37 @@ impl ClientTransaction {
             body_ended: false,
             continued: false,
             ieof_sent: false,
-            request_complete: false,
             skip_end: false,
-            reuse: Reuse::Pending,
         };
         tx.out.request_head(request);
         match (body, preview) {
-            (RequestBody::None, _) => tx.request_complete = true,
+            (RequestBody::None, _) => {}
             (RequestBody::Known(0), Some(_)) => tx.finish_preview(true),
             (RequestBody::Known(0), None) => tx.finish_body(),
-            (RequestBody::Known(n), Some(0)) if n > 0 => tx.finish_preview(false),
-            (_, Some(_)) => tx.state = ClientState::Preview,
-            (_, None) => tx.state = ClientState::Body,
+            (RequestBody::Known(_), Some(0)) => tx.finish_preview(false),
+            (_, Some(_)) => tx.send = Send::Preview,
+            (_, None) => tx.send = Send::Body,
         }
         Ok(tx)
     }
 
     /// Where the transaction stands.
     pub fn state(&self) -> ClientState {
-        self.state
+        match (self.failed, self.recv, self.send) {
+            (true, _, _) => ClientState::Failed,
+            (_, Recv::Done, _) => ClientState::Done,
+            (_, Recv::Body, _) => ClientState::Response,
+            (_, Recv::Head, Send::Preview) => ClientState::Preview,
+            (_, Recv::Head, Send::AwaitContinue) => ClientState::AwaitContinue,
+            (_, Recv::Head, Send::Body) => ClientState::Body,
+            (_, Recv::Head, Send::Done) => ClientState::AwaitResponse,
+        }
     }
 
-    /// True when the machine takes body bytes now (sending the preview, or the body).
+    /// True when the machine takes body bytes now: in the preview, in the body, and after an
+    /// early answer that lets the body go on.
     pub fn wants_body(&self) -> bool {
-        matches!(self.state, ClientState::Preview | ClientState::Body)
+        !self.failed && matches!(self.send, Send::Preview | Send::Body)
     }
 
     /// The bytes to write to the server, as a [`bytes::Buf`]; drain it after each call.
@@ -241,9 +293,14 @@ impl ClientTransaction {
         &mut self.dec
     }
 
-    /// Whether the connection can carry another transaction (decided when it ends).
+    /// Whether the connection can carry another transaction: [`Reuse::Keep`] once the
+    /// request and the response have both ended cleanly.
     pub fn reuse(&self) -> Reuse {
-        self.reuse
+        match self.close {
+            Some(r) => Reuse::Close(r),
+            None if self.recv == Recv::Done && self.send == Send::Done => Reuse::Keep,
+            None => Reuse::Pending,
+        }
     }
 
     /// The decoder back, for the next transaction on a kept connection; bytes of a pipelined
@@ -254,41 +311,41 @@ impl ClientTransaction {
 
     fn finish_preview(&mut self, ieof: bool) {
         self.out.end(ieof);
-        if ieof {
-            self.ieof_sent = true;
-            self.request_complete = true;
-            self.state = ClientState::AwaitResponse;
+        self.ieof_sent = ieof;
+        // After ieof, or once the server has answered, nothing more of this request goes out.
+        self.send = if ieof || self.recv != Recv::Head {
+            self.held = None;
+            Send::Done
         } else {
-            self.state = ClientState::AwaitContinue;
-        }
+            Send::AwaitContinue
+        };
     }
 
     fn finish_body(&mut self) {
         self.out.end(false);
-        self.request_complete = true;
-        self.state = ClientState::AwaitResponse;
+        self.send = Send::Done;
     }
 
     fn fail(&mut self, reason: CloseReason, e: Error) -> Error {
-        self.state = ClientState::Failed;
-        self.reuse = Reuse::Close(reason);
+        self.failed = true;
+        self.close.get_or_insert(reason);
         e
     }
 
     /// Gives the next piece of body. In the preview, bytes beyond `Preview` are kept (a cheap
     /// `Bytes` view) and sent after `100 Continue`. With a [`RequestBody::Known`] length the
     /// body ends by itself on its last byte. Errors when [`Self::wants_body`] is false: the
-    /// server's answer to the preview is awaited, or the server has already answered (stop
-    /// sending).
+    /// server's answer to the preview is awaited, or the body has ended or been stopped.
     pub fn send_body(&mut self, data: Bytes) -> Result<()> {
         if !self.wants_body() {
-            return Err(state_error(match self.state {
-                ClientState::AwaitContinue => {
+            return Err(state_error(match self.send {
+                Send::AwaitContinue => {
                     "the preview waits for the server's answer; send the rest after 100 Continue"
                 }
-                ClientState::Response | ClientState::Done => {
-                    "the server has already answered; stop sending the body"
+                _ if self.close == Some(CloseReason::UnfinishedRequest) => {
+                    "the body was stopped: the server will not read more"
                 }
+                _ if self.failed => "the transaction has failed",
                 _ => "the body has already ended",
             }));
         }
@@ -303,14 +360,14 @@ impl ClientTransaction {
         if len == 0 {
             return Ok(());
         }
-        let at_end = |sent: u64, length: Option<u64>| length == Some(sent);
-        if self.state == ClientState::Preview {
+        let complete = |sent: u64, length: Option<u64>| length == Some(sent);
+        if self.send == Send::Preview {
             let preview = self.preview.unwrap_or(0);
             let room = preview - self.sent;
             if len <= room {
                 self.out.data(data);
                 self.sent += len;
-                if at_end(self.sent, self.length) {
+                if complete(self.sent, self.length) {
                     self.finish_preview(true);
                 } else if self.sent == preview && self.length.is_some() {
                     // Known to go on past the preview: no reason to wait for the next piece.
@@ -320,14 +377,14 @@ impl ClientTransaction {
                 self.out.data(data.slice(..room as usize));
                 self.held = Some(data.slice(room as usize..));
                 self.sent += len;
-                self.body_ended = at_end(self.sent, self.length);
+                self.body_ended = complete(self.sent, self.length);
                 self.finish_preview(false);
             }
             return Ok(());
         }
         self.out.data(data);
         self.sent += len;
-        if at_end(self.sent, self.length) {
+        if complete(self.sent, self.length) {
             self.finish_body();
         }
         Ok(())
@@ -335,33 +392,46 @@ impl ClientTransaction {
 
     /// Ends the body. Inside the preview this sends `0; ieof` (the whole body fit); while the
     /// preview waits for an answer it is remembered and the body ends right after the held
-    /// bytes once `100 Continue` comes. A no-op when the body has already ended, by a
-    /// known length or because the server answered.
+    /// bytes once `100 Continue` comes. A no-op when the body has already ended, by a known
+    /// length or because it was stopped.
     pub fn end_body(&mut self) -> Result<()> {
-        if let Some(n) = self.length {
-            if self.sent < n && !self.request_complete {
+        if self.failed {
+            return Err(state_error("the transaction has failed"));
+        }
+        if let (Some(n), Send::Preview | Send::Body) = (self.length, self.send) {
+            if self.sent < n {
                 return Err(state_error(format!(
                     "body ended after {} of the {n} bytes announced",
                     self.sent
                 )));
             }
         }
-        match self.state {
-            ClientState::Preview => self.finish_preview(true),
-            ClientState::Body => self.finish_body(),
-            ClientState::AwaitContinue => self.body_ended = true,
-            ClientState::Failed => return Err(state_error("the transaction has failed")),
-            _ => {}
+        match self.send {
+            Send::Preview => self.finish_preview(true),
+            Send::Body => self.finish_body(),
+            Send::AwaitContinue => self.body_ended = true,
+            Send::Done => {}
         }
         Ok(())
+    }
+
+    /// Stops sending the body before its end (the source failed, or the caller does not
+    /// want to send the rest after an early answer). The chunked body cannot be ended
+    /// honestly, so the connection must be closed once the response has been read.
+    pub fn abort_body(&mut self) {
+        if self.send != Send::Done {
+            self.send = Send::Done;
+            self.held = None;
+            self.close.get_or_insert(CloseReason::UnfinishedRequest);
+        }
     }
 
     /// Call when the server closed the connection. `Ok` when the response had ended; an
     /// [`ErrorKind::UnexpectedEof`] error otherwise (a partial 200 without its last chunk is
     /// never a complete answer).
     pub fn on_eof(&mut self) -> Result<()> {
-        if self.state == ClientState::Done {
-            self.reuse = Reuse::Close(CloseReason::Eof);
+        if self.recv == Recv::Done {
+            self.close.get_or_insert(CloseReason::Eof);
             return Ok(());
         }
         let at = self.dec.position();
@@ -374,13 +444,14 @@ impl ClientTransaction {
     }
 
     /// Decodes what the server sent and applies the rules; `Ok(None)` means more bytes are
-    /// needed (or the transaction is over).
+    /// needed (or the response is over: what follows belongs to the next transaction).
     pub fn poll_event(&mut self) -> Result<Option<ClientEvent>> {
         loop {
-            match self.state {
-                ClientState::Done => return Ok(None),
-                ClientState::Failed => return Err(state_error("the transaction has failed")),
-                _ => {}
+            if self.failed {
+                return Err(state_error("the transaction has failed"));
+            }
+            if self.recv == Recv::Done {
+                return Ok(None);
             }
             let ev = match self.dec.decode() {
                 Ok(Some(ev)) => ev,
@@ -392,7 +463,7 @@ impl ClientTransaction {
                 Event::Data(d) => return Ok(Some(ClientEvent::Data(d))),
                 Event::End(_) if self.skip_end => self.skip_end = false,
                 Event::End(last) => {
-                    self.state = ClientState::Done;
+                    self.recv = Recv::Done;
                     return Ok(Some(ClientEvent::End(last)));
                 }
                 Event::PreviewEnd => {
@@ -412,7 +483,7 @@ impl ClientTransaction {
     fn on_head(&mut self, res: Response) -> Result<ClientEvent> {
         let status = res.status;
         if status < 200 {
-            if status != 100 || self.state != ClientState::AwaitContinue {
+            if status != 100 || self.send != Send::AwaitContinue || self.recv != Recv::Head {
                 let why = if self.ieof_sent {
                     "100 Continue after a preview that ended with ieof (RFC 3507 4.5)".to_string()
                 } else {
@@ -428,11 +499,11 @@ impl ClientTransaction {
             if self.body_ended || self.length.is_some_and(|n| self.sent == n) {
                 self.finish_body();
             } else {
-                self.state = ClientState::Body;
+                self.send = Send::Body;
             }
             return Ok(ClientEvent::Continue);
         }
-        if matches!(self.state, ClientState::Response | ClientState::Done) {
+        if self.recv != Recv::Head {
             return Err(self.violation(format!("a second final response ({status})")));
         }
         let answers_preview = self.preview.is_some() && !self.continued;
@@ -444,37 +515,38 @@ impl ClientTransaction {
         if status == 206 && !self.allow_206 {
             return Err(self.violation("206 to a request without Allow: 206".into()));
         }
-        let early = !self.request_complete && self.state != ClientState::AwaitContinue;
-        // A final answer to a waiting preview ends the request: the held rest is never sent.
-        self.request_complete = true;
-        self.held = None;
-        self.reuse = Reuse::Close(if early {
-            CloseReason::UnfinishedRequest
-        } else if self.client_close {
-            CloseReason::ClientAsked
-        } else if says_close(&res.headers) {
-            CloseReason::ServerAsked
-        } else if status >= 400 {
-            CloseReason::ErrorStatus(status)
-        } else {
-            self.reuse = Reuse::Keep;
-            self.state = ClientState::Response;
-            return Ok(self.final_event(res));
-        });
-        self.state = ClientState::Response;
-        Ok(self.final_event(res))
-    }
-
-    fn final_event(&self, res: Response) -> ClientEvent {
-        if res.status == 204 {
+        if self.send == Send::AwaitContinue {
+            // A final answer to a waiting preview ends the request: the held rest never goes.
+            self.send = Send::Done;
+            self.held = None;
+        }
+        let server_close = says_close(&res.headers);
+        let still_sending = self.send != Send::Done;
+        if still_sending && (status == 204 || status >= 400 || server_close) {
+            // The server will not read the rest: stop, and close after the answer.
+            self.abort_body();
+        }
+        if self.close.is_none() {
+            self.close = if self.client_close {
+                Some(CloseReason::ClientAsked)
+            } else if server_close {
+                Some(CloseReason::ServerAsked)
+            } else if status >= 400 {
+                Some(CloseReason::ErrorStatus(status))
+            } else {
+                None
+            };
+        }
+        self.recv = Recv::Body;
+        Ok(if status == 204 {
             ClientEvent::Unmodified(res)
         } else {
             ClientEvent::Response(res)
-        }
+        })
     }
 }
 
-/// Where a [`ServerTransaction`] stands.
+/// Where a [`ServerTransaction`] stands, seen from the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ServerState {
     /// Waiting for a request head.
@@ -491,12 +563,31 @@ pub enum ServerState {
     Body,
     /// The request has been read; the application must answer.
     Answer,
-    /// A final response head is queued; its body is going out.
+    /// A final response head is queued; its body is going out (the request may still be
+    /// arriving after an early answer: keep polling).
     Responding,
-    /// The response is complete.
+    /// The response is complete (after an early answer the request may still be arriving).
     Done,
     /// An error ended the transaction; answer with an error status if possible, then close.
     Failed,
+}
+
+/// The request direction of a server transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SRecv {
+    Head,
+    Preview,
+    Decide { ieof: bool },
+    Body,
+    Done,
+}
+
+/// The response direction of a server transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SSend {
+    None,
+    Body,
+    Done,
 }
 
 /// What a [`ServerTransaction`] received.
@@ -515,51 +606,67 @@ pub enum ServerEvent {
         /// The body ended inside the preview: no 100 Continue allowed.
         ieof: bool,
     },
-    /// The request (not previewed, or after 100 Continue) is complete: respond.
+    /// The request is complete (not previewed, after 100 Continue, or a preview the
+    /// application had already answered): respond if not done yet.
     End(LastChunk),
 }
 
 /// The server side of one transaction: reads a request and its preview, lets the
 /// application decide, and checks that the answer is allowed.
+///
+/// The application may answer before the request has been read to its end (an early
+/// answer, e.g. a block page decided on the first bytes) and may stream its answer while
+/// still reading, as c-icap's echo service does. If it reads the request to its end
+/// ([`ServerEvent::End`]) the connection stays reusable; if it will not, it calls
+/// [`Self::abandon_request`] (before responding, so that `Connection: close` goes into the
+/// answer) and the connection is closed.
 #[derive(Debug)]
 pub struct ServerTransaction {
-    state: ServerState,
+    recv: SRecv,
+    send: SSend,
+    failed: bool,
+    close: Option<CloseReason>,
     dec: RequestDecoder,
     out: Encoder,
     method: Option<Method>,
     allow_204: bool,
     allow_206: bool,
     client_close: bool,
-    request_complete: bool,
     status: Option<u16>,
-    reuse: Reuse,
 }
 
 impl ServerTransaction {
     /// Starts reading one request with `decoder` (a fresh one, or the one of the previous
     /// transaction on this connection, from [`Self::into_decoder`]).
     pub fn new(decoder: RequestDecoder) -> Self {
+        let failed = decoder.is_failed();
         ServerTransaction {
-            state: if decoder.is_failed() {
-                ServerState::Failed
-            } else {
-                ServerState::Head
-            },
+            recv: SRecv::Head,
+            send: SSend::None,
+            failed,
+            close: failed.then_some(CloseReason::DecodeError),
             dec: decoder,
             out: Encoder::new(),
             method: None,
             allow_204: false,
             allow_206: false,
             client_close: false,
-            request_complete: false,
             status: None,
-            reuse: Reuse::Pending,
         }
     }
 
     /// Where the transaction stands.
     pub fn state(&self) -> ServerState {
-        self.state
+        match (self.failed, self.send, self.recv) {
+            (true, SSend::None, _) => ServerState::Failed,
+            (_, SSend::Done, _) => ServerState::Done,
+            (_, SSend::Body, _) => ServerState::Responding,
+            (_, SSend::None, SRecv::Head) => ServerState::Head,
+            (_, SSend::None, SRecv::Preview) => ServerState::Preview,
+            (_, SSend::None, SRecv::Decide { ieof }) => ServerState::Decide { ieof },
+            (_, SSend::None, SRecv::Body) => ServerState::Body,
+            (_, SSend::None, SRecv::Done) => ServerState::Answer,
+        }
     }
 
     /// The bytes to write to the client, as a [`bytes::Buf`].
@@ -577,9 +684,14 @@ impl ServerTransaction {
         &mut self.dec
     }
 
-    /// Whether the connection can carry another transaction (decided when it ends).
+    /// Whether the connection can carry another transaction: [`Reuse::Keep`] once the
+    /// request has been read and the response sent, both in full.
     pub fn reuse(&self) -> Reuse {
-        self.reuse
+        match self.close {
+            Some(r) => Reuse::Close(r),
+            None if self.recv == SRecv::Done && self.send == SSend::Done => Reuse::Keep,
+            None => Reuse::Pending,
+        }
     }
 
     /// The decoder back, for the next request on a kept connection (pipelined bytes stay in
@@ -589,26 +701,34 @@ impl ServerTransaction {
     }
 
     fn fail(&mut self, reason: CloseReason, e: Error) -> Error {
-        self.state = ServerState::Failed;
-        self.reuse = Reuse::Close(reason);
+        self.failed = true;
+        self.close.get_or_insert(reason);
         e
     }
 
     /// Decodes what the client sent; `Ok(None)` means more bytes are needed, or the
-    /// application must act (answer a preview or the request), or the transaction is over.
-    /// A decoder error (a malformed request, a preview longer than announced) fails the
-    /// transaction; [`Self::respond`] can still send an error status before closing.
+    /// application must act (answer a preview or the request), or the request is over (what
+    /// follows belongs to the next transaction). A decoder error (a malformed request, a
+    /// preview longer than announced) fails the transaction; [`Self::respond`] can still
+    /// send an error status before closing.
     pub fn poll_event(&mut self) -> Result<Option<ServerEvent>> {
-        match self.state {
-            ServerState::Head | ServerState::Preview | ServerState::Body => {}
-            ServerState::Failed => return Err(state_error("the transaction has failed")),
-            _ => return Ok(None),
+        if self.failed {
+            return Err(state_error("the transaction has failed"));
+        }
+        let reading = match self.recv {
+            SRecv::Head => self.send == SSend::None,
+            SRecv::Preview | SRecv::Body => self.close != Some(CloseReason::UnfinishedRequest),
+            SRecv::Decide { .. } | SRecv::Done => false,
+        };
+        if !reading {
+            return Ok(None);
         }
         let ev = match self.dec.decode() {
             Ok(Some(ev)) => ev,
             Ok(None) => return Ok(None),
             Err(e) => return Err(self.fail(CloseReason::DecodeError, e)),
         };
+        let answered = self.send != SSend::None;
         Ok(Some(match ev {
             Event::Head(req) => {
                 self.allow_204 = req.allows_204();
@@ -618,27 +738,31 @@ impl ServerTransaction {
                     && req.preview().is_some()
                     && req.body.is_some();
                 self.method = Some(req.method.clone());
-                self.state = if previewed {
-                    ServerState::Preview
+                self.recv = if previewed {
+                    SRecv::Preview
                 } else {
-                    ServerState::Body
+                    SRecv::Body
                 };
                 ServerEvent::Request(req)
             }
             Event::Data(d) => ServerEvent::Data(d),
+            Event::PreviewEnd if answered => {
+                // Already answered: the client sends nothing more for this request.
+                self.dec.finish_after_preview()?;
+                self.recv = SRecv::Done;
+                ServerEvent::End(LastChunk::default())
+            }
             Event::PreviewEnd => {
-                self.state = ServerState::Decide { ieof: false };
+                self.recv = SRecv::Decide { ieof: false };
                 ServerEvent::PreviewEnd { ieof: false }
             }
+            Event::End(_) if self.recv == SRecv::Preview && !answered => {
+                self.recv = SRecv::Decide { ieof: true };
+                ServerEvent::PreviewEnd { ieof: true }
+            }
             Event::End(last) => {
-                self.request_complete = true;
-                if self.state == ServerState::Preview {
-                    self.state = ServerState::Decide { ieof: true };
-                    ServerEvent::PreviewEnd { ieof: true }
-                } else {
-                    self.state = ServerState::Answer;
-                    ServerEvent::End(last)
-                }
+                self.recv = SRecv::Done;
+                ServerEvent::End(last)
             }
         }))
     }
@@ -646,50 +770,52 @@ impl ServerTransaction {
     /// Answers a preview with `ICAP/1.0 100 Continue`: the client sends the rest of the body.
     /// Refused after a preview that ended with `ieof` (RFC 3507 4.5) and outside a preview.
     pub fn send_continue(&mut self) -> Result<()> {
-        match self.state {
-            ServerState::Decide { ieof: false } => {
+        match (self.recv, self.send) {
+            (SRecv::Decide { ieof: false }, SSend::None) => {
                 self.dec.continue_after_preview()?;
                 self.out.response_head(&Response::continue_100());
-                self.state = ServerState::Body;
+                self.recv = SRecv::Body;
                 Ok(())
             }
-            ServerState::Decide { ieof: true } => Err(state_error(
+            (SRecv::Decide { ieof: true }, _) => Err(state_error(
                 "100 Continue after a preview that ended with ieof (RFC 3507 4.5)",
             )),
             _ => Err(state_error("100 Continue is only an answer to a preview")),
         }
     }
 
+    /// Gives up reading the rest of the request (after deciding on its first bytes): the
+    /// connection will be closed after the answer, and a later [`Self::respond`] says
+    /// `Connection: close`.
+    pub fn abandon_request(&mut self) {
+        if self.recv != SRecv::Done {
+            self.close.get_or_insert(CloseReason::UnfinishedRequest);
+        }
+    }
+
     /// Queues a final response (200, 204, 206 or an error). The rules: 204 only when the
     /// request allowed it or in answer to a preview (RFC 3507 4.6); 206 only with `Allow:
-    /// 206`; the Encapsulated sections must suit the request's method. An answer before the
-    /// request was read to its end (an early response), an error status, or `Connection:
-    /// close` from the client closes the connection afterwards, and `Connection: close` is
-    /// added to the response so the client knows. After a decoder failure only an error
-    /// status may be sent. When the response has a body, send it with [`Self::send_data`]
-    /// and end it with [`Self::end_response`] or, for a 206, [`Self::end_use_original_body`].
+    /// 206`; the Encapsulated sections must suit the request's method. An error status,
+    /// `Connection: close` from the client, a decoder failure or an abandoned request close
+    /// the connection afterwards, and `Connection: close` is added to the response so the
+    /// client knows. After a decoder failure only an error status may be sent. When the
+    /// response has a body, send it with [`Self::send_data`] and end it with
+    /// [`Self::end_response`] or, for a 206, [`Self::end_use_original_body`].
     pub fn respond(&mut self, mut res: Response) -> Result<()> {
         let status = res.status;
         if status < 200 {
             return Err(state_error("send 100 Continue with send_continue"));
         }
-        let unread = match self.state {
-            ServerState::Head | ServerState::Failed if status >= 400 => None,
-            ServerState::Head | ServerState::Failed => {
-                return Err(state_error(
-                    "no request has been read: only an error status can be sent",
-                ))
-            }
-            ServerState::Responding | ServerState::Done => {
-                return Err(state_error("the request has already been answered"))
-            }
-            ServerState::Decide { .. } | ServerState::Answer => Some(false),
-            ServerState::Preview | ServerState::Body => Some(true),
-        };
-        let in_preview = matches!(
-            self.state,
-            ServerState::Decide { .. } | ServerState::Preview
-        );
+        if self.send != SSend::None {
+            return Err(state_error("the request has already been answered"));
+        }
+        let no_request = self.failed || self.recv == SRecv::Head;
+        if no_request && status < 400 {
+            return Err(state_error(
+                "no request has been read: only an error status can be sent",
+            ));
+        }
+        let in_preview = matches!(self.recv, SRecv::Decide { .. } | SRecv::Preview);
         if status == 204 && !self.allow_204 && !in_preview {
             return Err(state_error(
                 "204 outside a preview to a request without Allow: 204 (RFC 3507 4.6)",
@@ -698,46 +824,46 @@ impl ServerTransaction {
         if status == 206 && !self.allow_206 {
             return Err(state_error("206 to a request without Allow: 206"));
         }
-        if !matches!(status, 100 | 204) {
-            if let Some(m) = &self.method {
+        if status != 204 {
+            if let Some(m) = self.method.as_ref().filter(|_| !no_request) {
                 res.encapsulated().check_response(Some(m))?;
             }
         }
-        if self.state == (ServerState::Decide { ieof: false }) {
-            self.dec.finish_after_preview()?;
-            self.request_complete = true;
+        match self.recv {
+            SRecv::Decide { ieof: false } => {
+                self.dec.finish_after_preview()?;
+                self.recv = SRecv::Done;
+            }
+            SRecv::Decide { ieof: true } => self.recv = SRecv::Done,
+            _ => {}
         }
-        let reason = match unread {
-            None if self.state == ServerState::Failed => Some(CloseReason::DecodeError),
-            None => Some(CloseReason::ErrorStatus(status)),
-            Some(true) => Some(CloseReason::UnfinishedRequest),
-            Some(false) if self.client_close => Some(CloseReason::ClientAsked),
-            Some(false) if says_close(&res.headers) => Some(CloseReason::ServerAsked),
-            Some(false) if status >= 400 => Some(CloseReason::ErrorStatus(status)),
-            Some(false) => None,
-        };
-        if reason.is_some() && !says_close(&res.headers) {
+        if self.close.is_none() {
+            self.close = if self.client_close {
+                Some(CloseReason::ClientAsked)
+            } else if says_close(&res.headers) {
+                Some(CloseReason::ServerAsked)
+            } else if status >= 400 {
+                Some(CloseReason::ErrorStatus(status))
+            } else {
+                None
+            };
+        }
+        if self.close.is_some() && !says_close(&res.headers) {
             res.headers.insert("Connection", "close");
         }
-        // A kept connection is only clean once the response body has gone out in full.
-        self.reuse = match (reason, res.body.is_some()) {
-            (Some(r), _) => Reuse::Close(r),
-            (None, true) => Reuse::Pending,
-            (None, false) => Reuse::Keep,
-        };
         self.status = Some(status);
         self.out.response_head(&res);
-        self.state = if res.body.is_some() {
-            ServerState::Responding
+        self.send = if res.body.is_some() {
+            SSend::Body
         } else {
-            ServerState::Done
+            SSend::Done
         };
         Ok(())
     }
 
     /// Sends a piece of the response body.
     pub fn send_data(&mut self, data: Bytes) -> Result<()> {
-        if self.state != ServerState::Responding {
+        if self.send != SSend::Body {
             return Err(state_error("no response body is being sent"));
         }
         self.out.data(data);
@@ -746,58 +872,46 @@ impl ServerTransaction {
 
     /// Ends the response body with `0`.
     pub fn end_response(&mut self) -> Result<()> {
-        if self.state != ServerState::Responding || self.status == Some(206) {
+        if self.send != SSend::Body || self.status == Some(206) {
             return Err(state_error(
                 "end_response ends a response body (a 206 ends with end_use_original_body)",
             ));
         }
         self.out.end(false);
-        self.finish();
+        self.send = SSend::Done;
         Ok(())
     }
 
     /// Ends a 206 body with `0; use-original-body=offset`: the client takes the rest from
     /// its original body, from `offset` on.
     pub fn end_use_original_body(&mut self, offset: u64) -> Result<()> {
-        if self.state != ServerState::Responding || self.status != Some(206) {
+        if self.send != SSend::Body || self.status != Some(206) {
             return Err(state_error("use-original-body ends only a 206 body"));
         }
         self.out.end_use_original_body(offset);
-        self.finish();
+        self.send = SSend::Done;
         Ok(())
     }
 
-    fn finish(&mut self) {
-        self.state = ServerState::Done;
-        if self.reuse == Reuse::Pending {
-            self.reuse = Reuse::Keep;
-        }
-    }
-
     /// Call when the client closed the connection. `Ok(true)` when it closed between
-    /// requests (a clean end, no transaction), `Ok(false)` when the answer had been sent;
-    /// an [`ErrorKind::UnexpectedEof`] error when a request was cut short.
+    /// requests (a clean end, no transaction), `Ok(false)` when an answer had been given;
+    /// an [`ErrorKind::UnexpectedEof`] error when a request was cut short before any answer.
     pub fn on_eof(&mut self) -> Result<bool> {
-        match self.state {
-            ServerState::Head if self.dec.decode_eof().is_ok() => {
-                self.reuse = Reuse::Close(CloseReason::Eof);
-                self.state = ServerState::Done;
-                Ok(true)
-            }
-            ServerState::Done | ServerState::Responding => {
-                self.reuse = Reuse::Close(CloseReason::Eof);
-                Ok(false)
-            }
-            _ => {
-                let at = self.dec.position();
-                let e = Error::new(
-                    ErrorKind::UnexpectedEof,
-                    at,
-                    "the client closed the connection in the middle of a request",
-                );
-                Err(self.fail(CloseReason::Eof, e))
-            }
+        if self.send != SSend::None {
+            self.close.get_or_insert(CloseReason::Eof);
+            return Ok(false);
         }
+        if self.recv == SRecv::Head && !self.failed && self.dec.decode_eof().is_ok() {
+            self.close.get_or_insert(CloseReason::Eof);
+            return Ok(true);
+        }
+        let at = self.dec.position();
+        let e = Error::new(
+            ErrorKind::UnexpectedEof,
+            at,
+            "the client closed the connection in the middle of a request",
+        );
+        Err(self.fail(CloseReason::Eof, e))
     }
 }
 

@@ -328,25 +328,69 @@ fn client_206_needs_allow_206_and_reports_the_offset() {
 }
 
 #[test]
-fn client_early_final_response_stops_sending_and_closes() {
+fn client_early_2xx_lets_the_body_go_on() {
+    // c-icap's echo streams its 200 before the client's last chunk: keep sending.
     let mut tx = client(None, "", RequestBody::Known(10));
     tx.send_body(b("abc")).unwrap();
     out(&mut tx);
-    tx.feed(b"ICAP/1.0 200 OK\r\nISTag: \"t\"\r\nEncapsulated: res-hdr=0, res-body=26\r\n\r\nHTTP/1.1 403 Forbidden\r\n\r\n");
-    match tx.poll_event().unwrap() {
-        Some(ClientEvent::Response(r)) => assert_eq!(r.status, 200),
+    tx.feed(b"ICAP/1.0 200 OK\r\nISTag: \"t\"\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\nHTTP/1.1 200 OK\r\n\r\n3\r\nabc\r\n");
+    match &client_events(&mut tx)[..] {
+        [ClientEvent::Response(r), ClientEvent::Data(d)] => {
+            assert_eq!((r.status, &d[..]), (200, &b"abc"[..]))
+        }
         other => panic!("{other:?}"),
     }
-    assert!(!tx.wants_body());
+    assert_eq!(tx.state(), ClientState::Response);
+    assert!(tx.wants_body());
+    tx.send_body(b("defghij")).unwrap();
+    assert_eq!(out(&mut tx), "7\r\ndefghij\r\n0\r\n\r\n");
+    assert_eq!(tx.reuse(), Reuse::Pending, "the response has not ended");
+    tx.feed(b"7\r\ndefghij\r\n0\r\n\r\n");
+    assert_eq!(client_events(&mut tx).len(), 2);
+    assert_eq!(tx.reuse(), Reuse::Keep);
+
+    // The response may even end first; reuse waits for the request.
+    let mut tx = client(None, "", RequestBody::Unknown);
+    tx.send_body(b("abc")).unwrap();
+    tx.feed(OK_BODY);
+    assert_ok_body(&client_events(&mut tx));
     assert_eq!(
-        tx.send_body(b("def")).unwrap_err().kind(),
-        ErrorKind::InvalidState
+        (tx.state(), tx.reuse()),
+        (ClientState::Done, Reuse::Pending)
     );
-    tx.end_body().unwrap(); // nothing to end: the server has answered
+    tx.end_body().unwrap();
+    assert_eq!(tx.reuse(), Reuse::Keep);
+
+    // The caller may stop instead: then the connection closes.
+    let mut tx = client(None, "", RequestBody::Unknown);
+    tx.send_body(b("abc")).unwrap();
+    tx.feed(OK_BODY);
+    client_events(&mut tx);
+    tx.abort_body();
+    assert!(!tx.wants_body());
     assert_eq!(tx.reuse(), Reuse::Close(CloseReason::UnfinishedRequest));
-    tx.feed(b"0\r\n\r\n");
-    assert!(matches!(client_events(&mut tx)[..], [ClientEvent::End(_)]));
-    assert_eq!(tx.reuse(), Reuse::Close(CloseReason::UnfinishedRequest));
+}
+
+#[test]
+fn client_early_error_or_close_stops_the_body() {
+    let answers: [&[u8]; 3] = [
+        b"ICAP/1.0 200 OK\r\nConnection: close\r\nISTag: \"t\"\r\nEncapsulated: res-hdr=0, res-body=26\r\n\r\nHTTP/1.1 403 Forbidden\r\n\r\n0\r\n\r\n",
+        b"ICAP/1.0 500 Server Error\r\nISTag: \"t\"\r\nEncapsulated: null-body=0\r\n\r\n",
+        NO_CONTENT,
+    ];
+    for wire in answers {
+        let mut tx = client(None, "204", RequestBody::Known(10));
+        tx.send_body(b("abc")).unwrap();
+        tx.feed(wire);
+        let evs = client_events(&mut tx);
+        assert!(matches!(evs.last(), Some(ClientEvent::End(_))), "{evs:?}");
+        assert!(!tx.wants_body());
+        let e = tx.send_body(b("def")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidState);
+        assert!(e.message().contains("stopped"));
+        tx.end_body().unwrap(); // nothing to end: the body was stopped
+        assert_eq!(tx.reuse(), Reuse::Close(CloseReason::UnfinishedRequest));
+    }
 }
 
 #[test]
@@ -642,16 +686,38 @@ fn server_preview_overrun_is_an_error_answered_with_400() {
 }
 
 #[test]
-fn server_early_response_closes_and_says_so() {
+fn server_early_answer_then_reads_the_rest() {
     let (mut tx, evs) = server(&(head(None, "") + "a\r\n0123"));
     assert_eq!(data_of(&evs), b"0123");
     assert_eq!(tx.state(), ServerState::Body);
+    // Stream the answer while the request is still arriving, as c-icap's echo does.
+    let res = Response::ok("t")
+        .http_response_parts(200, "OK", [("A", "b")])
+        .with_body()
+        .build()
+        .unwrap();
+    tx.respond(res).unwrap();
+    tx.send_data(b("0123")).unwrap();
+    assert_eq!(tx.reuse(), Reuse::Pending);
+    tx.feed(b"456789\r\n0\r\n\r\n");
+    let evs = server_events(&mut tx);
+    assert_eq!(data_of(&evs), b"456789");
+    assert!(matches!(evs.last(), Some(ServerEvent::End(_))));
+    tx.send_data(b("456789")).unwrap();
+    tx.end_response().unwrap();
+    assert!(!sout(&mut tx).contains("Connection: close"));
+    assert_eq!(tx.reuse(), Reuse::Keep);
+}
+
+#[test]
+fn server_early_answer_abandoning_the_request_closes_and_says_so() {
+    let (mut tx, _) = server(&(head(None, "") + "a\r\n0123"));
+    tx.abandon_request();
     let res = Response::ok("t")
         .http_error_page(403, "Forbidden", "text/plain", b"no")
         .build()
         .unwrap();
     tx.respond(res).unwrap();
-    assert_eq!(tx.reuse(), Reuse::Close(CloseReason::UnfinishedRequest));
     tx.send_data(b("no")).unwrap();
     tx.end_response().unwrap();
     let wire = sout(&mut tx);
@@ -660,7 +726,31 @@ fn server_early_response_closes_and_says_so() {
         "{wire}"
     );
     assert_eq!(tx.reuse(), Reuse::Close(CloseReason::UnfinishedRequest));
-    assert_eq!(tx.poll_event().unwrap(), None);
+    tx.feed(b"456789\r\n0\r\n\r\n");
+    assert_eq!(
+        tx.poll_event().unwrap(),
+        None,
+        "an abandoned request is not read"
+    );
+}
+
+#[test]
+fn server_answer_during_preview_then_preview_end_needs_no_decision() {
+    let (mut tx, evs) = server(&(head(Some(8), "") + "4\r\nabcd\r\n"));
+    assert_eq!(data_of(&evs), b"abcd");
+    assert_eq!(tx.state(), ServerState::Preview);
+    tx.respond(Response::no_content("t").build().unwrap())
+        .unwrap();
+    tx.feed(b"4\r\nefgh\r\n0\r\n\r\n");
+    let evs = server_events(&mut tx);
+    assert_eq!(data_of(&evs), b"efgh");
+    assert!(matches!(evs.last(), Some(ServerEvent::End(_))));
+    assert_eq!(
+        tx.send_continue().unwrap_err().kind(),
+        ErrorKind::InvalidState
+    );
+    assert_eq!(tx.reuse(), Reuse::Keep);
+    assert!(tx.into_decoder().is_idle());
 }
 
 #[test]
@@ -706,7 +796,7 @@ fn server_errors_and_client_close() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(tx.reuse(), Reuse::Close(CloseReason::ErrorStatus(408)));
+    assert_eq!(tx.reuse(), Reuse::Close(CloseReason::ServerAsked));
 }
 
 #[test]
@@ -950,4 +1040,112 @@ fn pump_examples() {
             }
         }
     }
+}
+
+// ---- Real peers: the server machine replays every captured connection ----------------------
+
+/// The answers in a captured response stream: head, body pieces, last chunk. Stops at the
+/// first undecodable or cut-short message.
+fn recorded_answers(
+    wire: &[u8],
+) -> std::collections::VecDeque<(Response, Vec<Bytes>, icap::LastChunk)> {
+    let mut d = ResponseDecoder::default();
+    d.feed(wire);
+    let mut out = std::collections::VecDeque::new();
+    let mut cur: Option<(Response, Vec<Bytes>)> = None;
+    while let Ok(Some(ev)) = d.decode() {
+        match ev {
+            icap::Event::Head(r) => cur = Some((r, Vec::new())),
+            icap::Event::Data(b) => cur.as_mut().unwrap().1.push(b),
+            icap::Event::End(last) => {
+                let (r, body) = cur.take().unwrap();
+                out.push_back((r, body, last));
+            }
+            icap::Event::PreviewEnd => unreachable!(),
+        }
+    }
+    out
+}
+
+#[test]
+fn server_machine_accepts_what_real_clients_send_and_what_c_icap_answers() {
+    let dir = format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            n.strip_suffix(".request.bin").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 20, "captures missing: {names:?}");
+    let (mut continues, mut total) = (0, 0);
+    for name in &names {
+        let requests = std::fs::read(format!("{dir}/{name}.request.bin")).unwrap();
+        let mut answers =
+            recorded_answers(&std::fs::read(format!("{dir}/{name}.response.bin")).unwrap());
+        let mut dec = RequestDecoder::default();
+        dec.feed(&requests);
+        let mut answered = 0;
+        'conn: loop {
+            let mut tx = ServerTransaction::new(dec);
+            let mut done = false;
+            let mut keep_alive = true;
+            while let Some(ev) = tx.poll_event().unwrap_or_else(|e| panic!("{name}: {e}")) {
+                let ieof = match ev {
+                    ServerEvent::PreviewEnd { ieof } => ieof,
+                    ServerEvent::End(_) if tx.state() == ServerState::Answer => false,
+                    _ => continue,
+                };
+                let Some((res, body, last)) = answers.pop_front() else {
+                    break 'conn;
+                };
+                if res.status == 100 {
+                    assert!(!ieof, "{name}: c-icap sent 100 after ieof");
+                    tx.send_continue().unwrap_or_else(|e| panic!("{name}: {e}"));
+                    continues += 1;
+                    continue;
+                }
+                // c-icap's own decision must pass the machine's rules.
+                keep_alive = !res.headers.has_token("Connection", "close");
+                tx.respond(res.clone())
+                    .unwrap_or_else(|e| panic!("{name}: {} answer refused: {e}", res.status));
+                if res.body.is_some() {
+                    for piece in body {
+                        tx.send_data(piece).unwrap();
+                    }
+                    match last.use_original_body {
+                        Some(n) => tx.end_use_original_body(n).unwrap(),
+                        None => tx.end_response().unwrap(),
+                    }
+                }
+                answered += 1;
+                done = true;
+            }
+            if !done {
+                break;
+            }
+            match tx.reuse() {
+                Reuse::Keep => {
+                    assert!(keep_alive, "{name}: kept a connection c-icap closed");
+                    dec = tx.into_decoder();
+                }
+                Reuse::Pending => {
+                    // Answered early (c-icap's 206 after the preview) and the rest is not in
+                    // the capture: the client stopped there.
+                    break;
+                }
+                Reuse::Close(_) => break,
+            }
+        }
+        assert!(answered >= 1, "{name}: nothing answered");
+        total += answered;
+    }
+    eprintln!("{total} answers over {} captures", names.len());
+    // Most captures are OPTIONS then a request on one kept connection.
+    assert!(total >= names.len() + 15, "only {total} answers");
+    assert!(
+        continues >= 4,
+        "the captures hold several 100 Continue paths"
+    );
 }
