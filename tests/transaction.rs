@@ -862,6 +862,9 @@ enum Decision {
     Continue,
     NoContent,
     Modify,
+    /// Answer 200 on the first body byte and stream the echo while still reading, as
+    /// c-icap's echo service does.
+    EarlyEcho,
 }
 
 /// Moves bytes between the machines in pieces of the given sizes until neither moves.
@@ -910,9 +913,10 @@ fn run(
     let mut got = Vec::new();
     let mut cevs = Vec::new();
     let mut responded = false;
+    let mut overtaken = false;
     for _ in 0..10_000 {
-        // Client: give body while wanted.
-        while c.wants_body() && at < body.len() {
+        // Client: one piece per round, so that answers can overtake the body.
+        if c.wants_body() && at < body.len() {
             let n = pieces[p % pieces.len()].min(body.len() - at);
             p += 1;
             c.send_body(Bytes::copy_from_slice(&body[at..at + n]))
@@ -925,9 +929,25 @@ fn run(
         pump(&mut c, &mut s, sizes, &mut i);
         while let Some(ev) = s.poll_event().unwrap() {
             match ev {
-                ServerEvent::Data(d) => got.extend_from_slice(&d),
+                ServerEvent::Data(d) => {
+                    got.extend_from_slice(&d);
+                    if matches!(decision, Decision::EarlyEcho) {
+                        if !responded {
+                            s.respond(
+                                Response::ok("t")
+                                    .http_response_parts(200, "OK", [("X", "y")])
+                                    .with_body()
+                                    .build()
+                                    .unwrap(),
+                            )
+                            .unwrap();
+                            responded = true;
+                        }
+                        s.send_data(d).unwrap();
+                    }
+                }
                 ServerEvent::PreviewEnd { ieof } => match decision {
-                    Decision::Continue if !ieof => s.send_continue().unwrap(),
+                    Decision::Continue | Decision::EarlyEcho if !ieof => s.send_continue().unwrap(),
                     Decision::NoContent => {
                         s.respond(Response::no_content("t").build().unwrap())
                             .unwrap();
@@ -948,7 +968,10 @@ fn run(
                     }
                 },
                 ServerEvent::End(_) => {
-                    if allow_204 && matches!(decision, Decision::NoContent) {
+                    if responded {
+                        // The early echo ends with the request.
+                        s.end_response().unwrap();
+                    } else if allow_204 && matches!(decision, Decision::NoContent) {
                         s.respond(Response::no_content("t").build().unwrap())
                             .unwrap();
                     } else {
@@ -970,9 +993,12 @@ fn run(
         }
         pump(&mut c, &mut s, sizes, &mut i);
         while let Some(ev) = c.poll_event().unwrap() {
+            if matches!(ev, ClientEvent::Response(_)) && c.wants_body() {
+                overtaken = true;
+            }
             cevs.push(ev);
         }
-        if c.state() == ClientState::Done {
+        if c.state() == ClientState::Done && c.reuse() != Reuse::Pending {
             break;
         }
     }
@@ -996,7 +1022,7 @@ fn run(
             .collect();
         prop_assert_eq!(&echoed, &got);
         let whole = match (decision, preview) {
-            (Decision::Continue, _) | (_, None) => true,
+            (Decision::Continue, _) | (_, None) | (Decision::EarlyEcho, Some(0)) => true,
             (_, Some(p)) => body.len() as u64 <= p,
         };
         if whole {
@@ -1004,6 +1030,10 @@ fn run(
         } else {
             prop_assert_eq!(&got[..], &body[..preview.unwrap() as usize]);
         }
+    }
+    if matches!(decision, Decision::EarlyEcho) && preview.is_none() && body.len() > pieces[0] {
+        // The answer came while the body was still going out, and the body went on.
+        prop_assert!(overtaken);
     }
     // The server's decoder is idle: the connection is ready for the next request.
     prop_assert!(s.into_decoder().is_idle());
@@ -1020,7 +1050,12 @@ proptest! {
         preview in prop::option::of(0u64..700),
         known in any::<bool>(),
         allow_204 in any::<bool>(),
-        decision in prop_oneof![Just(Decision::Continue), Just(Decision::NoContent), Just(Decision::Modify)],
+        decision in prop_oneof![
+            Just(Decision::Continue),
+            Just(Decision::NoContent),
+            Just(Decision::Modify),
+            Just(Decision::EarlyEcho),
+        ],
         pieces in prop::collection::vec(1usize..200, 1..8),
         sizes in prop::collection::vec(1usize..64, 1..16),
     ) {
@@ -1034,7 +1069,12 @@ fn pump_examples() {
     let body = [7u8; 10];
     for preview in [None, Some(0), Some(4), Some(10), Some(11), Some(1024)] {
         for known in [false, true] {
-            for d in [Decision::Continue, Decision::NoContent, Decision::Modify] {
+            for d in [
+                Decision::Continue,
+                Decision::NoContent,
+                Decision::Modify,
+                Decision::EarlyEcho,
+            ] {
                 run(&body, preview, known, false, d, &[3], &[5]).unwrap();
                 run(&[], preview, known, true, d, &[1], &[1]).unwrap();
             }
