@@ -8,7 +8,7 @@
 //! that must be seen whole (extensions on a size line, trailers) are gathered, under limits.
 //! Which chunk ends a preview, and what that means, is the decoder's concern one layer up.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::Headers;
@@ -139,7 +139,7 @@ impl ChunkedDecoder {
                 State::Data => {
                     // Anything consumed before the data is framing; drop it first.
                     if i > 0 {
-                        let _ = buf.split_to(i);
+                        buf.advance(i);
                         *base += i as u64;
                     }
                     if buf.is_empty() {
@@ -155,14 +155,14 @@ impl ChunkedDecoder {
                 }
                 State::Trailer => {
                     if i > 0 {
-                        let _ = buf.split_to(i);
+                        buf.advance(i);
                         *base += i as u64;
                     }
                     return self.trailer(buf, base);
                 }
                 State::Done => {
                     if i > 0 {
-                        let _ = buf.split_to(i);
+                        buf.advance(i);
                         *base += i as u64;
                     }
                     return Ok(None);
@@ -170,7 +170,7 @@ impl ChunkedDecoder {
                 _ => {}
             }
             let Some(&b) = buf.get(i) else {
-                let _ = buf.split_to(i);
+                buf.advance(i);
                 *base += i as u64;
                 return Ok(None);
             };
@@ -360,7 +360,7 @@ impl ChunkedDecoder {
             return Ok(None);
         }
         if &buf[..2] == b"\r\n" {
-            let _ = buf.split_to(2);
+            buf.advance(2);
             *base += 2;
             return Ok(Some(self.finish(None)));
         }
