@@ -444,7 +444,7 @@ impl Client {
     /// The service's options from the first server that answers (cached per server).
     pub async fn options(&self) -> Result<ServiceOptions, ClientError> {
         let mut errors = Vec::new();
-        for ep in self.inner.order() {
+        for ep in self.inner.peek_order() {
             match self.inner.options(ep).await {
                 Ok(o) => return Ok(o),
                 Err(e) => errors.push(e),
@@ -464,16 +464,52 @@ impl Client {
         file_name: Option<&str>,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<Exchange, ClientError> {
+        self.send_inner(build, body, file_name, progress, None)
+            .await
+    }
+
+    /// Like [`Client::send`], writing the returned body to `sink` as it arrives (a modified
+    /// file of any size, in bounded memory); [`Exchange::body`] still keeps its start. Once
+    /// bytes have gone to the sink, a failure is not retried on another server.
+    pub async fn send_to(
+        &self,
+        build: impl Fn(&IcapUri, Option<u64>) -> Result<Request, Error>,
+        body: &BodySource,
+        file_name: Option<&str>,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<Exchange, ClientError> {
+        self.send_inner(build, body, file_name, progress, Some(sink))
+            .await
+    }
+
+    async fn send_inner<'o>(
+        &self,
+        build: impl Fn(&IcapUri, Option<u64>) -> Result<Request, Error>,
+        body: &BodySource,
+        file_name: Option<&str>,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+        mut sink: Option<&mut (dyn AsyncWrite + Unpin + Send + 'o)>,
+    ) -> Result<Exchange, ClientError> {
         let attempts = 1 + self.inner.cfg.retries;
         let mut errors = Vec::new();
         let order = self.inner.order();
+        let mut sunk = 0u64;
         for (i, ep) in order.iter().cycle().take(attempts.max(1)).enumerate() {
-            if i > 0 && !body.retryable() {
+            if i > 0 && (!body.retryable() || sunk > 0) {
                 break;
             }
             match self
                 .inner
-                .attempt(ep, &build, body, file_name, progress)
+                .attempt(
+                    ep,
+                    &build,
+                    body,
+                    file_name,
+                    progress,
+                    sink.as_deref_mut(),
+                    &mut sunk,
+                )
                 .await
             {
                 Ok(x) => return Ok(x),
@@ -714,10 +750,20 @@ fn tls_failure(e: &io::Error, had_identity: bool) -> Option<(TlsFailure, String)
 }
 
 impl Inner {
-    /// Servers in the order to try: healthy ones first, by the balance policy.
+    /// Servers in the order to try: healthy ones first, by the balance policy. Each call
+    /// moves the round robin on by one; [`Self::peek_order`] does not.
     fn order(&self) -> Vec<&Endpoint> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        self.order_from(start)
+    }
+
+    fn peek_order(&self) -> Vec<&Endpoint> {
+        self.order_from(self.next.load(Ordering::Relaxed))
+    }
+
+    fn order_from(&self, start: usize) -> Vec<&Endpoint> {
         let n = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let start = start % n;
         let mut v: Vec<&Endpoint> = (0..n).map(|i| &self.endpoints[(start + i) % n]).collect();
         if self.cfg.balance == Balance::LeastLoaded {
             v.sort_by_key(|e| e.in_use());
@@ -854,7 +900,7 @@ impl Inner {
             .build()
             .map_err(ClientError::Config)?;
         let (x, conn) = self
-            .run(ep, conn, &req, None, RequestBody::None, None)
+            .run(ep, conn, &req, None, RequestBody::None, None, None, &mut 0)
             .await
             .map_err(|(e, _)| e)?;
         if let Some(c) = conn {
@@ -887,13 +933,16 @@ impl Inner {
 
     /// One attempt on one server, with one retry on a fresh connection when a pooled one
     /// turns out to have been closed by the server.
-    async fn attempt(
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt<'o>(
         &self,
         ep: &Endpoint,
         build: &impl Fn(&IcapUri, Option<u64>) -> Result<Request, Error>,
         body: &BodySource,
         file_name: Option<&str>,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+        mut sink: Option<&mut (dyn AsyncWrite + Unpin + Send + 'o)>,
+        sunk: &mut u64,
     ) -> Result<Exchange, ClientError> {
         let len = body.len().await.map_err(ClientError::Body)?;
         let has_body = !matches!(body, BodySource::None);
@@ -929,7 +978,19 @@ impl Inner {
                 self.checkout(ep).await?
             };
             let reader = body.open().await.map_err(ClientError::Body)?;
-            match self.run(ep, conn, &req, reader, rb, progress).await {
+            match self
+                .run(
+                    ep,
+                    conn,
+                    &req,
+                    reader,
+                    rb,
+                    progress,
+                    sink.as_deref_mut(),
+                    sunk,
+                )
+                .await
+            {
                 Ok((x, conn)) => {
                     if let Some(c) = conn {
                         self.checkin(ep, c);
@@ -953,6 +1014,7 @@ impl Inner {
                 Err((e, nothing_received)) => {
                     let stale = reused
                         && nothing_received
+                        && *sunk == 0
                         && matches!(e, ClientError::Io { .. } | ClientError::Protocol { .. })
                         && body.retryable();
                     if !stale {
@@ -967,8 +1029,8 @@ impl Inner {
     /// Runs one transaction on `conn`. On success returns the connection when it can be
     /// reused. On failure, says whether no byte of an answer had arrived (a stale pooled
     /// connection).
-    #[allow(clippy::type_complexity)]
-    async fn run(
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    async fn run<'o>(
         &self,
         ep: &Endpoint,
         conn: Conn,
@@ -976,6 +1038,8 @@ impl Inner {
         mut reader: Option<Box<dyn AsyncRead + Send + Unpin>>,
         rb: RequestBody,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+        mut sink: Option<&mut (dyn AsyncWrite + Unpin + Send + 'o)>,
+        sunk: &mut u64,
     ) -> Result<(Exchange, Option<Conn>), (ClientError, bool)> {
         let server = ep.name();
         let Conn {
@@ -1030,6 +1094,12 @@ impl Inner {
                         ClientEvent::Data(d) => {
                             got_any_body = true;
                             got.update(&d);
+                            if let Some(w) = sink.as_deref_mut() {
+                                w.write_all(&d)
+                                    .await
+                                    .map_err(|e| (ClientError::Body(e), false))?;
+                                *sunk += d.len() as u64;
+                            }
                             if kept.len() < keep_body {
                                 let n = (keep_body - kept.len()).min(d.len());
                                 kept.extend_from_slice(&d[..n]);

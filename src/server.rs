@@ -641,6 +641,11 @@ impl Server {
             .get_str("ISTag")
             .unwrap_or(&self.config.istag)
             .to_string();
+        if matches!(txn.state(), ServerState::Body | ServerState::Preview) {
+            // Answered before the request was read to its end: rather than read on to keep
+            // the connection, close it (and say so) once the answer is out.
+            txn.abandon_request();
+        }
         if let Err(e) = txn.respond(res) {
             // The application broke a rule (a 206 without Allow: 206, sections that do not
             // suit the method ...): a server error is all that can be said.
