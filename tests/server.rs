@@ -2,104 +2,18 @@
 //! preview and 100 Continue, errors, keep-alive, limits, timeouts and shutdown.
 #![cfg(feature = "server")]
 
-use std::net::SocketAddr;
+mod net;
+
 use std::time::Duration;
 
-use bytes::Bytes;
-use icap::server::{
-    Body, BoxFuture, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Service,
-};
+use icap::server::ServerConfig;
 use icap::{Event, Method, Response, ResponseDecoder, ServiceOptions};
+use net::{Running, PAGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-
-/// Blocks bodies containing "BLOCK" with a 403 page; everything else is unmodified.
-struct Blocker;
-
-const PAGE: &[u8] = b"<html>blocked</html>";
-
-impl Service for Blocker {
-    fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![Method::Reqmod, Method::Respmod],
-            istag: "\"blk-1\"".into(),
-            service: Some("test blocker".into()),
-            preview: Some(8),
-            allow_204: true,
-            transfer_preview: vec!["*".into()],
-            ..Default::default()
-        }
-    }
-
-    fn preview<'a>(
-        &'a self,
-        _req: &'a IncomingRequest,
-        preview: &'a [u8],
-    ) -> BoxFuture<'a, Option<Reply>> {
-        // "SKIP" in a preview: decided without the rest.
-        let skip = preview.starts_with(b"SKIP");
-        Box::pin(async move { skip.then(Reply::unmodified) })
-    }
-
-    fn handle<'a>(
-        &'a self,
-        _req: &'a IncomingRequest,
-        body: &'a mut Body<'_, '_>,
-    ) -> BoxFuture<'a, Reply> {
-        Box::pin(async move {
-            let mut all = Vec::new();
-            while let Ok(Some(c)) = body.chunk().await {
-                all.extend_from_slice(&c);
-            }
-            if all.windows(5).any(|w| w == b"BLOCK") {
-                let res = Response::ok("blk-1")
-                    .header("X-Violations-Found", "1")
-                    .http_error_page(403, "Forbidden", "text/html", PAGE)
-                    .build()
-                    .unwrap();
-                Reply::Respond(res, ReplyBody::Full(Bytes::from_static(PAGE)))
-            } else {
-                Reply::unmodified()
-            }
-        })
-    }
-}
-
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<std::sync::Arc<icap::server::Stats>>,
-}
+use tokio::net::TcpStream;
 
 async fn start(cfg: ServerConfig) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let server = Server::new(cfg).route("blocker", Blocker);
-    let done = tokio::spawn(async move {
-        server
-            .serve(listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap()
-    });
-    Running {
-        addr,
-        stop: Some(tx),
-        done,
-    }
-}
-
-impl Running {
-    async fn stop(mut self) -> std::sync::Arc<icap::server::Stats> {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.done)
-            .await
-            .unwrap()
-            .unwrap()
-    }
+    net::blocker(cfg).await
 }
 
 /// Reads whole responses from `s` until `n` have arrived (or EOF); returns them with bodies.
@@ -204,7 +118,10 @@ async fn verdicts_204_echo_and_block_on_one_connection() {
     let block = &res[2];
     assert_eq!(block.0.http_response.as_ref().unwrap().status, 403);
     assert_eq!(block.1, PAGE);
-    assert_eq!(block.0.headers.get("X-Violations-Found"), Some(&b"1"[..]));
+    assert_eq!(
+        block.0.headers.get("X-Blocked-Reason"),
+        Some(&b"keyword BLOCK"[..])
+    );
     let stats = srv.stop().await;
     assert_eq!(stats.requests.load(std::sync::atomic::Ordering::Relaxed), 3);
 }
@@ -372,21 +289,19 @@ async fn shutdown_lets_the_transaction_in_flight_finish() {
     // Half a request, then shutdown, then the rest.
     s.write_all(&w[..w.len() - 8]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let Running { addr, stop, done } = srv;
-    let _ = stop.unwrap().send(());
+    let mut srv = srv;
+    let addr = srv.addr;
+    srv.signal_stop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "no new connections after shutdown"
     );
-    assert!(!done.is_finished(), "waits for the transaction in flight");
+    assert!(!srv.finished(), "waits for the transaction in flight");
     s.write_all(&w[w.len() - 8..]).await.unwrap();
     let (res, _) = read_responses(&mut s, 1).await;
     assert_eq!(res[0].0.status, 204);
     // Idle now: the server closes it and finishes.
     assert!(closed(&mut s).await);
-    tokio::time::timeout(Duration::from_secs(5), done)
-        .await
-        .unwrap()
-        .unwrap();
+    srv.join().await;
 }

@@ -145,6 +145,26 @@ impl Running {
             .unwrap()
     }
 
+    /// Asks the server to shut down without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// True once `serve` has returned.
+    pub fn finished(&self) -> bool {
+        self.done.as_ref().is_none_or(|d| d.is_finished())
+    }
+
+    /// Waits for `serve` to return (after [`Running::signal_stop`]).
+    pub async fn join(mut self) -> Arc<Stats> {
+        tokio::time::timeout(Duration::from_secs(10), self.done.take().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     pub fn uri(&self, scheme: &str, path: &str) -> String {
         format!("{scheme}://127.0.0.1:{}/{path}", self.addr.port())
     }
