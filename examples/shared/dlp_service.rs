@@ -1,0 +1,441 @@
+//! The example DLP service in blocking mode, shared by `examples/dlp-server.rs` (the binary)
+//! and `examples/dlp-scan.rs` (which starts it in-process on loopback).
+//!
+//! Include it next to the engine, which it reaches as `crate::dlp_engine`:
+//!
+//! ```text
+//! #[path = "shared/dlp_engine.rs"]
+//! mod dlp_engine;
+//! #[path = "shared/dlp_service.rs"]
+//! mod dlp_service;
+//!
+//! let cfg = dlp_service::DlpConfig::new(rules, dlp_service::Profile::Generic);
+//! let running = dlp_service::spawn_loopback(cfg, Some(&server_tls)).await?;
+//! // icaps://localhost:{running.addr().port()}/reqmod ...
+//! running.shutdown().await?;
+//! ```
+//!
+//! Two services, `reqmod` and `respmod`, each offering its one method (as Symantec recommends:
+//! one service per direction). Bodies are streamed through a [`Scanner`]: memory per
+//! transaction is the scanner's fixed window, plus the server's echo spool (1 MiB, then a
+//! temporary file) when the client did not allow 204. Clean content gets
+//! [`Reply::unmodified`] (a 204, or a 200 echo where 204 is not allowed); a violation gets a
+//! 200 carrying an HTTP response in place of the message, shaped by the [`Profile`].
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use icap::server::{
+    Body, BoxFuture, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Service, Stats,
+};
+use icap::tls::ServerTls;
+use icap::{Method, Response, ServiceOptions};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::dlp_engine::{icap_headers, Finding, FindingKind, Rules, Scanner};
+
+/// Preview size announced in OPTIONS: enough for file magic and most small uploads.
+pub const PREVIEW: u64 = 4096;
+
+/// Forcepoint block pages are padded to more than this many bytes: browsers replace shorter
+/// error pages by their own ("friendly" error pages), hiding the block notice.
+pub const FORCEPOINT_MIN_PAGE: usize = 512;
+
+/// How a block is signalled: each DLP vendor does it differently, and a client has to
+/// recognise all of them (`/work/shared/notes/peer-behaviour.md`, last section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Symantec DLP Network Prevent ("Vontu"): ICAP 200 carrying an `HTTP/1.1 200 OK`
+    /// response with block text, even for REQMOD; no vendor headers. A client that only
+    /// looks at HTTP status codes calls this allowed.
+    Symantec,
+    /// Forcepoint DLP protector: an HTTP 403 block page longer than
+    /// [`FORCEPOINT_MIN_PAGE`] bytes; no vendor headers.
+    Forcepoint,
+    /// c-icap / antivirus style: HTTP 403 page plus `X-Violations-Found`, and
+    /// `X-Infection-Found` when the EICAR string was found.
+    Generic,
+}
+
+impl Profile {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Symantec => "symantec",
+            Profile::Forcepoint => "forcepoint",
+            Profile::Generic => "generic",
+        }
+    }
+
+    /// The ISTag this profile announces (vendors' tags look like this one).
+    fn istag(self) -> &'static str {
+        match self {
+            Profile::Symantec => "\"Vontu14.0-icap-rs\"",
+            Profile::Forcepoint => "\"FP-DLP-icap-rs-1\"",
+            Profile::Generic => "\"icap-rs-dlp-1\"",
+        }
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "symantec" | "vontu" => Ok(Profile::Symantec),
+            "forcepoint" => Ok(Profile::Forcepoint),
+            "generic" => Ok(Profile::Generic),
+            other => Err(format!(
+                "unknown profile {other:?} (expected symantec, forcepoint or generic)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the DLP service is configured with.
+#[derive(Debug, Clone)]
+pub struct DlpConfig {
+    /// What to look for.
+    pub rules: Arc<Rules>,
+    /// How blocks are answered.
+    pub profile: Profile,
+    /// `Preview` announced in OPTIONS.
+    pub preview: u64,
+    /// Print one line per REQMOD/RESPMOD to stderr.
+    pub verbose: bool,
+    /// Server timeouts and limits.
+    pub server: ServerConfig,
+}
+
+impl DlpConfig {
+    /// Default preview, quiet, default server settings.
+    pub fn new(rules: Rules, profile: Profile) -> Self {
+        DlpConfig {
+            rules: Arc::new(rules),
+            profile,
+            preview: PREVIEW,
+            verbose: false,
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// Counters shared by both services, for tests and the shutdown summary.
+#[derive(Debug, Default)]
+pub struct DlpStats {
+    /// REQMOD/RESPMOD transactions whose body was scanned to its end.
+    pub scanned: AtomicU64,
+    /// Transactions answered with a block.
+    pub blocked: AtomicU64,
+    /// Body bytes scanned.
+    pub bytes: AtomicU64,
+}
+
+/// One of the two services (`reqmod` or `respmod`).
+struct DlpService {
+    method: Method,
+    cfg: DlpConfig,
+    stats: Arc<DlpStats>,
+}
+
+impl Service for DlpService {
+    fn options(&self) -> ServiceOptions {
+        ServiceOptions {
+            methods: vec![self.method.clone()],
+            service: Some(format!(
+                "icap-rs example DLP ({} profile, blocking mode)",
+                self.cfg.profile
+            )),
+            istag: self.cfg.profile.istag().into(),
+            service_id: Some("dlp".into()),
+            // One scanner per connection, each small: no practical limit below the server's.
+            max_connections: Some(self.cfg.server.max_connections as u64),
+            options_ttl: Some(3600),
+            allow_204: true,
+            preview: Some(self.cfg.preview),
+            // Every file type is content-scanned: a preview of each, never Transfer-Ignore.
+            transfer_preview: vec!["*".into()],
+            ..Default::default()
+        }
+    }
+
+    // `preview` keeps its default (None = 100 Continue): a verdict needs the whole body, a
+    // card number may sit in its last bytes.
+
+    fn handle<'a>(
+        &'a self,
+        req: &'a IncomingRequest,
+        body: &'a mut Body<'_, '_>,
+    ) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            let mut scanner = Scanner::new(&self.cfg.rules);
+            loop {
+                match body.chunk().await {
+                    Ok(Some(piece)) => scanner.feed(&piece),
+                    Ok(None) => break,
+                    // The server answers 400/408 (or closes) whatever is returned here.
+                    Err(_) => return Reply::unmodified(),
+                }
+            }
+            let scanned = scanner.bytes_scanned();
+            let (findings, total) = scanner.finish_with_total();
+            self.stats.scanned.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes.fetch_add(scanned, Ordering::Relaxed);
+            let name = file_name(req);
+            if self.cfg.verbose {
+                log_line(req, &name, scanned, total, &findings);
+            }
+            if findings.is_empty() {
+                return Reply::unmodified();
+            }
+            self.stats.blocked.fetch_add(1, Ordering::Relaxed);
+            match block_reply(self.cfg.profile, &name, &findings, total) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Only reachable through a bug in the page builder; a 500 is still a
+                    // "not allowed" to any sane client, never a silent pass.
+                    eprintln!("dlp-server: cannot build the block answer: {e}");
+                    let res =
+                        Response::error(icap::ErrorStatus::ServerError, self.cfg.profile.istag())
+                            .build()
+                            .expect("static error response");
+                    Reply::Respond(res, ReplyBody::Empty)
+                }
+            }
+        })
+    }
+}
+
+/// The file name reported in headers and pages: the last path segment of the HTTP request
+/// target, else `body`.
+fn file_name(req: &IncomingRequest) -> String {
+    let target = req
+        .http_request
+        .as_ref()
+        .map(|h| String::from_utf8_lossy(&h.target).into_owned())
+        .unwrap_or_default();
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    match path.rsplit('/').next() {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "body".to_string(),
+    }
+}
+
+fn log_line(req: &IncomingRequest, name: &str, bytes: u64, total: u64, findings: &[Finding]) {
+    let client = req
+        .headers
+        .get_str("X-Client-IP")
+        .map(|ip| format!(" client={ip}"))
+        .unwrap_or_default();
+    let verdict = if findings.is_empty() {
+        "clean".to_string()
+    } else {
+        let kinds: Vec<&str> = findings.iter().map(|f| f.kind.threat_name()).collect();
+        format!("BLOCK {total} finding(s): {}", kinds.join(","))
+    };
+    eprintln!(
+        "dlp-server: {} from {}{client} {name} {bytes} bytes: {verdict}",
+        req.method, req.peer
+    );
+}
+
+/// Escapes text for an HTML page.
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The block answer of `profile` for these findings (masked summaries only: the page must
+/// not leak what it blocks).
+fn block_reply(
+    profile: Profile,
+    name: &str,
+    findings: &[Finding],
+    total: u64,
+) -> icap::Result<Reply> {
+    let list: Vec<String> = findings
+        .iter()
+        .take(16)
+        .map(|f| format!("{} ({})", f.summary, f.kind.threat_name()))
+        .collect();
+    let (status, reason, ctype, page) = match profile {
+        Profile::Symantec => {
+            // Vontu's block text; the HTTP status stays 200: the block is the fact that an
+            // HTTP response replaced the message.
+            let mut t = String::from("Content blocked due to policy violation\n");
+            t.push_str(&format!("File: {name}\n{total} violation(s):\n"));
+            for l in &list {
+                t.push_str(&format!("  {l}\n"));
+            }
+            (200, "OK", "text/plain; charset=utf-8", t)
+        }
+        Profile::Forcepoint | Profile::Generic => {
+            let items: String = list
+                .iter()
+                .map(|l| format!("<li>{}</li>\n", html_escape(l)))
+                .collect();
+            let mut p = format!(
+                "<!DOCTYPE html>\n<html><head><title>Blocked by data loss prevention</title></head>\n\
+                 <body><h1>Access blocked</h1>\n\
+                 <p>The transfer of <b>{}</b> was blocked by the data loss prevention policy \
+                 ({total} violation(s)).</p>\n<ul>\n{items}</ul>\n",
+                html_escape(name)
+            );
+            if profile == Profile::Forcepoint {
+                p.push_str(
+                    "<p>Forcepoint DLP emulation: if you believe this is a mistake, contact \
+                     your security administrator and quote the incident details above.</p>\n",
+                );
+                // Pad in a comment: browsers show their own page for short error bodies.
+                while p.len() + "</body></html>\n".len() <= FORCEPOINT_MIN_PAGE {
+                    p.push_str("<!-- padding for browsers that hide short error pages -->\n");
+                }
+            }
+            p.push_str("</body></html>\n");
+            (403, "Forbidden", "text/html; charset=utf-8", p)
+        }
+    };
+    let page = Bytes::from(page);
+    let len = page.len().to_string();
+    let mut b = Response::ok(profile.istag());
+    if profile == Profile::Generic {
+        // One line each: the builder refuses obs-fold (CR LF TAB) in values, and a receiver
+        // sees the same value once it unfolds.
+        for (n, v) in icap_headers(findings, name, false) {
+            b = b.header(n, v);
+        }
+        if findings.iter().any(|f| f.kind != FindingKind::Eicar) {
+            b = b.header("X-Blocked-Reason", "DLP policy violation");
+        }
+    }
+    let res = b
+        .http_response_parts(
+            status,
+            reason,
+            [
+                ("Content-Type", ctype),
+                ("Content-Length", len.as_str()),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        .with_body()
+        .build()?;
+    Ok(Reply::Respond(res, ReplyBody::Full(page)))
+}
+
+/// The server with both services: `reqmod` and `respmod`, TLS when `tls` is given (client
+/// certificates required when it has a client CA). Returns the counters both services share.
+pub fn dlp_server(
+    cfg: &DlpConfig,
+    tls: Option<&ServerTls>,
+) -> icap::Result<(Server, Arc<DlpStats>)> {
+    let stats = Arc::new(DlpStats::default());
+    let service = |method: Method| DlpService {
+        method,
+        cfg: cfg.clone(),
+        stats: stats.clone(),
+    };
+    let mut server = Server::new(cfg.server.clone())
+        .route("reqmod", service(Method::Reqmod))
+        .route("respmod", service(Method::Respmod));
+    if let Some(t) = tls {
+        server = server.tls(t.build()?);
+    }
+    Ok((server, stats))
+}
+
+/// A DLP server running on a tokio task.
+#[derive(Debug)]
+pub struct Running {
+    addrs: Vec<SocketAddr>,
+    stats: Arc<DlpStats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<io::Result<Arc<Stats>>>>,
+}
+
+impl Running {
+    /// The first bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Every bound address.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The services' counters.
+    pub fn stats(&self) -> &DlpStats {
+        &self.stats
+    }
+
+    /// Stops accepting, lets transactions in flight finish, and returns the server counters.
+    pub async fn shutdown(mut self) -> io::Result<Arc<Stats>> {
+        let _ = self.stop.take().expect("stop sender present").send(());
+        let task = self.task.take().expect("task present");
+        task.await.map_err(io::Error::other)?
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropped without shutdown(): still stop it (gracefully, in the background).
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Serves `server` on `listeners` in a tokio task until [`Running::shutdown`] (or drop).
+pub fn spawn(
+    server: Server,
+    stats: Arc<DlpStats>,
+    listeners: Vec<TcpListener>,
+) -> io::Result<Running> {
+    let addrs = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<io::Result<Vec<_>>>()?;
+    if addrs.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listener"));
+    }
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve_many(listeners, async {
+        let _ = rx.await;
+    }));
+    Ok(Running {
+        addrs,
+        stats,
+        stop: Some(tx),
+        task: Some(task),
+    })
+}
+
+/// Starts the DLP server on `127.0.0.1` on a free port (plain ICAP, or ICAPS with `tls`).
+/// Must be called inside a tokio runtime, which then runs the server.
+pub async fn spawn_loopback(cfg: DlpConfig, tls: Option<&ServerTls>) -> io::Result<Running> {
+    let (server, stats) = dlp_server(&cfg, tls).map_err(io::Error::other)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    spawn(server, stats, vec![listener])
+}
