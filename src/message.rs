@@ -253,7 +253,17 @@ fn layout(req: Option<usize>, res: Option<usize>, body: Option<BodyKind>) -> Enc
 }
 
 fn encapsulated_line_len(e: Encapsulated) -> usize {
-    "Encapsulated: \r\n".len() + e.to_string().len()
+    // Counted, not formatted into a String: this runs for every encoded message.
+    struct Len(usize);
+    impl std::fmt::Write for Len {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 += s.len();
+            Ok(())
+        }
+    }
+    let mut n = Len(0);
+    let _ = std::fmt::Write::write_fmt(&mut n, format_args!("{e}"));
+    "Encapsulated: \r\n".len() + n.0
 }
 
 fn icap_headers_len(h: &Headers, needs: bool, e: Encapsulated) -> usize {
@@ -271,7 +281,7 @@ fn write_icap_headers(h: &Headers, needs: bool, e: Encapsulated, out: &mut Bytes
         if n.eq_ignore_ascii_case(b"Encapsulated") {
             if !written {
                 out.put_slice(b"Encapsulated: ");
-                out.put_slice(e.to_string().as_bytes());
+                write_encapsulated(e, out);
                 out.put_slice(b"\r\n");
                 written = true;
             }
@@ -284,10 +294,15 @@ fn write_icap_headers(h: &Headers, needs: bool, e: Encapsulated, out: &mut Bytes
     }
     if !written {
         out.put_slice(b"Encapsulated: ");
-        out.put_slice(e.to_string().as_bytes());
+        write_encapsulated(e, out);
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"\r\n");
+}
+
+/// Formats the value straight into `out` (no `String` per message).
+fn write_encapsulated(e: Encapsulated, out: &mut BytesMut) {
+    let _ = std::fmt::Write::write_fmt(out, format_args!("{e}"));
 }
 
 fn heads_len(req: &Option<HttpRequestHead>, res: &Option<HttpResponseHead>) -> usize {
