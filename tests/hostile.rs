@@ -566,3 +566,14 @@ fn a_response_decoder_told_the_method_refuses_other_shapes() {
     assert!(dec.is_failed());
     assert!(dec.decode().is_err());
 }
+
+/// The codec parses hostile bytes; it does so without `unsafe` (issue 7: no exception has been
+/// measured to pay for itself). The attribute must stay at the crate root.
+#[test]
+fn the_crate_forbids_unsafe_code() {
+    let lib = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")).unwrap();
+    assert!(
+        lib.lines().any(|l| l.trim() == "#![forbid(unsafe_code)]"),
+        "src/lib.rs lost #![forbid(unsafe_code)]"
+    );
+}
