@@ -718,3 +718,98 @@ fn squid_large_body_needs_an_early_answer() {
     assert_eq!(f.code, 200);
     assert_eq!(sha256(&f.body), sha256(&body));
 }
+
+/// ICAPS: c-icap-client over TLS (trusting the test CA) gets OPTIONS and a block answer;
+/// with client certificates required (c-icap-client cannot present one) it gets no ICAP
+/// answer at all, and the server scanned nothing.
+#[test]
+fn cicap_client_over_tls() {
+    if !peers_support::available(&["c-icap-client", "openssl"]) {
+        return;
+    }
+    let _serial = peers_support::serial();
+    let dir = TempDir::new("cc-tls");
+    let certs = dir.subdir("certs");
+    peers_support::gen_certs(&certs);
+    let card = dir.join("card.txt");
+    write_file(&card, &text_with(500, 100, CARD.as_bytes()));
+    let tls_client = |port: u16, args: &[&str]| {
+        let mut cmd = Command::new("c-icap-client");
+        cmd.env("SSL_CERT_FILE", certs.join("ca.pem"))
+            .args(["-tls", "-i", "localhost", "-p", &port.to_string(), "-v"])
+            .args(args);
+        let r = run_tool(dir.path(), &mut cmd, Duration::from_secs(30));
+        ClientRun {
+            out: format!("{}{}", r.stdout, r.stderr),
+            saved: None,
+        }
+    };
+    let server_tls =
+        icap::tls::ServerTls::from_pem_files(certs.join("server.pem"), certs.join("server.key"))
+            .unwrap();
+    let start = |tls: icap::tls::ServerTls| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = DlpConfig::new(Rules::default(), Profile::Generic);
+        let running = rt
+            .block_on(dlp_service::spawn_loopback(cfg, Some(&tls)))
+            .unwrap();
+        Dlp {
+            rt,
+            running: Some(running),
+        }
+    };
+
+    let dlp = start(server_tls.clone());
+    let run = tls_client(dlp.port(), &["-s", "reqmod"]);
+    assert_eq!(run.status(), 200, "{}", run.out);
+    assert_eq!(run.header("Methods").as_deref(), Some("REQMOD"));
+    let run = tls_client(
+        dlp.port(),
+        &[
+            "-s",
+            "respmod",
+            "-resp",
+            "http://o.example/card.txt",
+            "-f",
+            card.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.status(), 200, "{}", run.out);
+    assert!(run.header("X-Violations-Found").is_some(), "{}", run.out);
+    assert_eq!(dlp.blocked(), 1);
+    drop(dlp);
+
+    let dlp = start(
+        server_tls
+            .require_client_certs(certs.join("ca.pem"))
+            .unwrap(),
+    );
+    let run = tls_client(
+        dlp.port(),
+        &[
+            "-s",
+            "respmod",
+            "-resp",
+            "http://o.example/card.txt",
+            "-f",
+            card.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !run.out.contains("ICAP/1.0"),
+        "no ICAP answer without a client certificate:\n{}",
+        run.out
+    );
+    let scanned = dlp
+        .running
+        .as_ref()
+        .unwrap()
+        .stats()
+        .scanned
+        .load(Ordering::Relaxed);
+    assert_eq!(scanned, 0);
+}

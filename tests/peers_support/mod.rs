@@ -88,10 +88,22 @@ pub fn available(programs: &[&str]) -> bool {
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The guard of [`serial`]: peer tests of this binary run one at a time while it lives.
+///
+/// Holding it across `.await` in a `#[tokio::test]` is intended: it is taken first thing in
+/// the test, on the test's own runtime, and only orders whole tests, so no task on that
+/// runtime ever waits for it.
+#[must_use = "the peers are serialised only while the guard lives"]
+pub struct Serial {
+    _guard: MutexGuard<'static, ()>,
+}
+
 /// Held by each peer test for its whole run: peers of two tests never overlap. A panic in
 /// another test (poisoning) does not matter: the lock only orders tests.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+pub fn serial() -> Serial {
+    Serial {
+        _guard: SERIAL.lock().unwrap_or_else(|e| e.into_inner()),
+    }
 }
 
 /// A port that was free a moment ago on 127.0.0.1 (the OS picks it; the small race with
