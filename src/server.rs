@@ -213,7 +213,7 @@ impl Default for Server {
 pub struct Stats {
     /// Connections accepted.
     pub connections: AtomicU64,
-    /// Requests answered.
+    /// Requests received (heads decoded), whatever their answer.
     pub requests: AtomicU64,
     /// Connections refused with 503 for the connection limit.
     pub refused: AtomicU64,
@@ -365,13 +365,12 @@ impl Server {
         loop {
             let txn = ServerTransaction::new(decoder);
             match self
-                .transaction(&mut conn, txn, peer, secure, stop.clone())
+                .transaction(&mut conn, txn, peer, secure, stop.clone(), stats)
                 .await
             {
                 Some(d) => decoder = d,
                 None => break,
             }
-            stats.requests.fetch_add(1, Ordering::Relaxed);
         }
         let _ = timeout(Duration::from_secs(1), conn.io.shutdown()).await;
     }
@@ -401,6 +400,7 @@ impl Server {
         peer: SocketAddr,
         secure: bool,
         mut stop: watch::Receiver<bool>,
+        stats: &Stats,
     ) -> Option<RequestDecoder> {
         // 1. The head: wait idle, then at most head_timeout from the first byte.
         let request = loop {
@@ -447,6 +447,7 @@ impl Server {
             }
         };
         conn.head_deadline = None;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
 
         // 2. Routing and the checks that need no service code.
         let route = IcapUri::parse(&String::from_utf8_lossy(&request.uri))

@@ -814,12 +814,9 @@ fn cicap_client_over_tls() {
     assert_eq!(scanned, 0);
 }
 
-/// `Stats::requests` ("requests answered") counts only transactions after which the
-/// connection stays open: with squid's persistent connections off, every request is
-/// answered and the counter stays 0 (`Server::connection` increments it only when
-/// `transaction` hands the decoder back).
+/// `Stats::requests` counts every request received, the last one of a closing connection
+/// included (it once counted only transactions after which the connection stayed open).
 #[test]
-#[ignore = "server bug: Stats::requests skips the last transaction of each connection"]
 fn stats_count_requests_answered_on_closing_connections() {
     use std::io::{Read, Write};
     let mut dlp = Dlp::with_profile(Profile::Generic);

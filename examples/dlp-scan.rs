@@ -1,0 +1,429 @@
+//! dlp-scan: scan files against DLP or antivirus ICAP servers and report allowed/blocked.
+//!
+//! ```text
+//! cargo run --features client,server --example dlp-scan -- [OPTIONS] FILE...
+//!   --server URL            icap:// or icaps:// service URL (repeat: load-balancing partners)
+//!   --mode reqmod|respmod   how the file travels (upload or download); default reqmod
+//!   --connection-type T     generic-reqmod | generic-respmod | symantec | forcepoint
+//!   --ca FILE               trust this CA for icaps:// (default: system roots)
+//!   --pin-cert FILE         trust exactly this (self-signed) server certificate
+//!   --client-cert FILE --client-key FILE   present a client certificate (mTLS)
+//!   --preview N             preview size (default: what the server's OPTIONS asks)
+//!   --no-204                do not send Allow: 204
+//!   --header 'X-Name: v'    extra ICAP header (repeatable)
+//!   --client-ip IP / --user NAME           X-Client-IP / X-Authenticated-User
+//!   --fail-open             report errors as allowed (default: fail-closed, exit 2)
+//!   --test-connection       OPTIONS on every server, print what each offers, and exit
+//!   --json                  one JSON object per file
+//! ```
+//!
+//! Exit status (the clamscan convention): 0 every file allowed, 1 something blocked or
+//! modified, 2 an error. With no `--server`, it starts two example DLP servers in-process on
+//! loopback, with TLS and client-certificate verification as a real appliance behind stunnel
+//! would have, and scans against them as load-balancing partners.
+
+#[path = "shared/dlp_engine.rs"]
+#[allow(dead_code)]
+mod dlp_engine;
+#[path = "shared/dlp_service.rs"]
+#[allow(dead_code)]
+mod dlp_service;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use icap::client::{BodySource, Client, ClientConfig, Mode, PreviewPolicy, ScanRequest};
+use icap::tls::{ClientTls, ServerTls, Trust};
+use icap::verdict::{Profile, Verdict};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dlp-scan",
+    about = "Scan files against ICAP DLP / antivirus servers"
+)]
+struct Args {
+    /// ICAP service URL; repeat for load-balancing partners. None: embedded loopback servers.
+    #[arg(long = "server")]
+    servers: Vec<String>,
+    /// reqmod (the file is an upload) or respmod (a download).
+    #[arg(long, default_value = "reqmod")]
+    mode: String,
+    /// generic-reqmod, generic-respmod, symantec or forcepoint (sets mode and block rules).
+    #[arg(long = "connection-type")]
+    connection_type: Option<String>,
+    /// CA certificate file (PEM) to trust for icaps://.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Server certificate (PEM) to pin.
+    #[arg(long = "pin-cert")]
+    pin_cert: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long = "client-cert", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long = "client-key", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Preview size in bytes (default: from the server's OPTIONS).
+    #[arg(long)]
+    preview: Option<u64>,
+    /// Do not offer Allow: 204.
+    #[arg(long = "no-204")]
+    no_204: bool,
+    /// Extra ICAP header, `Name: value`.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// X-Client-IP to send.
+    #[arg(long = "client-ip")]
+    client_ip: Option<std::net::IpAddr>,
+    /// X-Authenticated-User to send.
+    #[arg(long)]
+    user: Option<String>,
+    /// Report errors as allowed.
+    #[arg(long = "fail-open")]
+    fail_open: bool,
+    /// Only run OPTIONS on each server and report.
+    #[arg(long = "test-connection")]
+    test_connection: bool,
+    /// JSON Lines output.
+    #[arg(long)]
+    json: bool,
+    /// Files to scan.
+    files: Vec<PathBuf>,
+}
+
+/// The embedded demo: a private CA, a server certificate for localhost, a client
+/// certificate, all made in memory (as the appliance, stunnel and the cloud service would
+/// each hold theirs).
+struct DemoPki {
+    server: ServerTls,
+    client: ClientTls,
+}
+
+fn demo_pki() -> Result<DemoPki, rcgen::Error> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "dlp-scan demo CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let srv_key = KeyPair::generate()?;
+    let mut srv = CertificateParams::new(vec!["localhost".to_string()])?;
+    srv.subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    srv.distinguished_name.push(DnType::CommonName, "localhost");
+    let srv_cert = srv.signed_by(&srv_key, &issuer)?;
+
+    let cli_key = KeyPair::generate()?;
+    let mut cli = CertificateParams::new(Vec::<String>::new())?;
+    cli.distinguished_name
+        .push(DnType::CommonName, "dlp-scan demo client");
+    let cli_cert = cli.signed_by(&cli_key, &issuer)?;
+
+    let der = |c: &rcgen::Certificate| CertificateDer::from(c.der().to_vec());
+    let key = |k: &KeyPair| {
+        Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            k.serialize_der(),
+        )))
+    };
+    Ok(DemoPki {
+        server: ServerTls {
+            cert_chain: vec![der(&srv_cert), der(&ca_cert)],
+            key: key(&srv_key),
+            client_ca: Some(vec![der(&ca_cert)]),
+        },
+        client: ClientTls {
+            trust: Trust::Ca(vec![der(&ca_cert)]),
+            identity: Some((vec![der(&cli_cert)], key(&cli_key))),
+        },
+    })
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("dlp-scan: {msg}");
+    ExitCode::from(2)
+}
+
+/// A progress bar on stderr for large files, when stderr is a terminal.
+fn progress_for(name: &str, len: u64) -> Option<Arc<dyn Fn(u64) + Send + Sync>> {
+    if !std::io::stderr().is_terminal() || len < 4 << 20 {
+        return None;
+    }
+    let name = name.to_string();
+    Some(Arc::new(move |sent: u64| {
+        let pct = (sent * 100 / len.max(1)).min(100);
+        let bar = "#".repeat((pct / 4) as usize);
+        eprint!("\r[{bar:<25}] {pct:>3}% {name}");
+        if sent >= len {
+            eprint!("\r{:width$}\r", "", width = name.len() + 40);
+        }
+        let _ = std::io::stderr().flush();
+    }))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let (mode, profile, server_profile) = match args.connection_type.as_deref() {
+        None => {
+            let mode = match args.mode.as_str() {
+                "reqmod" => Mode::Reqmod,
+                "respmod" => Mode::Respmod,
+                m => return fail(format!("--mode must be reqmod or respmod, not {m:?}")),
+            };
+            (mode, Profile::Generic, dlp_service::Profile::Generic)
+        }
+        Some("generic-reqmod") => (Mode::Reqmod, Profile::Generic, dlp_service::Profile::Generic),
+        Some("generic-respmod") => (Mode::Respmod, Profile::Generic, dlp_service::Profile::Generic),
+        Some("symantec") => (Mode::Reqmod, Profile::Symantec, dlp_service::Profile::Symantec),
+        Some("forcepoint") => (Mode::Reqmod, Profile::Forcepoint, dlp_service::Profile::Forcepoint),
+        Some(t) => {
+            return fail(format!(
+                "unknown --connection-type {t:?} (generic-reqmod, generic-respmod, symantec, forcepoint)"
+            ))
+        }
+    };
+
+    let mut tls = ClientTls::default();
+    let mut embedded = Vec::new();
+    let servers = if args.servers.is_empty() {
+        // No server given: two example DLP servers on loopback, TLS with client
+        // certificates required, as the load-balanced pair of a real deployment.
+        let pki = match demo_pki() {
+            Ok(p) => p,
+            Err(e) => return fail(format!("making the demo certificates: {e}")),
+        };
+        let mut urls = Vec::new();
+        for _ in 0..2 {
+            let cfg = dlp_service::DlpConfig::new(dlp_engine::Rules::default(), server_profile);
+            match dlp_service::spawn_loopback(cfg, Some(&pki.server)).await {
+                Ok(r) => {
+                    let path = if mode == Mode::Reqmod {
+                        "reqmod"
+                    } else {
+                        "respmod"
+                    };
+                    urls.push(format!("icaps://localhost:{}/{path}", r.addr().port()));
+                    embedded.push(r);
+                }
+                Err(e) => return fail(format!("starting the embedded DLP server: {e}")),
+            }
+        }
+        eprintln!(
+            "dlp-scan: no --server given; scanning against two example DLP servers ({} profile, TLS, client certificate required): {}",
+            server_profile.name(),
+            urls.join(" ")
+        );
+        tls = pki.client;
+        urls
+    } else {
+        if let Some(ca) = &args.ca {
+            tls = match tls.with_ca_file(ca) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+        }
+        if let Some(pin) = &args.pin_cert {
+            tls = match tls.with_pinned_cert_file(pin) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+        }
+        if let (Some(c), Some(k)) = (&args.client_cert, &args.client_key) {
+            tls = match tls.with_client_cert_files(c, k) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+        }
+        args.servers.clone()
+    };
+
+    let cfg = ClientConfig {
+        tls,
+        allow_204: !args.no_204,
+        preview: args
+            .preview
+            .map_or(PreviewPolicy::FromOptions, PreviewPolicy::Fixed),
+        fail_open: args.fail_open,
+        ..Default::default()
+    };
+    let client = match Client::new(&servers, cfg) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+
+    // The connectivity test, as when the connection is configured.
+    if args.test_connection || !embedded.is_empty() {
+        let mut ok = true;
+        for r in client.test_connection().await {
+            let rtt = r.round_trip.as_secs_f64() * 1000.0;
+            let tls = r.tls_version.as_deref().unwrap_or("none");
+            match &r.result {
+                Ok(o) => {
+                    let methods: Vec<String> = o.methods.iter().map(|m| m.to_string()).collect();
+                    let line = format!(
+                        "{}: OK methods={} preview={} istag={} allow-204={} tls={tls} rtt={rtt:.1}ms",
+                        r.server,
+                        methods.join(","),
+                        o.preview.map_or("none".into(), |p| p.to_string()),
+                        o.istag,
+                        o.allow_204,
+                    );
+                    if args.json {
+                        println!(
+                            "{}",
+                            json!({"server": r.server.to_string(), "ok": true, "methods": methods,
+                                   "preview": o.preview, "istag": o.istag, "tls": r.tls_version,
+                                   "rtt_ms": rtt})
+                        );
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    if args.json {
+                        println!(
+                            "{}",
+                            json!({"server": r.server.to_string(), "ok": false, "error": e.to_string()})
+                        );
+                    } else {
+                        eprintln!("{}: FAILED: {e}", r.server);
+                    }
+                }
+            }
+        }
+        if args.test_connection {
+            return if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    }
+
+    let mut files = args.files.clone();
+    if files.is_empty() && !embedded.is_empty() {
+        // The demo with nothing named: the sample files shipped with the example.
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data");
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            files = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+        }
+    }
+    if files.is_empty() {
+        return fail("no file to scan (give FILE arguments)");
+    }
+
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        match h.split_once(':') {
+            Some((n, v)) => headers.push((n.trim().to_string(), v.trim().to_string())),
+            None => return fail(format!("--header {h:?} is not `Name: value`")),
+        }
+    }
+
+    let mut worst = 0u8;
+    for path in &files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let len = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => {
+                eprintln!("{}: not a regular file", path.display());
+                worst = worst.max(2);
+                continue;
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                worst = worst.max(2);
+                continue;
+            }
+        };
+        let mut req = ScanRequest::new(mode, &name, BodySource::File(path.clone()));
+        req.profile = profile;
+        req.content_type = content_type(&name).into();
+        req.client_ip = args.client_ip;
+        req.user = args.user.clone();
+        req.headers = headers.clone();
+        req.progress = progress_for(&name, len);
+        let start = Instant::now();
+        match client.scan(req).await {
+            Ok(out) => {
+                let code = match out.verdict {
+                    Verdict::Allowed { .. } => 0,
+                    Verdict::Blocked { .. } | Verdict::Modified { .. } => 1,
+                };
+                worst = worst.max(code);
+                let ms = start.elapsed().as_secs_f64() * 1000.0;
+                let x = out.exchange.as_ref();
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({
+                            "file": path.display().to_string(),
+                            "size": len,
+                            "verdict": out.verdict.label(),
+                            "reason": out.verdict.reason(),
+                            "server": x.map(|x| x.server.to_string()),
+                            "icap_status": x.map(|x| x.response.status),
+                            "http_status": x.and_then(|x| x.response.http_response.as_ref().map(|h| h.status)),
+                            "istag": x.and_then(|x| x.response.headers.get_str("ISTag").map(str::to_string)),
+                            "elapsed_ms": ms,
+                        })
+                    );
+                } else {
+                    let via = x.map_or(String::new(), |x| {
+                        format!(
+                            " [ICAP {} from {}, {ms:.1} ms]",
+                            x.response.status, x.server
+                        )
+                    });
+                    println!("{}: {}{via}", path.display(), out.verdict);
+                }
+            }
+            Err(e) => {
+                worst = 2;
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"file": path.display().to_string(), "verdict": "error", "reason": e.to_string()})
+                    );
+                } else {
+                    println!("{}: error: {e}", path.display());
+                }
+            }
+        }
+    }
+    for r in embedded {
+        let _ = r.shutdown().await;
+    }
+    ExitCode::from(worst)
+}
+
+fn content_type(name: &str) -> &'static str {
+    match name
+        .rsplit('.')
+        .next()
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("txt" | "md") => "text/plain",
+        Some("csv") => "text/csv",
+        Some("pdf") => "application/pdf",
+        Some("zip") => "application/zip",
+        Some("json") => "application/json",
+        Some("html" | "htm") => "text/html",
+        _ => "application/octet-stream",
+    }
+}
