@@ -19,7 +19,8 @@ use crate::chunked::{Chunk, ChunkedDecoder, LastChunk};
 use crate::encapsulated::Encapsulated;
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::{
-    parse_request_line, parse_status_line, scan_head, HttpRequestHead, HttpResponseHead, Method,
+    parse_head_fast, parse_request_line, parse_status_line, scan_head, HttpRequestHead,
+    HttpResponseHead, Method,
 };
 use crate::headers::Headers;
 use crate::limits::Limits;
@@ -56,11 +57,13 @@ mod sealed {
 enum State<M> {
     /// Waiting for the ICAP head; `scanned` bytes of the buffer are known to hold no end.
     Icap { scanned: usize },
-    /// ICAP head parsed; waiting for `heads` bytes of encapsulated HTTP heads.
+    /// ICAP head parsed; waiting for `heads` bytes of encapsulated HTTP heads. Only when
+    /// they had not all arrived with the ICAP head (boxed: the message is large).
     Heads {
         msg: Box<M>,
         enc: Encapsulated,
         at: u64,
+        preview: Option<u64>,
     },
     /// In a chunked body.
     Body {
@@ -104,14 +107,21 @@ where
 /// The role-specific half of decoding; implemented for both decoders.
 #[doc(hidden)]
 pub trait Decode<M> {
-    fn parse_head(&mut self, raw: Bytes, at: u64) -> Result<(M, Option<Encapsulated>)>;
+    /// Parses a whole ICAP head; `headers` when they were already parsed in one pass with
+    /// finding the head's end. Returns the message, its Encapsulated, and the preview size
+    /// when its body is a preview.
+    fn parse_head(
+        &mut self,
+        raw: Bytes,
+        at: u64,
+        headers: Option<Headers>,
+    ) -> Result<(M, Option<Encapsulated>, Option<u64>)>;
     fn attach(
         msg: &mut M,
         req: Option<HttpRequestHead>,
         res: Option<HttpResponseHead>,
         body: Option<BodyKind>,
     );
-    fn preview_of(&self, msg: &M) -> Option<u64>;
 }
 
 impl<M: Message> Decoder<M>
@@ -218,6 +228,98 @@ where
         }
     }
 
+    /// Resumable search for the end of the ICAP head in `buf[..limit]`, `scanned` bytes of
+    /// which are known to hold no end: the head's length, or `None` (state updated) when more
+    /// bytes are needed.
+    fn scan_icap(&mut self, scanned: usize, limit: usize) -> Result<Option<usize>> {
+        let from = scanned.saturating_sub(3);
+        let found = scan_head(&self.buf[..limit], from).map_err(|e| e.at(self.consumed))?;
+        let Some(n) = found else {
+            if self.buf.len() > self.limits.max_icap_head {
+                return Err(Error::new(
+                    ErrorKind::IcapHeadTooLarge,
+                    self.consumed + self.limits.max_icap_head as u64,
+                    format!("ICAP head longer than {} bytes", self.limits.max_icap_head),
+                ));
+            }
+            self.state = State::Icap {
+                scanned: self.buf.len(),
+            };
+            return Ok(None);
+        };
+        if n > self.limits.max_icap_head {
+            return Err(Error::new(
+                ErrorKind::IcapHeadTooLarge,
+                self.consumed + self.limits.max_icap_head as u64,
+                format!(
+                    "ICAP head is {n} bytes, over the limit of {}",
+                    self.limits.max_icap_head
+                ),
+            ));
+        }
+        Ok(Some(n))
+    }
+
+    /// The encapsulated HTTP heads (all buffered, starting at stream offset `at`) of `msg`:
+    /// parses them, attaches them, and moves on to the body.
+    fn finish_heads(
+        &mut self,
+        mut msg: M,
+        enc: Encapsulated,
+        at: u64,
+        preview: Option<u64>,
+    ) -> Result<Event<M>> {
+        let need = enc.heads_len() as usize;
+        let (mut req, mut res) = (None, None);
+        if need > 0 {
+            // Moved, not sliced, into a section that fills it (one refcount less).
+            let mut raw = Some(self.take(need));
+            for (section, start, end) in enc.head_ranges() {
+                if start == end {
+                    continue;
+                }
+                let part = match raw.take_if(|_| start == 0 && end as usize == need) {
+                    Some(all) => all,
+                    None => raw
+                        .as_ref()
+                        .expect("only a section that fills the heads takes them")
+                        .slice(start as usize..end as usize),
+                };
+                let base = at + start;
+                match section {
+                    crate::Section::ReqHdr => {
+                        req = Some(
+                            HttpRequestHead::parse(part, self.limits.max_headers)
+                                .map_err(|e| e.at(base))?,
+                        )
+                    }
+                    _ => {
+                        res = Some(
+                            HttpResponseHead::parse(part, self.limits.max_headers)
+                                .map_err(|e| e.at(base))?,
+                        )
+                    }
+                }
+            }
+        }
+        let body = BodyKind::from_section(enc.body());
+        Self::attach(&mut msg, req, res, body);
+        if body.is_some() {
+            let mut chunked = ChunkedDecoder::new(&self.limits);
+            let preview = match preview {
+                Some(p) => {
+                    chunked = chunked.with_budget(p, ErrorKind::PreviewOverrun);
+                    true
+                }
+                None => false,
+            };
+            self.state = State::Body { chunked, preview };
+        } else {
+            self.state = State::EndPending;
+        }
+        Ok(Event::Head(msg))
+    }
+
     fn step(&mut self) -> Result<Option<Event<M>>> {
         loop {
             match &mut self.state {
@@ -248,41 +350,31 @@ where
                             continue;
                         }
                     }
-                    let from = scanned.saturating_sub(3);
                     // Never look past the limit: what lies beyond it must not change the
                     // error (a bare LF there would otherwise win when the bytes come at once).
                     let limit = self.buf.len().min(self.limits.max_icap_head);
-                    let found =
-                        scan_head(&self.buf[..limit], from).map_err(|e| e.at(self.consumed))?;
-                    let Some(n) = found else {
-                        if self.buf.len() > self.limits.max_icap_head {
-                            return Err(Error::new(
-                                ErrorKind::IcapHeadTooLarge,
-                                self.consumed + self.limits.max_icap_head as u64,
-                                format!(
-                                    "ICAP head longer than {} bytes",
-                                    self.limits.max_icap_head
-                                ),
-                            ));
-                        }
-                        self.state = State::Icap {
-                            scanned: self.buf.len(),
-                        };
-                        return Ok(None);
+                    // First look at a message: find its end and parse its header lines in one
+                    // pass. Anything but a complete, well-formed head (and every later look,
+                    // when bytes trickle in) takes the resumable scan below.
+                    let fast = if scanned == 0 {
+                        parse_head_fast(&self.buf[..limit], self.limits.max_headers)
+                    } else {
+                        None
                     };
-                    if n > self.limits.max_icap_head {
-                        return Err(Error::new(
-                            ErrorKind::IcapHeadTooLarge,
-                            self.consumed + self.limits.max_icap_head as u64,
-                            format!(
-                                "ICAP head is {n} bytes, over the limit of {}",
-                                self.limits.max_icap_head
-                            ),
-                        ));
-                    }
+                    let (n, entries) = match fast {
+                        Some((n, _, entries)) => (n, Some(entries)),
+                        None => match self.scan_icap(scanned, limit)? {
+                            Some(n) => (n, None),
+                            None => return Ok(None),
+                        },
+                    };
                     let at = self.consumed;
                     let raw = self.take(n);
-                    let (msg, enc) = self.parse_head(raw, at)?;
+                    let (raw, headers) = match entries {
+                        Some(e) => (Bytes::new(), Some(Headers::from_parsed(raw, e))),
+                        None => (raw, None),
+                    };
+                    let (msg, enc, preview) = self.parse_head(raw, at, headers)?;
                     match enc {
                         None => {
                             // No Encapsulated header: nothing follows the head.
@@ -301,10 +393,15 @@ where
                                     ),
                                 ));
                             }
+                            let at = self.consumed;
+                            if self.buf.len() as u64 >= heads {
+                                return self.finish_heads(msg, enc, at, preview).map(Some);
+                            }
                             self.state = State::Heads {
                                 msg: Box::new(msg),
                                 enc,
-                                at: self.consumed,
+                                at,
+                                preview,
                             };
                         }
                     }
@@ -314,51 +411,16 @@ where
                     if self.buf.len() < need {
                         return Ok(None);
                     }
-                    let raw = self.take(need);
-                    let State::Heads { msg, enc, at } =
-                        std::mem::replace(&mut self.state, State::Failed)
+                    let State::Heads {
+                        msg,
+                        enc,
+                        at,
+                        preview,
+                    } = std::mem::replace(&mut self.state, State::Failed)
                     else {
                         unreachable!("matched above")
                     };
-                    let mut msg = *msg;
-                    let (mut req, mut res) = (None, None);
-                    for (section, start, end) in enc.head_ranges() {
-                        if start == end {
-                            continue;
-                        }
-                        let part = raw.slice(start as usize..end as usize);
-                        let base = at + start;
-                        match section {
-                            crate::Section::ReqHdr => {
-                                req = Some(
-                                    HttpRequestHead::parse(part, self.limits.max_headers)
-                                        .map_err(|e| e.at(base))?,
-                                )
-                            }
-                            _ => {
-                                res = Some(
-                                    HttpResponseHead::parse(part, self.limits.max_headers)
-                                        .map_err(|e| e.at(base))?,
-                                )
-                            }
-                        }
-                    }
-                    let body = BodyKind::from_section(enc.body());
-                    Self::attach(&mut msg, req, res, body);
-                    if body.is_some() {
-                        let mut chunked = ChunkedDecoder::new(&self.limits);
-                        let preview = match self.preview_of(&msg) {
-                            Some(p) => {
-                                chunked = chunked.with_budget(p, ErrorKind::PreviewOverrun);
-                                true
-                            }
-                            None => false,
-                        };
-                        self.state = State::Body { chunked, preview };
-                    } else {
-                        self.state = State::EndPending;
-                    }
-                    return Ok(Some(Event::Head(msg)));
+                    return self.finish_heads(*msg, enc, at, preview).map(Some);
                 }
                 State::Body { chunked, preview } => {
                     let preview = *preview;
@@ -462,34 +524,82 @@ impl Decoder<Response> {
     }
 }
 
-fn one_encapsulated(headers: &Headers, at: u64) -> Result<Option<Encapsulated>> {
-    let mut all = headers.get_all("Encapsulated");
-    let Some(v) = all.next() else {
-        return Ok(None);
+/// The `Encapsulated` value and (when `want_preview`) the first `Preview` value, found in one
+/// walk over the fields; a second `Encapsulated` is an error.
+fn icap_fields(
+    headers: &Headers,
+    at: u64,
+    want_preview: bool,
+) -> Result<(Option<Encapsulated>, Option<&[u8]>)> {
+    let (mut enc, mut dup, mut preview) = (None, false, None);
+    for (n, v) in headers.iter() {
+        if n.eq_ignore_ascii_case(b"Encapsulated") {
+            dup |= enc.is_some();
+            enc.get_or_insert(v);
+        } else if want_preview && preview.is_none() && n.eq_ignore_ascii_case(b"Preview") {
+            preview = Some(v);
+        }
+    }
+    let Some(v) = enc else {
+        return Ok((None, preview));
     };
-    if all.next().is_some() {
+    if dup {
         return Err(Error::new(
             ErrorKind::DuplicateEncapsulated,
             at,
             "more than one Encapsulated header",
         ));
     }
-    Encapsulated::parse(v).map(Some).map_err(|e| {
+    let enc = Encapsulated::parse(v).map_err(|e| {
         Error::new(
             e.kind(),
             at,
             format!("{} (at byte {} of the value)", e.message(), e.offset()),
         )
+    })?;
+    Ok((Some(enc), preview))
+}
+
+/// A non-empty run of ASCII digits that fits a `u64`.
+fn decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
     })
 }
 
+/// The ICAP head's bytes, and its header fields when they were parsed in one pass with finding
+/// the head's end (`Ok`, the bytes inside the `Headers`), or the bytes alone (`Err`).
+type IcapHead = std::result::Result<Headers, Bytes>;
+
 impl Decode<Request> for Decoder<Request> {
-    fn parse_head(&mut self, raw: Bytes, at: u64) -> Result<(Request, Option<Encapsulated>)> {
-        let (line, hstart) = parse_request_line(&raw).map_err(|e| e.at(at))?;
-        let n = raw.len();
-        let headers = Headers::parse(raw, hstart, n - 2, self.limits.max_headers, false)
-            .map_err(|e| e.at(at))?;
-        let enc = one_encapsulated(&headers, at)?;
+    fn parse_head(
+        &mut self,
+        raw: Bytes,
+        at: u64,
+        headers: Option<Headers>,
+    ) -> Result<(Request, Option<Encapsulated>, Option<u64>)> {
+        let head: IcapHead = headers.ok_or(raw);
+        let bytes = match &head {
+            Ok(h) => h.raw(),
+            Err(raw) => raw,
+        };
+        let (line, hstart) = parse_request_line(bytes).map_err(|e| e.at(at))?;
+        let headers = match head {
+            Ok(h) => h,
+            Err(raw) => {
+                let n = raw.len();
+                Headers::parse(raw, hstart, n - 2, self.limits.max_headers, false)
+                    .map_err(|e| e.at(at))?
+            }
+        };
+        let (enc, preview) = icap_fields(&headers, at, true)?;
         match &enc {
             Some(e) => e.check_request(&line.method).map_err(|e| e.at(at))?,
             None if matches!(line.method, Method::Reqmod | Method::Respmod) => {
@@ -501,21 +611,18 @@ impl Decode<Request> for Decoder<Request> {
             }
             None => {}
         }
-        if let Some(p) = headers.get("Preview") {
-            let p = std::str::from_utf8(p)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::BadPreview,
-                        at,
-                        format!(
-                            "Preview {:?} is not a decimal number",
-                            String::from_utf8_lossy(p)
-                        ),
-                    )
-                })?;
+        let mut budget = None;
+        if let Some(p) = preview {
+            let p = decimal(p).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadPreview,
+                    at,
+                    format!(
+                        "Preview {:?} is not a decimal number",
+                        String::from_utf8_lossy(p)
+                    ),
+                )
+            })?;
             if p > self.limits.max_preview {
                 return Err(Error::new(
                     ErrorKind::PreviewTooLarge,
@@ -525,6 +632,9 @@ impl Decode<Request> for Decoder<Request> {
                         self.limits.max_preview
                     ),
                 ));
+            }
+            if matches!(line.method, Method::Reqmod | Method::Respmod) {
+                budget = Some(p);
             }
         }
         let req = Request {
@@ -536,7 +646,7 @@ impl Decode<Request> for Decoder<Request> {
             http_response: None,
             body: None,
         };
-        Ok((req, enc))
+        Ok((req, enc, budget))
     }
 
     fn attach(
@@ -549,22 +659,30 @@ impl Decode<Request> for Decoder<Request> {
         msg.http_response = res;
         msg.body = body;
     }
-
-    fn preview_of(&self, msg: &Request) -> Option<u64> {
-        match msg.method {
-            Method::Reqmod | Method::Respmod => msg.preview(),
-            _ => None,
-        }
-    }
 }
 
 impl Decode<Response> for Decoder<Response> {
-    fn parse_head(&mut self, raw: Bytes, at: u64) -> Result<(Response, Option<Encapsulated>)> {
-        let (line, hstart) = parse_status_line(&raw).map_err(|e| e.at(at))?;
-        let n = raw.len();
-        let headers = Headers::parse(raw, hstart, n - 2, self.limits.max_headers, true)
-            .map_err(|e| e.at(at))?;
-        let enc = one_encapsulated(&headers, at)?;
+    fn parse_head(
+        &mut self,
+        raw: Bytes,
+        at: u64,
+        headers: Option<Headers>,
+    ) -> Result<(Response, Option<Encapsulated>, Option<u64>)> {
+        let head: IcapHead = headers.ok_or(raw);
+        let bytes = match &head {
+            Ok(h) => h.raw(),
+            Err(raw) => raw,
+        };
+        let (line, hstart) = parse_status_line(bytes).map_err(|e| e.at(at))?;
+        let headers = match head {
+            Ok(h) => h,
+            Err(raw) => {
+                let n = raw.len();
+                Headers::parse(raw, hstart, n - 2, self.limits.max_headers, true)
+                    .map_err(|e| e.at(at))?
+            }
+        };
+        let (enc, _) = icap_fields(&headers, at, false)?;
         // 100 and 204 end with their head, whatever Encapsulated says (RFC 3507 4.5, 4.6):
         // reading a body after them would take the next response's bytes as this one's.
         let enc = match line.status {
@@ -584,7 +702,7 @@ impl Decode<Response> for Decoder<Response> {
             http_response: None,
             body: None,
         };
-        Ok((res, enc))
+        Ok((res, enc, None))
     }
 
     fn attach(
@@ -596,9 +714,5 @@ impl Decode<Response> for Decoder<Response> {
         msg.http_request = req;
         msg.http_response = res;
         msg.body = body;
-    }
-
-    fn preview_of(&self, _: &Response) -> Option<u64> {
-        None
     }
 }

@@ -11,7 +11,7 @@ use std::fmt;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::headers::{is_token, Headers};
+use crate::headers::{is_token, parse_block, Entries, Headers};
 
 /// An ICAP method. Extension methods are kept as their token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -132,6 +132,26 @@ fn line_end(raw: &[u8]) -> usize {
     memchr::memchr(b'\n', raw).map_or(raw.len(), |i| i.saturating_sub(1))
 }
 
+/// One pass over a whole head at the start of `buf` whose lines all end in CRLF: the start
+/// line's end (found by its LF) and the header block through [`parse_block`]. Returns the head
+/// length, where the header lines start, and the fields. `None` when the head is incomplete,
+/// has a bare LF, or anything [`parse_block`] leaves to the byte-exact path; callers then scan
+/// and parse as before, which reports the same error at the same offset.
+pub(crate) fn parse_head_fast(buf: &[u8], max_headers: usize) -> Option<(usize, usize, Entries)> {
+    let lf = memchr::memchr(b'\n', buf)?;
+    if lf == 0 || buf[lf - 1] != b'\r' {
+        return None;
+    }
+    let (n, entries) = parse_block(buf, lf + 1, max_headers)?;
+    Some((lf + 1 + n, lf + 1, entries))
+}
+
+/// [`parse_head_fast`] on an encapsulated head that must fill `raw` exactly.
+fn exact_head_fast(raw: &[u8], max_headers: usize) -> Option<(usize, Entries)> {
+    let (n, hstart, entries) = parse_head_fast(raw, max_headers)?;
+    (n == raw.len()).then_some((hstart, entries))
+}
+
 /// Splits `line` at single spaces into three parts, the last of which may contain spaces
 /// (a reason phrase) when `rest_has_spaces`.
 fn split3(line: &[u8], rest_has_spaces: bool) -> Option<(&[u8], &[u8], &[u8])> {
@@ -160,8 +180,11 @@ fn bad_line(kind: ErrorKind, line: &[u8], what: &str) -> Error {
     )
 }
 
+/// True when `s` holds a control byte. A fold without early exit, so that it vectorises:
+/// targets and URIs are the long part of a start line.
 fn has_ctl(s: &[u8]) -> bool {
-    s.iter().any(|&b| b < 0x20 || b == 0x7f)
+    s.iter()
+        .fold(false, |bad, &b| bad | (b < 0x20) | (b == 0x7f))
 }
 
 fn status_code(s: &[u8]) -> Option<u16> {
@@ -313,6 +336,34 @@ fn http_version(v: &[u8]) -> bool {
 impl HttpRequestHead {
     /// Parses an encapsulated request head that must fill `raw` exactly.
     pub(crate) fn parse(raw: Bytes, max_headers: usize) -> Result<Self> {
+        match Self::parse_fast(raw, max_headers) {
+            Ok(h) => Ok(h),
+            Err(raw) => Self::parse_exact(raw, max_headers),
+        }
+    }
+
+    /// One pass for a well-formed head; gives `raw` back for anything else.
+    fn parse_fast(raw: Bytes, max_headers: usize) -> std::result::Result<Self, Bytes> {
+        let Some((hstart, entries)) = exact_head_fast(&raw, max_headers) else {
+            return Err(raw);
+        };
+        let line = &raw[..hstart - 2];
+        let Some((m, t, v)) = split3(line, false)
+            .filter(|(m, t, v)| is_token(m) && !t.is_empty() && !has_ctl(t) && http_version(v))
+        else {
+            return Err(raw);
+        };
+        let (ml, tl, vl) = (m.len(), t.len(), v.len());
+        Ok(HttpRequestHead {
+            method: raw.slice(..ml),
+            target: raw.slice(ml + 1..ml + 1 + tl),
+            version: raw.slice(ml + tl + 2..ml + tl + 2 + vl),
+            headers: Headers::from_parsed(raw, entries),
+        })
+    }
+
+    /// Scan, then parse, with exact error offsets.
+    fn parse_exact(raw: Bytes, max_headers: usize) -> Result<Self> {
         exact_head(&raw, "req-hdr", max_headers)?;
         let end = line_end(&raw);
         let line = &raw[..end];
@@ -376,6 +427,39 @@ impl HttpResponseHead {
     /// Parses an encapsulated response head that must fill `raw` exactly. Folded header lines
     /// are accepted (joined with one space), as in ICAP responses.
     pub(crate) fn parse(raw: Bytes, max_headers: usize) -> Result<Self> {
+        match Self::parse_fast(raw, max_headers) {
+            Ok(h) => Ok(h),
+            Err(raw) => Self::parse_exact(raw, max_headers),
+        }
+    }
+
+    /// One pass for a well-formed head; gives `raw` back for anything else.
+    fn parse_fast(raw: Bytes, max_headers: usize) -> std::result::Result<Self, Bytes> {
+        let Some((hstart, entries)) = exact_head_fast(&raw, max_headers) else {
+            return Err(raw);
+        };
+        let end = hstart - 2;
+        let line = &raw[..end];
+        let Some((v, code, reason)) =
+            split3(line, true).filter(|(v, _, r)| http_version(v) && !has_ctl(r))
+        else {
+            return Err(raw);
+        };
+        let Some(status) = status_code(code) else {
+            return Err(raw);
+        };
+        let (vl, rl) = (v.len(), reason.len());
+        let rstart = (vl + 5).min(end);
+        Ok(HttpResponseHead {
+            version: raw.slice(..vl),
+            status,
+            reason: raw.slice(rstart..rstart + rl),
+            headers: Headers::from_parsed(raw, entries),
+        })
+    }
+
+    /// Scan, then parse, with exact error offsets; folded lines go through here.
+    fn parse_exact(raw: Bytes, max_headers: usize) -> Result<Self> {
         exact_head(&raw, "res-hdr", max_headers)?;
         let end = line_end(&raw);
         let line = &raw[..end];
@@ -542,6 +626,49 @@ mod tests {
         r.write_to(&mut out);
         assert_eq!(out, raw);
         assert_eq!(r.encoded_len(), raw.len());
+    }
+
+    #[test]
+    fn one_pass_agrees_with_scan_then_parse() {
+        let req = "GET http://x/a?b HTTP/1.1\r\nHost: x\r\nA:  1 \r\nEmpty:\r\n\r\n";
+        let res = "HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nX: y\r\n\r\n";
+        let n = req.len();
+        let fast = HttpRequestHead::parse_fast(Bytes::from(req), 10).unwrap();
+        let exact = HttpRequestHead::parse_exact(Bytes::from(req), 10).unwrap();
+        assert_eq!(fast, exact);
+        let fast = HttpResponseHead::parse_fast(Bytes::from(res), 10).unwrap();
+        let exact = HttpResponseHead::parse_exact(Bytes::from(res), 10).unwrap();
+        assert_eq!(fast, exact);
+        // Every CRLF made a bare LF, every line end made a bare CR, a byte too many or too
+        // few: the one pass declines, so the scan reports the error as before.
+        let whole = |t: &[u8], is_req: bool| {
+            let raw = Bytes::copy_from_slice(t);
+            if is_req {
+                HttpRequestHead::parse_fast(raw, 10).is_ok()
+            } else {
+                HttpResponseHead::parse_fast(raw, 10).is_ok()
+            }
+        };
+        for (text, is_req) in [(req, true), (res, false)] {
+            let b = text.as_bytes();
+            assert!(whole(b, is_req));
+            for i in (0..b.len()).filter(|&i| b[i] == b'\r') {
+                let mut lf = b.to_vec();
+                lf.remove(i);
+                assert!(
+                    parse_head_fast(&lf, 10).is_none_or(|(k, _, _)| k < i),
+                    "{i}"
+                );
+                assert!(!whole(&lf, is_req), "{i}");
+                let mut cr = b.to_vec();
+                cr.remove(i + 1);
+                assert!(!whole(&cr, is_req), "{i}");
+            }
+            assert!(exact_head_fast(&b[..b.len() - 1], 10).is_none());
+            assert!(exact_head_fast(format!("{text}x").as_bytes(), 10).is_none());
+            assert_eq!(parse_head_fast(b, 1).map(|(k, _, _)| k), None);
+        }
+        assert_eq!(parse_head_fast(req.as_bytes(), 10).unwrap().0, n);
     }
 
     #[test]

@@ -196,39 +196,23 @@ impl Headers {
     /// are the ones [`Headers::parse`] would find. `None` sends anything else, errors and
     /// folds included, through the byte-exact parser below, which also reports offsets.
     fn parse_fast(raw: &Bytes, start: usize, end: usize, max_headers: usize) -> Option<Headers> {
-        let block = raw.get(start..end.checked_add(2)?)?;
-        if !block.ends_with(b"\r\n") {
-            return None;
-        }
-        let mut slots = [httparse::EMPTY_HEADER; FAST_HEADERS];
-        let cap = max_headers.min(FAST_HEADERS);
-        let (n, parsed) = match httparse::parse_headers(block, &mut slots[..cap]) {
-            Ok(httparse::Status::Complete(done)) => done,
-            _ => return None,
-        };
-        if n != block.len() {
-            return None;
-        }
-        let base = raw.as_ptr() as usize;
-        let span = |s: &[u8]| {
-            let at = s.as_ptr() as usize - base;
-            Span {
-                start: at as u32,
-                end: (at + s.len()) as u32,
-            }
-        };
-        let entries = parsed
-            .iter()
-            .map(|f| Entry {
-                name: span(f.name.as_bytes()),
-                value: span(f.value),
-            })
-            .collect();
-        Some(Headers {
-            raw: raw.clone(),
+        let block = raw.get(..end.checked_add(2)?)?;
+        let (n, entries) = parse_block(block, start, max_headers)?;
+        (start + n == block.len()).then(|| Headers::from_parsed(raw.clone(), entries))
+    }
+
+    /// The bytes the parsed fields point into (the whole head).
+    pub(crate) fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// Headers over `raw` from entries found by [`parse_block`] in the same bytes.
+    pub(crate) fn from_parsed(raw: Bytes, entries: Entries) -> Headers {
+        Headers {
+            raw,
             extra: Vec::new(),
-            entries,
-        })
+            entries: entries.0,
+        }
     }
 
     /// Joins a continuation line to the last value, through the side buffer.
@@ -409,6 +393,62 @@ impl Headers {
             out.put_slice(b"\r\n");
         }
     }
+}
+
+/// Fields found by [`parse_block`], to become a [`Headers`] once the head's `Bytes` is cut.
+pub(crate) struct Entries(Vec<Entry>);
+
+/// One pass over a header block that starts at `buf[start]` (just after a start line that
+/// ends in CRLF): `httparse::parse_headers` finds the fields and the blank line that ends the
+/// block, and the line ends it accepted are checked for CRLF at each line start (httparse also
+/// takes a bare LF; it takes no LF inside a name or value, so these are all the LFs). Returns
+/// the block length through the blank line and the fields as offsets into `buf`.
+///
+/// `None` when the block is incomplete, longer than [`FAST_HEADERS`] or `max_headers` fields,
+/// or malformed in any way (bare LF, obs-fold, bad bytes): callers then take the byte-exact
+/// path, which finds the same fields or reports the error with its offset. When this returns
+/// `Some`, every line of `buf[start..start + n]` ends in CRLF, the only blank line is the last,
+/// and the fields are the ones the byte-exact parser finds.
+pub(crate) fn parse_block(
+    buf: &[u8],
+    start: usize,
+    max_headers: usize,
+) -> Option<(usize, Entries)> {
+    let block = buf.get(start..)?;
+    let mut slots = [httparse::EMPTY_HEADER; FAST_HEADERS];
+    let cap = max_headers.min(FAST_HEADERS);
+    let (n, parsed) = match httparse::parse_headers(block, &mut slots[..cap]) {
+        Ok(httparse::Status::Complete(done)) => done,
+        _ => return None,
+    };
+    // The blank line: CRLF, not a bare LF.
+    if n < 2 || buf[start + n - 2] != b'\r' {
+        return None;
+    }
+    let blank = start + n - 2;
+    let base = buf.as_ptr() as usize;
+    let mut crlf = true;
+    let entries: Vec<Entry> = parsed
+        .iter()
+        .map(|f| {
+            let name = f.name.as_ptr() as usize - base;
+            // The line before this one ended in buf[name - 1] == LF; its CR is at name - 2.
+            crlf &= name == start || buf[name - 2] == b'\r';
+            let value = f.value.as_ptr() as usize - base;
+            Entry {
+                name: Span {
+                    start: name as u32,
+                    end: (name + f.name.len()) as u32,
+                },
+                value: Span {
+                    start: value as u32,
+                    end: (value + f.value.len()) as u32,
+                },
+            }
+        })
+        .collect();
+    crlf &= blank == start || buf[blank - 2] == b'\r';
+    crlf.then_some((n, Entries(entries)))
 }
 
 fn slice_in<'a>(raw: &'a [u8], extra: &'a [u8], n: usize, s: Span) -> &'a [u8] {
