@@ -419,7 +419,9 @@ impl Client {
     }
 
     /// The connectivity test: OPTIONS on each server over a new connection, with the TLS
-    /// version and round-trip time; one report per server, failures included.
+    /// version and round-trip time; one report per server, failures included. Servers that
+    /// fail are avoided (tried last) for [`ClientConfig::backoff`]; call it periodically as a
+    /// health check.
     pub async fn test_connection(&self) -> Vec<ServerReport> {
         let mut out = Vec::new();
         for ep in &self.inner.endpoints {
@@ -431,6 +433,10 @@ impl Client {
                 self.inner.fetch_options(ep, conn).await
             }
             .await;
+            if result.is_err() {
+                // Health from OPTIONS: a server that fails the test is tried last for a while.
+                ep.avoid(self.inner.cfg.backoff);
+            }
             out.push(ServerReport {
                 server: ep.uri.clone(),
                 result,

@@ -637,6 +637,12 @@ impl Server {
         body: ReplyBody,
         original_from: Option<u64>,
     ) -> bool {
+        let mut res = res;
+        if let Some(name) = &self.config.server_name {
+            if !res.headers.contains("Server") {
+                res.headers.append("Server", name);
+            }
+        }
         let istag = res
             .headers
             .get_str("ISTag")

@@ -384,3 +384,43 @@ async fn errors_fail_closed_unless_fail_open_is_asked_for() {
     );
     assert!(out.error.is_some());
 }
+
+#[tokio::test]
+async fn servers_failing_the_connectivity_test_are_tried_last() {
+    let good = blocker(ServerConfig::default()).await;
+    // A "server" that accepts and hangs up at once, counting connections.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bad_port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            h.fetch_add(1, Ordering::Relaxed);
+            drop(s);
+        }
+    });
+    let c = Client::new(
+        &[
+            format!("icap://127.0.0.1:{bad_port}/blocker"),
+            good.uri("icap", "blocker"),
+        ],
+        ClientConfig::default(),
+    )
+    .unwrap();
+    let reports = c.test_connection().await;
+    assert!(reports[0].result.is_err() && reports[1].result.is_ok());
+    let after_test = hits.load(Ordering::Relaxed);
+    for _ in 0..4 {
+        let out = c.scan(scan(b"fine")).await.unwrap();
+        assert_eq!(
+            out.exchange.unwrap().server.to_string(),
+            good.uri("icap", "blocker")
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        after_test,
+        "the failed server was not tried again"
+    );
+    good.stop().await;
+}
