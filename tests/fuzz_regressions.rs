@@ -1,5 +1,5 @@
-//! Regression tests for codec bugs found by the fuzz targets in `fuzz/` and by the hostile
-//! input work of issue 7. Each test names the target or probe that found it; inputs are the
+//! Regression tests for codec bugs found by the fuzz targets in `fuzz/` and by the code review
+//! done for the hostile-input work of issue 7. Each test says what found it; inputs are the
 //! minimised shapes, written out so that the test explains itself.
 
 mod common;
@@ -14,10 +14,11 @@ fn kind_at<M>(r: Result<Vec<Ev<M>>, icap::Error>) -> (ErrorKind, u64) {
     (e.kind(), e.offset())
 }
 
-/// fuzz `request_decoder`: an ICAP head past `max_icap_head` whose first bare LF lies beyond
-/// the limit. Fed whole, the scanner read past the limit and reported `BareLf` at the LF; fed
-/// in pieces, the limit tripped first (`IcapHeadTooLarge`). The error must not depend on how
-/// the bytes arrived, and the decoder must not look past its limit.
+/// fuzz `request_decoder` and `response_decoder` (first seconds of fuzzing): an ICAP head
+/// past `max_icap_head` whose first bare LF lies beyond the limit. Fed whole, the scanner read
+/// past the limit and reported `BareLf` at the LF; fed in pieces, the limit tripped first
+/// (`IcapHeadTooLarge`). The error must not depend on how the bytes arrived, and the decoder
+/// must not look past its limit.
 #[test]
 fn icap_head_limit_wins_over_a_bare_lf_beyond_it() {
     let mut input = b"REQMOD icap://x/ ICAP/1.0\r\nX-Long: ".to_vec();
@@ -29,7 +30,8 @@ fn icap_head_limit_wins_over_a_bare_lf_beyond_it() {
     );
 }
 
-/// The same for trailers: a trailer section past `max_trailer` with a bare LF beyond it.
+/// Review, same shape as the one above: a trailer section past `max_trailer` with a bare LF
+/// beyond it.
 #[test]
 fn trailer_limit_wins_over_a_bare_lf_beyond_it() {
     let head = b"ICAP/1.0 200 OK\r\nEncapsulated: opt-body=0\r\n\r\n";
@@ -44,9 +46,9 @@ fn trailer_limit_wins_over_a_bare_lf_beyond_it() {
     );
 }
 
-/// fuzz `request_decoder`: a bare LF among the empty lines tolerated between messages was
-/// reported at the first of those lines when they arrived together, and at the LF itself when
-/// they arrived one by one. It is now reported at the LF in both cases.
+/// Review, checking split independence: a bare LF among the empty lines tolerated between
+/// messages was reported at the first of those lines when they arrived together, and at the
+/// LF itself when they arrived one by one. It is now reported at the LF in both cases.
 #[test]
 fn bare_lf_between_messages_is_reported_where_it_is() {
     let options = b"OPTIONS icap://x/ ICAP/1.0\r\n\r\n";
@@ -58,10 +60,11 @@ fn bare_lf_between_messages_is_reported_where_it_is() {
     );
 }
 
-/// Hostile-input probe: a bare CR inside a start line ended the line, and the byte after it
-/// was dropped unseen (taken for the LF), so `ICAP/1.0 200 OK\rXX-Foo: bar` decoded as a
-/// status line and a header `X-Foo` that no CRLF-splitting peer sees. A bare CR is a control
-/// byte in the line and is now rejected, in ICAP start lines and encapsulated HTTP heads.
+/// Review and hostile-input probe: a bare CR inside a start line ended the line, and the byte
+/// after it was dropped unseen (taken for the LF), so `ICAP/1.0 200 OK\rXX-Foo: bar` decoded
+/// as a status line and a header `X-Foo` that no CRLF-splitting peer sees. A bare CR is a
+/// control byte in the line and is now rejected, in ICAP start lines and encapsulated HTTP
+/// heads.
 #[test]
 fn bare_cr_in_a_start_line_is_rejected() {
     let r =
@@ -99,8 +102,9 @@ fn bare_cr_in_a_start_line_is_rejected() {
     );
 }
 
-/// fuzz `chunked` (reference de-chunker): `max_chunk_line` is documented as the longest size
-/// line *without* CRLF, but the CR was counted, so a line of exactly the limit was refused.
+/// Review (now also checked by the `chunked` target's reference de-chunker):
+/// `max_chunk_line` is documented as the longest size line *without* CRLF, but the CR was
+/// counted, so a line of exactly the limit was refused.
 #[test]
 fn chunk_line_of_exactly_the_limit_is_accepted() {
     let limits = Limits {
