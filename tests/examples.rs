@@ -1,0 +1,216 @@
+//! The example binaries end to end: dlp-scan's main job (embedded TLS DLP pair), its JSON
+//! output, exit codes and connection types; icap-client against dlp-server.
+#![cfg(all(feature = "client", feature = "server"))]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn example(name: &str) -> PathBuf {
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    p.pop();
+    p.push("examples");
+    p.push(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        p.exists(),
+        "{} not built (cargo test --all-features builds it)",
+        p.display()
+    );
+    p
+}
+
+fn data(name: &str) -> String {
+    format!("{}/examples/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn dlp_scan_main_job_blocks_the_export_and_allows_the_rest() {
+    let out = Command::new(example("dlp-scan")).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit 1: something blocked\n{stdout}\n{stderr}"
+    );
+    // The connectivity test ran on both embedded servers, over TLS 1.3 with client certs.
+    assert_eq!(
+        stderr.matches(": OK methods=REQMOD preview=4096").count(),
+        2,
+        "{stderr}"
+    );
+    assert!(stderr.contains("tls=TLSv1_3"), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].contains("customer-export.csv: blocked: X-Violations-Found: 4"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        !stdout.contains("4111 1111 1111 1111"),
+        "findings are masked"
+    );
+    assert!(
+        lines[1].contains("meeting-notes.md: allowed: 204"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains("quarterly-report.txt: allowed: 204"),
+        "{}",
+        lines[2]
+    );
+}
+
+#[test]
+fn dlp_scan_json_and_connection_types() {
+    for (ct, reason) in [
+        (
+            "symantec",
+            "REQMOD answered with an HTTP response (HTTP/1.1 200 OK)",
+        ),
+        ("forcepoint", "HTTP 403 block page"),
+        ("generic-respmod", "X-Violations-Found: "),
+    ] {
+        let out = Command::new(example("dlp-scan"))
+            .args([
+                "--json",
+                "--connection-type",
+                ct,
+                &data("customer-export.csv"),
+                &data("meeting-notes.md"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{ct}");
+        let v: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"file\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v.len(), 2, "{ct}");
+        assert_eq!(v[0]["verdict"], "blocked", "{ct}");
+        assert!(
+            v[0]["reason"].as_str().unwrap().starts_with(reason),
+            "{ct}: {}",
+            v[0]["reason"]
+        );
+        assert_eq!(v[0]["icap_status"], 200);
+        assert_eq!(v[1]["verdict"], "allowed", "{ct}");
+        assert_eq!(v[1]["icap_status"], 204);
+    }
+}
+
+#[test]
+fn dlp_scan_errors_exit_2_and_fail_open_is_explicit() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let url = format!("icap://127.0.0.1:{port}/reqmod");
+    let out = Command::new(example("dlp-scan"))
+        .args(["--server", &url, &data("meeting-notes.md")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("error:"));
+    let out = Command::new(example("dlp-scan"))
+        .args(["--server", &url, "--fail-open", &data("meeting-notes.md")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("allowed: fail-open after error"));
+    let out = Command::new(example("dlp-scan"))
+        .args(["--server", &url, "--test-connection"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FAILED"));
+}
+
+/// dlp-server on a free port, stopped on drop.
+struct DlpServer(std::process::Child, u16);
+
+impl DlpServer {
+    fn start() -> DlpServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(example("dlp-server"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return DlpServer(child, port);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("dlp-server did not start");
+    }
+}
+
+impl Drop for DlpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn icap_client_against_dlp_server() {
+    let srv = DlpServer::start();
+    let base = format!("icap://127.0.0.1:{}", srv.1);
+    let out = Command::new(example("icap-client"))
+        .args(["--url", &format!("{base}/respmod")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        s.contains("ICAP/1.0 200 OK")
+            && s.contains("Methods: RESPMOD")
+            && s.contains("Preview: 4096"),
+        "{s}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("icap-client-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("page.html");
+    let out = Command::new(example("icap-client"))
+        .args([
+            "--url",
+            &format!("{base}/reqmod"),
+            "--req",
+            "http://upload.example/x.csv",
+            "--file",
+            &data("customer-export.csv"),
+        ])
+        .args(["--output", saved.to_str().unwrap(), "--verbose"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        s.contains("RESPONSE HEADERS:\n\tHTTP/1.1 403 Forbidden"),
+        "{s}"
+    );
+    let page = std::fs::read_to_string(&saved).unwrap();
+    assert!(page.contains("blocked"), "{page}");
+    // --verbose shows the request head as sent.
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("REQMOD icap://127.0.0.1:")
+            && err.contains("POST http://upload.example/x.csv HTTP/1.1"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
