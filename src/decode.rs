@@ -116,11 +116,14 @@ pub trait Decode<M> {
         at: u64,
         headers: Option<Headers>,
     ) -> Result<(M, Option<Encapsulated>, Option<u64>)>;
-    fn attach(
+    /// Where a message keeps its encapsulated heads and body kind, so that they are parsed
+    /// straight into it.
+    fn parts(
         msg: &mut M,
-        req: Option<HttpRequestHead>,
-        res: Option<HttpResponseHead>,
-        body: Option<BodyKind>,
+    ) -> (
+        &mut Option<HttpRequestHead>,
+        &mut Option<HttpResponseHead>,
+        &mut Option<BodyKind>,
     );
 }
 
@@ -200,10 +203,12 @@ where
     /// Decodes the next event from buffered bytes; `Ok(None)` means more input is needed
     /// (or, after [`Event::PreviewEnd`], a decision). After an error every call fails again.
     pub fn decode(&mut self) -> Result<Option<Event<M>>> {
-        match self.step() {
-            Ok(ev) => Ok(ev),
-            Err(e) => Err(self.fail(e)),
+        // Returned as it came: re-wrapping would copy the (large) message once more.
+        let r = self.step();
+        if r.is_err() {
+            self.state = State::Failed;
         }
+        r
     }
 
     /// Call when the peer closed the connection. `Ok(())` when it closed between messages;
@@ -268,9 +273,9 @@ where
         enc: Encapsulated,
         at: u64,
         preview: Option<u64>,
-    ) -> Result<Event<M>> {
+    ) -> Result<Option<Event<M>>> {
         let need = enc.heads_len() as usize;
-        let (mut req, mut res) = (None, None);
+        let (req, res, body_kind) = Self::parts(&mut msg);
         if need > 0 {
             // Moved, not sliced, into a section that fills it (one refcount less).
             let mut raw = Some(self.take(need));
@@ -288,13 +293,13 @@ where
                 let base = at + start;
                 match section {
                     crate::Section::ReqHdr => {
-                        req = Some(
+                        *req = Some(
                             HttpRequestHead::parse(part, self.limits.max_headers)
                                 .map_err(|e| e.at(base))?,
                         )
                     }
                     _ => {
-                        res = Some(
+                        *res = Some(
                             HttpResponseHead::parse(part, self.limits.max_headers)
                                 .map_err(|e| e.at(base))?,
                         )
@@ -303,7 +308,7 @@ where
             }
         }
         let body = BodyKind::from_section(enc.body());
-        Self::attach(&mut msg, req, res, body);
+        *body_kind = body;
         if body.is_some() {
             let mut chunked = ChunkedDecoder::new(&self.limits);
             let preview = match preview {
@@ -317,7 +322,7 @@ where
         } else {
             self.state = State::EndPending;
         }
-        Ok(Event::Head(msg))
+        Ok(Some(Event::Head(msg)))
     }
 
     fn step(&mut self) -> Result<Option<Event<M>>> {
@@ -395,7 +400,7 @@ where
                             }
                             let at = self.consumed;
                             if self.buf.len() as u64 >= heads {
-                                return self.finish_heads(msg, enc, at, preview).map(Some);
+                                return self.finish_heads(msg, enc, at, preview);
                             }
                             self.state = State::Heads {
                                 msg: Box::new(msg),
@@ -420,7 +425,7 @@ where
                     else {
                         unreachable!("matched above")
                     };
-                    return self.finish_heads(*msg, enc, at, preview).map(Some);
+                    return self.finish_heads(*msg, enc, at, preview);
                 }
                 State::Body { chunked, preview } => {
                     let preview = *preview;
@@ -532,7 +537,7 @@ fn icap_fields(
     want_preview: bool,
 ) -> Result<(Option<Encapsulated>, Option<&[u8]>)> {
     let (mut enc, mut dup, mut preview) = (None, false, None);
-    for (n, v) in headers.iter() {
+    for (n, v) in headers.iter_names_of_len(12, if want_preview { 7 } else { 12 }) {
         if n.eq_ignore_ascii_case(b"Encapsulated") {
             dup |= enc.is_some();
             enc.get_or_insert(v);
@@ -649,15 +654,14 @@ impl Decode<Request> for Decoder<Request> {
         Ok((req, enc, budget))
     }
 
-    fn attach(
+    fn parts(
         msg: &mut Request,
-        req: Option<HttpRequestHead>,
-        res: Option<HttpResponseHead>,
-        body: Option<BodyKind>,
+    ) -> (
+        &mut Option<HttpRequestHead>,
+        &mut Option<HttpResponseHead>,
+        &mut Option<BodyKind>,
     ) {
-        msg.http_request = req;
-        msg.http_response = res;
-        msg.body = body;
+        (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
     }
 }
 
@@ -705,14 +709,13 @@ impl Decode<Response> for Decoder<Response> {
         Ok((res, enc, None))
     }
 
-    fn attach(
+    fn parts(
         msg: &mut Response,
-        req: Option<HttpRequestHead>,
-        res: Option<HttpResponseHead>,
-        body: Option<BodyKind>,
+    ) -> (
+        &mut Option<HttpRequestHead>,
+        &mut Option<HttpResponseHead>,
+        &mut Option<BodyKind>,
     ) {
-        msg.http_request = req;
-        msg.http_response = res;
-        msg.body = body;
+        (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
     }
 }
