@@ -114,7 +114,7 @@ pub trait Decode<M> {
         &mut self,
         raw: Bytes,
         at: u64,
-        headers: Option<Headers>,
+        headers: Option<(usize, Headers)>,
     ) -> Result<(M, Option<Encapsulated>, Option<u64>)>;
     /// Where a message keeps its encapsulated heads and body kind, so that they are parsed
     /// straight into it.
@@ -267,6 +267,7 @@ where
 
     /// The encapsulated HTTP heads (all buffered, starting at stream offset `at`) of `msg`:
     /// parses them, attaches them, and moves on to the body.
+    #[inline(always)]
     fn finish_heads(
         &mut self,
         mut msg: M,
@@ -367,7 +368,7 @@ where
                         None
                     };
                     let (n, entries) = match fast {
-                        Some((n, _, entries)) => (n, Some(entries)),
+                        Some((n, hstart, entries)) => (n, Some((hstart, entries))),
                         None => match self.scan_icap(scanned, limit)? {
                             Some(n) => (n, None),
                             None => return Ok(None),
@@ -376,7 +377,9 @@ where
                     let at = self.consumed;
                     let raw = self.take(n);
                     let (raw, headers) = match entries {
-                        Some(e) => (Bytes::new(), Some(Headers::from_parsed(raw, e))),
+                        Some((hstart, e)) => {
+                            (Bytes::new(), Some((hstart, Headers::from_parsed(raw, e))))
+                        }
                         None => (raw, None),
                     };
                     let (msg, enc, preview) = self.parse_head(raw, at, headers)?;
@@ -588,14 +591,17 @@ impl Decode<Request> for Decoder<Request> {
         &mut self,
         raw: Bytes,
         at: u64,
-        headers: Option<Headers>,
+        headers: Option<(usize, Headers)>,
     ) -> Result<(Request, Option<Encapsulated>, Option<u64>)> {
-        let head: IcapHead = headers.ok_or(raw);
+        let (hstart, head): (_, IcapHead) = match headers {
+            Some((hstart, h)) => (Some(hstart), Ok(h)),
+            None => (None, Err(raw)),
+        };
         let bytes = match &head {
             Ok(h) => h.raw(),
             Err(raw) => raw,
         };
-        let (line, hstart) = parse_request_line(bytes).map_err(|e| e.at(at))?;
+        let (line, hstart) = parse_request_line(bytes, hstart).map_err(|e| e.at(at))?;
         let headers = match head {
             Ok(h) => h,
             Err(raw) => {
@@ -670,14 +676,17 @@ impl Decode<Response> for Decoder<Response> {
         &mut self,
         raw: Bytes,
         at: u64,
-        headers: Option<Headers>,
+        headers: Option<(usize, Headers)>,
     ) -> Result<(Response, Option<Encapsulated>, Option<u64>)> {
-        let head: IcapHead = headers.ok_or(raw);
+        let (hstart, head): (_, IcapHead) = match headers {
+            Some((hstart, h)) => (Some(hstart), Ok(h)),
+            None => (None, Err(raw)),
+        };
         let bytes = match &head {
             Ok(h) => h.raw(),
             Err(raw) => raw,
         };
-        let (line, hstart) = parse_status_line(bytes).map_err(|e| e.at(at))?;
+        let (line, hstart) = parse_status_line(bytes, hstart).map_err(|e| e.at(at))?;
         let headers = match head {
             Ok(h) => h,
             Err(raw) => {

@@ -154,16 +154,23 @@ fn exact_head_fast(raw: &[u8], max_headers: usize) -> Option<(usize, Entries)> {
 
 /// Splits `line` at single spaces into three parts, the last of which may contain spaces
 /// (a reason phrase) when `rest_has_spaces`.
+///
+/// Short parts (a method, a version, a status code) are searched with a plain loop, where
+/// memchr's setup costs more than it saves; a request's URI or target with memchr.
 fn split3(line: &[u8], rest_has_spaces: bool) -> Option<(&[u8], &[u8], &[u8])> {
-    let a = memchr::memchr(b' ', line)?;
+    let a = line.iter().position(|&b| b == b' ')?;
     let after = &line[a + 1..];
-    let b = memchr::memchr(b' ', after);
+    let b = if rest_has_spaces {
+        after.iter().position(|&b| b == b' ')
+    } else {
+        memchr::memchr(b' ', after)
+    };
     let (mid, rest) = match b {
         Some(b) => (&after[..b], &after[b + 1..]),
         None if rest_has_spaces => (after, &b""[..]),
         None => return None,
     };
-    if !rest_has_spaces && memchr::memchr(b' ', rest).is_some() {
+    if !rest_has_spaces && rest.contains(&b' ') {
         return None;
     }
     Some((&line[..a], mid, rest))
@@ -204,8 +211,12 @@ pub(crate) struct RequestLine {
 }
 
 /// Parses `METHOD SP URI SP ICAP/x.y` from a scanned head; returns it with the header start.
-pub(crate) fn parse_request_line(raw: &Bytes) -> Result<(RequestLine, usize)> {
-    let end = line_end(raw);
+/// `hstart`, when known, is where the header lines start (just after the start line's CRLF).
+pub(crate) fn parse_request_line(
+    raw: &Bytes,
+    hstart: Option<usize>,
+) -> Result<(RequestLine, usize)> {
+    let end = hstart.map_or_else(|| line_end(raw), |h| h - 2);
     let line = &raw[..end];
     let (m, uri, v) = split3(line, false)
         .filter(|(_, u, _)| !u.is_empty() && !has_ctl(u))
@@ -238,8 +249,8 @@ pub(crate) struct StatusLine {
 }
 
 /// Parses `ICAP/x.y SP NNN SP reason` (the reason may be empty or absent).
-pub(crate) fn parse_status_line(raw: &Bytes) -> Result<(StatusLine, usize)> {
-    let end = line_end(raw);
+pub(crate) fn parse_status_line(raw: &Bytes, hstart: Option<usize>) -> Result<(StatusLine, usize)> {
+    let end = hstart.map_or_else(|| line_end(raw), |h| h - 2);
     let line = &raw[..end];
     let (v, code, reason) = split3(line, true)
         .ok_or_else(|| bad_line(ErrorKind::BadStartLine, line, "not an ICAP status line"))?;
@@ -571,7 +582,7 @@ mod tests {
     #[test]
     fn start_lines() {
         let raw = Bytes::from_static(b"REQMOD icap://h/s?a=1 ICAP/1.0\r\n\r\n");
-        let (l, hs) = parse_request_line(&raw).unwrap();
+        let (l, hs) = parse_request_line(&raw, None).unwrap();
         assert_eq!(
             (l.method, &l.uri[..], l.version, hs),
             (
@@ -582,26 +593,29 @@ mod tests {
             )
         );
         let raw = Bytes::from_static(b"ICAP/1.0 204 Unmodified\r\n\r\n");
-        let (s, _) = parse_status_line(&raw).unwrap();
+        let (s, _) = parse_status_line(&raw, None).unwrap();
         assert_eq!((s.status, &s.reason[..]), (204, &b"Unmodified"[..]));
         let raw = Bytes::from_static(b"ICAP/1.0 100\r\n\r\n");
-        let (s, _) = parse_status_line(&raw).unwrap();
+        let (s, _) = parse_status_line(&raw, None).unwrap();
         assert_eq!((s.status, &s.reason[..]), (100, &b""[..]));
         for bad in [
             &b"REQMOD  icap://h/ ICAP/1.0\r\n\r\n"[..],
             b"REQMOD\r\n\r\n",
             b"RE(MOD icap://x ICAP/1.0\r\n\r\n",
         ] {
-            let e = parse_request_line(&Bytes::copy_from_slice(bad))
+            let e = parse_request_line(&Bytes::copy_from_slice(bad), None)
                 .err()
                 .unwrap();
             assert_eq!(e.kind(), ErrorKind::BadStartLine);
         }
-        let e = parse_request_line(&Bytes::from_static(b"REQMOD icap://x HTTP/1.1\r\n\r\n"))
-            .err()
-            .unwrap();
+        let e = parse_request_line(
+            &Bytes::from_static(b"REQMOD icap://x HTTP/1.1\r\n\r\n"),
+            None,
+        )
+        .err()
+        .unwrap();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadVersion, 16));
-        let e = parse_status_line(&Bytes::from_static(b"ICAP/1.0 2x4 OK\r\n\r\n"))
+        let e = parse_status_line(&Bytes::from_static(b"ICAP/1.0 2x4 OK\r\n\r\n"), None)
             .err()
             .unwrap();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadStatus, 9));
