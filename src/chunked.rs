@@ -167,6 +167,25 @@ impl ChunkedDecoder {
                     }
                     return Ok(None);
                 }
+                // Whole, well-formed framing at the front: taken in one step. Anything else
+                // (a line cut short, bad bytes, limits) goes byte by byte below, which finds
+                // the same values or reports the error at its byte.
+                State::Start if self.line_len == 0 => {
+                    if let Some(line) = size_line(&buf[i..], self.max_chunk_line) {
+                        self.line_start = *base + i as u64;
+                        self.size = line.size;
+                        let ext = &buf[i + line.ext.0..i + line.ext.1];
+                        let ext = parse_ext_in(ext, self.line_start)?;
+                        i += line.len;
+                        self.after_size_line(ext, self.line_start)?;
+                        continue;
+                    }
+                }
+                State::DataCr if buf.get(i..i + 2) == Some(b"\r\n") => {
+                    i += 2;
+                    self.state = State::Start;
+                    continue;
+                }
                 _ => {}
             }
             let Some(&b) = buf.get(i) else {
@@ -275,6 +294,11 @@ impl ChunkedDecoder {
     /// Acts on a complete size line: checks extensions and limits, picks the next state.
     fn end_size_line(&mut self, at: u64) -> Result<()> {
         let ext = self.parse_ext(at)?;
+        self.after_size_line(ext, at)
+    }
+
+    /// [`Self::end_size_line`] once the extensions are read.
+    fn after_size_line(&mut self, ext: LastChunk, at: u64) -> Result<()> {
         if self.size == 0 {
             self.pending_last = Some(ext);
             self.state = State::Trailer;
@@ -312,45 +336,7 @@ impl ChunkedDecoder {
     }
 
     fn parse_ext(&mut self, at: u64) -> Result<LastChunk> {
-        let mut out = LastChunk::default();
-        if self.ext.is_empty() {
-            return Ok(out);
-        }
-        for item in self.ext.split(|&b| b == b';') {
-            let item = trim(item);
-            if item.is_empty() {
-                continue;
-            }
-            let (name, value) = match memchr::memchr(b'=', item) {
-                Some(eq) => (trim(&item[..eq]), Some(trim(&item[eq + 1..]))),
-                None => (item, None),
-            };
-            if name.eq_ignore_ascii_case(b"ieof") {
-                out.ieof = true;
-            } else if name.eq_ignore_ascii_case(b"use-original-body") {
-                let n = value
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::BadChunkExtension,
-                            at,
-                            "use-original-body needs a decimal offset",
-                        )
-                    })?;
-                out.use_original_body = Some(n);
-            } else if !crate::headers::is_token(name) {
-                return Err(Error::new(
-                    ErrorKind::BadChunkExtension,
-                    at,
-                    format!(
-                        "chunk extension name {:?} is not a token",
-                        String::from_utf8_lossy(name)
-                    ),
-                ));
-            }
-        }
+        let out = parse_ext_in(&self.ext, at)?;
         self.ext.clear();
         Ok(out)
     }
@@ -401,6 +387,105 @@ impl ChunkedDecoder {
     }
 }
 
+/// A size line whole at the front of a buffer, as [`size_line`] finds it.
+struct SizeLine {
+    size: u64,
+    /// The extension text after `;`, without it (empty when none).
+    ext: (usize, usize),
+    /// Bytes through the CRLF.
+    len: usize,
+}
+
+/// A well-formed size line complete at the front of `rest`: 1 to 16 hex digits, optional
+/// SP/HTAB, optional `;` and extension text without control bytes, CRLF; at most `max_line`
+/// bytes before the CR. `None` for anything else, which the byte-wise machine then handles.
+fn size_line(rest: &[u8], max_line: usize) -> Option<SizeLine> {
+    let mut size = 0u64;
+    let mut k = 0;
+    while let Some(d) = rest.get(k).and_then(|&b| hex(b)) {
+        if k == 16 {
+            return None;
+        }
+        size = size << 4 | d;
+        k += 1;
+    }
+    if k == 0 {
+        return None;
+    }
+    while matches!(rest.get(k), Some(b' ' | b'\t')) {
+        k += 1;
+    }
+    let mut ext = (k, k);
+    if rest.get(k) == Some(&b';') {
+        let from = k + 1;
+        let cr = from
+            + rest
+                .get(from..)?
+                .iter()
+                .position(|&b| b == b'\r' || b == b'\n')?;
+        if rest[from..cr]
+            .iter()
+            .any(|&b| b < 0x20 && b != b'\t' || b == 0x7f)
+        {
+            return None;
+        }
+        ext = (from, cr);
+        k = cr;
+    }
+    if k > max_line || rest.get(k..k + 2) != Some(b"\r\n") {
+        return None;
+    }
+    Some(SizeLine {
+        size,
+        ext,
+        len: k + 2,
+    })
+}
+
+/// Reads chunk extensions (the text after the first `;` of a size line).
+fn parse_ext_in(ext: &[u8], at: u64) -> Result<LastChunk> {
+    let mut out = LastChunk::default();
+    if ext.is_empty() {
+        return Ok(out);
+    }
+    for item in ext.split(|&b| b == b';') {
+        let item = trim(item);
+        if item.is_empty() {
+            continue;
+        }
+        let (name, value) = match memchr::memchr(b'=', item) {
+            Some(eq) => (trim(&item[..eq]), Some(trim(&item[eq + 1..]))),
+            None => (item, None),
+        };
+        if name.eq_ignore_ascii_case(b"ieof") {
+            out.ieof = true;
+        } else if name.eq_ignore_ascii_case(b"use-original-body") {
+            let n = value
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::BadChunkExtension,
+                        at,
+                        "use-original-body needs a decimal offset",
+                    )
+                })?;
+            out.use_original_body = Some(n);
+        } else if !crate::headers::is_token(name) {
+            return Err(Error::new(
+                ErrorKind::BadChunkExtension,
+                at,
+                format!(
+                    "chunk extension name {:?} is not a token",
+                    String::from_utf8_lossy(name)
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 fn trim(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', r @ ..] = s {
         s = r;
@@ -442,4 +527,58 @@ pub fn last_chunk(ieof: bool) -> Bytes {
 /// The end of a 206 body: `0; use-original-body=N\r\n\r\n`.
 pub fn use_original_body_chunk(offset: u64) -> Bytes {
     Bytes::from(format!("0; use-original-body={offset}\r\n\r\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Data, last chunk, or error (kind and offset), decoding `wire` in `step`-byte pieces.
+    fn run(wire: &[u8], step: usize) -> (Vec<u8>, Option<LastChunk>, Option<(ErrorKind, u64)>) {
+        let limits = Limits {
+            max_chunk_line: 12,
+            ..Limits::default()
+        };
+        let mut dec = ChunkedDecoder::new(&limits).with_budget(40, ErrorKind::PreviewOverrun);
+        let (mut buf, mut base, mut data) = (BytesMut::new(), 0u64, Vec::new());
+        for piece in wire.chunks(step) {
+            buf.extend_from_slice(piece);
+            loop {
+                match dec.decode(&mut buf, &mut base) {
+                    Ok(Some(Chunk::Data(d))) => data.extend_from_slice(&d),
+                    Ok(Some(Chunk::Last(l))) => return (data, Some(l), None),
+                    Ok(None) => break,
+                    Err(e) => return (data, None, Some((e.kind(), e.offset()))),
+                }
+            }
+        }
+        (data, None, None)
+    }
+
+    #[test]
+    fn whole_lines_decode_like_bytes_one_at_a_time() {
+        for wire in [
+            &b"3\r\nabc\r\n0\r\n\r\n"[..],
+            b"3 \t\r\nabc\r\n0; ieof\r\n\r\n",
+            b"3;x=1;y\r\nabc\r\n0;use-original-body=7\r\n\r\n",
+            b"A\r\n0123456789\r\n0\r\nT: 1\r\n\r\n",
+            b"3;ieof\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0;\x01\r\n\r\n",
+            b"3\r\nabc\r\n0;a\nb\r\n\r\n",
+            b"3\r\nabc\r\n0;a\rb\r\n\r\n",
+            b"3\nabc\r\n0\r\n\r\n",
+            b"3 4\r\nabc\r\n0\r\n\r\n",
+            b"0000000000000003\r\nabc\r\n0\r\n\r\n",
+            b"00000000000000003\r\nabc\r\n0\r\n\r\n",
+            b"3;0123456789ab\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabcX\r\n0\r\n\r\n",
+            b"29\r\n",
+            b"g\r\n",
+            b"0;bad name\r\n\r\n",
+        ] {
+            let whole = run(wire, wire.len());
+            assert_eq!(whole, run(wire, 1), "{:?}", String::from_utf8_lossy(wire));
+        }
+        assert!(run(b"3\r\nabc\r\n0; ieof\r\n\r\n", 64).1.unwrap().ieof);
+    }
 }
