@@ -12,6 +12,7 @@
 //! or download (RESPMOD), sends it, and draws a [`Verdict`] by the rules of a vendor
 //! [`Profile`]. Errors never become `Allowed` unless [`ClientConfig::fail_open`] says so.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -115,6 +116,9 @@ impl Default for ClientConfig {
         }
     }
 }
+
+/// Bytes of request queued for writing below which more body is read first (one body read).
+const WRITE_BATCH: usize = 64 * 1024;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -1085,7 +1089,10 @@ impl Inner {
         };
 
         let work = async {
-            let mut wbuf: Option<Bytes> = None;
+            // What is to be written, drained with vectored writes: a small request (head,
+            // body, last chunk) goes out in one write, a large one in ~64 KiB writes.
+            let mut wq: VecDeque<Bytes> = VecDeque::new();
+            let mut wq_len = 0usize;
             let mut write_failed = false;
             let mut source_done = reader.is_none();
             let mut body_sent = 0u64;
@@ -1117,13 +1124,17 @@ impl Inner {
                         }
                     }
                 }
-                if wbuf.is_none() && !write_failed {
-                    wbuf = tx.outgoing().pop_front();
-                    if wbuf.is_none() && tx.wants_body() && !source_done {
+                if !write_failed {
+                    while let Some(b) = tx.outgoing().pop_front() {
+                        wq_len += b.len();
+                        wq.push_back(b);
+                    }
+                    // Body is read while less than a chunk waits, so at most ~128 KiB do.
+                    if wq_len < WRITE_BATCH && tx.wants_body() && !source_done {
                         let r = reader
                             .as_mut()
                             .expect("a body source when a body is wanted");
-                        let mut chunk = BytesMut::with_capacity(64 * 1024);
+                        let mut chunk = BytesMut::with_capacity(WRITE_BATCH);
                         let n = r
                             .read_buf(&mut chunk)
                             .await
@@ -1142,7 +1153,7 @@ impl Inner {
                         }
                         continue;
                     }
-                    if wbuf.is_none() {
+                    if wq.is_empty() {
                         // Everything queued is written: push it out before waiting.
                         wr.flush().await.map_err(|e| (io_err(e), received == 0))?;
                     }
@@ -1159,20 +1170,31 @@ impl Inner {
                             Err(e) => return Err((io_err(e), received == 0)),
                         }
                     }
-                    w = async { wr.write(wbuf.as_ref().expect("guarded")).await }, if wbuf.is_some() => {
+                    w = async {
+                        let slices: Vec<io::IoSlice<'_>> =
+                            wq.iter().take(64).map(|b| io::IoSlice::new(b)).collect();
+                        wr.write_vectored(&slices).await
+                    }, if !wq.is_empty() => {
                         match w {
-                            Ok(n) => {
-                                let b = wbuf.as_mut().expect("guarded");
-                                b.advance(n);
-                                if b.is_empty() {
-                                    wbuf = None;
+                            Ok(mut n) => {
+                                wq_len -= n;
+                                while n > 0 {
+                                    let b = wq.front_mut().expect("written bytes were queued");
+                                    if b.len() <= n {
+                                        n -= b.len();
+                                        wq.pop_front();
+                                    } else {
+                                        b.advance(n);
+                                        n = 0;
+                                    }
                                 }
                             }
                             // The server may have answered and closed (c-icap does after a
                             // 404): stop writing, keep reading its answer.
                             Err(_) => {
                                 write_failed = true;
-                                wbuf = None;
+                                wq.clear();
+                                wq_len = 0;
                             }
                         }
                     }
