@@ -176,6 +176,37 @@ fn split3(line: &[u8], rest_has_spaces: bool) -> Option<(&[u8], &[u8], &[u8])> {
     Some((&line[..a], mid, rest))
 }
 
+/// HTTP methods common enough to hand out as static `Bytes`.
+const METHODS: &[&[u8]] = &[
+    b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS", b"DELETE", b"PATCH",
+];
+/// HTTP versions, likewise.
+const HTTP_VERSIONS: &[&[u8]] = &[b"HTTP/1.1", b"HTTP/1.0"];
+/// ICAP and HTTP reason phrases, likewise.
+const REASONS: &[&[u8]] = &[
+    b"OK",
+    b"No Content",
+    b"Unmodified",
+    b"No modifications needed",
+    b"Continue",
+    b"Forbidden",
+    b"Not Found",
+    b"Found",
+    b"Not Modified",
+    b"Moved Permanently",
+];
+
+/// `raw[start..end]` as `Bytes`: a static one when it is one of `common`, else a slice of
+/// `raw`. Equal either way; a static one costs no reference-count update (an atomic
+/// increment now and decrement at drop) and does not keep the input buffer alive.
+fn word(raw: &Bytes, start: usize, end: usize, common: &[&'static [u8]]) -> Bytes {
+    let w = &raw[start..end];
+    match common.iter().find(|c| **c == w) {
+        Some(c) => Bytes::from_static(c),
+        None => raw.slice(start..end),
+    }
+}
+
 fn bad_line(kind: ErrorKind, line: &[u8], what: &str) -> Error {
     Error::new(
         kind,
@@ -279,7 +310,7 @@ pub(crate) fn parse_status_line(raw: &Bytes, hstart: Option<usize>) -> Result<(S
         ));
     }
     let start = v.len() + code.len() + 2;
-    let reason = raw.slice(start.min(end)..end);
+    let reason = word(raw, start.min(end), end, REASONS);
     Ok((
         StatusLine {
             version,
@@ -366,9 +397,9 @@ impl HttpRequestHead {
         };
         let (ml, tl, vl) = (m.len(), t.len(), v.len());
         Ok(HttpRequestHead {
-            method: raw.slice(..ml),
+            method: word(&raw, 0, ml, METHODS),
             target: raw.slice(ml + 1..ml + 1 + tl),
-            version: raw.slice(ml + tl + 2..ml + tl + 2 + vl),
+            version: word(&raw, ml + tl + 2, ml + tl + 2 + vl, HTTP_VERSIONS),
             headers: Headers::from_parsed(raw, entries),
         })
     }
@@ -384,9 +415,9 @@ impl HttpRequestHead {
         let (ml, tl, vl) = (m.len(), t.len(), v.len());
         let headers = Headers::parse(raw.clone(), end + 2, raw.len() - 2, max_headers, false)?;
         Ok(HttpRequestHead {
-            method: raw.slice(..ml),
+            method: word(&raw, 0, ml, METHODS),
             target: raw.slice(ml + 1..ml + 1 + tl),
-            version: raw.slice(ml + tl + 2..ml + tl + 2 + vl),
+            version: word(&raw, ml + tl + 2, ml + tl + 2 + vl, HTTP_VERSIONS),
             headers,
         })
     }
@@ -462,9 +493,9 @@ impl HttpResponseHead {
         let (vl, rl) = (v.len(), reason.len());
         let rstart = (vl + 5).min(end);
         Ok(HttpResponseHead {
-            version: raw.slice(..vl),
+            version: word(&raw, 0, vl, HTTP_VERSIONS),
             status,
-            reason: raw.slice(rstart..rstart + rl),
+            reason: word(&raw, rstart, rstart + rl, REASONS),
             headers: Headers::from_parsed(raw, entries),
         })
     }
@@ -483,9 +514,9 @@ impl HttpResponseHead {
         let headers = Headers::parse(raw.clone(), end + 2, raw.len() - 2, max_headers, true)?;
         let rstart = (vl + 5).min(end);
         Ok(HttpResponseHead {
-            version: raw.slice(..vl),
+            version: word(&raw, 0, vl, HTTP_VERSIONS),
             status,
-            reason: raw.slice(rstart..rstart + rl),
+            reason: word(&raw, rstart, rstart + rl, REASONS),
             headers,
         })
     }
