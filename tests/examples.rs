@@ -148,9 +148,11 @@ impl DlpServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Owned at once, so that a failed start still kills and reaps it (Drop).
+        let srv = DlpServer(child, port);
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return DlpServer(child, port);
+                return srv;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
