@@ -35,7 +35,9 @@ pub enum Event<M> {
     Data(Bytes),
     /// A preview ended without `ieof`: the client waits for `100 Continue` or a final answer.
     /// Requests only; tell the decoder which with `continue_after_preview` or
-    /// `finish_after_preview`.
+    /// `finish_after_preview`. Until then `decode` returns `Ok(None)` and bytes fed meanwhile
+    /// are only buffered, without a limit: a server should stop reading until it decides
+    /// (a client must not send before the answer anyway).
     PreviewEnd,
     /// The message is complete.
     End(LastChunk),
@@ -214,7 +216,8 @@ where
     /// Call when the peer closed the connection. `Ok(())` when it closed between messages;
     /// an [`ErrorKind::UnexpectedEof`] error when a message was cut short.
     pub fn decode_eof(&mut self) -> Result<()> {
-        let blank = self.buf.iter().all(|&b| b == b'\r' || b == b'\n');
+        // Only whole blank lines may sit between messages, as in `decode`.
+        let blank = self.buf.len() % 2 == 0 && self.buf.chunks_exact(2).all(|c| c == b"\r\n");
         match self.state {
             State::Icap { .. } if blank => Ok(()),
             State::Failed => Err(Error::new(
@@ -331,30 +334,18 @@ where
             match &mut self.state {
                 State::Icap { scanned } => {
                     let scanned = *scanned;
-                    // Empty lines between messages are tolerated (RFC 7230 3.5).
-                    let lead = self
+                    // Empty lines between messages are tolerated (RFC 7230 3.5): whole CRLF
+                    // pairs only. A stray CR or LF is left to the head scan, which rejects it
+                    // at its own offset (a bare LF) or as part of a bad start line.
+                    let pairs = self
                         .buf
-                        .iter()
-                        .take_while(|&&b| b == b'\r' || b == b'\n')
+                        .chunks_exact(2)
+                        .take_while(|c| *c == b"\r\n")
                         .count();
-                    if lead > 0 {
-                        let keep = lead - usize::from(self.buf[lead - 1] == b'\r');
-                        if keep > 0 {
-                            // Reported at the LF itself, wherever the pieces were cut.
-                            let bare = (0..keep).find(|&i| {
-                                self.buf[i] == b'\n' && (i == 0 || self.buf[i - 1] != b'\r')
-                            });
-                            if let Some(i) = bare {
-                                return Err(Error::new(
-                                    ErrorKind::BareLf,
-                                    self.consumed + i as u64,
-                                    "bare LF before a message",
-                                ));
-                            }
-                            let _ = self.take(keep);
-                            self.state = State::Icap { scanned: 0 };
-                            continue;
-                        }
+                    if pairs > 0 {
+                        let _ = self.take(2 * pairs);
+                        self.state = State::Icap { scanned: 0 };
+                        continue;
                     }
                     // Never look past the limit: what lies beyond it must not change the
                     // error (a bare LF there would otherwise win when the bytes come at once).

@@ -384,3 +384,34 @@ fn decoder_stays_failed_after_an_error() {
     assert!(dec.decode().is_err());
     assert!(!matches!(dec.decode(), Ok(Some(Event::Head(_)))));
 }
+
+#[test]
+fn only_whole_blank_lines_between_messages() {
+    let opt = b"OPTIONS icap://x/ ICAP/1.0\r\nHost: x\r\n\r\n";
+    // CRLF pairs before and between messages are skipped.
+    let mut ok = b"\r\n\r\n".to_vec();
+    ok.extend_from_slice(opt);
+    ok.extend_from_slice(b"\r\n");
+    ok.extend_from_slice(opt);
+    ok.extend_from_slice(b"\r\n");
+    let evs = requests_all_splits(&ok).unwrap();
+    assert_eq!(evs.len(), 4, "two heads, two ends");
+    // A stray CR is not a blank line: it makes a bad start line.
+    let mut bad = b"\r\r\n".to_vec();
+    bad.extend_from_slice(opt);
+    let e = requests_all_splits(&bad).unwrap_err();
+    assert_eq!((e.kind(), e.offset()), (BadStartLine, 0));
+    // A bare LF between messages is reported at the LF.
+    let mut lf = opt.to_vec();
+    lf.extend_from_slice(b"\r\n\n");
+    lf.extend_from_slice(opt);
+    let e = requests_all_splits(&lf).unwrap_err();
+    assert_eq!((e.kind(), e.offset()), (BareLf, opt.len() as u64 + 2));
+    // At EOF, a lone LF is not a clean end either; a CRLF is.
+    let mut dec2 = RequestDecoder::default();
+    dec2.feed(b"\n");
+    assert_eq!(dec2.decode_eof().unwrap_err().kind(), UnexpectedEof);
+    let mut dec3 = RequestDecoder::default();
+    dec3.feed(b"\r\n");
+    dec3.decode_eof().unwrap();
+}
