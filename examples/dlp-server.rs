@@ -34,7 +34,8 @@ use tokio::net::TcpListener;
 
 const USAGE: &str =
     "usage: dlp-server [--listen ADDR]... [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
-                  [--rules FILE] [--profile symantec|forcepoint|generic] [--preview N] [--verbose]
+                  [--rules FILE] [--profile symantec|forcepoint|generic] [--preview N]
+                  [--stream-over BYTES] [--verbose]
   --listen ADDR     address to listen on, repeatable (default 127.0.0.1:1344)
   --tls-cert PEM    server certificate chain: speak ICAPS (needs --tls-key)
   --tls-key PEM     server private key
@@ -44,6 +45,9 @@ const USAGE: &str =
                     forcepoint (HTTP 403 page > 512 bytes), generic (HTTP 403 page +
                     X-Violations-Found / X-Infection-Found); default generic
   --preview N       Preview size announced in OPTIONS (default 4096)
+  --stream-over N   echo bodies over N bytes (or of unknown length) while scanning them
+                    when 204 is not allowed, cutting the answer on a finding: for squid,
+                    which sends no more than 64 KiB until an answer starts (try 49152)
   --verbose         one line per scanned message on stderr";
 
 /// The command line.
@@ -56,6 +60,7 @@ struct Args {
     rules: Option<PathBuf>,
     profile: Profile,
     preview: u64,
+    stream_over: Option<u64>,
     verbose: bool,
 }
 
@@ -68,6 +73,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         rules: None,
         profile: Profile::Generic,
         preview: dlp_service::PREVIEW,
+        stream_over: None,
         verbose: false,
     };
     while let Some(flag) = it.next() {
@@ -86,6 +92,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--preview" => {
                 let v = value("--preview")?;
                 a.preview = v.parse().map_err(|e| format!("--preview {v}: {e}"))?;
+            }
+            "--stream-over" => {
+                let v = value("--stream-over")?;
+                a.stream_over = Some(v.parse().map_err(|e| format!("--stream-over {v}: {e}"))?);
             }
             "--verbose" | "-v" => a.verbose = true,
             "--help" | "-h" => return Err(String::new()),
@@ -144,6 +154,7 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let mut cfg = DlpConfig::new(rules, args.profile);
     cfg.preview = args.preview;
+    cfg.stream_over = args.stream_over;
     cfg.verbose = args.verbose;
     let (server, stats) = dlp_service::dlp_server(&cfg, tls.as_ref()).map_err(|e| e.to_string())?;
     let mut listeners = Vec::new();

@@ -9,6 +9,11 @@
 //! service does not offer 405, unknown methods 501, other versions 505, malformed requests
 //! 400 with `Connection: close`, and a client that stalls gets 408.
 //!
+//! A service that must see the whole body before it decides can still answer clients that
+//! wait for the answer before sending more (squid): [`Body::start_echo`] begins a 200 echo at
+//! once and passes each piece on after the service has looked at it; a late finding cuts the
+//! answer instead of completing it.
+//!
 //! Connections are kept alive and pipelined requests are answered in order. Limits bound
 //! connections, heads and bodies; timeouts bound how long an idle, slow or stalled client can
 //! hold a connection; [`Server::serve`] stops accepting on shutdown and lets transactions in
@@ -510,6 +515,11 @@ impl Server {
         let spool = (!incoming.allows_204() && incoming.body.is_some())
             .then(|| Spool::new(self.config.spool_memory, self.config.spool_dir.clone()));
         let mut body = Body::new(conn, &mut txn, spool);
+        body.echo = Some(Echo::Ready(Box::new(self.echo_response(
+            &incoming,
+            &istag,
+            &Headers::new(),
+        ))));
         let mut reply = None;
         if incoming.body.is_some() && incoming.preview().is_some() {
             match body.read_preview().await {
@@ -535,8 +545,29 @@ impl Server {
             None => service.handle(&incoming, &mut body).await,
         };
         if let Some(e) = body.failed.take() {
+            if body.streaming() {
+                // The 200 is out: cutting the connection is the only error left to show.
+                return None;
+            }
             self.body_error(body, e, &istag).await;
             return None;
+        }
+        if body.streaming() {
+            return match reply {
+                Reply::Unmodified(_) => {
+                    // Forward what the application did not read, then end the echo.
+                    if body.finish_echo().await.is_err() {
+                        return None;
+                    }
+                    let keep = body.txn.reuse() == Reuse::Keep;
+                    drop(body);
+                    keep.then(|| txn.into_decoder())
+                }
+                // A verdict other than "unmodified" after the echo began: the answer can
+                // no longer change, so the client must not get a complete one. Closing
+                // without the last chunk makes it an error on the client's side.
+                _ => None,
+            };
         }
         let (conn, txn_ref, spool) = body.into_parts();
         let keep = self
@@ -593,22 +624,7 @@ impl Server {
                     }
                     spool = body.spool.take();
                 }
-                let mut res = Response::new(200, "OK");
-                if let Some(s) = &self.config.server_name {
-                    res.headers.append("Server", s);
-                }
-                res.headers
-                    .append("ISTag", format!("\"{}\"", istag.trim_matches('"')));
-                for (n, v) in extra.iter() {
-                    res.headers.append(&String::from_utf8_lossy(n), v);
-                }
-                res.http_request = req.http_request.clone();
-                res.http_response = req.http_response.clone();
-                if req.method == Method::Respmod {
-                    // A RESPMOD answer carries the response only (RFC 3507 4.9.2).
-                    res.http_request = None;
-                }
-                res.body = req.body;
+                let res = self.echo_response(req, istag, &extra);
                 // The spool exists whenever a body came without Allow: 204.
                 let body = match spool {
                     Some(s) if req.body.is_some() => match s.into_reader().await {
@@ -625,6 +641,27 @@ impl Server {
                     .await
             }
         }
+    }
+
+    /// The 200 that gives the client its own message back: the encapsulated heads as they
+    /// came (the request head only for REQMOD, RFC 3507 4.9.2), and a body when it had one.
+    fn echo_response(&self, req: &IncomingRequest, istag: &str, extra: &Headers) -> Response {
+        let mut res = Response::new(200, "OK");
+        if let Some(s) = &self.config.server_name {
+            res.headers.append("Server", s);
+        }
+        res.headers
+            .append("ISTag", format!("\"{}\"", istag.trim_matches('"')));
+        for (n, v) in extra.iter() {
+            res.headers.append(&String::from_utf8_lossy(n), v);
+        }
+        res.http_request = req.http_request.clone();
+        res.http_response = req.http_response.clone();
+        if req.method == Method::Respmod {
+            res.http_request = None;
+        }
+        res.body = req.body;
+        res
     }
 
     /// Sends `res` through the transaction (which enforces the rules), then its body.
@@ -768,6 +805,12 @@ impl std::fmt::Display for BodyError {
 
 impl std::error::Error for BodyError {}
 
+/// The streaming echo of a [`Body`]: not asked for, ready (the 200 to send), or under way.
+enum Echo {
+    Ready(Box<Response>),
+    Streaming,
+}
+
 /// The request body, read from the connection as the application asks for it.
 pub struct Body<'c, 's> {
     conn: &'c mut Conn<'s>,
@@ -778,6 +821,12 @@ pub struct Body<'c, 's> {
     spool: Option<Spool>,
     failed: Option<BodyError>,
     read: u64,
+    echo: Option<Echo>,
+    /// Streaming: pieces handed out but not sent on yet. The application has looked at all
+    /// but the newest when it asks for more; all but the last `holdback` bytes then go.
+    pending: VecDeque<Bytes>,
+    pending_len: usize,
+    holdback: usize,
 }
 
 impl std::fmt::Debug for Body<'_, '_> {
@@ -791,7 +840,7 @@ impl std::fmt::Debug for Body<'_, '_> {
 
 impl<'c, 's> Body<'c, 's> {
     fn new(conn: &'c mut Conn<'s>, txn: &'c mut ServerTransaction, spool: Option<Spool>) -> Self {
-        let done = !matches!(txn.state(), ServerState::Body | ServerState::Preview);
+        let done = !txn.receiving();
         Body {
             conn,
             txn,
@@ -800,7 +849,99 @@ impl<'c, 's> Body<'c, 's> {
             spool,
             failed: None,
             read: 0,
+            echo: None,
+            pending: VecDeque::new(),
+            pending_len: 0,
+            holdback: 0,
         }
+    }
+
+    fn streaming(&self) -> bool {
+        matches!(self.echo, Some(Echo::Streaming))
+    }
+
+    /// Starts answering now with a 200 that echoes the client's message, while the body is
+    /// still being read: every piece [`Body::chunk`] hands out afterwards has first been
+    /// sent back. For scanners behind clients that wait for the answer before sending more
+    /// (squid keeps the whole body, 64 KiB at most, until the final answer when a preview
+    /// was offered): scan each piece, then let it through.
+    ///
+    /// The answer is then fixed: if the application returns [`Reply::unmodified`] the rest
+    /// of the body is forwarded and the echo ends normally; any other reply (a late finding)
+    /// closes the connection without the last chunk, so the client sees a failed answer,
+    /// never a complete one. Bytes are only echoed once the application has asked for the
+    /// piece after theirs, and the last `holdback` bytes it saw are kept back too: a scanner
+    /// that confirms a match only some bytes after it ends (a card number needs the byte
+    /// after its last digit) sets `holdback` to that distance, so the bytes of a finding are
+    /// not passed on.
+    ///
+    /// Must be called before [`Body::chunk`] handed out any byte; errors otherwise, and for
+    /// requests without a body.
+    pub async fn start_echo(&mut self, holdback: usize) -> Result<(), BodyError> {
+        if self.streaming() {
+            return Ok(());
+        }
+        self.holdback = holdback;
+        let Some(Echo::Ready(res)) = self.echo.take() else {
+            return Err(BodyError::Protocol(Error::new(
+                crate::ErrorKind::InvalidState,
+                0,
+                "start_echo needs a REQMOD or RESPMOD with a body",
+            )));
+        };
+        if res.body.is_none() || self.read > 0 {
+            self.echo = Some(Echo::Ready(res));
+            return Err(BodyError::Protocol(Error::new(
+                crate::ErrorKind::InvalidState,
+                0,
+                "start_echo must come before the body is read",
+            )));
+        }
+        self.txn.respond(*res).map_err(BodyError::Protocol)?;
+        self.conn.flush_out(self.txn).await.map_err(BodyError::Io)?;
+        self.echo = Some(Echo::Streaming);
+        // Nothing will be echoed from a spool any more.
+        self.spool = None;
+        Ok(())
+    }
+
+    /// Sends one piece of the echo.
+    async fn forward(&mut self, b: Bytes) -> Result<(), BodyError> {
+        self.txn.send_data(b).map_err(BodyError::Protocol)?;
+        self.conn.flush_out(self.txn).await.map_err(BodyError::Io)
+    }
+
+    /// Sends on what was handed out, all but the last `keep` bytes.
+    async fn release(&mut self, keep: usize) -> Result<(), BodyError> {
+        while self.pending_len > keep {
+            let mut front = self
+                .pending
+                .pop_front()
+                .expect("pending_len counts the pieces");
+            let excess = self.pending_len - keep;
+            self.pending_len -= front.len();
+            if front.len() > excess {
+                let rest = front.split_off(excess);
+                self.pending_len += rest.len();
+                self.pending.push_front(rest);
+            }
+            self.forward(front).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends a streaming echo: what the application saw, the rest of the body as it arrives,
+    /// and the last chunk.
+    async fn finish_echo(&mut self) -> Result<(), BodyError> {
+        self.release(0).await?;
+        while let Some(b) = self.replay.pop_front() {
+            self.forward(b).await?;
+        }
+        while let Some(b) = self.next_raw().await? {
+            self.forward(b).await?;
+        }
+        self.txn.end_response().map_err(BodyError::Protocol)?;
+        self.conn.flush_out(self.txn).await.map_err(BodyError::Io)
     }
 
     fn into_parts(self) -> (&'c mut Conn<'s>, &'c mut ServerTransaction, Option<Spool>) {
@@ -815,13 +956,25 @@ impl<'c, 's> Body<'c, 's> {
     /// The next piece of the body, or `None` at its end. After an error the server answers
     /// 400 or 408 (or just closes) whatever the application replies.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, &BodyError> {
-        if let Some(b) = self.replay.pop_front() {
-            self.read += b.len() as u64;
-            return Ok(Some(b));
+        if self.streaming() {
+            // The application asks for more: what it has seen passed its look, but for the
+            // hold-back.
+            if let Err(e) = self.release(self.holdback).await {
+                self.failed = Some(e);
+                return Err(self.failed.as_ref().expect("just set"));
+            }
         }
-        match self.next_raw().await {
+        let next = match self.replay.pop_front() {
+            Some(b) => Ok(Some(b)),
+            None => self.next_raw().await,
+        };
+        match next {
             Ok(Some(b)) => {
                 self.read += b.len() as u64;
+                if self.streaming() {
+                    self.pending_len += b.len();
+                    self.pending.push_back(b.clone());
+                }
                 Ok(Some(b))
             }
             Ok(None) => Ok(None),
@@ -853,7 +1006,7 @@ impl<'c, 's> Body<'c, 's> {
                 Ok(None) => {}
                 Err(e) => return Err(BodyError::Protocol(e)),
             }
-            if !matches!(self.txn.state(), ServerState::Body | ServerState::Preview) {
+            if !self.txn.receiving() {
                 self.done = true;
                 return Ok(None);
             }

@@ -669,6 +669,12 @@ impl ServerTransaction {
         }
     }
 
+    /// True while request body bytes may still arrive (preview or body), also after an early
+    /// answer began, when [`Self::state`] already says `Responding`.
+    pub fn receiving(&self) -> bool {
+        matches!(self.recv, SRecv::Preview | SRecv::Body)
+    }
+
     /// The bytes to write to the client, as a [`bytes::Buf`].
     pub fn outgoing(&mut self) -> &mut Encoder {
         &mut self.out

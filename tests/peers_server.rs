@@ -530,9 +530,9 @@ struct SquidFixture {
     clean: Vec<(&'static str, Vec<u8>)>,
 }
 
-/// Largest body used through squid: squid 5.7 sends at most ~64 KiB of a body (past the
-/// preview, or without one) until the ICAP response head arrives, and a blocking scanner
-/// answers only after the whole body (see `squid_large_body_needs_an_early_answer`).
+/// Largest body used through squid by the scenarios that answer after the whole body:
+/// squid 5.7 sends at most ~64 KiB past the preview until the ICAP answer starts (see
+/// `squid_large_bodies_stream_with_early_echo` for larger ones).
 const SQUID_MAX_BODY: usize = 50_000;
 
 fn squid_fixture(dir: &TempDir) -> SquidFixture {
@@ -687,14 +687,14 @@ fn squid_persistent_connections_off() {
     );
 }
 
-/// A clean 2 MiB download through squid. Fails today: squid 5.7 sends ~64 KiB of the body
-/// after the preview and then waits for the ICAP response head, while the server (and any
-/// scanner that decides on the whole body) answers only after reading all of it; curl times
-/// out. c-icap's content_filtering stalls the same way; its echo service works because it
-/// starts answering early. Needs a way to commit to a 200 and stream the echo (or trickle).
+/// Large bodies through squid: squid 5.7 keeps the whole body from its first byte while a
+/// preview may still be answered with 204, frees nothing before the final answer, and holds
+/// 64 KiB; so it sends ~64 KiB after `100 Continue` and waits. With `stream_over` the DLP
+/// service answers at once with a 200 echo and passes each piece on once scanned: a clean
+/// 2 MiB download and upload go through whole; a card number 1.5 MB into a download cuts
+/// the transfer before the card's bytes reach curl.
 #[test]
-#[ignore = "squid waits for the ICAP answer after ~64 KiB; the server answers after the body"]
-fn squid_large_body_needs_an_early_answer() {
+fn squid_large_bodies_stream_with_early_echo() {
     if !peers_support::available(&["squid", "curl", "python3"]) {
         return;
     }
@@ -703,20 +703,54 @@ fn squid_large_body_needs_an_early_answer() {
     let files = dir.subdir("www");
     let body = clean_text(2 * 1024 * 1024);
     write_file(&files.join("big.bin"), &body);
+    let card_at = 1_500_000;
+    write_file(
+        &files.join("card.bin"),
+        &text_with(body.len(), card_at, CARD.as_bytes()),
+    );
     let mut cfg = DlpConfig::new(Rules::default(), Profile::Generic);
     cfg.preview = 1024;
-    cfg.server.read_timeout = Duration::from_secs(5);
+    cfg.stream_over = Some(48 * 1024);
+    cfg.server.read_timeout = Duration::from_secs(10);
     let dlp = Dlp::start(cfg);
     let origin = Origin::start(&files, dir.path());
     let squid = Squid::start(dlp.port(), "reqmod", "respmod", true, "");
-    let f = curl(
-        dir.path(),
-        &squid.proxy_url(),
-        &format!("http://127.0.0.1:{}/big.bin", origin.port),
-        None,
-    );
+    let proxy = squid.proxy_url();
+    let base = format!("http://127.0.0.1:{}", origin.port);
+
+    let f = curl(dir.path(), &proxy, &format!("{base}/big.bin"), None);
     assert_eq!(f.code, 200);
-    assert_eq!(sha256(&f.body), sha256(&body));
+    assert_eq!(sha256(&f.body), sha256(&body), "the whole file, unchanged");
+
+    // Upload (REQMOD): the origin receives every byte.
+    let up = curl(
+        dir.path(),
+        &proxy,
+        &format!("{base}/upload"),
+        Some(&files.join("big.bin")),
+    );
+    assert_eq!(up.code, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&up.body).trim(),
+        format!("received {} bytes", body.len())
+    );
+
+    // A late finding: the transfer fails and the card never arrives.
+    let out = dir.join("card.out");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30", "-x", &proxy, "-o"])
+        .arg(&out)
+        .arg(format!("{base}/card.bin"));
+    let r = run_tool(dir.path(), &mut cmd, Duration::from_secs(40));
+    let got = std::fs::read(&out).unwrap_or_default();
+    assert!(
+        !r.status.success(),
+        "curl must see a failed transfer: {}",
+        r.stderr
+    );
+    assert!(got.len() < card_at, "{} bytes passed", got.len());
+    assert!(!got.windows(CARD.len()).any(|w| w == CARD.as_bytes()));
+    assert_eq!(dlp.blocked(), 1);
 }
 
 /// ICAPS: c-icap-client over TLS (trusting the test CA) gets OPTIONS and a block answer;

@@ -305,3 +305,147 @@ async fn shutdown_lets_the_transaction_in_flight_finish() {
     assert!(closed(&mut s).await);
     srv.join().await;
 }
+
+/// Echoes while scanning: starts the 200 at once and forwards each piece after looking at
+/// it; "BLOCK" in a piece stops the echo.
+struct Streamer;
+
+impl icap::server::Service for Streamer {
+    fn options(&self) -> ServiceOptions {
+        ServiceOptions {
+            methods: vec![Method::Respmod],
+            istag: "\"stream-1\"".into(),
+            preview: Some(1024),
+            ..Default::default()
+        }
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _req: &'a icap::server::IncomingRequest,
+        body: &'a mut icap::server::Body<'_, '_>,
+    ) -> icap::server::BoxFuture<'a, icap::server::Reply> {
+        Box::pin(async move {
+            if body.start_echo(4).await.is_err() {
+                return icap::server::Reply::unmodified();
+            }
+            while let Ok(Some(piece)) = body.chunk().await {
+                if piece.windows(5).any(|w| w == b"BLOCK") {
+                    let res = Response::ok("stream-1")
+                        .http_error_page(403, "Forbidden", "text/plain", b"no")
+                        .build()
+                        .unwrap();
+                    return icap::server::Reply::Respond(
+                        res,
+                        icap::server::ReplyBody::Full(bytes::Bytes::from_static(b"no")),
+                    );
+                }
+            }
+            icap::server::Reply::unmodified()
+        })
+    }
+}
+
+fn respmod_head(len: usize) -> Vec<u8> {
+    let http = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+    format!(
+        "RESPMOD icap://127.0.0.1/stream ICAP/1.0\r\nHost: 127.0.0.1\r\nPreview: 1024\r\nEncapsulated: res-hdr=0, res-body={}\r\n\r\n{http}",
+        http.len()
+    )
+    .into_bytes()
+}
+
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut v = format!("{:x}\r\n", data.len()).into_bytes();
+    v.extend_from_slice(data);
+    v.extend_from_slice(b"\r\n");
+    v
+}
+
+/// Like squid: preview, then at most 64 KiB more until the answer starts.
+async fn squid_like(s: &mut TcpStream, body: &[u8]) -> (Response, Vec<u8>, bool) {
+    let mut wire = respmod_head(body.len());
+    wire.extend(chunk(&body[..1024]));
+    wire.extend_from_slice(b"0\r\n\r\n");
+    s.write_all(&wire).await.unwrap();
+    let mut dec = ResponseDecoder::default();
+    let mut buf = vec![0u8; 65536];
+    let mut head = None;
+    let mut got = Vec::new();
+    let mut sent = 1024;
+    let mut ended = false;
+    loop {
+        while let Some(ev) = dec.decode().unwrap() {
+            match ev {
+                Event::Head(r) if r.status == 100 => {
+                    // Send up to 64 KiB past the preview, no more until a final head.
+                    let upto = (sent + 64 * 1024).min(body.len());
+                    s.write_all(&chunk(&body[sent..upto])).await.unwrap();
+                    sent = upto;
+                    if sent == body.len() {
+                        s.write_all(b"0\r\n\r\n").await.unwrap();
+                    }
+                }
+                Event::Head(r) => head = Some(r),
+                Event::Data(d) => got.extend_from_slice(&d),
+                Event::End(_) if head.is_some() => ended = true,
+                _ => {}
+            }
+        }
+        if ended {
+            break;
+        }
+        if head.is_some() && sent < body.len() {
+            // The answer has begun: squid now lets the rest go.
+            let upto = (sent + 16 * 1024).min(body.len());
+            s.write_all(&chunk(&body[sent..upto])).await.unwrap();
+            sent = upto;
+            if sent == body.len() {
+                s.write_all(b"0\r\n\r\n").await.unwrap();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the server answers before the whole body (no stall)")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        dec.feed(&buf[..n]);
+    }
+    (head.expect("a final answer"), got, ended)
+}
+
+#[tokio::test]
+async fn streaming_echo_answers_before_the_body_ends_and_cuts_on_a_late_finding() {
+    let srv =
+        net::start(icap::server::Server::new(ServerConfig::default()).route("stream", Streamer))
+            .await;
+    // Clean, 1 MiB: the echo is the body, and the connection carries another request.
+    let body: Vec<u8> = (0..(1 << 20)).map(|i| b'a' + (i % 23) as u8).collect();
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let (head, got, ended) = squid_like(&mut s, &body).await;
+    assert_eq!(head.status, 200);
+    assert!(ended, "a complete echo");
+    let first = got.iter().zip(&body).position(|(a, b)| a != b);
+    assert!(
+        got == body,
+        "the echo is the original body: {} vs {}, first diff {first:?}",
+        got.len(),
+        body.len()
+    );
+    let (head, got, ended) = squid_like(&mut s, &body[..5000]).await;
+    assert_eq!((head.status, ended, got.len()), (200, true, 5000));
+
+    // "BLOCK" 300 KiB in: the answer is cut, never completed, and the piece holding the
+    // finding is not passed on.
+    let mut bad = body.clone();
+    bad[300 * 1024..300 * 1024 + 5].copy_from_slice(b"BLOCK");
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let (head, got, ended) = squid_like(&mut s, &bad).await;
+    assert_eq!(head.status, 200);
+    assert!(!ended, "no last chunk after a late finding");
+    assert!(got.len() < 300 * 1024, "{} bytes passed", got.len());
+    assert!(!got.windows(5).any(|w| w == b"BLOCK"));
+    srv.stop().await;
+}

@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::dlp_engine::{icap_headers, Finding, FindingKind, Rules, Scanner};
+use crate::dlp_engine::{icap_headers, Finding, FindingKind, Rules, Scanner, MAX_MATCH_LEN};
 
 /// Preview size announced in OPTIONS: enough for file magic and most small uploads.
 pub const PREVIEW: u64 = 4096;
@@ -117,6 +117,12 @@ pub struct DlpConfig {
     pub verbose: bool,
     /// Server timeouts and limits.
     pub server: ServerConfig,
+    /// Stream bodies larger than this (or of unknown length) when the client does not
+    /// allow 204: the 200 echo starts at once and each piece goes back once scanned; a
+    /// finding then cuts the answer (the client sees a failed transfer, not the file).
+    /// For clients such as squid that send no more than 64 KiB until an answer starts.
+    /// `None` (the default): always read the whole body, then answer.
+    pub stream_over: Option<u64>,
 }
 
 impl DlpConfig {
@@ -128,8 +134,19 @@ impl DlpConfig {
             preview: PREVIEW,
             verbose: false,
             server: ServerConfig::default(),
+            stream_over: None,
         }
     }
+}
+
+/// The declared length of the encapsulated body (`Content-Length` of the HTTP message it
+/// belongs to), when there is one.
+fn declared_len(req: &IncomingRequest) -> Option<u64> {
+    let headers = match req.method {
+        Method::Reqmod => &req.http_request.as_ref()?.headers,
+        _ => &req.http_response.as_ref()?.headers,
+    };
+    headers.get_str("Content-Length")?.trim().parse().ok()
 }
 
 /// Counters shared by both services, for tests and the shutdown summary.
@@ -181,9 +198,22 @@ impl Service for DlpService {
     ) -> BoxFuture<'a, Reply> {
         Box::pin(async move {
             let mut scanner = Scanner::new(&self.cfg.rules);
+            let stream = match self.cfg.stream_over {
+                Some(limit) if !req.allows_204() => declared_len(req).is_none_or(|n| n > limit),
+                _ => false,
+            };
+            // Hold back what the scanner may still be deciding on: a match up to
+            // MAX_MATCH_LEN long, confirmed by the bytes after it.
+            let streaming = stream && body.start_echo(MAX_MATCH_LEN + 64).await.is_ok();
             loop {
                 match body.chunk().await {
-                    Ok(Some(piece)) => scanner.feed(&piece),
+                    Ok(Some(piece)) => {
+                        scanner.feed(&piece);
+                        if streaming && !scanner.findings().is_empty() {
+                            // Found while echoing: stop; the server cuts the answer.
+                            break;
+                        }
+                    }
                     Ok(None) => break,
                     // The server answers 400/408 (or closes) whatever is returned here.
                     Err(_) => return Reply::unmodified(),
