@@ -577,6 +577,35 @@ fn decimal(s: &[u8]) -> Option<u64> {
 /// the head's end (`Ok`, the bytes inside the `Headers`), or the bytes alone (`Err`).
 type IcapHead = std::result::Result<Headers, Bytes>;
 
+/// The start line and header fields of an ICAP head: taken from the one-pass parse when it
+/// happened (`headers`), else parsed from `raw` (folded lines allowed with `fold`).
+fn split_head<L>(
+    raw: Bytes,
+    at: u64,
+    headers: Option<(usize, Headers)>,
+    max_headers: usize,
+    fold: bool,
+    parse_line: fn(&Bytes, Option<usize>) -> Result<(L, usize)>,
+) -> Result<(L, Headers)> {
+    let (hstart, head): (_, IcapHead) = match headers {
+        Some((hstart, h)) => (Some(hstart), Ok(h)),
+        None => (None, Err(raw)),
+    };
+    let bytes = match &head {
+        Ok(h) => h.raw(),
+        Err(raw) => raw,
+    };
+    let (line, hstart) = parse_line(bytes, hstart).map_err(|e| e.at(at))?;
+    let headers = match head {
+        Ok(h) => h,
+        Err(raw) => {
+            let n = raw.len();
+            Headers::parse(raw, hstart, n - 2, max_headers, fold).map_err(|e| e.at(at))?
+        }
+    };
+    Ok((line, headers))
+}
+
 impl Decode<Request> for Decoder<Request> {
     fn parse_head(
         &mut self,
@@ -584,23 +613,14 @@ impl Decode<Request> for Decoder<Request> {
         at: u64,
         headers: Option<(usize, Headers)>,
     ) -> Result<(Request, Option<Encapsulated>, Option<u64>)> {
-        let (hstart, head): (_, IcapHead) = match headers {
-            Some((hstart, h)) => (Some(hstart), Ok(h)),
-            None => (None, Err(raw)),
-        };
-        let bytes = match &head {
-            Ok(h) => h.raw(),
-            Err(raw) => raw,
-        };
-        let (line, hstart) = parse_request_line(bytes, hstart).map_err(|e| e.at(at))?;
-        let headers = match head {
-            Ok(h) => h,
-            Err(raw) => {
-                let n = raw.len();
-                Headers::parse(raw, hstart, n - 2, self.limits.max_headers, false)
-                    .map_err(|e| e.at(at))?
-            }
-        };
+        let (line, headers) = split_head(
+            raw,
+            at,
+            headers,
+            self.limits.max_headers,
+            false,
+            parse_request_line,
+        )?;
         let (enc, preview) = icap_fields(&headers, at, true)?;
         match &enc {
             Some(e) => e.check_request(&line.method).map_err(|e| e.at(at))?,
@@ -669,23 +689,14 @@ impl Decode<Response> for Decoder<Response> {
         at: u64,
         headers: Option<(usize, Headers)>,
     ) -> Result<(Response, Option<Encapsulated>, Option<u64>)> {
-        let (hstart, head): (_, IcapHead) = match headers {
-            Some((hstart, h)) => (Some(hstart), Ok(h)),
-            None => (None, Err(raw)),
-        };
-        let bytes = match &head {
-            Ok(h) => h.raw(),
-            Err(raw) => raw,
-        };
-        let (line, hstart) = parse_status_line(bytes, hstart).map_err(|e| e.at(at))?;
-        let headers = match head {
-            Ok(h) => h,
-            Err(raw) => {
-                let n = raw.len();
-                Headers::parse(raw, hstart, n - 2, self.limits.max_headers, true)
-                    .map_err(|e| e.at(at))?
-            }
-        };
+        let (line, headers) = split_head(
+            raw,
+            at,
+            headers,
+            self.limits.max_headers,
+            true,
+            parse_status_line,
+        )?;
         let (enc, _) = icap_fields(&headers, at, false)?;
         // 100 and 204 end with their head, whatever Encapsulated says (RFC 3507 4.5, 4.6):
         // reading a body after them would take the next response's bytes as this one's.
