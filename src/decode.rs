@@ -577,6 +577,9 @@ fn decimal(s: &[u8]) -> Option<u64> {
 /// the head's end (`Ok`, the bytes inside the `Headers`), or the bytes alone (`Err`).
 type IcapHead = std::result::Result<Headers, Bytes>;
 
+/// Parses a start line from a head's bytes (and where the one pass found its end).
+type LineParser<L> = fn(&Bytes, Option<usize>) -> Result<(L, usize)>;
+
 /// The start line and header fields of an ICAP head: taken from the one-pass parse when it
 /// happened (`headers`), else parsed from `raw` (folded lines allowed with `fold`).
 fn split_head<L>(
@@ -585,7 +588,7 @@ fn split_head<L>(
     headers: Option<(usize, Headers)>,
     max_headers: usize,
     fold: bool,
-    parse_line: fn(&Bytes, Option<usize>) -> Result<(L, usize)>,
+    parse_line: LineParser<L>,
 ) -> Result<(L, Headers)> {
     let (hstart, head): (_, IcapHead) = match headers {
         Some((hstart, h)) => (Some(hstart), Ok(h)),
