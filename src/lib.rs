@@ -1,8 +1,14 @@
 //! ICAP (RFC 3507) for Rust.
 //!
-//! The codec layer of this crate has no I/O: feed bytes to a [`RequestDecoder`] (server side)
-//! or a [`ResponseDecoder`] (client side) and take [`Event`]s out; write messages with an
-//! [`Encoder`], which frames bodies around your `Bytes` without copying them.
+//! The crate is built in layers, each usable on its own:
+//! - the codec, with no I/O: feed bytes to a [`RequestDecoder`] (server side) or a
+//!   [`ResponseDecoder`] (client side) and take [`Event`]s out; write messages with an
+//!   [`Encoder`], which frames bodies around your `Bytes` without copying them;
+//! - builders ([`builder`]), the typed OPTIONS view ([`options`]), ICAP URIs ([`uri`]), the
+//!   rules of one transaction ([`transaction`]) and scanner verdicts ([`verdict`]), still
+//!   without I/O;
+//! - the async client (module `client`, feature `client`) and server (module `server`,
+//!   feature `server`) on tokio, with TLS through rustls (module `tls`).
 //!
 //! ```
 //! use icap::{Event, ResponseDecoder};
