@@ -449,3 +449,54 @@ async fn streaming_echo_answers_before_the_body_ends_and_cuts_on_a_late_finding(
     assert!(!got.windows(5).any(|w| w == b"BLOCK"));
     srv.stop().await;
 }
+
+/// Reads a piece first, then asks for the streaming echo: refused, so it answers the usual
+/// way (a 200 echo from the spool, as 204 is not allowed).
+struct LateEcho;
+
+impl icap::server::Service for LateEcho {
+    fn options(&self) -> ServiceOptions {
+        ServiceOptions {
+            methods: vec![Method::Respmod],
+            istag: "\"late-1\"".into(),
+            ..Default::default()
+        }
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _req: &'a icap::server::IncomingRequest,
+        body: &'a mut icap::server::Body<'_, '_>,
+    ) -> icap::server::BoxFuture<'a, icap::server::Reply> {
+        Box::pin(async move {
+            let first = body.chunk().await.ok().flatten();
+            assert!(first.is_some());
+            let refused = body.start_echo(0).await;
+            assert!(refused.is_err(), "start_echo after reading must be refused");
+            while let Ok(Some(_)) = body.chunk().await {}
+            icap::server::Reply::unmodified()
+        })
+    }
+}
+
+#[tokio::test]
+async fn start_echo_after_reading_is_refused_and_the_answer_is_unchanged() {
+    let srv =
+        net::start(icap::server::Server::new(ServerConfig::default()).route("late", LateEcho))
+            .await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let http = "HTTP/1.1 200 OK\r\n\r\n";
+    let mut wire = format!(
+        "RESPMOD icap://127.0.0.1/late ICAP/1.0\r\nHost: x\r\nEncapsulated: res-hdr=0, res-body={}\r\n\r\n{http}",
+        http.len()
+    )
+    .into_bytes();
+    wire.extend(chunk(b"hello "));
+    wire.extend(chunk(b"world"));
+    wire.extend_from_slice(b"0\r\n\r\n");
+    s.write_all(&wire).await.unwrap();
+    let (res, _) = read_responses(&mut s, 1).await;
+    assert_eq!(res[0].0.status, 200);
+    assert_eq!(res[0].1, b"hello world");
+    srv.stop().await;
+}
