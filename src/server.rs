@@ -861,10 +861,10 @@ impl<'c, 's> Body<'c, 's> {
     }
 
     /// Starts answering now with a 200 that echoes the client's message, while the body is
-    /// still being read: every piece [`Body::chunk`] hands out afterwards has first been
-    /// sent back. For scanners behind clients that wait for the answer before sending more
-    /// (squid keeps the whole body, 64 KiB at most, until the final answer when a preview
-    /// was offered): scan each piece, then let it through.
+    /// still being read: the pieces [`Body::chunk`] hands out are sent back as the
+    /// application moves past them. For scanners behind clients that wait for the answer
+    /// before sending more (squid keeps the whole body, 64 KiB at most, until the final
+    /// answer when a preview was offered): scan each piece, then let it through.
     ///
     /// The answer is then fixed: if the application returns [`Reply::unmodified`] the rest
     /// of the body is forwarded and the echo ends normally; any other reply (a late finding)
