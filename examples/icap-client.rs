@@ -191,7 +191,7 @@ async fn run(args: Args) -> Result<u8, String> {
                 ))
             }
         };
-        b = b.user_agent("icap-rs-client");
+        b = b.user_agent("icap-client");
         if has_body {
             b = b.with_body();
             if let Some(p) = preview {

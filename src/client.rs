@@ -110,7 +110,7 @@ impl Default for ClientConfig {
             balance: Balance::RoundRobin,
             tls: ClientTls::default(),
             limits: Limits::default(),
-            user_agent: concat!("icap-rs/", env!("CARGO_PKG_VERSION")).into(),
+            user_agent: concat!("icap/", env!("CARGO_PKG_VERSION")).into(),
             keep_body: 64 * 1024,
             fail_open: false,
         }

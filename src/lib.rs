@@ -23,6 +23,8 @@
 //! assert!(dec.is_idle());
 //! ```
 #![forbid(unsafe_code)]
+// docs.rs (`--cfg docsrs`, nightly): a badge on every item behind a feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 pub mod builder;

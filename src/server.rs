@@ -162,9 +162,9 @@ pub struct ServerConfig {
     pub spool_memory: usize,
     /// Directory for spill files. Default: the system temporary directory.
     pub spool_dir: PathBuf,
-    /// ISTag for answers that belong to no service (404, 400 before routing). Default `"icap-rs"`.
+    /// ISTag for answers that belong to no service (404, 400 before routing). Default `"icap"`.
     pub istag: String,
-    /// `Server` header on every answer. Default `icap-rs/<version>`.
+    /// `Server` header on every answer. Default `icap/<version>`.
     pub server_name: Option<String>,
 }
 
@@ -180,8 +180,8 @@ impl Default for ServerConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             spool_memory: 1024 * 1024,
             spool_dir: std::env::temp_dir(),
-            istag: "icap-rs".into(),
-            server_name: Some(concat!("icap-rs/", env!("CARGO_PKG_VERSION")).into()),
+            istag: "icap".into(),
+            server_name: Some(concat!("icap/", env!("CARGO_PKG_VERSION")).into()),
         }
     }
 }
@@ -391,7 +391,7 @@ impl Server {
         let b = self.server_header(Response::error(status, istag));
         b.build().unwrap_or_else(|_| {
             // Only a bad ISTag can fail; fall back to the server's own.
-            self.server_header(Response::error(status, "icap-rs"))
+            self.server_header(Response::error(status, "icap"))
                 .build()
                 .expect("a fixed ISTag is valid")
         })

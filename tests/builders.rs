@@ -370,7 +370,7 @@ impl Tap for Encoder {
 fn client_style_requests() {
     let u = uri("icaps://dlp.example/reqmod");
     let req = Request::reqmod(&u)
-        .user_agent("icap-rs")
+        .user_agent("icap")
         .client_ip("192.0.2.7".parse().unwrap())
         .server_ip("2001:db8::1".parse().unwrap())
         .authenticated_user("TG9jYWw6Ly9hbGljZQ==")
@@ -396,7 +396,7 @@ fn client_style_requests() {
         String::from_utf8(e.to_bytes().to_vec()).unwrap(),
         "REQMOD icaps://dlp.example/reqmod ICAP/1.0\r\n\
          Host: dlp.example\r\n\
-         User-Agent: icap-rs\r\n\
+         User-Agent: icap\r\n\
          X-Client-IP: 192.0.2.7\r\n\
          X-Server-IP: 2001:db8::1\r\n\
          X-Authenticated-User: TG9jYWw6Ly9hbGljZQ==\r\n\

@@ -197,7 +197,7 @@ fn cicap_client_options() {
         assert!(run.has_line("Preview: 4096"), "{}", run.out);
         assert!(run.has_line("Keep alive: Yes"), "{}", run.out);
         assert_eq!(run.header("Methods").as_deref(), Some(method));
-        assert_eq!(run.header("ISTag").as_deref(), Some("\"icap-rs-dlp-1\""));
+        assert_eq!(run.header("ISTag").as_deref(), Some("\"icap-dlp-1\""));
         assert_eq!(run.header("Transfer-Preview").as_deref(), Some("*"));
         assert_eq!(run.header("Encapsulated").as_deref(), Some("null-body=0"));
     }
@@ -407,7 +407,7 @@ fn cicap_client_vendor_profiles() {
     assert_eq!(run.status(), 200, "{}", run.out);
     assert_eq!(
         run.header("ISTag").as_deref(),
-        Some("\"Vontu14.0-icap-rs\"")
+        Some("\"Vontu14.0-icap\"")
     );
     assert!(run.has_line("HTTP/1.1 200 OK"), "{}", run.out);
     assert!(run

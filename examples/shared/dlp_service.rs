@@ -76,9 +76,9 @@ impl Profile {
     /// The ISTag this profile announces (vendors' tags look like this one).
     fn istag(self) -> &'static str {
         match self {
-            Profile::Symantec => "\"Vontu14.0-icap-rs\"",
-            Profile::Forcepoint => "\"FP-DLP-icap-rs-1\"",
-            Profile::Generic => "\"icap-rs-dlp-1\"",
+            Profile::Symantec => "\"Vontu14.0-icap\"",
+            Profile::Forcepoint => "\"FP-DLP-icap-1\"",
+            Profile::Generic => "\"icap-dlp-1\"",
         }
     }
 }
@@ -172,7 +172,7 @@ impl Service for DlpService {
         ServiceOptions {
             methods: vec![self.method.clone()],
             service: Some(format!(
-                "icap-rs example DLP ({} profile, blocking mode)",
+                "icap example DLP ({} profile, blocking mode)",
                 self.cfg.profile
             )),
             istag: self.cfg.profile.istag().into(),

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The crate as crates.io gets it must pass its own codec tests (its test data included):
+# unpack what `cargo package` made and run the tests that need no peer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo package --locked --allow-dirty --no-verify >/dev/null
+ver=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+dir="target/package/icap-$ver"
+test -d "$dir"
+cargo test --manifest-path "$dir/Cargo.toml" --target-dir target/packaged --features http,client,server \
+  --test codec_rfc --test codec_captures --test builders --test codec_errors
