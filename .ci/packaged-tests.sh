@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 cargo package --locked --allow-dirty --no-verify >/dev/null
 ver=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 dir="target/package/icap-$ver"
-test -d "$dir"
-cargo test --manifest-path "$dir/Cargo.toml" --target-dir target/packaged --features http,client,server \
+rm -rf "$dir"
+tar -xzf "target/package/icap-$ver.crate" -C target/package
+cargo test --manifest-path "$dir/Cargo.toml" --target-dir "$PWD/target" --features http,client,server \
   --test codec_rfc --test codec_captures --test builders --test codec_errors
