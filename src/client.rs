@@ -208,11 +208,7 @@ impl Health {
     }
 
     fn forget_old(&mut self, window: Duration) {
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| t.elapsed() >= window)
-        {
+        while self.recent.front().is_some_and(|t| t.elapsed() >= window) {
             self.recent.pop_front();
         }
     }
@@ -815,8 +811,7 @@ impl Client {
             if attempts > 0 && (!call.body.retryable() || sunk > 0) {
                 break;
             }
-            let Some(&i) = turn.find(|&&i| !spent[i] && !self.inner.endpoints[i].is_down())
-            else {
+            let Some(&i) = turn.find(|&&i| !spent[i] && !self.inner.endpoints[i].is_down()) else {
                 break;
             };
             let ep = &self.inner.endpoints[i];
@@ -1153,11 +1148,11 @@ impl Inner {
         let server = ep.name();
         let permit = timeout_at(until.into(), ep.permits.clone().acquire_owned())
             .await
-        .map_err(|_| ClientError::Timeout {
-            server: server.clone(),
-            phase: "waiting for a connection slot (Max-Connections)",
-        })?
-        .expect("semaphore never closed");
+            .map_err(|_| ClientError::Timeout {
+                server: server.clone(),
+                phase: "waiting for a connection slot (Max-Connections)",
+            })?
+            .expect("semaphore never closed");
         let addr = (ep.uri.host().trim_matches(['[', ']']), ep.uri.port());
         let connect_until = until.min(Instant::now() + self.cfg.connect_timeout);
         let tcp = match timeout_at(connect_until.into(), TcpStream::connect(addr)).await {

@@ -53,6 +53,7 @@ async fn verdicts_over_one_kept_alive_connection() {
     let x = blocked.exchange.unwrap();
     assert_eq!(x.response.http_response.as_ref().unwrap().status, 403);
     assert_eq!(&x.body[..], net::PAGE);
+    assert!(!x.body_truncated);
     // RESPMOD, and a body decided on its preview alone.
     let mut r = ScanRequest::new(
         Mode::Respmod,
@@ -81,12 +82,33 @@ async fn without_allow_204_the_echo_is_allowed_unchanged() {
     let x = out.exchange.as_ref().unwrap();
     assert_eq!(x.response.status, 200);
     assert_eq!(x.body_digest, x.sent_digest);
+    // Kept: the first 64 KiB, and a word that the rest is only in the digest.
+    assert_eq!(&x.body[..], &big[..64 * 1024]);
+    assert!(x.body_truncated);
     assert_eq!(
         out.verdict,
         Verdict::Allowed {
             reason: "200 with the message unchanged".into()
         }
     );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn keep_body_bounds_the_kept_body_and_says_when_it_cut() {
+    let srv = blocker(ServerConfig::default()).await;
+    for (keep, truncated) in [(net::PAGE.len() - 1, true), (net::PAGE.len(), false)] {
+        let cfg = ClientConfig {
+            keep_body: keep,
+            ..Default::default()
+        };
+        let client = Client::new(&[srv.uri("icap", "blocker")], cfg).unwrap();
+        let out = client.scan(scan(b"BLOCK this")).await.unwrap();
+        let x = out.exchange.unwrap();
+        assert_eq!(&x.body[..], &net::PAGE[..keep]);
+        assert_eq!(x.body_truncated, truncated, "keep_body {keep}");
+        assert_eq!(x.body_digest.unwrap().0, net::PAGE.len() as u64);
+    }
     srv.stop().await;
 }
 
