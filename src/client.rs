@@ -234,8 +234,8 @@ impl Endpoint {
     }
 
     /// The right to probe this down server now, when its revival delay has passed and no
-    /// other probe is under way.
-    /// Whoever gets true runs the probe and holds a [`ProbeClaim`] while it does.
+    /// other probe is under way. Whoever gets true runs the probe and holds a [`ProbeClaim`]
+    /// while it does.
     fn claim_probe(&self) -> bool {
         let mut h = self.health();
         if h.down && !h.probing && h.next_probe <= Instant::now() {
@@ -274,8 +274,9 @@ impl Endpoint {
         self.idle.lock().expect("not poisoned").clear();
     }
 
-    /// An OPTIONS answer (probe or connectivity test) decides: good brings the server back
-    /// with its failures forgotten, bad marks it down for another revival delay.
+    /// An OPTIONS answer (probe or connectivity test) decides, as in squid: good brings the
+    /// server back with its failures forgotten, bad marks it down (for another revival delay
+    /// if it was); with no failure limit, bad only puts it last for the back-off.
     fn options_result(&self, cfg: &ClientConfig, r: &Result<ServiceOptions, ClientError>) {
         let now = Instant::now();
         let mut h = self.health();
@@ -293,6 +294,8 @@ impl Endpoint {
                 h.last_error = Some(e.to_string());
                 if h.down {
                     h.next_probe = now + cfg.revival_delay;
+                } else if cfg.failure_limit == 0 {
+                    h.avoid_until = Some(now + cfg.backoff);
                 } else {
                     self.go_down(&mut h, cfg, now);
                 }
@@ -639,8 +642,8 @@ impl Client {
 
     /// The connectivity test: OPTIONS on each server over a new connection, with the TLS
     /// version and round-trip time; one report per server, failures included. Like a probe,
-    /// it marks a server that fails down and brings one that answers back up; call it
-    /// periodically as a health check.
+    /// it marks a server that fails down (unless [`ClientConfig::failure_limit`] is 0) and
+    /// brings one that answers back up; call it periodically as a health check.
     pub async fn test_connection(&self) -> Vec<ServerReport> {
         let mut out = Vec::new();
         for ep in &self.inner.endpoints {
@@ -1482,6 +1485,10 @@ impl Inner {
             server: server.clone(),
             source: e,
         };
+        // Only a body that is not the announced length makes these fail: the file changed
+        // while it was sent, no fault of the server.
+        let body_changed =
+            |e: Error| ClientError::Body(io::Error::new(io::ErrorKind::InvalidData, e));
 
         let work = async {
             // What is to be written, drained with vectored writes: a small request (head,
@@ -1535,12 +1542,13 @@ impl Inner {
                             .map_err(|e| (ClientError::Body(e), received == 0))?;
                         if n == 0 {
                             source_done = true;
-                            tx.end_body().map_err(|e| (proto(e), received == 0))?;
+                            tx.end_body()
+                                .map_err(|e| (body_changed(e), received == 0))?;
                         } else {
                             body_sent += n as u64;
                             sent.update(&chunk);
                             tx.send_body(chunk.freeze())
-                                .map_err(|e| (proto(e), received == 0))?;
+                                .map_err(|e| (body_changed(e), received == 0))?;
                             if let Some(p) = progress {
                                 p(body_sent);
                             }

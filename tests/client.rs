@@ -113,6 +113,24 @@ async fn keep_body_bounds_the_kept_body_and_says_when_it_cut() {
 }
 
 #[tokio::test]
+async fn a_body_shorter_than_announced_is_not_the_servers_fault() {
+    let srv = blocker(ServerConfig::default()).await;
+    let client = Client::new(&[srv.uri("icap", "blocker")], ClientConfig::default()).unwrap();
+    let short = BodySource::reader(&b"only ten.."[..], Some(100));
+    let e = client
+        .scan(ScanRequest::new(Mode::Reqmod, "short.bin", short))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Body(io) if io.to_string().contains("body ended after 10 of the 100 bytes announced")),
+        "{e}"
+    );
+    let h = &client.health()[0];
+    assert!(h.up && h.total_failures == 0, "{h:?}");
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn transfer_ignore_skips_the_file() {
     let srv = blocker(ServerConfig::default()).await;
     let client = Client::new(&[srv.uri("icap", "blocker")], ClientConfig::default()).unwrap();
