@@ -9,7 +9,7 @@ mod net;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use icap::client::{BodySource, Client, ClientConfig, Mode, ScanRequest};
@@ -363,7 +363,7 @@ async fn alone_a_black_hole_fails_closed_in_time_and_is_probed_not_paid_for() {
             }
             e => panic!("file {i}: {e}"),
         }
-        assert!(t < Duration::from_millis(100), "file {i}: {t:?}");
+        assert!(t < Duration::from_millis(250), "file {i}: {t:?}");
     }
     assert_eq!(bad.connections(), 2);
     assert_eq!(bad.options.load(Ordering::Relaxed), 2);
@@ -388,8 +388,28 @@ async fn alone_a_black_hole_fails_closed_in_time_and_is_probed_not_paid_for() {
     // And the next probe is a revival delay away again.
     let (e, t) = scan(7).await;
     assert!(matches!(e, ClientError::Down { .. }), "{e}");
-    assert!(t < Duration::from_millis(100), "{t:?}");
+    assert!(t < Duration::from_millis(250), "{t:?}");
     assert_eq!(bad.connections(), 3);
+
+    // Files arriving together when the probe is due: one of them probes, the others do not
+    // wait for it.
+    let next = client.health()[0].next_probe.unwrap();
+    let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    let tasks: Vec<_> = (8..14).map(|i| tokio::spawn(scan(i))).collect();
+    let mut slow = 0;
+    for t in tasks {
+        let (e, t) = t.await.unwrap();
+        assert!(matches!(e, ClientError::Down { .. }), "{e}");
+        if t >= Duration::from_millis(450) {
+            slow += 1;
+        } else {
+            assert!(t < Duration::from_millis(250), "{t:?}");
+        }
+    }
+    assert_eq!(slow, 1);
+    assert_eq!(bad.connections(), 4);
+    assert!(!client.health()[0].probing);
 }
 
 /// A partner that is a black hole or, once healed, forwards to `target`. Records the first
