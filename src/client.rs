@@ -252,7 +252,7 @@ impl Endpoint {
         let mut h = self.health();
         h.total_failures += 1;
         h.last_error = Some(e.to_string());
-        h.avoid_until = Some(now + cfg.backoff);
+        h.avoid_until = Some(after(now, cfg.backoff));
         if h.down || cfg.failure_limit == 0 {
             return;
         }
@@ -269,7 +269,7 @@ impl Endpoint {
     fn go_down(&self, h: &mut Health, cfg: &ClientConfig, now: Instant) {
         h.down = true;
         h.since = now;
-        h.next_probe = now + cfg.revival_delay;
+        h.next_probe = after(now, cfg.revival_delay);
         // Pooled connections to a failing server are not to be trusted after it comes back.
         self.idle.lock().expect("not poisoned").clear();
     }
@@ -293,9 +293,9 @@ impl Endpoint {
                 h.total_failures += 1;
                 h.last_error = Some(e.to_string());
                 if h.down {
-                    h.next_probe = now + cfg.revival_delay;
+                    h.next_probe = after(now, cfg.revival_delay);
                 } else if cfg.failure_limit == 0 {
-                    h.avoid_until = Some(now + cfg.backoff);
+                    h.avoid_until = Some(after(now, cfg.backoff));
                 } else {
                     self.go_down(&mut h, cfg, now);
                 }
@@ -319,9 +319,9 @@ impl Endpoint {
         let wall = SystemTime::now();
         let at = |t: Instant| {
             if t >= now {
-                wall + (t - now)
+                wall.checked_add(t - now).unwrap_or(wall)
             } else {
-                wall - (now - t)
+                wall.checked_sub(now - t).unwrap_or(wall)
             }
         };
         ServerHealth {
@@ -649,7 +649,7 @@ impl Client {
         for ep in &self.inner.endpoints {
             let start = Instant::now();
             let mut tls_version = None;
-            let until = start + self.inner.cfg.transaction_timeout;
+            let until = after(start, self.inner.cfg.transaction_timeout);
             let result = async {
                 let conn = self.inner.connect(ep, until).await?;
                 tls_version = conn.tls_version.clone();
@@ -671,7 +671,7 @@ impl Client {
     /// within [`ClientConfig::deadline`].
     pub async fn options(&self) -> Result<ServiceOptions, ClientError> {
         let cfg = &self.inner.cfg;
-        let until = Instant::now() + cfg.deadline;
+        let until = after(Instant::now(), cfg.deadline);
         let mut errors = Vec::new();
         for i in self.plan(until, false, &mut errors).await {
             let ep = &self.inner.endpoints[i];
@@ -681,7 +681,7 @@ impl Client {
             }
             match self
                 .inner
-                .options(ep, until.min(now + cfg.transaction_timeout))
+                .options(ep, until.min(after(now, cfg.transaction_timeout)))
                 .await
             {
                 Ok(o) => return Ok(o),
@@ -722,7 +722,7 @@ impl Client {
                 if ep.claim_probe() {
                     let _claim = ProbeClaim(ep);
                     let probe_until =
-                        until.min(Instant::now() + self.inner.cfg.transaction_timeout);
+                        until.min(after(Instant::now(), self.inner.cfg.transaction_timeout));
                     self.inner.probe(ep, probe_until).await;
                     if !ep.is_down() {
                         up.push(i);
@@ -734,7 +734,7 @@ impl Client {
                 tokio::spawn(async move {
                     let ep = &inner.endpoints[i];
                     let _claim = ProbeClaim(ep);
-                    let until = Instant::now() + inner.cfg.transaction_timeout;
+                    let until = after(Instant::now(), inner.cfg.transaction_timeout);
                     inner.probe(ep, until).await;
                 });
             }
@@ -755,7 +755,7 @@ impl Client {
         file_name: Option<&str>,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<Exchange, ClientError> {
-        let until = Instant::now() + self.inner.cfg.deadline;
+        let until = after(Instant::now(), self.inner.cfg.deadline);
         let call = Call {
             body,
             file_name,
@@ -779,7 +779,7 @@ impl Client {
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
         sink: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<Exchange, ClientError> {
-        let until = Instant::now() + self.inner.cfg.deadline;
+        let until = after(Instant::now(), self.inner.cfg.deadline);
         let call = Call {
             body,
             file_name,
@@ -809,8 +809,12 @@ impl Client {
         let mut spent = vec![false; self.inner.endpoints.len()];
         let mut sunk = 0u64;
         let mut attempts = 0;
-        let mut turn = plan.iter().cycle().take(plan.len() * (1 + cfg.retries));
-        while attempts < 1 + cfg.retries {
+        let attempts_allowed = cfg.retries.saturating_add(1);
+        let mut turn = plan
+            .iter()
+            .cycle()
+            .take(plan.len().saturating_mul(attempts_allowed));
+        while attempts < attempts_allowed {
             if attempts > 0 && (!call.body.retryable() || sunk > 0) {
                 break;
             }
@@ -827,7 +831,7 @@ impl Client {
                 break;
             }
             attempts += 1;
-            let until = call.until.min(now + cfg.transaction_timeout);
+            let until = call.until.min(after(now, cfg.transaction_timeout));
             match self
                 .inner
                 .attempt(ep, build, call, until, sink.as_deref_mut(), &mut sunk)
@@ -879,7 +883,7 @@ impl Client {
     }
 
     async fn scan_inner(&self, req: &ScanRequest) -> Result<ScanOutcome, ClientError> {
-        let until = Instant::now() + self.inner.cfg.deadline;
+        let until = after(Instant::now(), self.inner.cfg.deadline);
         let len = req.body.len().await.map_err(ClientError::Body)?;
         let (http_req, http_res) = embedded_heads(req, len);
         let sent_head = match req.mode {
@@ -1036,6 +1040,14 @@ fn host_of(url: &str) -> String {
         .to_string()
 }
 
+/// `d` after `now`; a duration too long for the clock (`Duration::MAX` as "no limit")
+/// means a century.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// What one call carries to each of its attempts.
 struct Call<'a> {
     body: &'a BodySource,
@@ -1157,7 +1169,7 @@ impl Inner {
             })?
             .expect("semaphore never closed");
         let addr = (ep.uri.host().trim_matches(['[', ']']), ep.uri.port());
-        let connect_until = until.min(Instant::now() + self.cfg.connect_timeout);
+        let connect_until = until.min(after(Instant::now(), self.cfg.connect_timeout));
         let tcp = match timeout_at(connect_until.into(), TcpStream::connect(addr)).await {
             Err(_) => {
                 return Err(ClientError::Timeout {
@@ -1178,7 +1190,7 @@ impl Inner {
             let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| {
                 ClientError::Config(Error::new(crate::ErrorKind::BadUri, 0, e.to_string()))
             })?;
-            let tls_until = until.min(Instant::now() + self.cfg.tls_timeout);
+            let tls_until = until.min(after(Instant::now(), self.cfg.tls_timeout));
             let tls = match timeout_at(tls_until.into(), connector.connect(name, tcp)).await {
                 Err(_) => {
                     return Err(ClientError::Timeout {

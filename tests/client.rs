@@ -131,6 +131,31 @@ async fn a_body_shorter_than_announced_is_not_the_servers_fault() {
 }
 
 #[tokio::test]
+async fn duration_max_means_no_limit_not_a_panic() {
+    let srv = blocker(ServerConfig::default()).await;
+    let cfg = ClientConfig {
+        connect_timeout: Duration::MAX,
+        tls_timeout: Duration::MAX,
+        transaction_timeout: Duration::MAX,
+        deadline: Duration::MAX,
+        backoff: Duration::MAX,
+        revival_delay: Duration::MAX,
+        failure_window: Duration::MAX,
+        failure_limit: 1,
+        retries: usize::MAX,
+        ..Default::default()
+    };
+    let down = format!("icap://127.0.0.1:{}/blocker", dead_port().await);
+    let client = Client::new(&[down, srv.uri("icap", "blocker")], cfg).unwrap();
+    let out = client.scan(scan(b"BLOCK")).await.unwrap();
+    assert!(out.verdict.is_blocked(), "{}", out.verdict);
+    let h = client.health();
+    assert!(!h[0].up && h[1].up, "{h:?}");
+    assert!(h[0].next_probe.is_some());
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn transfer_ignore_skips_the_file() {
     let srv = blocker(ServerConfig::default()).await;
     let client = Client::new(&[srv.uri("icap", "blocker")], ClientConfig::default()).unwrap();
