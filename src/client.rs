@@ -90,7 +90,8 @@ pub struct ClientConfig {
     /// Failures within [`Self::failure_window`] that mark a server down (squid's
     /// `icap_service_failure_limit`); 0 never marks one down. Default 3.
     pub failure_limit: u32,
-    /// How long a failure is remembered towards [`Self::failure_limit`]. Default 60 s.
+    /// How long a failure is remembered towards [`Self::failure_limit`] (in ten slots, as
+    /// squid does: a failure may be forgotten up to a tenth of it early). Default 60 s.
     pub failure_window: Duration,
     /// How long a down server waits before an OPTIONS probe may bring it back (squid's
     /// `icap_service_revival_delay`); again after each failed probe. Default 30 s.
@@ -181,8 +182,10 @@ struct Endpoint {
 struct Health {
     down: bool,
     since: Instant,
-    /// Failures within the window, oldest first; never more than the limit.
-    recent: VecDeque<Instant>,
+    /// Failures within the window, grouped as squid does into at most [`SLOTS`] slots of a
+    /// tenth of the window each (when the slot began, failures in it), oldest first: bounded
+    /// memory however fast a server fails.
+    recent: VecDeque<(Instant, u32)>,
     total_failures: u64,
     last_error: Option<String>,
     /// When down: when the next probe may go.
@@ -208,11 +211,38 @@ impl Health {
     }
 
     fn forget_old(&mut self, window: Duration) {
-        while self.recent.front().is_some_and(|t| t.elapsed() >= window) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() >= window)
+        {
             self.recent.pop_front();
         }
     }
+
+    fn remember(&mut self, now: Instant, window: Duration) {
+        match self.recent.back_mut() {
+            Some((start, n)) if now.duration_since(*start) < window / SLOTS as u32 => {
+                *n = n.saturating_add(1)
+            }
+            _ => {
+                if self.recent.len() == SLOTS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back((now, 1));
+            }
+        }
+    }
+
+    fn recent_failures(&self) -> u32 {
+        self.recent
+            .iter()
+            .fold(0u32, |sum, (_, n)| sum.saturating_add(*n))
+    }
 }
+
+/// Slots of the failure memory.
+const SLOTS: usize = 10;
 
 /// Clears the probing mark however the probe ends (a probe run by a call can be dropped
 /// with it).
@@ -257,11 +287,8 @@ impl Endpoint {
             return;
         }
         h.forget_old(cfg.failure_window);
-        h.recent.push_back(now);
-        while h.recent.len() > cfg.failure_limit as usize {
-            h.recent.pop_front();
-        }
-        if h.recent.len() >= cfg.failure_limit as usize {
+        h.remember(now, cfg.failure_window);
+        if h.recent_failures() >= cfg.failure_limit {
             self.go_down(&mut h, cfg, now);
         }
     }
@@ -328,7 +355,7 @@ impl Endpoint {
             server: self.uri.clone(),
             up: !h.down,
             since: at(h.since),
-            recent_failures: h.recent.len() as u32,
+            recent_failures: h.recent_failures(),
             total_failures: h.total_failures,
             last_error: h.last_error.clone(),
             next_probe: h.down.then(|| at(h.next_probe)),
@@ -540,8 +567,9 @@ pub struct ServerHealth {
     pub up: bool,
     /// When it last went up or down (the client's creation, if never).
     pub since: SystemTime,
-    /// Failures within [`ClientConfig::failure_window`] (the count that marks it down; not
-    /// kept above [`ClientConfig::failure_limit`]).
+    /// Failures within [`ClientConfig::failure_window`], the count that marks it down (as in
+    /// squid, remembered in ten slots, so a failure may be forgotten up to a tenth of the
+    /// window early).
     pub recent_failures: u32,
     /// Failures since the client was made, probes included.
     pub total_failures: u64,

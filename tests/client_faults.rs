@@ -412,6 +412,45 @@ async fn alone_a_black_hole_fails_closed_in_time_and_is_probed_not_paid_for() {
     assert!(!client.health()[0].probing);
 }
 
+#[tokio::test]
+async fn failures_older_than_the_window_are_forgotten() {
+    let bad = Fake::start(Fault::Garbage, false).await;
+    let client = Client::new(
+        &[bad.uri()],
+        ClientConfig {
+            retries: 0,
+            failure_window: Duration::from_millis(400),
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let fails = |i| {
+        let client = client.clone();
+        async move {
+            let e = client.scan(file(i).0).await.unwrap_err();
+            assert!(matches!(e, ClientError::Protocol { .. }), "{e}");
+        }
+    };
+    fails(0).await;
+    assert_eq!(client.health()[0].recent_failures, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.health()[0].recent_failures, 0);
+    // One failure in the window again: not the limit of two.
+    fails(1).await;
+    let h = &client.health()[0];
+    assert!(
+        h.up && h.recent_failures == 1 && h.total_failures == 2,
+        "{h:?}"
+    );
+    fails(2).await;
+    let h = &client.health()[0];
+    assert!(
+        !h.up && h.recent_failures == 2 && h.total_failures == 3,
+        "{h:?}"
+    );
+    assert_eq!(bad.connections(), 3);
+}
+
 /// A partner that is a black hole or, once healed, forwards to `target`. Records the first
 /// bytes of each connection.
 struct Flaky {
