@@ -886,6 +886,10 @@ impl Client {
             }
         }
         errors.extend(skipped);
+        if errors.is_empty() {
+            // Every planned server went down (other calls' failures) before its turn.
+            errors.extend(plan.iter().map(|&i| self.inner.endpoints[i].down_error()));
+        }
         if errors.len() == 1 {
             Err(errors.pop().expect("one error"))
         } else {
