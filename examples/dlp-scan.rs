@@ -13,6 +13,11 @@
 //!   --header 'X-Name: v'    extra ICAP header (repeatable)
 //!   --client-ip IP / --user NAME           X-Client-IP / X-Authenticated-User
 //!   --fail-open             report errors as allowed (default: fail-closed, exit 2)
+//!   --timeout SECS          most time for one file, failovers included (default 300)
+//!   --attempt-timeout SECS  most time on one server for one file (default: a third of --timeout)
+//!   --max-answer BYTES      most answer bytes beyond the file's size (default 16 MiB)
+//!   --failure-limit N       failures within a minute that mark a server down (default 3, 0 never)
+//!   --revival-delay SECS    wait before a down server is probed with OPTIONS (default 30)
 //!   --test-connection       OPTIONS on every server, print what each offers, and exit
 //!   --json                  one JSON object per file
 //! ```
@@ -33,7 +38,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use icap::client::{BodySource, Client, ClientConfig, Mode, PreviewPolicy, ScanRequest};
@@ -87,6 +92,22 @@ struct Args {
     /// Report errors as allowed.
     #[arg(long = "fail-open")]
     fail_open: bool,
+    /// Most seconds for one file, every attempt and failover included.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = seconds)]
+    timeout: Duration,
+    /// Most seconds on one server for one file (default: a third of --timeout, so that a
+    /// server that never answers leaves time for its partners).
+    #[arg(long = "attempt-timeout", value_name = "SECS", value_parser = seconds)]
+    attempt_timeout: Option<Duration>,
+    /// Most answer bytes (heads, framing, body) beyond the size of the file sent.
+    #[arg(long = "max-answer", value_name = "BYTES", default_value_t = 16 << 20)]
+    max_answer: u64,
+    /// Failures within a minute that mark a server down (0: never).
+    #[arg(long = "failure-limit", value_name = "N", default_value_t = 3)]
+    failure_limit: u32,
+    /// Seconds a down server waits before an OPTIONS probe may bring it back.
+    #[arg(long = "revival-delay", value_name = "SECS", default_value = "30", value_parser = seconds)]
+    revival_delay: Duration,
     /// Only run OPTIONS on each server and report.
     #[arg(long = "test-connection")]
     test_connection: bool,
@@ -145,6 +166,16 @@ fn demo_pki() -> Result<DemoPki, rcgen::Error> {
             identity: Some((vec![der(&cli_cert)], key(&cli_key))),
         },
     })
+}
+
+/// A positive number of seconds, fractions allowed.
+fn seconds(s: &str) -> Result<Duration, String> {
+    let n: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if n > 0.0 {
+        Duration::try_from_secs_f64(n).map_err(|e| format!("{s:?}: {e}"))
+    } else {
+        Err(format!("{s:?}: must be more than 0"))
+    }
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -253,6 +284,11 @@ async fn main() -> ExitCode {
             .preview
             .map_or(PreviewPolicy::FromOptions, PreviewPolicy::Fixed),
         fail_open: args.fail_open,
+        deadline: args.timeout,
+        transaction_timeout: args.attempt_timeout.unwrap_or(args.timeout / 3),
+        max_answer: args.max_answer,
+        failure_limit: args.failure_limit,
+        revival_delay: args.revival_delay,
         ..Default::default()
     };
     let client = match Client::new(&servers, cfg) {
@@ -404,6 +440,14 @@ async fn main() -> ExitCode {
                 }
             }
         }
+    }
+    for h in client.health().iter().filter(|h| !h.up) {
+        eprintln!(
+            "dlp-scan: {} is down after {} failures (last: {})",
+            h.server,
+            h.total_failures,
+            h.last_error.as_deref().unwrap_or("none")
+        );
     }
     for r in embedded {
         let _ = r.shutdown().await;

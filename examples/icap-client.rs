@@ -5,7 +5,7 @@
 //!     [--method OPTIONS|REQMOD|RESPMOD] [--file FILE] [--req URL] [--resp URL]
 //!     [--preview N] [--no-204] [--allow-206] [-x 'X-Header: v'] [--hx 'HTTP-Header: v']
 //!     [--output FILE] [--verbose] [--ca FILE | --pin-cert FILE]
-//!     [--client-cert FILE --client-key FILE]
+//!     [--client-cert FILE --client-key FILE] [--timeout SECS] [--max-answer BYTES]
 //! ```
 //!
 //! Prints the ICAP answer's status line and headers and the encapsulated HTTP heads; saves
@@ -14,6 +14,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use clap::Parser;
@@ -75,6 +76,12 @@ struct Args {
     /// Client key.
     #[arg(long = "client-key", requires = "client_cert")]
     client_key: Option<PathBuf>,
+    /// Most seconds for the whole exchange (connect, OPTIONS, request, answer).
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    timeout: f64,
+    /// Most answer bytes (heads, framing, body) beyond the size of the body sent.
+    #[arg(long = "max-answer", value_name = "BYTES", default_value_t = 16 << 20)]
+    max_answer: u64,
 }
 
 fn split_header(h: &str) -> Result<(String, String), String> {
@@ -106,6 +113,15 @@ async fn run(args: Args) -> Result<u8, String> {
         (None, None, Some(_)) => "RESPMOD".into(),
         (None, None, None) => "OPTIONS".into(),
     };
+    let timeout = Duration::try_from_secs_f64(args.timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            format!(
+                "--timeout {}: not a positive number of seconds",
+                args.timeout
+            )
+        })?;
     let cfg = ClientConfig {
         tls,
         allow_204: !args.no_204,
@@ -113,6 +129,9 @@ async fn run(args: Args) -> Result<u8, String> {
             .preview
             .map_or(PreviewPolicy::FromOptions, PreviewPolicy::Fixed),
         retries: 0,
+        deadline: timeout,
+        transaction_timeout: timeout,
+        max_answer: args.max_answer,
         ..Default::default()
     };
     let client = Client::new(&[args.url.as_str()], cfg).map_err(|e| e.to_string())?;

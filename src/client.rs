@@ -6,7 +6,14 @@
 //! server's OPTIONS for its `Options-TTL` (dropped when an answer shows another ISTag) and
 //! lets them decide the preview size and `Transfer-*` handling; streams request bodies from
 //! memory, files or any `AsyncRead` without loading them; and fails over to the next server
-//! on connection errors, resets, timeouts and 5xx answers, with bounded retries.
+//! on connection errors, resets, timeouts, protocol errors and 5xx answers, with bounded
+//! retries inside one deadline.
+//!
+//! Server health follows squid's model (`icap_service_failure_limit`,
+//! `icap_service_revival_delay`): [`ClientConfig::failure_limit`] failures within
+//! [`ClientConfig::failure_window`] mark a server down; a down server gets no traffic until,
+//! [`ClientConfig::revival_delay`] later, an OPTIONS probe answers well. [`Client::health`]
+//! shows where each server stands.
 //!
 //! [`Client::scan`] is the scanner's entry point: it wraps a file as an HTTP upload (REQMOD)
 //! or download (RESPMOD), sends it, and draws a [`Verdict`] by the rules of a vendor
@@ -17,13 +24,13 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::timeout;
+use tokio::time::timeout_at;
 
 use crate::builder::RequestBuilder;
 use crate::decode::ResponseDecoder;
@@ -66,16 +73,33 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// TLS handshake timeout. Default 10 s.
     pub tls_timeout: Duration,
-    /// Longest time one transaction (send and answer) may take. Default 5 min.
+    /// Longest time one attempt (OPTIONS if needed, send and answer, on one server) may take;
+    /// a server that runs out of it is not tried again within the same call. Default 2 min.
     pub transaction_timeout: Duration,
+    /// Longest time one call ([`Client::send`], [`Client::scan`] ...) may take, every attempt
+    /// and failover included. Default 5 min.
+    pub deadline: Duration,
     /// How long an idle pooled connection is kept. Default 30 s.
     pub idle_timeout: Duration,
     /// Connections per server when its OPTIONS names no `Max-Connections`. Default 16.
     pub max_connections_per_server: usize,
     /// Further attempts after a failed one, on the next servers. Default 2.
     pub retries: usize,
-    /// How long a server that answered 503 or refused connections is avoided. Default 10 s.
+    /// How long a server that just failed is tried after the others. Default 10 s.
     pub backoff: Duration,
+    /// Failures within [`Self::failure_window`] that mark a server down (squid's
+    /// `icap_service_failure_limit`); 0 never marks one down. Default 3.
+    pub failure_limit: u32,
+    /// How long a failure is remembered towards [`Self::failure_limit`] (in ten slots, as
+    /// squid does: a failure may be forgotten up to a tenth of it early). Default 60 s.
+    pub failure_window: Duration,
+    /// How long a down server waits before an OPTIONS probe may bring it back (squid's
+    /// `icap_service_revival_delay`); again after each failed probe. Default 30 s.
+    pub revival_delay: Duration,
+    /// Most bytes one answer may bring (ICAP and HTTP heads, chunk framing and body, as
+    /// read) beyond the size of the body sent, which an echo or a cleaned copy carries back.
+    /// An answer that grows past it fails with [`ClientError::AnswerTooLarge`]. Default 16 MiB.
+    pub max_answer: u64,
     /// Send `Allow: 204`. Default true.
     pub allow_204: bool,
     /// Preview size policy. Default: from OPTIONS.
@@ -88,8 +112,8 @@ pub struct ClientConfig {
     pub limits: Limits,
     /// `User-Agent` of requests.
     pub user_agent: String,
-    /// Bytes of a returned body kept in memory in the [`Exchange`] (the rest is counted and
-    /// hashed, or written to a sink). Default 64 KiB.
+    /// Bytes of a returned body kept in memory in [`Exchange::body`] (the rest is counted and
+    /// hashed, or written to a sink; [`Exchange::body_truncated`] says so). Default 64 KiB.
     pub keep_body: usize,
     /// Turn scan errors into `Allowed` verdicts (fail-open). Default false: fail-closed.
     pub fail_open: bool,
@@ -100,11 +124,16 @@ impl Default for ClientConfig {
         ClientConfig {
             connect_timeout: Duration::from_secs(5),
             tls_timeout: Duration::from_secs(10),
-            transaction_timeout: Duration::from_secs(300),
+            transaction_timeout: Duration::from_secs(120),
+            deadline: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(30),
             max_connections_per_server: 16,
             retries: 2,
             backoff: Duration::from_secs(10),
+            failure_limit: 3,
+            failure_window: Duration::from_secs(60),
+            revival_delay: Duration::from_secs(30),
+            max_answer: 16 << 20,
             allow_204: true,
             preview: PreviewPolicy::FromOptions,
             balance: Balance::RoundRobin,
@@ -146,10 +175,195 @@ struct Endpoint {
     /// The connection limit in force (config default, lowered by Max-Connections).
     limit: AtomicUsize,
     options: Mutex<Option<CachedOptions>>,
-    avoid_until: Mutex<Option<Instant>>,
+    health: Mutex<Health>,
+}
+
+/// Where a server stands (see [`ServerHealth`] for the meaning of the fields).
+struct Health {
+    down: bool,
+    since: Instant,
+    /// Failures within the window, grouped as squid does into at most [`SLOTS`] slots of a
+    /// tenth of the window each (when the slot began, failures in it), oldest first: bounded
+    /// memory however fast a server fails.
+    recent: VecDeque<(Instant, u32)>,
+    total_failures: u64,
+    last_error: Option<String>,
+    /// When down: when the next probe may go.
+    next_probe: Instant,
+    /// A probe is under way (one at a time).
+    probing: bool,
+    avoid_until: Option<Instant>,
+}
+
+impl Health {
+    fn new() -> Self {
+        let now = Instant::now();
+        Health {
+            down: false,
+            since: now,
+            recent: VecDeque::new(),
+            total_failures: 0,
+            last_error: None,
+            next_probe: now,
+            probing: false,
+            avoid_until: None,
+        }
+    }
+
+    fn forget_old(&mut self, window: Duration) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() >= window)
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    fn remember(&mut self, now: Instant, window: Duration) {
+        match self.recent.back_mut() {
+            Some((start, n)) if now.duration_since(*start) < window / SLOTS as u32 => {
+                *n = n.saturating_add(1)
+            }
+            _ => {
+                if self.recent.len() == SLOTS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back((now, 1));
+            }
+        }
+    }
+
+    fn recent_failures(&self) -> u32 {
+        self.recent
+            .iter()
+            .fold(0u32, |sum, (_, n)| sum.saturating_add(*n))
+    }
+}
+
+/// Slots of the failure memory.
+const SLOTS: usize = 10;
+
+/// Clears the probing mark however the probe ends (a probe run by a call can be dropped
+/// with it).
+struct ProbeClaim<'a>(&'a Endpoint);
+
+impl Drop for ProbeClaim<'_> {
+    fn drop(&mut self) {
+        self.0.health().probing = false;
+    }
 }
 
 impl Endpoint {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().expect("not poisoned")
+    }
+
+    fn is_down(&self) -> bool {
+        self.health().down
+    }
+
+    /// The right to probe this down server now, when its revival delay has passed and no
+    /// other probe is under way. Whoever gets true runs the probe and holds a [`ProbeClaim`]
+    /// while it does.
+    fn claim_probe(&self) -> bool {
+        let mut h = self.health();
+        if h.down && !h.probing && h.next_probe <= Instant::now() {
+            h.probing = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Counts a failure of the server; the limit-th within the window marks it down.
+    fn failed(&self, cfg: &ClientConfig, e: &ClientError) {
+        let now = Instant::now();
+        let mut h = self.health();
+        h.total_failures += 1;
+        h.last_error = Some(e.to_string());
+        h.avoid_until = Some(after(now, cfg.backoff));
+        if h.down || cfg.failure_limit == 0 {
+            return;
+        }
+        h.forget_old(cfg.failure_window);
+        h.remember(now, cfg.failure_window);
+        if h.recent_failures() >= cfg.failure_limit {
+            self.go_down(&mut h, cfg, now);
+        }
+    }
+
+    fn go_down(&self, h: &mut Health, cfg: &ClientConfig, now: Instant) {
+        h.down = true;
+        h.since = now;
+        h.next_probe = after(now, cfg.revival_delay);
+        // Pooled connections to a failing server are not to be trusted after it comes back.
+        self.idle.lock().expect("not poisoned").clear();
+    }
+
+    /// An OPTIONS answer (probe or connectivity test) decides, as in squid: good brings the
+    /// server back with its failures forgotten, bad marks it down (for another revival delay
+    /// if it was); with no failure limit, bad only puts it last for the back-off.
+    fn options_result(&self, cfg: &ClientConfig, r: &Result<ServiceOptions, ClientError>) {
+        let now = Instant::now();
+        let mut h = self.health();
+        match r {
+            Ok(_) => {
+                if h.down {
+                    h.down = false;
+                    h.since = now;
+                }
+                h.recent.clear();
+                h.avoid_until = None;
+            }
+            Err(e) => {
+                h.total_failures += 1;
+                h.last_error = Some(e.to_string());
+                if h.down {
+                    h.next_probe = after(now, cfg.revival_delay);
+                } else if cfg.failure_limit == 0 {
+                    h.avoid_until = Some(after(now, cfg.backoff));
+                } else {
+                    self.go_down(&mut h, cfg, now);
+                }
+            }
+        }
+    }
+
+    fn down_error(&self) -> ClientError {
+        let h = self.health();
+        ClientError::Down {
+            server: self.name(),
+            down_for: h.since.elapsed(),
+            last_error: h.last_error.clone().unwrap_or_default(),
+        }
+    }
+
+    fn report(&self, cfg: &ClientConfig) -> ServerHealth {
+        let mut h = self.health();
+        h.forget_old(cfg.failure_window);
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let at = |t: Instant| {
+            if t >= now {
+                wall.checked_add(t - now).unwrap_or(wall)
+            } else {
+                wall.checked_sub(now - t).unwrap_or(wall)
+            }
+        };
+        ServerHealth {
+            server: self.uri.clone(),
+            up: !h.down,
+            since: at(h.since),
+            recent_failures: h.recent_failures(),
+            total_failures: h.total_failures,
+            last_error: h.last_error.clone(),
+            next_probe: h.down.then(|| at(h.next_probe)),
+            probing: h.probing,
+            connections_in_use: self.in_use(),
+        }
+    }
+
     fn in_use(&self) -> usize {
         self.limit.load(Ordering::Relaxed)
             - self
@@ -159,14 +373,9 @@ impl Endpoint {
     }
 
     fn avoided(&self) -> bool {
-        self.avoid_until
-            .lock()
-            .expect("not poisoned")
+        self.health()
+            .avoid_until
             .is_some_and(|t| t > Instant::now())
-    }
-
-    fn avoid(&self, d: Duration) {
-        *self.avoid_until.lock().expect("not poisoned") = Some(Instant::now() + d);
     }
 
     fn name(&self) -> String {
@@ -242,6 +451,9 @@ pub struct Exchange {
     pub response: Response,
     /// The start of the returned body, up to [`ClientConfig::keep_body`] bytes.
     pub body: Bytes,
+    /// True when the returned body was longer than [`ClientConfig::keep_body`]: [`Self::body`]
+    /// holds only its start, [`Self::body_digest`] covers all of it.
+    pub body_truncated: bool,
     /// Length and hash of the whole returned body, when one came.
     pub body_digest: Option<(u64, u64)>,
     /// For a 206: the original body continues the new one from this offset.
@@ -346,6 +558,31 @@ pub struct ServerReport {
     pub round_trip: Duration,
 }
 
+/// One server's health, from [`Client::health`].
+#[derive(Debug, Clone)]
+pub struct ServerHealth {
+    /// The server.
+    pub server: IcapUri,
+    /// Whether it gets traffic. A down server waits for a good OPTIONS probe.
+    pub up: bool,
+    /// When it last went up or down (the client's creation, if never).
+    pub since: SystemTime,
+    /// Failures within [`ClientConfig::failure_window`], the count that marks it down (as in
+    /// squid, remembered in ten slots, so a failure may be forgotten up to a tenth of the
+    /// window early).
+    pub recent_failures: u32,
+    /// Failures since the client was made, probes included.
+    pub total_failures: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// When down: the earliest time of the next probe.
+    pub next_probe: Option<SystemTime>,
+    /// A probe is under way.
+    pub probing: bool,
+    /// Connections in use now.
+    pub connections_in_use: usize,
+}
+
 /// An ICAP client for one service on one or more servers. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -397,7 +634,7 @@ impl Client {
                 permits: Arc::new(Semaphore::new(cfg.max_connections_per_server)),
                 limit: AtomicUsize::new(cfg.max_connections_per_server),
                 options: Mutex::new(None),
-                avoid_until: Mutex::new(None),
+                health: Mutex::new(Health::new()),
             });
         }
         let tls = if any_tls {
@@ -422,25 +659,32 @@ impl Client {
         self.inner.endpoints.iter().map(|e| e.uri.clone()).collect()
     }
 
+    /// Each server's health, in the configured order.
+    pub fn health(&self) -> Vec<ServerHealth> {
+        self.inner
+            .endpoints
+            .iter()
+            .map(|e| e.report(&self.inner.cfg))
+            .collect()
+    }
+
     /// The connectivity test: OPTIONS on each server over a new connection, with the TLS
-    /// version and round-trip time; one report per server, failures included. Servers that
-    /// fail are avoided (tried last) for [`ClientConfig::backoff`]; call it periodically as a
-    /// health check.
+    /// version and round-trip time; one report per server, failures included. Like a probe,
+    /// it marks a server that fails down (unless [`ClientConfig::failure_limit`] is 0) and
+    /// brings one that answers back up; call it periodically as a health check.
     pub async fn test_connection(&self) -> Vec<ServerReport> {
         let mut out = Vec::new();
         for ep in &self.inner.endpoints {
             let start = Instant::now();
             let mut tls_version = None;
+            let until = after(start, self.inner.cfg.transaction_timeout);
             let result = async {
-                let conn = self.inner.connect(ep).await?;
+                let conn = self.inner.connect(ep, until).await?;
                 tls_version = conn.tls_version.clone();
-                self.inner.fetch_options(ep, conn).await
+                self.inner.fetch_options(ep, conn, until).await
             }
             .await;
-            if result.is_err() {
-                // Health from OPTIONS: a server that fails the test is tried last for a while.
-                ep.avoid(self.inner.cfg.backoff);
-            }
+            ep.options_result(&self.inner.cfg, &result);
             out.push(ServerReport {
                 server: ep.uri.clone(),
                 result,
@@ -451,22 +695,87 @@ impl Client {
         out
     }
 
-    /// The service's options from the first server that answers (cached per server).
+    /// The service's options from the first server up that answers (cached per server),
+    /// within [`ClientConfig::deadline`].
     pub async fn options(&self) -> Result<ServiceOptions, ClientError> {
+        let cfg = &self.inner.cfg;
+        let until = after(Instant::now(), cfg.deadline);
         let mut errors = Vec::new();
-        for ep in self.inner.peek_order() {
-            match self.inner.options(ep).await {
+        for i in self.plan(until, false, &mut errors).await {
+            let ep = &self.inner.endpoints[i];
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            match self
+                .inner
+                .options(ep, until.min(after(now, cfg.transaction_timeout)))
+                .await
+            {
                 Ok(o) => return Ok(o),
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    if counts_against_server(&e) {
+                        ep.failed(cfg, &e);
+                    }
+                    errors.push(e);
+                }
             }
         }
         Err(ClientError::AllServersFailed(errors))
     }
 
+    /// The servers a call may use, in the order to try them. Down servers are left out (with
+    /// a [`ClientError::Down`] in `skipped`) unless their probe is due: then it runs in the
+    /// background while others are up, or here, within `until`, when none is. `advance`
+    /// moves the round robin on.
+    async fn plan(
+        &self,
+        until: Instant,
+        advance: bool,
+        skipped: &mut Vec<ClientError>,
+    ) -> Vec<usize> {
+        let order = self.inner.order(advance);
+        let mut up = Vec::new();
+        let mut down = Vec::new();
+        for i in order {
+            if self.inner.endpoints[i].is_down() {
+                down.push(i);
+            } else {
+                up.push(i);
+            }
+        }
+        for &i in &down {
+            let ep = &self.inner.endpoints[i];
+            if up.is_empty() {
+                if ep.claim_probe() {
+                    let _claim = ProbeClaim(ep);
+                    let probe_until =
+                        until.min(after(Instant::now(), self.inner.cfg.transaction_timeout));
+                    self.inner.probe(ep, probe_until).await;
+                    if !ep.is_down() {
+                        up.push(i);
+                        continue;
+                    }
+                }
+            } else if ep.claim_probe() {
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    let ep = &inner.endpoints[i];
+                    let _claim = ProbeClaim(ep);
+                    let until = after(Instant::now(), inner.cfg.transaction_timeout);
+                    inner.probe(ep, until).await;
+                });
+            }
+            skipped.push(ep.down_error());
+        }
+        up
+    }
+
     /// Sends a request made by `build` for the chosen server (so `Host` and the URI match
     /// it) with `body`, failing over to the next server as configured, and returns the
-    /// final answer. `build` receives the server URI and the preview size to announce (from
-    /// the server's OPTIONS and the configured policy).
+    /// final answer, all within [`ClientConfig::deadline`]. `build` receives the server URI
+    /// and the preview size to announce (from the server's OPTIONS and the configured
+    /// policy).
     pub async fn send(
         &self,
         build: impl Fn(&IcapUri, Option<u64>) -> Result<Request, Error>,
@@ -474,8 +783,17 @@ impl Client {
         file_name: Option<&str>,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<Exchange, ClientError> {
-        self.send_inner(build, body, file_name, progress, None)
+        let until = after(Instant::now(), self.inner.cfg.deadline);
+        let call = Call {
+            body,
+            file_name,
+            skip_ignored: false,
+            progress,
+            until,
+        };
+        self.send_inner(&build, &call, None)
             .await
+            .map(Sent::exchange)
     }
 
     /// Like [`Client::send`], writing the returned body to `sink` as it arrives (a modified
@@ -489,50 +807,88 @@ impl Client {
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
         sink: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<Exchange, ClientError> {
-        self.send_inner(build, body, file_name, progress, Some(sink))
+        let until = after(Instant::now(), self.inner.cfg.deadline);
+        let call = Call {
+            body,
+            file_name,
+            skip_ignored: false,
+            progress,
+            until,
+        };
+        self.send_inner(&build, &call, Some(sink))
             .await
+            .map(Sent::exchange)
     }
 
+    /// The attempts of one call: servers in the planned order, then round again while
+    /// retries are left, skipping servers that went down or timed out meanwhile. Failures
+    /// before any answer byte reached the caller are retried (a sink that got bytes, or a
+    /// one-shot reader body, end it).
     async fn send_inner<'o>(
         &self,
-        build: impl Fn(&IcapUri, Option<u64>) -> Result<Request, Error>,
-        body: &BodySource,
-        file_name: Option<&str>,
-        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+        build: &impl Fn(&IcapUri, Option<u64>) -> Result<Request, Error>,
+        call: &Call<'_>,
         mut sink: Option<&mut (dyn AsyncWrite + Unpin + Send + 'o)>,
-    ) -> Result<Exchange, ClientError> {
-        let attempts = 1 + self.inner.cfg.retries;
+    ) -> Result<Sent, ClientError> {
+        let cfg = &self.inner.cfg;
         let mut errors = Vec::new();
-        let order = self.inner.order();
+        let mut skipped = Vec::new();
+        let plan = self.plan(call.until, true, &mut skipped).await;
+        let mut spent = vec![false; self.inner.endpoints.len()];
         let mut sunk = 0u64;
-        for (i, ep) in order.iter().cycle().take(attempts.max(1)).enumerate() {
-            if i > 0 && (!body.retryable() || sunk > 0) {
+        let mut attempts = 0;
+        let attempts_allowed = cfg.retries.saturating_add(1);
+        let mut turn = plan
+            .iter()
+            .cycle()
+            .take(plan.len().saturating_mul(attempts_allowed));
+        while attempts < attempts_allowed {
+            if attempts > 0 && (!call.body.retryable() || sunk > 0) {
                 break;
             }
+            let Some(&i) = turn.find(|&&i| !spent[i] && !self.inner.endpoints[i].is_down()) else {
+                break;
+            };
+            let ep = &self.inner.endpoints[i];
+            let now = Instant::now();
+            if now >= call.until {
+                errors.push(ClientError::Timeout {
+                    server: ep.name(),
+                    phase: "the call (deadline passed before trying this server)",
+                });
+                break;
+            }
+            attempts += 1;
+            let until = call.until.min(after(now, cfg.transaction_timeout));
             match self
                 .inner
-                .attempt(
-                    ep,
-                    &build,
-                    body,
-                    file_name,
-                    progress,
-                    sink.as_deref_mut(),
-                    &mut sunk,
-                )
+                .attempt(ep, build, call, until, sink.as_deref_mut(), &mut sunk)
                 .await
             {
                 Ok(x) => return Ok(x),
-                Err(e) if retryable(&e) => {
-                    if matches!(e, ClientError::Connect { .. } | ClientError::Timeout { .. })
-                        || matches!(e, ClientError::Status { status: 503, .. })
-                    {
-                        ep.avoid(self.inner.cfg.backoff);
+                Err(e) => {
+                    if counts_against_server(&e) {
+                        ep.failed(cfg, &e);
+                    }
+                    if !retryable(&e) {
+                        return Err(e);
+                    }
+                    // A server that did not answer in time, or answered without end, will
+                    // not do better now: the rest of the deadline is for the others.
+                    if matches!(
+                        e,
+                        ClientError::Timeout { .. } | ClientError::AnswerTooLarge { .. }
+                    ) {
+                        spent[i] = true;
                     }
                     errors.push(e);
                 }
-                Err(e) => return Err(e),
             }
+        }
+        errors.extend(skipped);
+        if errors.is_empty() {
+            // Every planned server went down (other calls' failures) before its turn.
+            errors.extend(plan.iter().map(|&i| self.inner.endpoints[i].down_error()));
         }
         if errors.len() == 1 {
             Err(errors.pop().expect("one error"))
@@ -543,7 +899,7 @@ impl Client {
 
     /// Scans a file: wraps it as the body of an HTTP upload (REQMOD) or download (RESPMOD),
     /// sends it with preview and `Allow: 204` as the server's options say, and draws the
-    /// verdict by the rules of `req.profile`.
+    /// verdict by the rules of `req.profile`, all within [`ClientConfig::deadline`].
     pub async fn scan(&self, req: ScanRequest) -> Result<ScanOutcome, ClientError> {
         match self.scan_inner(&req).await {
             Ok(o) => Ok(o),
@@ -559,23 +915,8 @@ impl Client {
     }
 
     async fn scan_inner(&self, req: &ScanRequest) -> Result<ScanOutcome, ClientError> {
+        let until = after(Instant::now(), self.inner.cfg.deadline);
         let len = req.body.len().await.map_err(ClientError::Body)?;
-        // Transfer-Ignore: the service asked not to be sent such files. The first server's
-        // options speak for the service (every server runs the same service).
-        if let Ok(opts) = self.options().await {
-            if opts.transfer_for(&req.file_name) == Transfer::Ignore {
-                return Ok(ScanOutcome {
-                    verdict: Verdict::Allowed {
-                        reason: format!(
-                            "not sent: the service's Transfer-Ignore covers {}",
-                            req.file_name
-                        ),
-                    },
-                    exchange: None,
-                    error: None,
-                });
-            }
-        }
         let (http_req, http_res) = embedded_heads(req, len);
         let sent_head = match req.mode {
             Mode::Reqmod => canonical(&http_req.line(), &http_req.headers),
@@ -612,10 +953,28 @@ impl Client {
             }
             b.build()
         };
-        let progress = req.progress.as_deref();
-        let x = self
-            .send(build, &req.body, Some(&req.file_name), progress)
-            .await?;
+        let call = Call {
+            body: &req.body,
+            file_name: Some(&req.file_name),
+            skip_ignored: true,
+            progress: req.progress.as_deref(),
+            until,
+        };
+        let x = match self.send_inner(&build, &call, None).await? {
+            Sent::Answered(x) => *x,
+            Sent::Ignored => {
+                return Ok(ScanOutcome {
+                    verdict: Verdict::Allowed {
+                        reason: format!(
+                            "not sent: the service's Transfer-Ignore covers {}",
+                            req.file_name
+                        ),
+                    },
+                    exchange: None,
+                    error: None,
+                })
+            }
+        };
         let method = match req.mode {
             Mode::Reqmod => Method::Reqmod,
             Mode::Respmod => Method::Respmod,
@@ -713,18 +1072,62 @@ fn host_of(url: &str) -> String {
         .to_string()
 }
 
+/// `d` after `now`; a duration too long for the clock (`Duration::MAX` as "no limit")
+/// means a century.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
+/// What one call carries to each of its attempts.
+struct Call<'a> {
+    body: &'a BodySource,
+    /// For the `Transfer-*` rules.
+    file_name: Option<&'a str>,
+    /// A scan: files the service's `Transfer-Ignore` covers are not sent.
+    skip_ignored: bool,
+    progress: Option<&'a (dyn Fn(u64) + Send + Sync)>,
+    /// The call's deadline.
+    until: Instant,
+}
+
+/// How an attempt ended well.
+enum Sent {
+    Answered(Box<Exchange>),
+    /// Not sent: the server's `Transfer-Ignore` covers the file.
+    Ignored,
+}
+
+impl Sent {
+    fn exchange(self) -> Exchange {
+        match self {
+            Sent::Answered(x) => *x,
+            Sent::Ignored => unreachable!("only scans skip ignored files"),
+        }
+    }
+}
+
 /// Errors worth trying on another server (or again): the server or the path to it failed,
-/// not the request.
+/// not the request. A server that breaks the protocol may be broken or hostile; its partner
+/// may well answer.
 fn retryable(e: &ClientError) -> bool {
     match e {
         ClientError::Connect { .. }
         | ClientError::Timeout { .. }
         | ClientError::Io { .. }
-        | ClientError::Tls { .. } => true,
-        ClientError::Protocol { source, .. } => source.kind() == crate::ErrorKind::UnexpectedEof,
+        | ClientError::Tls { .. }
+        | ClientError::Protocol { .. }
+        | ClientError::AnswerTooLarge { .. } => true,
         ClientError::Status { status, .. } => *status >= 500,
         _ => false,
     }
+}
+
+/// Failures that count towards marking the server down: the same as the retryable ones
+/// (a 4xx, a bad configuration or our own unreadable body are no fault of the server).
+fn counts_against_server(e: &ClientError) -> bool {
+    retryable(e)
 }
 
 /// Maps an I/O error to a TLS failure when rustls is behind it.
@@ -760,43 +1163,46 @@ fn tls_failure(e: &io::Error, had_identity: bool) -> Option<(TlsFailure, String)
 }
 
 impl Inner {
-    /// Servers in the order to try: healthy ones first, by the balance policy. Each call
-    /// moves the round robin on by one; [`Self::peek_order`] does not.
-    fn order(&self) -> Vec<&Endpoint> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        self.order_from(start)
-    }
-
-    fn peek_order(&self) -> Vec<&Endpoint> {
-        self.order_from(self.next.load(Ordering::Relaxed))
-    }
-
-    fn order_from(&self, start: usize) -> Vec<&Endpoint> {
+    /// Indices of the servers in the order to try, by the balance policy, those that failed
+    /// lately last. `advance` moves the round robin on by one.
+    fn order(&self, advance: bool) -> Vec<usize> {
         let n = self.endpoints.len();
-        let start = start % n;
-        let mut v: Vec<&Endpoint> = (0..n).map(|i| &self.endpoints[(start + i) % n]).collect();
+        let start = if advance {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.next.load(Ordering::Relaxed)
+        } % n;
+        let mut v: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
         if self.cfg.balance == Balance::LeastLoaded {
-            v.sort_by_key(|e| e.in_use());
+            v.sort_by_key(|&i| self.endpoints[i].in_use());
         }
         // Stable: avoided servers go last but are still tried when nothing else is left.
-        v.sort_by_key(|e| e.avoided());
+        v.sort_by_key(|&i| self.endpoints[i].avoided());
         v
     }
 
-    async fn connect(&self, ep: &Endpoint) -> Result<Conn, ClientError> {
+    /// OPTIONS on a new connection to a down server; the answer decides whether it is back.
+    async fn probe(&self, ep: &Endpoint, until: Instant) {
+        let r = async {
+            let conn = self.connect(ep, until).await?;
+            self.fetch_options(ep, conn, until).await
+        }
+        .await;
+        ep.options_result(&self.cfg, &r);
+    }
+
+    async fn connect(&self, ep: &Endpoint, until: Instant) -> Result<Conn, ClientError> {
         let server = ep.name();
-        let permit = timeout(
-            self.cfg.transaction_timeout,
-            ep.permits.clone().acquire_owned(),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout {
-            server: server.clone(),
-            phase: "waiting for a connection slot (Max-Connections)",
-        })?
-        .expect("semaphore never closed");
+        let permit = timeout_at(until.into(), ep.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| ClientError::Timeout {
+                server: server.clone(),
+                phase: "waiting for a connection slot (Max-Connections)",
+            })?
+            .expect("semaphore never closed");
         let addr = (ep.uri.host().trim_matches(['[', ']']), ep.uri.port());
-        let tcp = match timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
+        let connect_until = until.min(after(Instant::now(), self.cfg.connect_timeout));
+        let tcp = match timeout_at(connect_until.into(), TcpStream::connect(addr)).await {
             Err(_) => {
                 return Err(ClientError::Timeout {
                     server,
@@ -816,7 +1222,8 @@ impl Inner {
             let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| {
                 ClientError::Config(Error::new(crate::ErrorKind::BadUri, 0, e.to_string()))
             })?;
-            let tls = match timeout(self.cfg.tls_timeout, connector.connect(name, tcp)).await {
+            let tls_until = until.min(after(Instant::now(), self.cfg.tls_timeout));
+            let tls = match timeout_at(tls_until.into(), connector.connect(name, tcp)).await {
                 Err(_) => {
                     return Err(ClientError::Timeout {
                         server,
@@ -862,7 +1269,7 @@ impl Inner {
     }
 
     /// A pooled connection when one is fresh, else a new one.
-    async fn checkout(&self, ep: &Endpoint) -> Result<(Conn, bool), ClientError> {
+    async fn checkout(&self, ep: &Endpoint, until: Instant) -> Result<(Conn, bool), ClientError> {
         loop {
             let c = ep.idle.lock().expect("not poisoned").pop();
             match c {
@@ -872,7 +1279,7 @@ impl Inner {
                     return Ok((c, true))
                 }
                 Some(_) => continue,
-                None => return Ok((self.connect(ep).await?, false)),
+                None => return Ok((self.connect(ep, until).await?, false)),
             }
         }
     }
@@ -882,7 +1289,7 @@ impl Inner {
         ep.idle.lock().expect("not poisoned").push(c);
     }
 
-    async fn options(&self, ep: &Endpoint) -> Result<ServiceOptions, ClientError> {
+    async fn options(&self, ep: &Endpoint, until: Instant) -> Result<ServiceOptions, ClientError> {
         {
             let cached = ep.options.lock().expect("not poisoned");
             if let Some(c) = cached.as_ref() {
@@ -895,14 +1302,15 @@ impl Inner {
                 }
             }
         }
-        let (conn, _) = self.checkout(ep).await?;
-        self.fetch_options(ep, conn).await
+        let (conn, _) = self.checkout(ep, until).await?;
+        self.fetch_options(ep, conn, until).await
     }
 
     async fn fetch_options(
         &self,
         ep: &Endpoint,
         conn: Conn,
+        until: Instant,
     ) -> Result<ServiceOptions, ClientError> {
         let server = ep.name();
         let req = Request::options(&ep.uri)
@@ -910,7 +1318,17 @@ impl Inner {
             .build()
             .map_err(ClientError::Config)?;
         let (x, conn) = self
-            .run(ep, conn, &req, None, RequestBody::None, None, None, &mut 0)
+            .run(
+                ep,
+                conn,
+                &req,
+                None,
+                RequestBody::None,
+                None,
+                None,
+                &mut 0,
+                until,
+            )
             .await
             .map_err(|(e, _)| e)?;
         if let Some(c) = conn {
@@ -941,27 +1359,47 @@ impl Inner {
         Ok(opts)
     }
 
-    /// One attempt on one server, with one retry on a fresh connection when a pooled one
-    /// turns out to have been closed by the server.
-    #[allow(clippy::too_many_arguments)]
+    /// One attempt on one server, within `until`, with one retry on a fresh connection when
+    /// a pooled one turns out to have been closed by the server.
     async fn attempt<'o>(
         &self,
         ep: &Endpoint,
         build: &impl Fn(&IcapUri, Option<u64>) -> Result<Request, Error>,
-        body: &BodySource,
-        file_name: Option<&str>,
-        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+        call: &Call<'_>,
+        until: Instant,
         mut sink: Option<&mut (dyn AsyncWrite + Unpin + Send + 'o)>,
         sunk: &mut u64,
-    ) -> Result<Exchange, ClientError> {
+    ) -> Result<Sent, ClientError> {
+        let Call {
+            body,
+            file_name,
+            progress,
+            ..
+        } = *call;
         let len = body.len().await.map_err(ClientError::Body)?;
         let has_body = !matches!(body, BodySource::None);
+        let needs_options = has_body && self.cfg.preview == PreviewPolicy::FromOptions;
+        let opts = if needs_options || call.skip_ignored {
+            match self.options(ep, until).await {
+                Ok(o) => Some(o),
+                // Only Transfer-Ignore asked: a server that refuses OPTIONS may still scan.
+                Err(ClientError::Status { .. }) if !needs_options => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        if let (Some(o), Some(f), true) = (&opts, file_name, call.skip_ignored) {
+            if o.transfer_for(f) == Transfer::Ignore {
+                return Ok(Sent::Ignored);
+            }
+        }
         let preview = if has_body {
             match self.cfg.preview {
                 PreviewPolicy::Off => None,
                 PreviewPolicy::Fixed(n) => Some(len.map_or(n, |l| l.min(n))),
                 PreviewPolicy::FromOptions => {
-                    let opts = self.options(ep).await?;
+                    let opts = opts.expect("options fetched for the preview");
                     let wants = file_name.map_or(Transfer::Preview, |f| opts.transfer_for(f));
                     if wants == Transfer::Preview
                         || opts.transfer_preview.is_empty() && opts.preview.is_some()
@@ -983,9 +1421,9 @@ impl Inner {
         };
         for fresh_retry in [false, true] {
             let (conn, reused) = if fresh_retry {
-                (self.connect(ep).await?, false)
+                (self.connect(ep, until).await?, false)
             } else {
-                self.checkout(ep).await?
+                self.checkout(ep, until).await?
             };
             let reader = body.open().await.map_err(ClientError::Body)?;
             match self
@@ -998,6 +1436,7 @@ impl Inner {
                     progress,
                     sink.as_deref_mut(),
                     sunk,
+                    until,
                 )
                 .await
             {
@@ -1019,7 +1458,7 @@ impl Inner {
                             reason: String::from_utf8_lossy(&x.response.reason).into_owned(),
                         });
                     }
-                    return Ok(x);
+                    return Ok(Sent::Answered(Box::new(x)));
                 }
                 Err((e, nothing_received)) => {
                     let stale = reused
@@ -1050,6 +1489,7 @@ impl Inner {
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
         mut sink: Option<&mut (dyn AsyncWrite + Unpin + Send + 'o)>,
         sunk: &mut u64,
+        until: Instant,
     ) -> Result<(Exchange, Option<Conn>), (ClientError, bool)> {
         let server = ep.name();
         let Conn {
@@ -1070,7 +1510,9 @@ impl Inner {
         let mut final_res: Option<Response> = None;
         let mut use_original = None;
         let mut received = 0u64;
+        let mut truncated = false;
         let keep_body = self.cfg.keep_body;
+        let max_answer = self.cfg.max_answer;
         let had_identity = self.cfg.tls.identity.is_some();
         let io_err = |e: io::Error| match tls_failure(&e, had_identity) {
             Some((failure, message)) => ClientError::Tls {
@@ -1087,6 +1529,10 @@ impl Inner {
             server: server.clone(),
             source: e,
         };
+        // Only a body that is not the announced length makes these fail: the file changed
+        // while it was sent, no fault of the server.
+        let body_changed =
+            |e: Error| ClientError::Body(io::Error::new(io::ErrorKind::InvalidData, e));
 
         let work = async {
             // What is to be written, drained with vectored writes: a small request (head,
@@ -1113,10 +1559,9 @@ impl Inner {
                                     .map_err(|e| (ClientError::Body(e), false))?;
                                 *sunk += d.len() as u64;
                             }
-                            if kept.len() < keep_body {
-                                let n = (keep_body - kept.len()).min(d.len());
-                                kept.extend_from_slice(&d[..n]);
-                            }
+                            let n = keep_body.saturating_sub(kept.len()).min(d.len());
+                            kept.extend_from_slice(&d[..n]);
+                            truncated |= n < d.len();
                         }
                         ClientEvent::End(last) => {
                             use_original = last.use_original_body;
@@ -1141,12 +1586,13 @@ impl Inner {
                             .map_err(|e| (ClientError::Body(e), received == 0))?;
                         if n == 0 {
                             source_done = true;
-                            tx.end_body().map_err(|e| (proto(e), received == 0))?;
+                            tx.end_body()
+                                .map_err(|e| (body_changed(e), received == 0))?;
                         } else {
                             body_sent += n as u64;
                             sent.update(&chunk);
                             tx.send_body(chunk.freeze())
-                                .map_err(|e| (proto(e), received == 0))?;
+                                .map_err(|e| (body_changed(e), received == 0))?;
                             if let Some(p) = progress {
                                 p(body_sent);
                             }
@@ -1166,7 +1612,19 @@ impl Inner {
                             Ok(0) => {
                                 tx.on_eof().map_err(|e| (proto(e), received == 0))?;
                             }
-                            Ok(n) => received += n as u64,
+                            Ok(n) => {
+                                received += n as u64;
+                                // Relative to what was sent, so an echo of any file fits.
+                                let limit = max_answer.saturating_add(body_sent);
+                                if received > limit {
+                                    let e = ClientError::AnswerTooLarge {
+                                        server: server.clone(),
+                                        limit,
+                                        read: received,
+                                    };
+                                    return Err((e, false));
+                                }
+                            }
                             Err(e) => return Err((io_err(e), received == 0)),
                         }
                     }
@@ -1201,7 +1659,7 @@ impl Inner {
                 }
             }
         };
-        let write_failed = match timeout(self.cfg.transaction_timeout, work).await {
+        let write_failed = match timeout_at(until.into(), work).await {
             Err(_) => {
                 return Err((
                     ClientError::Timeout {
@@ -1230,6 +1688,7 @@ impl Inner {
                 body_digest: (got_any_body || response.body.is_some()).then(|| got.finish()),
                 response,
                 body: kept.freeze(),
+                body_truncated: truncated,
                 use_original_body: use_original,
                 sent_digest,
                 tls_version,

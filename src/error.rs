@@ -272,6 +272,28 @@ pub enum ClientError {
         /// The reason phrase.
         reason: String,
     },
+    /// The answer grew past its cap ([`ClientConfig::max_answer`](crate::client::ClientConfig::max_answer)
+    /// beyond the size of the body sent) and was cut off.
+    #[error("{server}: answer too large: {read} bytes read, more than the {limit} allowed")]
+    AnswerTooLarge {
+        /// The server.
+        server: String,
+        /// The cap in force for this answer, in bytes.
+        limit: u64,
+        /// Bytes of the answer read when it was cut off (the offset in the answer).
+        read: u64,
+    },
+    /// The server is marked down (too many failures, or a failed OPTIONS) and was not tried:
+    /// it gets no traffic until an OPTIONS probe succeeds.
+    #[error("{server}: marked down {}s ago (last error: {last_error}); skipped until an OPTIONS probe succeeds", down_for.as_secs())]
+    Down {
+        /// The server.
+        server: String,
+        /// How long it has been down.
+        down_for: std::time::Duration,
+        /// The failure that marked it down, or of its last probe.
+        last_error: String,
+    },
     /// The body to send could not be read.
     #[error("reading the body to send: {0}")]
     Body(std::io::Error),

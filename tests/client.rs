@@ -53,6 +53,7 @@ async fn verdicts_over_one_kept_alive_connection() {
     let x = blocked.exchange.unwrap();
     assert_eq!(x.response.http_response.as_ref().unwrap().status, 403);
     assert_eq!(&x.body[..], net::PAGE);
+    assert!(!x.body_truncated);
     // RESPMOD, and a body decided on its preview alone.
     let mut r = ScanRequest::new(
         Mode::Respmod,
@@ -81,12 +82,76 @@ async fn without_allow_204_the_echo_is_allowed_unchanged() {
     let x = out.exchange.as_ref().unwrap();
     assert_eq!(x.response.status, 200);
     assert_eq!(x.body_digest, x.sent_digest);
+    // Kept: the first 64 KiB, and a word that the rest is only in the digest.
+    assert_eq!(&x.body[..], &big[..64 * 1024]);
+    assert!(x.body_truncated);
     assert_eq!(
         out.verdict,
         Verdict::Allowed {
             reason: "200 with the message unchanged".into()
         }
     );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn keep_body_bounds_the_kept_body_and_says_when_it_cut() {
+    let srv = blocker(ServerConfig::default()).await;
+    for (keep, truncated) in [(net::PAGE.len() - 1, true), (net::PAGE.len(), false)] {
+        let cfg = ClientConfig {
+            keep_body: keep,
+            ..Default::default()
+        };
+        let client = Client::new(&[srv.uri("icap", "blocker")], cfg).unwrap();
+        let out = client.scan(scan(b"BLOCK this")).await.unwrap();
+        let x = out.exchange.unwrap();
+        assert_eq!(&x.body[..], &net::PAGE[..keep]);
+        assert_eq!(x.body_truncated, truncated, "keep_body {keep}");
+        assert_eq!(x.body_digest.unwrap().0, net::PAGE.len() as u64);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_announced_is_not_the_servers_fault() {
+    let srv = blocker(ServerConfig::default()).await;
+    let client = Client::new(&[srv.uri("icap", "blocker")], ClientConfig::default()).unwrap();
+    let short = BodySource::reader(&b"only ten.."[..], Some(100));
+    let e = client
+        .scan(ScanRequest::new(Mode::Reqmod, "short.bin", short))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Body(io) if io.to_string().contains("body ended after 10 of the 100 bytes announced")),
+        "{e}"
+    );
+    let h = &client.health()[0];
+    assert!(h.up && h.total_failures == 0, "{h:?}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn duration_max_means_no_limit_not_a_panic() {
+    let srv = blocker(ServerConfig::default()).await;
+    let cfg = ClientConfig {
+        connect_timeout: Duration::MAX,
+        tls_timeout: Duration::MAX,
+        transaction_timeout: Duration::MAX,
+        deadline: Duration::MAX,
+        backoff: Duration::MAX,
+        revival_delay: Duration::MAX,
+        failure_window: Duration::MAX,
+        failure_limit: 1,
+        retries: usize::MAX,
+        ..Default::default()
+    };
+    let down = format!("icap://127.0.0.1:{}/blocker", dead_port().await);
+    let client = Client::new(&[down, srv.uri("icap", "blocker")], cfg).unwrap();
+    let out = client.scan(scan(b"BLOCK")).await.unwrap();
+    assert!(out.verdict.is_blocked(), "{}", out.verdict);
+    let h = client.health();
+    assert!(!h[0].up && h[1].up, "{h:?}");
+    assert!(h[0].next_probe.is_some());
     srv.stop().await;
 }
 

@@ -1,10 +1,12 @@
 //! The example binaries end to end: dlp-scan's main job (embedded TLS DLP pair), its JSON
-//! output, exit codes and connection types; icap-client against dlp-server.
+//! output, exit codes, connection types, timeout and answer cap against hostile partners;
+//! icap-client against dlp-server.
 #![cfg(all(feature = "client", feature = "server"))]
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -130,6 +132,104 @@ fn dlp_scan_errors_exit_2_and_fail_open_is_explicit() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("FAILED"));
+}
+
+/// A fake partner on loopback, a thread per connection: `endless` answers OPTIONS and then
+/// every request with a 200 whose body never ends; otherwise it reads and never answers.
+fn fake_partner(endless: bool) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                loop {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                    if !endless || !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        continue;
+                    }
+                    if buf.starts_with(b"OPTIONS") {
+                        buf.clear();
+                        let opts = b"ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: \"e\"\r\n\
+                                     Encapsulated: null-body=0\r\n\r\n";
+                        if s.write_all(opts).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let head = b"ICAP/1.0 200 OK\r\nISTag: \"e\"\r\n\
+                                 Encapsulated: res-hdr=0, res-body=19\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
+                    let mut chunk = b"1000\r\n".to_vec();
+                    chunk.extend_from_slice(&[b'e'; 0x1000]);
+                    chunk.extend_from_slice(b"\r\n");
+                    // Endless for the client; bounded for the test (1 GiB).
+                    let _ = s.write_all(head);
+                    for _ in 0..(1 << 18) {
+                        if s.write_all(&chunk).is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn dlp_scan_gives_up_on_a_black_hole_within_its_timeout() {
+    let url = format!("icap://127.0.0.1:{}/reqmod", fake_partner(false));
+    let start = Instant::now();
+    let out = Command::new(example("dlp-scan"))
+        .args(["--server", &url, "--timeout", "1.5"])
+        .args([data("meeting-notes.md"), data("quarterly-report.txt")])
+        .output()
+        .unwrap();
+    let elapsed = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for l in lines {
+        assert!(l.contains(": error: ") && l.contains("timed out"), "{l}");
+    }
+    // Each file gets at most its 1.5 s (here a third of it: one attempt on the only
+    // server); before, it had no timeout option and took 3 attempts of 5 min.
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+}
+
+#[test]
+fn dlp_scan_cuts_an_endless_answer_at_max_answer() {
+    let url = format!("icap://127.0.0.1:{}/reqmod", fake_partner(true));
+    let file = data("meeting-notes.md");
+    let len = std::fs::metadata(&file).unwrap().len();
+    let start = Instant::now();
+    let out = Command::new(example("dlp-scan"))
+        .args(["--server", &url, "--max-answer", "100000"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    // The cap is --max-answer beyond the file sent (read whole before anything is written).
+    let cap = format!("more than the {} allowed", 100_000 + len);
+    assert!(
+        stdout.contains(": error: ")
+            && stdout.contains("answer too large: ")
+            && stdout.contains(&cap),
+        "{stdout}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 /// dlp-server on a free port, stopped on drop.
