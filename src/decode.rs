@@ -563,8 +563,8 @@ fn icap_fields(
     Ok((Some(enc), preview))
 }
 
-/// A non-empty run of ASCII digits that fits a `u64`.
-fn decimal(s: &[u8]) -> Option<u64> {
+/// A non-empty run of ASCII digits that fits a `u64`: no sign, no spaces, no overflow.
+pub(crate) fn decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() {
         return None;
     }
