@@ -126,7 +126,9 @@ pub enum Reply {
     /// instance `X-Infection-Found` in a monitoring mode).
     Unmodified(Headers),
     /// A final response (200 with a modified message or a block page, or an error status)
-    /// and its body; `response.body` must be `Some` exactly when a body is given.
+    /// and its body; `response.body` must be `Some` exactly when a body is given (an empty
+    /// one is `ReplyBody::Full` of no bytes), and a `Full` body must have the length its
+    /// HTTP head's `Content-Length` says. A reply that breaks this is answered 500.
     Respond(Response, ReplyBody),
     /// A 206: `prefix` replaces the start of the body, and the original body continues it
     /// from offset `original_from`. Needs `Allow: 206`.
@@ -690,9 +692,48 @@ impl Server {
             // the connection, close it (and say so) once the answer is out.
             txn.abandon_request();
         }
-        if let Err(e) = txn.respond(res) {
+        /// The body is given twice, declared in the response (`with_body()`, its HTTP
+        /// head's Content-Length) and handed over as `body`: when the two disagree, what
+        /// would go out is invalid HTTP (a head announcing bytes that never come, or a body
+        /// the head does not announce), so it does not go out.
+        fn mismatch(res: &Response, body: &ReplyBody, whole: bool) -> Option<Error> {
+            let wrong = |m: String| Some(Error::new(crate::ErrorKind::InvalidMessage, 0, m));
+            let declared = res.body.is_some();
+            let len = match body {
+                ReplyBody::Empty if declared => {
+                    return wrong("the response declares a body, the reply gives none".into())
+                }
+                ReplyBody::Full(_) | ReplyBody::Reader(_) if !declared => {
+                    return wrong("the reply gives a body, the response declares none".into())
+                }
+                // A 206 prefix is not the whole body its head describes.
+                ReplyBody::Full(b) if whole => b.len() as u64,
+                _ => return None,
+            };
+            let head = match (&res.http_response, &res.http_request) {
+                (Some(h), _) => &h.headers,
+                (None, Some(h)) => &h.headers,
+                (None, None) => return None,
+            };
+            let cl = head
+                .get_all("Content-Length")
+                .find(|v| crate::decode::decimal(v) != Some(len))?;
+            wrong(format!(
+                "the encapsulated head says Content-Length: {} but the reply body has {len} bytes",
+                String::from_utf8_lossy(cl)
+            ))
+        }
+        let checked = match mismatch(&res, &body, original_from.is_none()) {
+            Some(e) => {
+                tracing::error!("reply not sent, answering 500: {e}");
+                Err(e)
+            }
+            None => Ok(res),
+        };
+        if let Err(e) = checked.and_then(|res| txn.respond(res)) {
             // The application broke a rule (a 206 without Allow: 206, sections that do not
-            // suit the method ...): a server error is all that can be said.
+            // suit the method, a body that does not match its head ...): a server error is
+            // all that can be said.
             log_debug(&format!("refused response: {e}"));
             let _ = txn.respond(self.error_response(ErrorStatus::ServerError, &istag));
             let _ = conn.flush_out(txn).await;
