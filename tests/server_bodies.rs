@@ -1,19 +1,38 @@
 //! The server's reply bodies on the wire (issue 12): a reply whose body does not match its
-//! response is answered 500 instead of being written as invalid HTTP.
+//! response is answered 500 instead of being written as invalid HTTP; and the spool kept for
+//! echoes, which must not be guessable, must leave nothing on disk, and must fail into a
+//! proper ICAP answer.
 #![cfg(feature = "server")]
 
 mod net;
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use icap::server::{Body, BoxFuture, IncomingRequest, Reply, ReplyBody, Server, Service};
-use icap::{Method, Response, ServiceOptions};
+use icap::server::{
+    Body, BoxFuture, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Service,
+};
+use icap::{Event, Method, Response, ResponseDecoder, ServiceOptions};
 use net::PAGE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A fresh, empty directory for one test's spool.
+fn spool_dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("icap-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
 
 /// A REQMOD to `path` with `body` (chunked in 64 KiB pieces), or `null-body`.
 fn reqmod(path: &str, extra: &str, body: Option<&[u8]>) -> Vec<u8> {
@@ -151,4 +170,137 @@ async fn replies_whose_body_does_not_match_the_response_get_500_not_invalid_http
         }
     }
     srv.stop().await;
+}
+
+/// Reads the whole body, notes its size and how many entries the spool directory has then
+/// (`usize::MAX` when it cannot be read), and lets the message through unmodified (an echo,
+/// as the requests do not allow 204).
+struct Looker {
+    dir: PathBuf,
+    seen: Arc<AtomicUsize>,
+    read: Arc<AtomicUsize>,
+}
+
+impl Service for Looker {
+    fn options(&self) -> ServiceOptions {
+        ServiceOptions {
+            methods: vec![Method::Reqmod],
+            istag: "\"look-1\"".into(),
+            ..Default::default()
+        }
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _req: &'a IncomingRequest,
+        body: &'a mut Body<'_, '_>,
+    ) -> BoxFuture<'a, Reply> {
+        Box::pin(async move {
+            while let Ok(Some(c)) = body.chunk().await {
+                self.read.fetch_add(c.len(), Ordering::SeqCst);
+            }
+            let n = std::fs::read_dir(&self.dir).map_or(usize::MAX, |d| d.count());
+            self.seen.store(n, Ordering::SeqCst);
+            Reply::unmodified()
+        })
+    }
+}
+
+/// Sends a 3 MiB body without Allow: 204 and checks that it comes back whole in a 200.
+async fn echo_3mib(addr: std::net::SocketAddr) {
+    let body: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let got = exchange(addr, &reqmod("look", "Connection: close\r\n", Some(&body))).await;
+    let mut dec = ResponseDecoder::default();
+    dec.feed(&got);
+    let mut echoed = Vec::new();
+    let mut status = 0;
+    while let Some(ev) = dec.decode().unwrap() {
+        match ev {
+            Event::Head(r) => status = r.status,
+            Event::Data(d) => echoed.extend_from_slice(&d),
+            _ => {}
+        }
+    }
+    assert_eq!(status, 200);
+    assert!(dec.is_idle());
+    assert_eq!(echoed.len(), body.len());
+    assert!(echoed == body);
+}
+
+/// A server with a [`Looker`] at `/look`; its entry count, and the body bytes it read.
+fn looker(dir: &Path, memory: usize) -> (Server, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let read = Arc::new(AtomicUsize::new(0));
+    let cfg = ServerConfig {
+        spool_memory: memory,
+        spool_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    let svc = Looker {
+        dir: dir.to_path_buf(),
+        seen: seen.clone(),
+        read: read.clone(),
+    };
+    (Server::new(cfg).route("look", svc), seen, read)
+}
+
+#[tokio::test]
+async fn the_spool_of_a_large_echo_has_no_name_on_disk() {
+    let dir = spool_dir("spool-nameless");
+    let (server, seen, _) = looker(&dir, 1 << 20);
+    let srv = net::start(server).await;
+    echo_3mib(srv.addr).await;
+    // With 2 MiB of the body spilled to disk, the directory was empty, so a crash (kill -9)
+    // could leave nothing behind; and it is empty after the echo.
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+    assert_eq!(entries(&dir), 0);
+    srv.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_spool_cannot_be_stopped_by_files_made_in_advance() {
+    // The names the spool once used (icap-spool-PID-N, N counting per process) taken in
+    // advance by another local user.
+    let dir = spool_dir("spool-squatted");
+    for n in 0..1000 {
+        std::fs::write(
+            dir.join(format!("icap-spool-{}-{n}", std::process::id())),
+            b"",
+        )
+        .unwrap();
+    }
+    let (server, _, _) = looker(&dir, 1 << 20);
+    let srv = net::start(server).await;
+    echo_3mib(srv.addr).await;
+    assert_eq!(entries(&dir), 1000);
+    srv.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_unusable_spool_directory_gets_the_client_a_500() {
+    let dir = spool_dir("spool-missing").join("missing");
+    let (server, seen, read) = looker(&dir, 64 * 1024);
+    let srv = net::start(server).await;
+    let body = vec![b'x'; 256 * 1024];
+    let got = exchange(srv.addr, &reqmod("look", "", Some(&body))).await;
+    assert_eq!(String::from_utf8_lossy(&got), server_error("look-1"));
+    // The service read the body to its end all the same.
+    assert_eq!(read.load(Ordering::SeqCst), body.len());
+    assert_eq!(seen.load(Ordering::SeqCst), usize::MAX);
+    // Bodies that fit the memory part need no directory.
+    let got = exchange(
+        srv.addr,
+        &reqmod("look", "Connection: close\r\n", Some(b"small")),
+    )
+    .await;
+    assert!(
+        got.starts_with(b"ICAP/1.0 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(got.ends_with(b"5\r\nsmall\r\n0\r\n\r\n"));
+    srv.stop().await;
+    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }
