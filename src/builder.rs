@@ -782,7 +782,8 @@ impl ResponseBuilder {
 
     /// An HTTP error page in place of the request or response (e.g. a 403 block page):
     /// an HTTP response head with `Content-Type` and a `Content-Length` of `body.len()`, and a
-    /// body to follow. Send the same `body` after the head.
+    /// body to follow. Send the same `body` after the head (the server answers 500 to a reply
+    /// whose body is missing or of another length).
     pub fn http_error_page(
         self,
         status: u16,

@@ -304,8 +304,12 @@ where
                     }
                     _ => {
                         *res = Some(
-                            HttpResponseHead::parse(part, self.limits.max_headers)
-                                .map_err(|e| e.at(base))?,
+                            HttpResponseHead::parse(
+                                part,
+                                self.limits.max_headers,
+                                self.limits.max_folded_value,
+                            )
+                            .map_err(|e| e.at(base))?,
                         )
                     }
                 }
@@ -559,8 +563,8 @@ fn icap_fields(
     Ok((Some(enc), preview))
 }
 
-/// A non-empty run of ASCII digits that fits a `u64`.
-fn decimal(s: &[u8]) -> Option<u64> {
+/// A non-empty run of ASCII digits that fits a `u64`: no sign, no spaces, no overflow.
+pub(crate) fn decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() {
         return None;
     }
@@ -581,13 +585,14 @@ type IcapHead = std::result::Result<Headers, Bytes>;
 type LineParser<L> = fn(&Bytes, Option<usize>) -> Result<(L, usize)>;
 
 /// The start line and header fields of an ICAP head: taken from the one-pass parse when it
-/// happened (`headers`), else parsed from `raw` (folded lines allowed with `fold`).
+/// happened (`headers`), else parsed from `raw` (folded lines allowed with `fold`, joined up
+/// to that many bytes).
 fn split_head<L>(
     raw: Bytes,
     at: u64,
     headers: Option<(usize, Headers)>,
     max_headers: usize,
-    fold: bool,
+    fold: Option<usize>,
     parse_line: LineParser<L>,
 ) -> Result<(L, Headers)> {
     let (hstart, head): (_, IcapHead) = match headers {
@@ -621,7 +626,7 @@ impl Decode<Request> for Decoder<Request> {
             at,
             headers,
             self.limits.max_headers,
-            false,
+            None,
             parse_request_line,
         )?;
         let (enc, preview) = icap_fields(&headers, at, true)?;
@@ -697,7 +702,7 @@ impl Decode<Response> for Decoder<Response> {
             at,
             headers,
             self.limits.max_headers,
-            true,
+            Some(self.limits.max_folded_value),
             parse_status_line,
         )?;
         let (enc, _) = icap_fields(&headers, at, false)?;

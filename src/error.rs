@@ -29,6 +29,9 @@ pub enum ErrorKind {
     HttpHeadTooLarge,
     /// More header lines than [`Limits::max_headers`](crate::Limits::max_headers).
     TooManyHeaders,
+    /// A header value joined from obs-fold continuation lines is longer than
+    /// [`Limits::max_folded_value`](crate::Limits::max_folded_value).
+    FoldedValueTooLarge,
     /// A request or response that needs an Encapsulated header has none.
     MissingEncapsulated,
     /// More than one Encapsulated header.
@@ -95,6 +98,7 @@ impl ErrorKind {
             IcapHeadTooLarge => "icap_head_too_large",
             HttpHeadTooLarge => "http_head_too_large",
             TooManyHeaders => "too_many_headers",
+            FoldedValueTooLarge => "folded_value_too_large",
             MissingEncapsulated => "missing_encapsulated",
             DuplicateEncapsulated => "duplicate_encapsulated",
             BadEncapsulated => "bad_encapsulated",

@@ -413,7 +413,7 @@ impl HttpRequestHead {
             .filter(|(m, t, v)| is_token(m) && !t.is_empty() && !has_ctl(t) && http_version(v))
             .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP request line"))?;
         let (ml, tl, vl) = (m.len(), t.len(), v.len());
-        let headers = Headers::parse(raw.clone(), end + 2, raw.len() - 2, max_headers, false)?;
+        let headers = Headers::parse(raw.clone(), end + 2, raw.len() - 2, max_headers, None)?;
         Ok(HttpRequestHead {
             method: word(&raw, 0, ml, METHODS),
             target: raw.slice(ml + 1..ml + 1 + tl),
@@ -467,11 +467,11 @@ impl HttpRequestHead {
 
 impl HttpResponseHead {
     /// Parses an encapsulated response head that must fill `raw` exactly. Folded header lines
-    /// are accepted (joined with one space), as in ICAP responses.
-    pub(crate) fn parse(raw: Bytes, max_headers: usize) -> Result<Self> {
+    /// are accepted (joined with one space, up to `max_folded` bytes), as in ICAP responses.
+    pub(crate) fn parse(raw: Bytes, max_headers: usize, max_folded: usize) -> Result<Self> {
         match Self::parse_fast(raw, max_headers) {
             Ok(h) => Ok(h),
-            Err(raw) => Self::parse_exact(raw, max_headers),
+            Err(raw) => Self::parse_exact(raw, max_headers, max_folded),
         }
     }
 
@@ -501,7 +501,7 @@ impl HttpResponseHead {
     }
 
     /// Scan, then parse, with exact error offsets; folded lines go through here.
-    fn parse_exact(raw: Bytes, max_headers: usize) -> Result<Self> {
+    fn parse_exact(raw: Bytes, max_headers: usize, max_folded: usize) -> Result<Self> {
         exact_head(&raw, "res-hdr", max_headers)?;
         let end = line_end(&raw);
         let line = &raw[..end];
@@ -511,7 +511,13 @@ impl HttpResponseHead {
         let status = status_code(code)
             .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "HTTP status is not 3 digits"))?;
         let (vl, rl) = (v.len(), reason.len());
-        let headers = Headers::parse(raw.clone(), end + 2, raw.len() - 2, max_headers, true)?;
+        let headers = Headers::parse(
+            raw.clone(),
+            end + 2,
+            raw.len() - 2,
+            max_headers,
+            Some(max_folded),
+        )?;
         let rstart = (vl + 5).min(end);
         Ok(HttpResponseHead {
             version: word(&raw, 0, vl, HTTP_VERSIONS),
@@ -665,7 +671,7 @@ mod tests {
         assert_eq!(out, raw);
         assert_eq!(h.encoded_len(), raw.len());
         let raw = Bytes::from_static(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\n");
-        let r = HttpResponseHead::parse(raw.clone(), 10).unwrap();
+        let r = HttpResponseHead::parse(raw.clone(), 10, 1024).unwrap();
         assert_eq!((r.status, &r.reason[..]), (403, &b"Forbidden"[..]));
         let mut out = BytesMut::new();
         r.write_to(&mut out);
@@ -682,7 +688,7 @@ mod tests {
         let exact = HttpRequestHead::parse_exact(Bytes::from(req), 10).unwrap();
         assert_eq!(fast, exact);
         let fast = HttpResponseHead::parse_fast(Bytes::from(res), 10).unwrap();
-        let exact = HttpResponseHead::parse_exact(Bytes::from(res), 10).unwrap();
+        let exact = HttpResponseHead::parse_exact(Bytes::from(res), 10, 1024).unwrap();
         assert_eq!(fast, exact);
         // Every CRLF made a bare LF, every line end made a bare CR, a byte too many or too
         // few: the one pass declines, so the scan reports the error as before.

@@ -10,11 +10,36 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Byte range into the virtual concatenation `raw ++ extra`.
+/// Byte range into the virtual concatenation `raw ++ extra`. `u32` keeps an entry at 16
+/// bytes; [`Span::new`] refuses offsets that do not fit instead of wrapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Span {
     start: u32,
     end: u32,
+}
+
+impl Span {
+    /// `None` when an offset does not fit in `u32` (only a head over 4 GiB, which the limits
+    /// would have to allow, gets there).
+    fn new(start: usize, end: usize) -> Option<Span> {
+        Some(Span {
+            start: u32::try_from(start).ok()?,
+            end: u32::try_from(end).ok()?,
+        })
+    }
+
+    fn len(self) -> usize {
+        (self.end - self.start) as usize
+    }
+}
+
+/// The error for a field that lies beyond what a [`Span`] can address.
+fn span_error(pos: usize) -> Error {
+    Error::new(
+        ErrorKind::BadHeader,
+        pos as u64,
+        "header field lies more than 4 GiB into its head",
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,14 +109,17 @@ impl Headers {
     /// Parses the header lines of `raw[start..end]`, where each line ends in CRLF (the caller
     /// has checked line endings) and the blank line that ends the head is excluded.
     ///
-    /// `fold` accepts obs-fold continuation lines (joined to the previous value with one space);
-    /// otherwise they are an [`ErrorKind::ObsFold`] error. Error offsets are relative to `raw`.
+    /// `fold: Some(max)` accepts obs-fold continuation lines: each is joined to the previous
+    /// value with one space, and a joined value longer than `max` bytes is an
+    /// [`ErrorKind::FoldedValueTooLarge`] error. With `None` they are an [`ErrorKind::ObsFold`]
+    /// error. Continuation lines count against `max_headers` like field lines: each costs
+    /// work and, joined, memory. Error offsets are relative to `raw`.
     pub(crate) fn parse(
         raw: Bytes,
         start: usize,
         end: usize,
         max_headers: usize,
-        fold: bool,
+        fold: Option<usize>,
     ) -> Result<Headers> {
         match Self::parse_fast(&raw, start, end, max_headers) {
             Some(h) => Ok(h),
@@ -105,7 +133,7 @@ impl Headers {
         start: usize,
         end: usize,
         max_headers: usize,
-        fold: bool,
+        fold: Option<usize>,
     ) -> Result<Headers> {
         let mut h = Headers {
             raw,
@@ -114,6 +142,7 @@ impl Headers {
         };
         let buf = h.raw.clone();
         let mut pos = start;
+        let mut lines = 0;
         while pos < end {
             let nl = match memchr::memchr(b'\n', &buf[pos..end]) {
                 Some(i) => pos + i,
@@ -126,23 +155,24 @@ impl Headers {
                 nl
             };
             let line = &buf[pos..line_end];
+            if lines >= max_headers {
+                return Err(Error::new(
+                    ErrorKind::TooManyHeaders,
+                    pos as u64,
+                    format!("more than {max_headers} header lines (continuation lines count)"),
+                ));
+            }
+            lines += 1;
             if matches!(line.first(), Some(b' ' | b'\t')) {
-                if !fold {
+                let Some(max_value) = fold else {
                     return Err(Error::new(
                         ErrorKind::ObsFold,
                         pos as u64,
                         "folded header line (obs-fold) is not accepted here",
                     ));
-                }
-                h.unfold(line, pos)?;
+                };
+                h.unfold(line, pos, max_value)?;
             } else {
-                if h.entries.len() >= max_headers {
-                    return Err(Error::new(
-                        ErrorKind::TooManyHeaders,
-                        pos as u64,
-                        format!("more than {max_headers} header lines"),
-                    ));
-                }
                 let colon = memchr::memchr(b':', line).ok_or_else(|| {
                     Error::new(ErrorKind::BadHeader, pos as u64, "header line has no colon")
                 })?;
@@ -174,16 +204,10 @@ impl Headers {
                     ));
                 }
                 let vstart = pos + colon + 1 + lead;
-                h.entries.push(Entry {
-                    name: Span {
-                        start: pos as u32,
-                        end: (pos + colon) as u32,
-                    },
-                    value: Span {
-                        start: vstart as u32,
-                        end: (vstart + value.len()) as u32,
-                    },
-                });
+                let name = Span::new(pos, pos + colon).ok_or_else(|| span_error(pos))?;
+                let value =
+                    Span::new(vstart, vstart + value.len()).ok_or_else(|| span_error(pos))?;
+                h.entries.push(Entry { name, value });
             }
             pos = nl + 1;
         }
@@ -215,8 +239,10 @@ impl Headers {
         }
     }
 
-    /// Joins a continuation line to the last value, through the side buffer.
-    fn unfold(&mut self, line: &[u8], pos: usize) -> Result<()> {
+    /// Joins a continuation line to the last value, through the side buffer. The value moves
+    /// there on its first continuation and grows in place after that, so a long fold costs
+    /// time and memory in proportion to its length, not to its length times its lines.
+    fn unfold(&mut self, line: &[u8], pos: usize, max_value: usize) -> Result<()> {
         let (_, cont) = trim_ows(line);
         if has_ctl(cont) {
             return Err(Error::new(
@@ -232,26 +258,48 @@ impl Headers {
                 "continuation line before any header",
             ));
         };
-        let prev = self.slice(last.value).to_vec();
-        let mut joined = prev;
-        if !cont.is_empty() {
-            if !joined.is_empty() {
-                joined.push(b' ');
-            }
-            joined.extend_from_slice(cont);
+        if cont.is_empty() {
+            return Ok(());
         }
-        let value = self.push_extra(&joined);
+        let sep = usize::from(last.value.len() > 0);
+        let joined = last.value.len() + sep + cont.len();
+        if joined > max_value {
+            return Err(Error::new(
+                ErrorKind::FoldedValueTooLarge,
+                pos as u64,
+                format!(
+                    "folded header value grows to {joined} bytes, over the limit of {max_value}"
+                ),
+            ));
+        }
+        let n = self.raw.len();
+        let tail = n + self.extra.len();
+        let (start, end) = (last.value.start as usize, last.value.end as usize);
+        let in_extra = start > n || (start == n && end > n);
+        let start = if in_extra && end == tail {
+            start
+        } else if in_extra {
+            self.extra.extend_from_within(start - n..end - n);
+            tail
+        } else {
+            self.extra.extend_from_slice(&self.raw[start..end]);
+            tail
+        };
+        if sep == 1 {
+            self.extra.push(b' ');
+        }
+        self.extra.extend_from_slice(cont);
+        let value = Span::new(start, n + self.extra.len()).ok_or_else(|| span_error(pos))?;
         self.entries.last_mut().expect("checked above").value = value;
         Ok(())
     }
 
+    /// Appends `bytes` to the side buffer. Built headers only: a program that adds over
+    /// 4 GiB of header text has a bug worth a panic.
     fn push_extra(&mut self, bytes: &[u8]) -> Span {
         let start = self.raw.len() + self.extra.len();
         self.extra.extend_from_slice(bytes);
-        Span {
-            start: start as u32,
-            end: (start + bytes.len()) as u32,
-        }
+        Span::new(start, start + bytes.len()).expect("headers over 4 GiB")
     }
 
     fn slice(&self, s: Span) -> &[u8] {
@@ -340,7 +388,8 @@ impl Headers {
     ///
     /// # Panics
     /// When `name` is not a token or `value` holds CR, LF or another control byte: a builder
-    /// must not be able to produce a message that smuggles a header.
+    /// must not be able to produce a message that smuggles a header. Also when the fields
+    /// added grow past 4 GiB.
     pub fn append(&mut self, name: &str, value: impl AsRef<[u8]>) {
         let value = value.as_ref();
         assert!(is_token(name.as_bytes()), "invalid header name {name:?}");
@@ -430,6 +479,10 @@ pub(crate) fn parse_block(
     start: usize,
     max_headers: usize,
 ) -> Option<(usize, Entries)> {
+    // Every offset below is inside `buf`, so this one check makes the `as u32` casts exact.
+    if u32::try_from(buf.len()).is_err() {
+        return None;
+    }
     let block = buf.get(start..)?;
     let mut slots = [httparse::EMPTY_HEADER; FAST_HEADERS];
     let cap = max_headers.min(FAST_HEADERS);
@@ -512,7 +565,7 @@ mod tests {
     fn parse(s: &str, fold: bool) -> Result<Headers> {
         let b = Bytes::copy_from_slice(s.as_bytes());
         let n = b.len();
-        Headers::parse(b, 0, n, 100, fold)
+        Headers::parse(b, 0, n, 100, fold.then_some(1024))
     }
 
     #[test]
@@ -527,8 +580,8 @@ mod tests {
         for b in blocks {
             let raw = Bytes::from(format!("{b}\r\n"));
             let end = raw.len() - 2;
-            let exact = Headers::parse_exact(raw.clone(), 0, end, 100, false).unwrap();
-            let parsed = Headers::parse(raw.clone(), 0, end, 100, false).unwrap();
+            let exact = Headers::parse_exact(raw.clone(), 0, end, 100, None).unwrap();
+            let parsed = Headers::parse(raw.clone(), 0, end, 100, None).unwrap();
             assert_eq!(parsed, exact, "{b:?}");
             let fast = Headers::parse_fast(&raw, 0, end, 100);
             assert_eq!(
@@ -582,6 +635,33 @@ mod tests {
     }
 
     #[test]
+    fn folds_onto_empty_values_and_after_earlier_folds() {
+        let s = "A:\r\n x\r\nB: 1\r\n 2\r\n\t\r\n 3\r\nC: 4\r\n 5\r\n";
+        let h = parse(s, true).unwrap();
+        let v: Vec<_> = h.iter().collect();
+        assert_eq!(
+            v,
+            vec![(&b"A"[..], &b"x"[..]), (b"B", b"1 2 3"), (b"C", b"4 5")]
+        );
+        // Joined values sit once each in the side buffer, not once per continuation line.
+        assert_eq!(h.extra.len(), "x1 2 34 5".len());
+    }
+
+    #[test]
+    fn spans_refuse_offsets_past_u32() {
+        let big = u32::MAX as usize + 1;
+        assert_eq!(Span::new(0, big), None);
+        assert_eq!(Span::new(big, big), None);
+        assert_eq!(
+            Span::new(1, u32::MAX as usize),
+            Some(Span {
+                start: 1,
+                end: u32::MAX
+            })
+        );
+    }
+
+    #[test]
     fn rejects_bad_lines_with_offsets() {
         let e = parse("Host: a\r\nNoColon\r\n", false).unwrap_err();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadHeader, 9));
@@ -590,7 +670,7 @@ mod tests {
         let e = parse("A: x\0y\r\n", false).unwrap_err();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadHeader, 4));
         let e =
-            Headers::parse(Bytes::from_static(b"A: 1\r\nB: 2\r\n"), 0, 12, 1, false).unwrap_err();
+            Headers::parse(Bytes::from_static(b"A: 1\r\nB: 2\r\n"), 0, 12, 1, None).unwrap_err();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::TooManyHeaders, 6));
     }
 

@@ -96,9 +96,10 @@ impl Request {
         }
     }
 
-    /// The `Preview` header as a number, when present and valid.
+    /// The `Preview` header as a number, when present and valid: digits only, as the decoder
+    /// reads it (`+5` is not a number of bytes).
     pub fn preview(&self) -> Option<u64> {
-        self.headers.get_str("Preview").and_then(|v| v.parse().ok())
+        self.headers.get("Preview").and_then(crate::decode::decimal)
     }
 
     /// True when the client accepts a 204 outside a preview (`Allow: 204`).

@@ -126,7 +126,9 @@ pub enum Reply {
     /// instance `X-Infection-Found` in a monitoring mode).
     Unmodified(Headers),
     /// A final response (200 with a modified message or a block page, or an error status)
-    /// and its body; `response.body` must be `Some` exactly when a body is given.
+    /// and its body; `response.body` must be `Some` exactly when a body is given (an empty
+    /// one is `ReplyBody::Full` of no bytes), and a `Full` body must have the length its
+    /// HTTP head's `Content-Length` says. A reply that breaks this is answered 500.
     Respond(Response, ReplyBody),
     /// A 206: `prefix` replaces the start of the body, and the original body continues it
     /// from offset `original_from`. Needs `Allow: 206`.
@@ -160,7 +162,9 @@ pub struct ServerConfig {
     /// Body bytes kept in memory for a possible echo before spilling to a temporary file.
     /// Default 1 MiB.
     pub spool_memory: usize,
-    /// Directory for spill files. Default: the system temporary directory.
+    /// Directory for spill files, which are anonymous (nothing to find or clean up there).
+    /// When it is unusable, echoes of bodies over `spool_memory` are answered 500, and the
+    /// log names the directory. Default: the system temporary directory.
     pub spool_dir: PathBuf,
     /// ISTag for answers that belong to no service (404, 400 before routing). Default `"icap"`.
     pub istag: String,
@@ -629,7 +633,11 @@ impl Server {
                 let body = match spool {
                     Some(s) if req.body.is_some() => match s.into_reader().await {
                         Ok(r) => ReplyBody::Reader(r),
-                        Err(_) => return false,
+                        Err(e) => {
+                            tracing::error!("no echo, answering 500: {e}");
+                            let res = self.error_response(ErrorStatus::ServerError, istag);
+                            return self.send(conn, txn, res, ReplyBody::Empty, None).await;
+                        }
                     },
                     _ => ReplyBody::Empty,
                 };
@@ -690,9 +698,48 @@ impl Server {
             // the connection, close it (and say so) once the answer is out.
             txn.abandon_request();
         }
-        if let Err(e) = txn.respond(res) {
+        /// The body is given twice, declared in the response (`with_body()`, its HTTP
+        /// head's Content-Length) and handed over as `body`: when the two disagree, what
+        /// would go out is invalid HTTP (a head announcing bytes that never come, or a body
+        /// the head does not announce), so it does not go out.
+        fn mismatch(res: &Response, body: &ReplyBody, whole: bool) -> Option<Error> {
+            let wrong = |m: String| Some(Error::new(crate::ErrorKind::InvalidMessage, 0, m));
+            let declared = res.body.is_some();
+            let len = match body {
+                ReplyBody::Empty if declared => {
+                    return wrong("the response declares a body, the reply gives none".into())
+                }
+                ReplyBody::Full(_) | ReplyBody::Reader(_) if !declared => {
+                    return wrong("the reply gives a body, the response declares none".into())
+                }
+                // A 206 prefix is not the whole body its head describes.
+                ReplyBody::Full(b) if whole => b.len() as u64,
+                _ => return None,
+            };
+            let head = match (&res.http_response, &res.http_request) {
+                (Some(h), _) => &h.headers,
+                (None, Some(h)) => &h.headers,
+                (None, None) => return None,
+            };
+            let cl = head
+                .get_all("Content-Length")
+                .find(|v| crate::decode::decimal(v) != Some(len))?;
+            wrong(format!(
+                "the encapsulated head says Content-Length: {} but the reply body has {len} bytes",
+                String::from_utf8_lossy(cl)
+            ))
+        }
+        let checked = match mismatch(&res, &body, original_from.is_none()) {
+            Some(e) => {
+                tracing::error!("reply not sent, answering 500: {e}");
+                Err(e)
+            }
+            None => Ok(res),
+        };
+        if let Err(e) = checked.and_then(|res| txn.respond(res)) {
             // The application broke a rule (a 206 without Allow: 206, sections that do not
-            // suit the method ...): a server error is all that can be said.
+            // suit the method, a body that does not match its head ...): a server error is
+            // all that can be said.
             log_debug(&format!("refused response: {e}"));
             let _ = txn.respond(self.error_response(ErrorStatus::ServerError, &istag));
             let _ = conn.flush_out(txn).await;
@@ -1050,15 +1097,20 @@ impl<'c, 's> Body<'c, 's> {
 
 /// Keeps a copy of a request body for an echo: in memory up to a limit, then in a temporary
 /// file, so that memory stays bounded whatever the body size.
+///
+/// The file is anonymous (`O_TMPFILE` on Linux; elsewhere created under a random name with mode
+/// 0600 and unlinked at once): no name to guess or to pre-create, no other reader, and nothing
+/// left behind when the handle goes, however the process ends. A spool that cannot keep the
+/// body (the directory is unusable, the disk is full) lets the body be read on and drops its
+/// copy; only an echo needs it, and that echo becomes a 500 with the error logged.
 struct Spool {
     mem: Vec<Bytes>,
     mem_len: usize,
     limit: usize,
     dir: PathBuf,
-    file: Option<(tokio::fs::File, PathBuf)>,
+    file: Option<tokio::fs::File>,
+    failed: Option<io::Error>,
 }
-
-static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Spool {
     fn new(limit: usize, dir: PathBuf) -> Self {
@@ -1068,37 +1120,54 @@ impl Spool {
             limit,
             dir,
             file: None,
+            failed: None,
         }
     }
 
+    /// Keeps `b`; never fails (see [`Spool`]): a failure is kept for [`Spool::into_reader`].
     async fn push(&mut self, b: Bytes) -> io::Result<()> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        if let Err(e) = self.keep(b).await {
+            self.failed = Some(io::Error::new(
+                e.kind(),
+                format!(
+                    "spooling the body for an echo in {}: {e}",
+                    self.dir.display()
+                ),
+            ));
+            self.mem.clear();
+            self.file = None;
+        }
+        Ok(())
+    }
+
+    async fn keep(&mut self, b: Bytes) -> io::Result<()> {
         if self.file.is_none() && self.mem_len + b.len() <= self.limit {
             self.mem_len += b.len();
             self.mem.push(b);
             return Ok(());
         }
         if self.file.is_none() {
-            let path = self.dir.join(format!(
-                "icap-spool-{}-{}",
-                std::process::id(),
-                SPOOL_SEQ.fetch_add(1, Ordering::Relaxed)
-            ));
-            let mut f = tokio::fs::OpenOptions::new()
-                .create_new(true)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .await?;
+            let dir = self.dir.clone();
+            let f = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
+                .await
+                .map_err(io::Error::other)??;
+            let mut f = tokio::fs::File::from_std(f);
             for m in self.mem.drain(..) {
                 f.write_all(&m).await?;
             }
-            self.file = Some((f, path));
+            self.file = Some(f);
         }
-        let (f, _) = self.file.as_mut().expect("created above");
+        let f = self.file.as_mut().expect("created above");
         f.write_all(&b).await
     }
 
     async fn into_reader(mut self) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         match self.file.take() {
             None => {
                 let mut all = BytesMut::with_capacity(self.mem_len);
@@ -1107,22 +1176,52 @@ impl Spool {
                 }
                 Ok(Box::new(io::Cursor::new(all.freeze())))
             }
-            Some((mut f, path)) => {
+            Some(mut f) => {
                 use tokio::io::AsyncSeekExt;
                 f.flush().await?;
                 f.seek(io::SeekFrom::Start(0)).await?;
-                // Unlinked now: the open handle keeps the data until the reader is dropped.
-                let _ = tokio::fs::remove_file(&path).await;
                 Ok(Box::new(f))
             }
         }
     }
 }
 
-impl Drop for Spool {
-    fn drop(&mut self) {
-        if let Some((_, path)) = self.file.take() {
-            let _ = std::fs::remove_file(path);
+#[cfg(test)]
+mod spool_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unusable_directory_is_named_in_the_error() {
+        let dir = std::env::temp_dir().join(format!("icap-no-such-dir-{}", std::process::id()));
+        let mut spool = Spool::new(4, dir.clone());
+        spool.push(Bytes::from_static(b"abc")).await.unwrap();
+        // Past the memory part: the file cannot be made, and the body goes on unkept.
+        spool.push(Bytes::from_static(b"defg")).await.unwrap();
+        spool.push(Bytes::from_static(b"hij")).await.unwrap();
+        assert!(spool.mem.is_empty());
+        let Err(e) = spool.into_reader().await else {
+            panic!("a reader without the body");
+        };
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let msg = e.to_string();
+        assert!(msg.contains(&dir.display().to_string()), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn spilled_bodies_read_back_whole() {
+        let mut spool = Spool::new(4, std::env::temp_dir());
+        for piece in [&b"abc"[..], b"defg", b"hij"] {
+            spool.push(Bytes::from_static(piece)).await.unwrap();
         }
+        assert!(spool.file.is_some());
+        let mut back = Vec::new();
+        spool
+            .into_reader()
+            .await
+            .unwrap()
+            .read_to_end(&mut back)
+            .await
+            .unwrap();
+        assert_eq!(back, b"abcdefghij");
     }
 }

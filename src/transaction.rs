@@ -633,6 +633,9 @@ pub struct ServerTransaction {
     allow_206: bool,
     client_close: bool,
     status: Option<u16>,
+    /// A request without a body was read: the decoder still holds its `End`, which
+    /// [`Self::poll_event`] hands out (or [`Self::into_decoder`] drops).
+    end_pending: bool,
 }
 
 impl ServerTransaction {
@@ -652,6 +655,7 @@ impl ServerTransaction {
             allow_206: false,
             client_close: false,
             status: None,
+            end_pending: false,
         }
     }
 
@@ -702,8 +706,20 @@ impl ServerTransaction {
 
     /// The decoder back, for the next request on a kept connection (pipelined bytes stay in
     /// it).
-    pub fn into_decoder(self) -> RequestDecoder {
+    pub fn into_decoder(mut self) -> RequestDecoder {
+        self.take_pending_end();
         self.dec
+    }
+
+    /// Takes the `End` the decoder gives right after the head of a request without a body
+    /// (no bytes needed): the next transaction must start at a head.
+    fn take_pending_end(&mut self) -> bool {
+        if !std::mem::take(&mut self.end_pending) {
+            return false;
+        }
+        let end = self.dec.decode();
+        debug_assert!(matches!(end, Ok(Some(Event::End(_)))), "{end:?}");
+        true
     }
 
     fn fail(&mut self, reason: CloseReason, e: Error) -> Error {
@@ -720,6 +736,9 @@ impl ServerTransaction {
     pub fn poll_event(&mut self) -> Result<Option<ServerEvent>> {
         if self.failed {
             return Err(state_error("the transaction has failed"));
+        }
+        if self.take_pending_end() {
+            return Ok(Some(ServerEvent::End(LastChunk::default())));
         }
         let reading = match self.recv {
             SRecv::Head => self.send == SSend::None,
@@ -744,7 +763,12 @@ impl ServerTransaction {
                     && req.preview().is_some()
                     && req.body.is_some();
                 self.method = Some(req.method.clone());
-                self.recv = if previewed {
+                // A request without a body is read in full with its head: nothing is left
+                // to receive, so answering it leaves the connection clean.
+                self.recv = if req.body.is_none() {
+                    self.end_pending = true;
+                    SRecv::Done
+                } else if previewed {
                     SRecv::Preview
                 } else {
                     SRecv::Body

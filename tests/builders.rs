@@ -896,3 +896,44 @@ proptest! {
         prop_assert_eq!(got_body, body);
     }
 }
+
+/// `Request::preview` reads the header as the decoder does: digits only, and it fits a `u64`.
+/// Values the decoder refuses as `BadPreview` are `None`, the others the decoder's number.
+#[test]
+fn request_preview_is_read_as_strictly_as_the_decoder_reads_it() {
+    let cases: &[(&str, Option<u64>)] = &[
+        ("5", Some(5)),
+        ("0", Some(0)),
+        ("007", Some(7)),
+        ("+5", None),
+        ("-5", None),
+        ("5 5", None),
+        ("0x5", None),
+        ("5;", None),
+        ("", None),
+        ("\u{0665}", None),
+        ("18446744073709551615", Some(u64::MAX)),
+        ("18446744073709551616", None),
+        ("99999999999999999999999", None),
+        // Surrounding whitespace is not part of a header value (OWS): both see "5".
+        (" 5", Some(5)),
+        ("5 ", Some(5)),
+        ("\t5\t", Some(5)),
+    ];
+    for &(v, want) in cases {
+        let mut req = Request::options(&uri("icap://x/o")).build().unwrap();
+        req.headers.insert("Preview", v);
+        assert_eq!(req.preview(), want, "Preview: {v:?}");
+        let mut dec = RequestDecoder::default();
+        dec.feed(
+            format!("OPTIONS icap://x/o ICAP/1.0\r\nHost: x\r\nPreview: {v}\r\n\r\n").as_bytes(),
+        );
+        match dec.decode() {
+            Ok(Some(Event::Head(r))) => assert_eq!(r.preview(), want, "decoded Preview: {v:?}"),
+            Err(e) if e.kind() == ErrorKind::BadPreview => assert_eq!(want, None, "{v:?}: {e}"),
+            // Numbers the decoder reads, then refuses for the preview limit.
+            Err(e) if e.kind() == ErrorKind::PreviewTooLarge => assert!(want.is_some(), "{v:?}"),
+            other => panic!("Preview: {v:?}: {other:?}"),
+        }
+    }
+}

@@ -337,6 +337,61 @@ fn ten_thousand_headers_are_fine_when_the_limits_allow_them() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
+/// An ICAP response whose `X-V` field is folded over `lines` continuation lines of `width`
+/// bytes each (a space, then `width - 3` letters, CRLF), and the offset of its first
+/// continuation line.
+fn folded_response(lines: usize, width: usize) -> (Vec<u8>, u64) {
+    let start = "ICAP/1.0 200 OK\r\nISTag: \"x\"\r\nX-V: 1\r\n";
+    let line = format!(" {}\r\n", "a".repeat(width - 3));
+    let res = format!(
+        "{start}{}Encapsulated: null-body=0\r\n\r\n",
+        line.repeat(lines)
+    );
+    (res.into_bytes(), start.len() as u64)
+}
+
+#[test]
+fn folded_lines_count_against_max_headers() {
+    // ISTag and X-V are lines 1 and 2; the 127th continuation line is the 129th line.
+    let (res, folds_at) = folded_response(200, 4);
+    reject_response(&res, ErrorKind::TooManyHeaders, folds_at + 126 * 4);
+    // The same in an encapsulated HTTP response head, where folding is accepted too.
+    let http = format!("HTTP/1.1 200 OK\r\nX-V: 1\r\n{}\r\n", " a\r\n".repeat(200));
+    let icap = format!(
+        "RESPMOD icap://x/respmod ICAP/1.0\r\nHost: x\r\nEncapsulated: res-hdr=0, null-body={}\r\n\r\n",
+        http.len()
+    );
+    let at = (icap.len() + "HTTP/1.1 200 OK\r\nX-V: 1\r\n".len() + 127 * 4) as u64;
+    reject_request(
+        format!("{icap}{http}").as_bytes(),
+        ErrorKind::TooManyHeaders,
+        at,
+    );
+    // One line under the limit is fine: 126 continuation lines and three fields.
+    let (res, _) = folded_response(125, 4);
+    let evs = responses_all_splits(&res).unwrap();
+    let v = heads(&evs)[0].headers.get("X-V").unwrap().to_vec();
+    assert_eq!(v, format!("1{}", " a".repeat(125)).into_bytes());
+}
+
+#[test]
+fn a_folded_value_over_its_limit_is_refused_at_the_line_that_makes_it_too_long() {
+    // Each continuation adds 201 bytes to "1": the 82nd takes it past 16 KiB.
+    let (res, folds_at) = folded_response(100, 203);
+    assert_eq!(Limits::default().max_folded_value, 16 * 1024);
+    reject_response(&res, ErrorKind::FoldedValueTooLarge, folds_at + 81 * 203);
+    // A higher limit takes it.
+    let mut dec = ResponseDecoder::new(Limits {
+        max_folded_value: 1 << 20,
+        ..Limits::default()
+    });
+    dec.feed(&res);
+    let Some(Event::Head(r)) = dec.decode().unwrap() else {
+        panic!("no head")
+    };
+    assert_eq!(r.headers.get("X-V").unwrap().len(), 1 + 100 * 201);
+}
+
 /// Feeds `input` in `piece`-byte pieces until the decoder errs; returns the error, the most
 /// bytes it ever held, and how many bytes had been fed when it failed.
 fn feed_until_error<M>(

@@ -470,6 +470,7 @@ proptest! {
             max_icap_head: 200,
             max_http_head: 250,
             max_headers: 5,
+            max_folded_value: 100,
             max_chunk_line: 16,
             max_trailer: 40,
             max_preview: 100,

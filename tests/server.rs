@@ -500,3 +500,55 @@ async fn start_echo_after_reading_is_refused_and_the_answer_is_unchanged() {
     assert_eq!(res[0].1, b"hello world");
     srv.stop().await;
 }
+
+/// Answers at once from the heads, never reading the body (a URL filter).
+struct HeadsOnly;
+
+impl icap::server::Service for HeadsOnly {
+    fn options(&self) -> ServiceOptions {
+        ServiceOptions {
+            methods: vec![Method::Reqmod],
+            istag: "\"heads-1\"".into(),
+            allow_204: true,
+            ..Default::default()
+        }
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _req: &'a icap::server::IncomingRequest,
+        _body: &'a mut icap::server::Body<'_, '_>,
+    ) -> icap::server::BoxFuture<'a, icap::server::Reply> {
+        Box::pin(async { icap::server::Reply::unmodified() })
+    }
+}
+
+#[tokio::test]
+async fn bodiless_requests_answered_without_reading_keep_the_connection() {
+    let srv = net::start(icap::server::Server::default().route("heads", HeadsOnly)).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let req = "REQMOD icap://127.0.0.1/heads ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\nEncapsulated: req-hdr=0, null-body=35\r\n\r\nGET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answer = format!(
+        "ICAP/1.0 204 No Content\r\nServer: icap/{}\r\nISTag: \"heads-1\"\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    // One request, its answer, then a second on the same connection.
+    for _ in 0..2 {
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; answer.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), answer);
+    }
+    // Nothing more (no Connection: close, no close).
+    let mut b = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), s.read(&mut b))
+            .await
+            .is_err(),
+        "the connection was closed or got more bytes"
+    );
+    srv.stop().await;
+}

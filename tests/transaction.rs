@@ -490,6 +490,53 @@ fn server(wire: &str) -> (ServerTransaction, Vec<ServerEvent>) {
     (tx, evs)
 }
 
+/// A REQMOD without a body (`null-body`), as squid sends for a GET.
+const NULL_BODY_REQMOD: &str = "REQMOD icap://icap.example/reqmod ICAP/1.0\r\nHost: icap.example\r\nEncapsulated: req-hdr=0, null-body=35\r\n\r\nGET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn server_answering_a_bodiless_request_without_polling_on_keeps_the_connection() {
+    // Two pipelined requests; the application answers the first as soon as it has its head,
+    // the way a service that never reads the body does.
+    let mut tx = ServerTransaction::new(RequestDecoder::default());
+    tx.feed(format!("{NULL_BODY_REQMOD}{NULL_BODY_REQMOD}").as_bytes());
+    let Some(ServerEvent::Request(req)) = tx.poll_event().unwrap() else {
+        panic!("no head")
+    };
+    assert_eq!(req.body, None);
+    assert!(!tx.receiving());
+    assert_eq!(tx.state(), ServerState::Answer);
+    let res = Response::ok("t")
+        .http_request_parts("GET", "http://x/", [("Host", "y")])
+        .build()
+        .unwrap();
+    tx.respond(res).unwrap();
+    assert_eq!(
+        sout(&mut tx),
+        "ICAP/1.0 200 OK\r\nISTag: \"t\"\r\nEncapsulated: req-hdr=0, null-body=35\r\n\r\nGET http://x/ HTTP/1.1\r\nHost: y\r\n\r\n"
+    );
+    assert_eq!(tx.reuse(), Reuse::Keep);
+    // The second request starts at its head on the kept connection.
+    let mut next = ServerTransaction::new(tx.into_decoder());
+    assert!(matches!(
+        next.poll_event().unwrap(),
+        Some(ServerEvent::Request(_))
+    ));
+    // Polled on, it still gives the request's End, once.
+    assert!(matches!(
+        next.poll_event().unwrap(),
+        Some(ServerEvent::End(_))
+    ));
+    assert_eq!(next.poll_event().unwrap(), None);
+    assert_eq!(next.state(), ServerState::Answer);
+    let res = Response::ok("t")
+        .http_request_parts("GET", "http://x/", [("Host", "y")])
+        .build()
+        .unwrap();
+    next.respond(res).unwrap();
+    assert_eq!(next.reuse(), Reuse::Keep);
+    assert!(next.into_decoder().is_idle());
+}
+
 #[test]
 fn server_c_icap_client_sends_body_equal_to_preview_then_0_after_100() {
     let (mut tx, evs) = server(&(head(Some(4), "204") + "4\r\nabcd\r\n0\r\n\r\n"));
