@@ -405,10 +405,7 @@ fn cicap_client_vendor_profiles() {
         &["-req", "http://up.example/ssn.txt", "-f", ssn],
     );
     assert_eq!(run.status(), 200, "{}", run.out);
-    assert_eq!(
-        run.header("ISTag").as_deref(),
-        Some("\"Vontu14.0-icap\"")
-    );
+    assert_eq!(run.header("ISTag").as_deref(), Some("\"Vontu14.0-icap\""));
     assert!(run.has_line("HTTP/1.1 200 OK"), "{}", run.out);
     assert!(run
         .header("Encapsulated")
