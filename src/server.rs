@@ -1604,3 +1604,119 @@ impl Drop for Spool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Out of descriptors, accept once retried every 50 ms forever and said nothing; now it
+    /// backs off up to a second, and per-connection failures are retried at once.
+    #[test]
+    fn accept_backs_off_when_out_of_descriptors() {
+        let emfile = io::Error::from_raw_os_error(24);
+        let mut wait = Duration::ZERO;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            wait = accept_backoff(&emfile, wait);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        let enfile = io::Error::from_raw_os_error(23);
+        assert_eq!(
+            accept_backoff(&enfile, Duration::ZERO),
+            Duration::from_millis(10)
+        );
+        let aborted = io::Error::from(io::ErrorKind::ConnectionAborted);
+        assert_eq!(
+            accept_backoff(&aborted, Duration::from_secs(1)),
+            Duration::ZERO
+        );
+        let other = io::Error::other("something else");
+        assert_eq!(
+            accept_backoff(&other, Duration::ZERO),
+            Duration::from_millis(50)
+        );
+    }
+
+    #[test]
+    fn read_clock_allows_the_smaller_of_deadline_and_rate() {
+        let rate = MinRate {
+            bytes_per_sec: 1000,
+            grace: Duration::from_secs(2),
+        };
+        let mut c = ReadClock::new(Some(Duration::from_secs(10)), Some(rate));
+        assert_eq!(c.allowance(), Some(Duration::from_secs(2)));
+        // 1500 bytes earn 1.5 s on top of the grace; 1 s already waited.
+        c.bytes = 1500;
+        c.waited = Duration::from_secs(1);
+        assert_eq!(c.allowance(), Some(Duration::from_millis(2500)));
+        // Far ahead of the rate: the hard limit decides.
+        c.bytes = 1_000_000;
+        assert_eq!(c.allowance(), Some(Duration::from_secs(9)));
+        // Behind the rate: nothing left.
+        c.bytes = 0;
+        c.waited = Duration::from_secs(3);
+        assert_eq!(c.allowance(), Some(Duration::ZERO));
+        // No limit, no rate (or a zero rate): unbounded.
+        assert_eq!(ReadClock::new(None, None).allowance(), None);
+        let zero = MinRate {
+            bytes_per_sec: 0,
+            grace: Duration::ZERO,
+        };
+        assert_eq!(ReadClock::new(None, Some(zero)).allowance(), None);
+        // Huge counts saturate instead of overflowing.
+        let mut c = ReadClock::new(
+            None,
+            Some(MinRate {
+                bytes_per_sec: 1,
+                grace: Duration::MAX,
+            }),
+        );
+        c.bytes = u64::MAX;
+        assert_eq!(c.allowance(), Some(Duration::MAX));
+    }
+
+    #[test]
+    fn peers_are_counted_by_address_and_ipv6_by_64() {
+        let a: SocketAddr = "[2001:db8:1:2:aaaa::1]:1000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8:1:2:bbbb::2]:2000".parse().unwrap();
+        let c: SocketAddr = "[2001:db8:1:3::1]:1000".parse().unwrap();
+        assert_eq!(peer_key(a), peer_key(b));
+        assert_ne!(peer_key(a), peer_key(c));
+        let v4: SocketAddr = "192.0.2.7:1".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:2".parse().unwrap();
+        assert_eq!(peer_key(v4), peer_key(mapped));
+        assert_ne!(peer_key(v4), peer_key("192.0.2.8:1".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn the_oldest_idle_connection_of_the_address_makes_room() {
+        let slots = Arc::new(Slots::default());
+        let p1: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let p2: SocketAddr = "192.0.2.2:1".parse().unwrap();
+        let admit = |p, max, per_ip| match slots.admit(p, max, per_ip) {
+            Admission::Admitted { slot, evicted } => Some((slot, evicted)),
+            Admission::Refused => None,
+        };
+        let (a, _) = admit(p1, 3, 2).unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let (b, _) = admit(p1, 3, 2).unwrap();
+        let (c, _) = admit(p2, 3, 2).unwrap();
+        assert!(a.busy() && c.busy());
+        // p1 is at its limit; its only idle connection (b) makes room.
+        let (d, evicted) = admit(p1, 3, 2).unwrap();
+        assert!(evicted);
+        assert!(!b.idle() && !b.busy(), "b was closed");
+        assert!(d.busy());
+        // Full, nothing idle: refused.
+        assert!(admit(p2, 3, 2).is_none());
+        // a idles: the newcomer from p2 takes its place.
+        assert!(a.idle());
+        let (_e, evicted) = admit(p2, 3, 2).unwrap();
+        assert!(evicted);
+        assert!(!a.busy());
+        drop((b, c, d));
+        assert_eq!(slots.lock().live.len(), 1);
+        assert!(!slots.lock().per_ip.contains_key(&peer_key(p1)));
+    }
+}
