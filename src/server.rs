@@ -15,9 +15,12 @@
 //! answer instead of completing it.
 //!
 //! Connections are kept alive and pipelined requests are answered in order. Limits bound
-//! connections, heads and bodies; timeouts bound how long an idle, slow or stalled client can
-//! hold a connection; [`Server::serve`] stops accepting on shutdown and lets transactions in
-//! flight finish. TLS (with optional client-certificate verification) is rustls.
+//! connections (in total and per client address), heads and bodies; deadlines and a minimum
+//! rate bound how long an idle, slow or stalled client can hold a connection (see
+//! [`ServerConfig`]). When the server is full, the connection idle longest makes room for a
+//! newcomer; with none idle the newcomer gets a 503 it can read (after the TLS handshake,
+//! its request drained). [`Server::serve`] stops accepting on shutdown and lets transactions
+//! in flight finish. TLS (with optional client-certificate verification) is rustls.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
