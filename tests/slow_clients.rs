@@ -270,6 +270,12 @@ async fn scenario(
 /// Every cut within `[lo, hi]`, every answer `answer` (a status line prefix, or empty).
 fn assert_cuts(kind: Kind, cuts: &[Cut], lo: Duration, hi: Duration, answer: &str) {
     assert_eq!(cuts.len(), CLIENTS);
+    let first = cuts.iter().map(|c| c.after).min().unwrap();
+    let last = cuts.iter().map(|c| c.after).max().unwrap();
+    eprintln!(
+        "{kind:?}: {} clients cut after {first:?} .. {last:?}",
+        cuts.len()
+    );
     for (i, c) in cuts.iter().enumerate() {
         assert!(
             c.after >= lo && c.after <= hi,
@@ -291,6 +297,10 @@ fn assert_cuts(kind: Kind, cuts: &[Cut], lo: Duration, hi: Duration, answer: &st
 fn assert_served_within(kind: Kind, waits: &[Duration], limit: Duration) {
     assert!(waits.len() >= 3, "{kind:?}: {waits:?}");
     let worst = waits.iter().max().unwrap();
+    eprintln!(
+        "{kind:?}: normal client served {} times, longest wait {worst:?}",
+        waits.len()
+    );
     assert!(
         *worst <= limit,
         "{kind:?}: the normal client waited {worst:?} (all: {waits:?})"
