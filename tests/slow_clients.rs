@@ -610,3 +610,108 @@ async fn refused_tls_client_reads_the_503_after_the_handshake() {
     assert_503(&got);
     srv.stop().await;
 }
+
+/// Set in the child process of [`accept_errors_are_counted_and_the_server_recovers`].
+const ACCEPT_CHILD: &str = "ICAP_TEST_ACCEPT_CHILD";
+
+/// Out of file descriptors, `accept` fails: the server counts each failure, backs off, and
+/// accepts again once descriptors are free. The server runs in a child process (this test
+/// binary again) under `ulimit -n 48`, so that its clients, here, are not limited.
+#[test]
+fn accept_errors_are_counted_and_the_server_recovers() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    if std::env::var_os(ACCEPT_CHILD).is_some() {
+        return accept_child();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(r#"ulimit -n 48 && exec "$0" --exact accept_errors_are_counted_and_the_server_recovers --nocapture --test-threads 1"#)
+        .arg(&exe)
+        .env(ACCEPT_CHILD, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed and reaped whatever happens.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reaped(child);
+    // The child's lines, read on a thread so that every wait here is bounded.
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    // The harness prints "test NAME ... " before the test's own output, on the same line.
+    let value_of = |key: &str| -> u64 {
+        loop {
+            let l = lines
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no {key} from the child"));
+            if let Some(v) = l.split(key).nth(1) {
+                return v.trim().parse().unwrap();
+            }
+        }
+    };
+    let port = value_of("PORT ") as u16;
+    // More connections than the child has descriptors: the kernel completes them all
+    // (accept queue), the server's accept fails once its descriptors are gone.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    }
+    std::thread::sleep(ms(500));
+    drop(held);
+    // Descriptors come back as the server sees those clients close; within its back-off
+    // (a second at most) it accepts again.
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(ms(5000))).unwrap();
+    s.write_all(&small_request()).unwrap();
+    let mut got = [0u8; 13];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ICAP/1.0 204 ");
+    let recovered = started.elapsed();
+    drop(s);
+    drop(child.0.stdin.take());
+    let errors = value_of("ACCEPT_ERRORS ");
+    eprintln!("{errors} accept errors; served again after {recovered:?}");
+    assert!(errors >= 1);
+    assert!(recovered < ms(3000), "{recovered:?}");
+}
+
+/// The child's part: a server until stdin closes, then its count of accept errors.
+fn accept_child() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let srv = start(ServerConfig::default()).await;
+        println!("PORT {}", srv.addr.port());
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        })
+        .await
+        .unwrap();
+        let stats = srv.stop().await;
+        println!(
+            "ACCEPT_ERRORS {}",
+            stats.accept_errors.load(Ordering::Relaxed)
+        );
+    });
+}
