@@ -3,7 +3,8 @@
 //! while full) beside a normal client. Each kind must be cut by the deadline meant for it,
 //! at the time it is due, and the normal client must be served within a few seconds
 //! throughout. Short timeouts keep each scenario to a few seconds; every loop is bounded by
-//! count and time.
+//! count and time. Also: a refused client that writes a large body reads its 503 (plain and
+//! TLS), an honest slow body is served, and accept errors are counted and recovered from.
 #![cfg(feature = "server")]
 
 mod net;
