@@ -4,7 +4,8 @@
 //! cargo run --features server --example dlp-server -- \
 //!     --listen 127.0.0.1:1344 [--listen [::1]:1344] \
 //!     [--tls-cert server.pem --tls-key server.key [--client-ca ca.pem]] \
-//!     [--rules rules.txt] [--profile symantec|forcepoint|generic] [--verbose]
+//!     [--rules rules.txt] [--profile symantec|forcepoint|generic] [--verbose] \
+//!     [--max-connections N] [--max-per-ip N] [--idle-timeout S] [--head-timeout S] ...
 //! ```
 //!
 //! Services `icap://HOST:PORT/reqmod` and `icap://HOST:PORT/respmod` scan bodies for payment
@@ -14,6 +15,11 @@
 //! the chosen vendor's (`--profile`, default `generic`). With `--tls-cert` and `--tls-key` it
 //! speaks ICAPS; `--client-ca` then requires client certificates issued by that CA.
 //! SIGINT / SIGTERM stop accepting and let transactions in flight finish.
+//!
+//! The defaults work behind squid for bodies of any size (larger ones are echoed while being
+//! scanned, see `--stream-over`) and bound what slow or idle clients can hold: connection
+//! limits in total and per client address, deadlines and a minimum rate for heads and
+//! bodies (see `icap::server::ServerConfig`); each has a flag.
 
 #[path = "shared/dlp_engine.rs"]
 #[allow(dead_code)]
@@ -27,15 +33,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
+use std::time::Duration;
+
 use dlp_engine::Rules;
 use dlp_service::{DlpConfig, Profile};
+use icap::server::{MinRate, ServerConfig};
 use icap::tls::ServerTls;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 const USAGE: &str =
     "usage: dlp-server [--listen ADDR]... [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
                   [--rules FILE] [--profile symantec|forcepoint|generic] [--preview N]
-                  [--stream-over BYTES] [--verbose]
+                  [--stream-over BYTES|off] [--verbose] [limits and timeouts below]
   --listen ADDR     address to listen on, repeatable (default 127.0.0.1:1344)
   --tls-cert PEM    server certificate chain: speak ICAPS (needs --tls-key)
   --tls-key PEM     server private key
@@ -47,8 +56,22 @@ const USAGE: &str =
   --preview N       Preview size announced in OPTIONS (default 4096)
   --stream-over N   echo bodies over N bytes (or of unknown length) while scanning them
                     when 204 is not allowed, cutting the answer on a finding: for squid,
-                    which sends no more than 64 KiB until an answer starts (try 49152)
-  --verbose         one line per scanned message on stderr";
+                    which sends no more than 64 KiB until an answer starts (default 57344;
+                    off: always scan the whole body first, larger bodies then stall squid)
+  --verbose         one line per scanned message on stderr
+Limits and timeouts (seconds may have decimals):
+  --max-connections N      connections served at once; when full, the longest idle one
+                           is closed to make room, else 503 (default 256)
+  --max-per-ip N           the same per client address, IPv6 per /64 (default 128)
+  --idle-timeout S         wait for a request, first or next (default 60)
+  --head-timeout S         a request head from its first byte (default 30)
+  --read-timeout S         longest pause inside a body (default 30)
+  --body-timeout S|off     a whole body (default off: the minimum rate applies)
+  --min-rate B|off         slowest average for heads and bodies, bytes/s (default 1024)
+  --min-rate-grace S       time before the minimum rate applies (default 10)
+  --write-timeout S        longest blocked write to a client (default 60)
+  --tls-handshake-timeout S  (default 10)
+  --refusal-timeout S      time to get a 503 across, reading the request included (default 5)";
 
 /// The command line.
 #[derive(Debug)]
@@ -62,6 +85,23 @@ struct Args {
     preview: u64,
     stream_over: Option<u64>,
     verbose: bool,
+    server: ServerConfig,
+}
+
+/// Seconds, decimals allowed, more than 0.
+fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or(format!("{flag} {v}: expected seconds (more than 0)"))
+}
+
+fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    v.parse().map_err(|e| format!("{flag} {v}: {e}"))
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -73,9 +113,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         rules: None,
         profile: Profile::Generic,
         preview: dlp_service::PREVIEW,
-        stream_over: None,
+        stream_over: Some(dlp_service::STREAM_OVER),
         verbose: false,
+        server: ServerConfig::default(),
     };
+    let mut min_rate = a.server.min_rate;
+    let mut grace = min_rate.map_or(MinRate::default().grace, |r| r.grace);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match flag.as_str() {
@@ -95,13 +138,49 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--stream-over" => {
                 let v = value("--stream-over")?;
-                a.stream_over = Some(v.parse().map_err(|e| format!("--stream-over {v}: {e}"))?);
+                a.stream_over = match v.as_str() {
+                    "off" => None,
+                    _ => Some(number("--stream-over", &v)?),
+                };
             }
+            "--max-connections" => {
+                a.server.max_connections = number(&flag, &value(&flag)?)?;
+            }
+            "--max-per-ip" => {
+                a.server.max_connections_per_ip = number(&flag, &value(&flag)?)?;
+            }
+            "--idle-timeout" => a.server.idle_timeout = seconds(&flag, &value(&flag)?)?,
+            "--head-timeout" => a.server.head_timeout = seconds(&flag, &value(&flag)?)?,
+            "--read-timeout" => a.server.read_timeout = seconds(&flag, &value(&flag)?)?,
+            "--write-timeout" => a.server.write_timeout = seconds(&flag, &value(&flag)?)?,
+            "--tls-handshake-timeout" => {
+                a.server.tls_handshake_timeout = seconds(&flag, &value(&flag)?)?;
+            }
+            "--refusal-timeout" => a.server.refusal_timeout = seconds(&flag, &value(&flag)?)?,
+            "--body-timeout" => {
+                let v = value(&flag)?;
+                a.server.body_timeout = match v.as_str() {
+                    "off" => None,
+                    _ => Some(seconds(&flag, &v)?),
+                };
+            }
+            "--min-rate" => {
+                let v = value(&flag)?;
+                min_rate = match v.as_str() {
+                    "off" => None,
+                    _ => Some(MinRate {
+                        bytes_per_sec: number(&flag, &v)?,
+                        grace,
+                    }),
+                };
+            }
+            "--min-rate-grace" => grace = seconds(&flag, &value(&flag)?)?,
             "--verbose" | "-v" => a.verbose = true,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    a.server.min_rate = min_rate.map(|r| MinRate { grace, ..r });
     if a.listen.is_empty() {
         a.listen.push(SocketAddr::from(([127, 0, 0, 1], 1344)));
     }
@@ -115,6 +194,19 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         );
     }
     Ok(a)
+}
+
+/// A listener with an accept queue of 1024 (the usual 128 overflows under a burst of
+/// connections, and the kernel then completes the excess only seconds later).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -156,12 +248,11 @@ async fn run(args: Args) -> Result<(), String> {
     cfg.preview = args.preview;
     cfg.stream_over = args.stream_over;
     cfg.verbose = args.verbose;
+    cfg.server = args.server.clone();
     let (server, stats) = dlp_service::dlp_server(&cfg, tls.as_ref()).map_err(|e| e.to_string())?;
     let mut listeners = Vec::new();
     for addr in &args.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("--listen {addr}: {e}"))?;
+        let l = listen(*addr).map_err(|e| format!("--listen {addr}: {e}"))?;
         let scheme = if tls.is_some() { "icaps" } else { "icap" };
         let local = l.local_addr().map_err(|e| e.to_string())?;
         // Printed on stdout (one line per listener) so scripts can read the bound port
@@ -182,9 +273,13 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     eprintln!(
-        "dlp-server: {} connections, {} requests, {} messages scanned ({} bytes), {} blocked",
+        "dlp-server: {} connections ({} refused, {} idle closed to make room), {} requests \
+         ({} cut as too slow), {} messages scanned ({} bytes), {} blocked",
         served.connections.load(Ordering::Relaxed),
+        served.refused.load(Ordering::Relaxed),
+        served.evicted.load(Ordering::Relaxed),
         served.requests.load(Ordering::Relaxed),
+        served.timeouts.load(Ordering::Relaxed),
         stats.scanned.load(Ordering::Relaxed),
         stats.bytes.load(Ordering::Relaxed),
         stats.blocked.load(Ordering::Relaxed),

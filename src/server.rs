@@ -15,14 +15,17 @@
 //! answer instead of completing it.
 //!
 //! Connections are kept alive and pipelined requests are answered in order. Limits bound
-//! connections, heads and bodies; timeouts bound how long an idle, slow or stalled client can
-//! hold a connection; [`Server::serve`] stops accepting on shutdown and lets transactions in
-//! flight finish. TLS (with optional client-certificate verification) is rustls.
+//! connections (in total and per client address), heads and bodies; deadlines and a minimum
+//! rate bound how long an idle, slow or stalled client can hold a connection (see
+//! [`ServerConfig`]). When the server is full, the connection idle longest makes room for a
+//! newcomer; with none idle the newcomer gets a 503 it can read (after the TLS handshake,
+//! its request drained). [`Server::serve`] stops accepting on shutdown and lets transactions
+//! in flight finish. TLS (with optional client-certificate verification) is rustls.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,12 +35,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::builder::ErrorStatus;
-use crate::decode::RequestDecoder;
+use crate::decode::{Event, RequestDecoder};
 use crate::error::Error;
 use crate::head::Method;
 use crate::headers::Headers;
@@ -143,22 +146,52 @@ impl Reply {
 }
 
 /// Timeouts and limits of a [`Server`].
+///
+/// Together they bound what a slow or idle client can hold: a connection slot (total and per
+/// address), and for how long. The defaults suit ICAP clients on a LAN (proxies keeping
+/// connections alive, sending heads in one piece, streaming bodies as their origin sends).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Decoder limits (head sizes, header count, preview, body size).
     pub limits: Limits,
-    /// Most connections served at once; more are answered 503 and closed. Default 256.
+    /// Most connections served at once. When full, the connection that has waited longest
+    /// for its next request (idle) is closed to make room; with none idle, the newcomer gets
+    /// 503. Default 256.
     pub max_connections: usize,
-    /// How long a kept-alive connection may wait for its next request. Default 60 s.
+    /// Most connections served at once for one client address (IPv6: one /64), with the same
+    /// make-room rule among that address's connections; keeps one client from taking every
+    /// slot. Default 128: an ICAP client is usually a proxy with many connections, and
+    /// services should announce no more than this in `Max-Connections`.
+    pub max_connections_per_ip: usize,
+    /// How long a connection may wait for a request: the first one, or the next one on a
+    /// kept-alive connection. Default 60 s.
     pub idle_timeout: Duration,
-    /// How long a request head (ICAP and HTTP heads) may take from its first byte. Default 30 s.
+    /// How long a request head (ICAP and HTTP heads) may take from its first byte; empty
+    /// lines before it count. Default 30 s.
     pub head_timeout: Duration,
     /// Longest wait for the next body bytes; a client that stalls longer gets 408. Default 30 s.
     pub read_timeout: Duration,
+    /// Longest time a whole request body may take (time spent waiting for the client, not
+    /// time the service spends), `None` for no limit. Default `None`: bodies of any size
+    /// are allowed and [`ServerConfig::min_rate`] keeps them moving; set it where bodies are
+    /// known to be small.
+    pub body_timeout: Option<Duration>,
+    /// The slowest rate at which heads and bodies may arrive, `None` for no minimum.
+    /// Default 1 KiB/s after a grace of 10 s.
+    pub min_rate: Option<MinRate>,
     /// Longest time a write to the client may block. Default 60 s.
     pub write_timeout: Duration,
     /// Longest TLS handshake. Default 10 s.
     pub tls_handshake_timeout: Duration,
+    /// How long a refused connection is kept to get its 503 across: the TLS handshake (on a
+    /// TLS port), the answer, and reading what the client still sends so that it is not
+    /// reset while writing. Default 5 s.
+    pub refusal_timeout: Duration,
+    /// Most bytes read and dropped from a refused connection. Default 4 MiB.
+    pub refusal_drain: u64,
+    /// Most refused connections answered at once; beyond, a refused connection is closed
+    /// without an answer. Default 64.
+    pub max_refusals: usize,
     /// Body bytes kept in memory for a possible echo before spilling to a temporary file.
     /// Default 1 MiB.
     pub spool_memory: usize,
@@ -172,16 +205,46 @@ pub struct ServerConfig {
     pub server_name: Option<String>,
 }
 
+/// A minimum transfer rate: after `grace`, a head or body must have arrived at
+/// `bytes_per_sec` on average, counting only the time the server spent waiting for it.
+///
+/// A client at the end of a slow link sends in bursts but keeps up an average; one that
+/// trickles a byte every few seconds (and so holds a connection indefinitely under any
+/// per-read timeout) falls behind and gets 408. The grace covers a slow start (an origin
+/// that takes a while to send the first bytes of a response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    /// Bytes per second, on average over the message. 0 disables the check.
+    pub bytes_per_sec: u64,
+    /// Time allowed before the average must be met.
+    pub grace: Duration,
+}
+
+impl Default for MinRate {
+    fn default() -> Self {
+        MinRate {
+            bytes_per_sec: 1024,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             limits: Limits::default(),
             max_connections: 256,
+            max_connections_per_ip: 128,
             idle_timeout: Duration::from_secs(60),
             head_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(30),
+            body_timeout: None,
+            min_rate: Some(MinRate::default()),
             write_timeout: Duration::from_secs(60),
             tls_handshake_timeout: Duration::from_secs(10),
+            refusal_timeout: Duration::from_secs(5),
+            refusal_drain: 4 * 1024 * 1024,
+            max_refusals: 64,
             spool_memory: 1024 * 1024,
             spool_dir: std::env::temp_dir(),
             istag: "icap".into(),
@@ -224,8 +287,16 @@ pub struct Stats {
     pub connections: AtomicU64,
     /// Requests received (heads decoded), whatever their answer.
     pub requests: AtomicU64,
-    /// Connections refused with 503 for the connection limit.
+    /// Connections refused with 503 (or closed unanswered beyond
+    /// [`ServerConfig::max_refusals`]) for the connection limits.
     pub refused: AtomicU64,
+    /// Idle connections closed to make room for a new one.
+    pub evicted: AtomicU64,
+    /// Heads and bodies cut for arriving too slowly (head or body deadline, minimum rate,
+    /// read timeout): each got 408 where the connection still worked.
+    pub timeouts: AtomicU64,
+    /// Failed `accept` calls (out of file descriptors and the like).
+    pub accept_errors: AtomicU64,
 }
 
 impl Server {
@@ -282,23 +353,33 @@ impl Server {
     ) -> io::Result<Arc<Stats>> {
         let server = Arc::new(self);
         let stats = Arc::new(Stats::default());
-        let permits = Arc::new(Semaphore::new(server.config.max_connections));
+        let slots = Arc::new(Slots::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(64);
         let mut acceptors = JoinSet::new();
         for l in listeners {
             let tx = conn_tx.clone();
+            let stats = stats.clone();
             acceptors.spawn(async move {
+                let mut backoff = Duration::ZERO;
                 loop {
                     match l.accept().await {
                         Ok(c) => {
+                            backoff = Duration::ZERO;
                             if tx.send(c).await.is_err() {
                                 return;
                             }
                         }
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Err(e) => {
+                            stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                            backoff = accept_backoff(&e, backoff);
+                            tracing::warn!(
+                                "accept failed: {e}; next attempt in {} ms",
+                                backoff.as_millis()
+                            );
+                            tokio::time::sleep(backoff).await;
+                        }
                     }
                 }
             });
@@ -315,16 +396,25 @@ impl Server {
                     let server = server.clone();
                     let stats2 = stats.clone();
                     let stop = stop_rx.clone();
-                    match permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
+                    let cfg = &server.config;
+                    match slots.admit(peer, cfg.max_connections, cfg.max_connections_per_ip) {
+                        Admission::Admitted { slot, evicted } => {
+                            if evicted {
+                                stats.evicted.fetch_add(1, Ordering::Relaxed);
+                            }
                             tasks.spawn(async move {
-                                let _permit = permit;
-                                server.connection(tcp, peer, stop, &stats2).await;
+                                server.connection(tcp, peer, slot, stop, &stats2).await;
                             });
                         }
-                        Err(_) => {
+                        Admission::Refused => {
                             stats.refused.fetch_add(1, Ordering::Relaxed);
-                            tasks.spawn(async move { server.refuse(tcp).await });
+                            tracing::debug!("connection from {peer} refused: connection limit");
+                            if let Some(r) = slots.refusing(server.config.max_refusals) {
+                                tasks.spawn(async move {
+                                    let _r = r;
+                                    server.refuse(tcp).await
+                                });
+                            }
                         }
                     }
                 }
@@ -337,21 +427,79 @@ impl Server {
         Ok(stats)
     }
 
-    async fn refuse(&self, mut tcp: TcpStream) {
+    /// Answers 503 to a connection over the limits, so that the client can read it: after
+    /// the TLS handshake on a TLS port, and reading (and dropping) what it sends until it
+    /// closes, so that a client still writing its request is not reset before it reads the
+    /// answer. Bounded by [`ServerConfig::refusal_timeout`] and
+    /// [`ServerConfig::refusal_drain`].
+    async fn refuse(&self, tcp: TcpStream) {
+        let deadline = Instant::now() + self.config.refusal_timeout;
+        let mut io: Box<dyn Io> = match &self.tls {
+            None => Box::new(tcp),
+            Some(acceptor) => {
+                let limit = deadline.min(Instant::now() + self.config.tls_handshake_timeout);
+                match timeout_at(limit, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => Box::new(tls),
+                    _ => return,
+                }
+            }
+        };
         let res = self.error_response(ErrorStatus::ServiceOverloaded, &self.config.istag);
         let mut buf = BytesMut::new();
         res.write_to(&mut buf);
-        let _ = timeout(self.config.write_timeout, tcp.write_all(&buf)).await;
-        let _ = tcp.shutdown().await;
+        let write = async {
+            io.write_all(&buf).await?;
+            io.flush().await
+        };
+        if !matches!(timeout_at(deadline, write).await, Ok(Ok(()))) {
+            return;
+        }
+        // Read on to the end of the request (the client then waits for the answer it has),
+        // or to its close; a request that cannot be parsed is drained blind.
+        let mut decoder = RequestDecoder::new(self.config.limits);
+        let mut parsing = true;
+        let mut drained = 0u64;
+        'drain: while drained < self.config.refusal_drain {
+            let buf = decoder.buffer_mut();
+            if !parsing {
+                buf.clear();
+            }
+            buf.reserve(16 * 1024);
+            match timeout_at(deadline, io.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => drained += n as u64,
+                _ => break,
+            }
+            while parsing {
+                match decoder.decode() {
+                    Ok(Some(Event::End(_) | Event::PreviewEnd)) => break 'drain,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => parsing = false,
+                }
+            }
+        }
+        let _ = timeout_at(deadline, io.shutdown()).await;
     }
 
     async fn connection(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
-        stop: watch::Receiver<bool>,
+        slot: Slot,
+        mut stop: watch::Receiver<bool>,
         stats: &Stats,
     ) {
+        // Until its first byte a connection is idle: it may be closed to make room, and it
+        // has idle_timeout to speak. The TLS handshake starts only then.
+        let mut one = [0u8; 1];
+        let first = tokio::select! {
+            r = timeout(self.config.idle_timeout, tcp.peek(&mut one)) => r,
+            _ = slot.evicted() => return,
+            _ = stop.changed() => return,
+        };
+        if !matches!(first, Ok(Ok(n)) if n > 0) || !slot.busy() {
+            return;
+        }
         let (io, secure): (Box<dyn Io>, bool) = match &self.tls {
             None => (Box::new(tcp), false),
             Some(acceptor) => {
@@ -368,7 +516,9 @@ impl Server {
         let mut conn = Conn {
             io,
             cfg: &self.config,
-            head_deadline: None,
+            stats,
+            slot,
+            clock: None,
         };
         let mut decoder = RequestDecoder::new(self.config.limits);
         loop {
@@ -411,11 +561,21 @@ impl Server {
         mut stop: watch::Receiver<bool>,
         stats: &Stats,
     ) -> Option<RequestDecoder> {
-        // 1. The head: wait idle, then at most head_timeout from the first byte.
+        conn.clock = None;
+        // 1. The head: wait idle, then at most head_timeout (and the minimum rate) from the
+        // first byte, empty lines before it included.
         let request = loop {
             match txn.poll_event() {
                 Ok(Some(ServerEvent::Request(r))) => break r,
-                Ok(Some(_)) => unreachable!("the first event of a transaction is its head"),
+                Ok(Some(ev)) => {
+                    // The decoder gives a head first; anything else is a bug to report to
+                    // the client as ours, not a reason to bring the server down.
+                    tracing::error!("unexpected event before the request head: {ev:?}");
+                    let res = self.error_response(ErrorStatus::ServerError, &self.config.istag);
+                    let _ = txn.respond(res);
+                    let _ = conn.flush_out(&mut txn).await;
+                    return None;
+                }
                 Ok(None) => {}
                 Err(_) => {
                     let res = self.error_response(ErrorStatus::BadRequest, &self.config.istag);
@@ -424,30 +584,50 @@ impl Server {
                     return None;
                 }
             }
-            let idle = txn.decoder_mut().buffered().is_empty();
-            if idle && *stop.borrow() {
-                return None;
-            }
-            let read = if idle {
-                tokio::select! {
+            if conn.clock.is_none() && txn.decoder_mut().buffered().is_empty() {
+                // Idle: between requests (or before the first), nothing of the next one here.
+                if *stop.borrow() || !conn.slot.idle() {
+                    return None;
+                }
+                let evicted = conn.slot.notify.clone();
+                let read = tokio::select! {
                     r = timeout(self.config.idle_timeout, conn.read(&mut txn)) => r,
                     _ = stop.changed() => return None,
+                    _ = evicted.notified() => return None,
+                };
+                match read {
+                    Ok(Ok(0)) => {
+                        let _ = txn.on_eof();
+                        return None;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) | Err(_) => return None,
                 }
-            } else {
-                let deadline = conn
-                    .head_deadline
-                    .get_or_insert_with(|| Instant::now() + self.config.head_timeout);
-                timeout_at(*deadline, conn.read(&mut txn)).await
-            };
-            match read {
-                Ok(Ok(0)) => {
+                if !conn.slot.busy() {
+                    // Closed to make room just as the request began.
+                    return None;
+                }
+                conn.clock = Some(ReadClock::new(
+                    Some(self.config.head_timeout),
+                    self.config.min_rate,
+                ));
+                continue;
+            }
+            if conn.clock.is_none() {
+                // Pipelined: the next head is already (partly) here.
+                conn.clock = Some(ReadClock::new(
+                    Some(self.config.head_timeout),
+                    self.config.min_rate,
+                ));
+            }
+            match conn.read_timed(&mut txn, None).await {
+                Ok(0) => {
                     let _ = txn.on_eof();
                     return None;
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return None,
-                Err(_) if idle => return None,
-                Err(_) => {
+                Ok(_) => {}
+                Err(ReadFail::Io(_)) => return None,
+                Err(ReadFail::Timeout) => {
                     let res = self.error_response(ErrorStatus::RequestTimeout, &self.config.istag);
                     let _ = txn.respond(res);
                     let _ = conn.flush_out(&mut txn).await;
@@ -455,7 +635,11 @@ impl Server {
                 }
             }
         };
-        conn.head_deadline = None;
+        // The body has its own clock, started now.
+        conn.clock = Some(ReadClock::new(
+            self.config.body_timeout,
+            self.config.min_rate,
+        ));
         stats.requests.fetch_add(1, Ordering::Relaxed);
 
         // 2. Routing and the checks that need no service code.
@@ -795,15 +979,272 @@ impl Server {
     }
 }
 
+/// How long to wait before the next `accept` after `e`, given the previous wait.
+///
+/// Out of file descriptors or memory, the listener stays readable and an immediate retry
+/// fails again: back off, doubling up to a second, until connections close. Errors that
+/// concern only the connection being accepted (aborted, reset) are retried at once.
+fn accept_backoff(e: &io::Error, previous: Duration) -> Duration {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const WSAEMFILE: i32 = 10024;
+    let exhausted = matches!(e.raw_os_error(), Some(EMFILE | ENFILE | WSAEMFILE))
+        || e.kind() == io::ErrorKind::OutOfMemory;
+    if exhausted {
+        (previous * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    } else if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    ) {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(50)
+    }
+}
+
+/// The key connections are counted under for [`ServerConfig::max_connections_per_ip`]: the
+/// address, or its /64 for IPv6 (one host usually holds a whole /64).
+fn peer_key(peer: SocketAddr) -> IpAddr {
+    match peer.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mask = !0u128 << 64;
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// The connections being served, by client address, and which of them are idle (waiting
+/// for a request) since when: the oldest idle one makes room when the server is full.
+#[derive(Default)]
+struct Slots {
+    inner: std::sync::Mutex<SlotsInner>,
+}
+
+#[derive(Default)]
+struct SlotsInner {
+    next_id: u64,
+    live: HashMap<u64, (IpAddr, Option<Instant>, Arc<Notify>)>,
+    per_ip: HashMap<IpAddr, usize>,
+    /// Idle connections, oldest first.
+    idle: BTreeSet<(Instant, u64)>,
+    refusing: usize,
+}
+
+enum Admission {
+    /// Served; `evicted` when an idle connection was closed to make room.
+    Admitted {
+        slot: Slot,
+        evicted: bool,
+    },
+    Refused,
+}
+
+impl SlotsInner {
+    fn remove(&mut self, id: u64) -> Option<Arc<Notify>> {
+        let (ip, since, notify) = self.live.remove(&id)?;
+        if let Some(t) = since {
+            self.idle.remove(&(t, id));
+        }
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        Some(notify)
+    }
+
+    /// Closes the oldest idle connection (of `ip` when given); false when none is idle.
+    fn evict_oldest(&mut self, ip: Option<IpAddr>) -> bool {
+        let victim = self
+            .idle
+            .iter()
+            .map(|&(_, id)| id)
+            .find(|id| ip.is_none_or(|ip| self.live.get(id).is_some_and(|l| l.0 == ip)));
+        match victim.and_then(|id| self.remove(id)) {
+            Some(notify) => {
+                notify.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotsInner> {
+        // A panic while holding the lock leaves consistent maps (every update is a single
+        // step), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admit(self: &Arc<Self>, peer: SocketAddr, max: usize, per_ip: usize) -> Admission {
+        let ip = peer_key(peer);
+        let mut s = self.lock();
+        let mut evicted = false;
+        if s.per_ip.get(&ip).copied().unwrap_or(0) >= per_ip {
+            if !s.evict_oldest(Some(ip)) {
+                return Admission::Refused;
+            }
+            evicted = true;
+        }
+        if s.live.len() >= max {
+            if !s.evict_oldest(None) {
+                return Admission::Refused;
+            }
+            evicted = true;
+        }
+        let id = s.next_id;
+        s.next_id += 1;
+        let now = Instant::now();
+        let notify = Arc::new(Notify::new());
+        s.live.insert(id, (ip, Some(now), notify.clone()));
+        s.idle.insert((now, id));
+        *s.per_ip.entry(ip).or_insert(0) += 1;
+        Admission::Admitted {
+            slot: Slot {
+                slots: self.clone(),
+                id,
+                notify,
+            },
+            evicted,
+        }
+    }
+
+    /// A place among the refusals being answered, if one is free.
+    fn refusing(self: &Arc<Self>, max: usize) -> Option<Refusing> {
+        let mut s = self.lock();
+        if s.refusing >= max {
+            return None;
+        }
+        s.refusing += 1;
+        Some(Refusing(self.clone()))
+    }
+}
+
+/// A connection's place in [`Slots`], given back when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+impl Slot {
+    /// Marks the connection idle (waiting for a request); false when it was already closed
+    /// to make room.
+    fn idle(&self) -> bool {
+        let mut s = self.slots.lock();
+        let now = Instant::now();
+        let Some(entry) = s.live.get_mut(&self.id) else {
+            return false;
+        };
+        if entry.1.is_none() {
+            entry.1 = Some(now);
+            s.idle.insert((now, self.id));
+        }
+        true
+    }
+
+    /// Marks the connection busy (a request is arriving); false when it was closed to make
+    /// room before the request began.
+    fn busy(&self) -> bool {
+        let mut s = self.slots.lock();
+        let Some(entry) = s.live.get_mut(&self.id) else {
+            return false;
+        };
+        if let Some(t) = entry.1.take() {
+            s.idle.remove(&(t, self.id));
+        }
+        true
+    }
+
+    /// Completes when the connection is closed to make room.
+    async fn evicted(&self) {
+        self.notify.notified().await
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.lock().remove(self.id);
+    }
+}
+
+/// A refusal being answered, counted against [`ServerConfig::max_refusals`].
+struct Refusing(Arc<Slots>);
+
+impl Drop for Refusing {
+    fn drop(&mut self) {
+        self.0.lock().refusing -= 1;
+    }
+}
+
 fn log_debug(msg: &str) {
     tracing::debug!("{msg}");
 }
 
-/// The connection and its per-request deadline.
+/// The connection, its place among the served ones, and the clock of the head or body
+/// being read.
 struct Conn<'s> {
     io: Box<dyn Io>,
     cfg: &'s ServerConfig,
-    head_deadline: Option<Instant>,
+    stats: &'s Stats,
+    slot: Slot,
+    /// Set from the first byte of a request head; replaced at the end of the head by the
+    /// body's; cleared when a new transaction may wait idle.
+    clock: Option<ReadClock>,
+}
+
+/// Why a timed read failed.
+enum ReadFail {
+    /// A deadline, the minimum rate or the per-read timeout ran out.
+    Timeout,
+    Io(io::Error),
+}
+
+/// The time budget of one head or body: a hard limit and a minimum rate, both on the time
+/// spent waiting for the client (time the service takes between reads is not the client's).
+#[derive(Debug, Clone, Copy)]
+struct ReadClock {
+    waited: Duration,
+    bytes: u64,
+    limit: Option<Duration>,
+    rate: Option<MinRate>,
+}
+
+impl ReadClock {
+    fn new(limit: Option<Duration>, rate: Option<MinRate>) -> Self {
+        ReadClock {
+            waited: Duration::ZERO,
+            bytes: 0,
+            limit,
+            rate: rate.filter(|r| r.bytes_per_sec > 0),
+        }
+    }
+
+    /// How much longer the next read may wait, `None` for no bound.
+    fn allowance(&self) -> Option<Duration> {
+        let hard = self.limit.map(|l| l.saturating_sub(self.waited));
+        let rate = self.rate.map(|r| {
+            // The bytes so far earned bytes / rate of waiting on top of the grace.
+            let whole = Duration::from_secs(self.bytes / r.bytes_per_sec);
+            let part = u128::from(self.bytes % r.bytes_per_sec) * 1_000_000_000
+                / u128::from(r.bytes_per_sec);
+            let earned = whole.saturating_add(Duration::from_nanos(part as u64));
+            r.grace.saturating_add(earned).saturating_sub(self.waited)
+        });
+        match (hard, rate) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl Conn<'_> {
@@ -811,6 +1252,38 @@ impl Conn<'_> {
         let buf = txn.decoder_mut().buffer_mut();
         buf.reserve(16 * 1024);
         self.io.read_buf(buf).await
+    }
+
+    /// Reads within what the clock allows (and `per_read`), and charges the wait to it.
+    async fn read_timed(
+        &mut self,
+        txn: &mut ServerTransaction,
+        per_read: Option<Duration>,
+    ) -> Result<usize, ReadFail> {
+        let clock = self.clock.unwrap_or(ReadClock::new(None, None));
+        let allow = match (clock.allowance(), per_read) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let started = Instant::now();
+        let r = match allow {
+            Some(d) => timeout(d, self.read(txn)).await,
+            None => Ok(self.read(txn).await),
+        };
+        if let Some(c) = &mut self.clock {
+            c.waited += started.elapsed();
+            if let Ok(Ok(n)) = &r {
+                c.bytes += *n as u64;
+            }
+        }
+        match r {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(ReadFail::Io(e)),
+            Err(_) => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(ReadFail::Timeout)
+            }
+        }
     }
 
     async fn flush_out(&mut self, txn: &mut ServerTransaction) -> io::Result<()> {
@@ -829,7 +1302,8 @@ impl Conn<'_> {
 /// Why reading a body failed.
 #[derive(Debug)]
 pub enum BodyError {
-    /// The client sent nothing for [`ServerConfig::read_timeout`].
+    /// The client sent nothing for [`ServerConfig::read_timeout`], or the body took longer
+    /// than [`ServerConfig::body_timeout`] or fell below [`ServerConfig::min_rate`].
     Timeout,
     /// The client closed the connection in the middle of the body.
     Eof,
@@ -1049,7 +1523,13 @@ impl<'c, 's> Body<'c, 's> {
                     self.done = true;
                     return Ok(None);
                 }
-                Ok(Some(ServerEvent::Request(_))) => unreachable!("one head per transaction"),
+                Ok(Some(ServerEvent::Request(_))) => {
+                    return Err(BodyError::Protocol(Error::new(
+                        crate::ErrorKind::InvalidState,
+                        self.txn.decoder_mut().position(),
+                        "a second request head inside a transaction",
+                    )))
+                }
                 Ok(None) => {}
                 Err(e) => return Err(BodyError::Protocol(e)),
             }
@@ -1057,14 +1537,15 @@ impl<'c, 's> Body<'c, 's> {
                 self.done = true;
                 return Ok(None);
             }
-            match timeout(self.conn.cfg.read_timeout, self.conn.read(self.txn)).await {
-                Err(_) => return Err(BodyError::Timeout),
-                Ok(Err(e)) => return Err(BodyError::Io(e)),
-                Ok(Ok(0)) => {
+            let per_read = Some(self.conn.cfg.read_timeout);
+            match self.conn.read_timed(self.txn, per_read).await {
+                Err(ReadFail::Timeout) => return Err(BodyError::Timeout),
+                Err(ReadFail::Io(e)) => return Err(BodyError::Io(e)),
+                Ok(0) => {
                     let _ = self.txn.on_eof();
                     return Err(BodyError::Eof);
                 }
-                Ok(Ok(_)) => {}
+                Ok(_) => {}
             }
         }
     }
@@ -1223,5 +1704,121 @@ mod spool_tests {
             .await
             .unwrap();
         assert_eq!(back, b"abcdefghij");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Out of descriptors, accept once retried every 50 ms forever and said nothing; now it
+    /// backs off up to a second, and per-connection failures are retried at once.
+    #[test]
+    fn accept_backs_off_when_out_of_descriptors() {
+        let emfile = io::Error::from_raw_os_error(24);
+        let mut wait = Duration::ZERO;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            wait = accept_backoff(&emfile, wait);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        let enfile = io::Error::from_raw_os_error(23);
+        assert_eq!(
+            accept_backoff(&enfile, Duration::ZERO),
+            Duration::from_millis(10)
+        );
+        let aborted = io::Error::from(io::ErrorKind::ConnectionAborted);
+        assert_eq!(
+            accept_backoff(&aborted, Duration::from_secs(1)),
+            Duration::ZERO
+        );
+        let other = io::Error::other("something else");
+        assert_eq!(
+            accept_backoff(&other, Duration::ZERO),
+            Duration::from_millis(50)
+        );
+    }
+
+    #[test]
+    fn read_clock_allows_the_smaller_of_deadline_and_rate() {
+        let rate = MinRate {
+            bytes_per_sec: 1000,
+            grace: Duration::from_secs(2),
+        };
+        let mut c = ReadClock::new(Some(Duration::from_secs(10)), Some(rate));
+        assert_eq!(c.allowance(), Some(Duration::from_secs(2)));
+        // 1500 bytes earn 1.5 s on top of the grace; 1 s already waited.
+        c.bytes = 1500;
+        c.waited = Duration::from_secs(1);
+        assert_eq!(c.allowance(), Some(Duration::from_millis(2500)));
+        // Far ahead of the rate: the hard limit decides.
+        c.bytes = 1_000_000;
+        assert_eq!(c.allowance(), Some(Duration::from_secs(9)));
+        // Behind the rate: nothing left.
+        c.bytes = 0;
+        c.waited = Duration::from_secs(3);
+        assert_eq!(c.allowance(), Some(Duration::ZERO));
+        // No limit, no rate (or a zero rate): unbounded.
+        assert_eq!(ReadClock::new(None, None).allowance(), None);
+        let zero = MinRate {
+            bytes_per_sec: 0,
+            grace: Duration::ZERO,
+        };
+        assert_eq!(ReadClock::new(None, Some(zero)).allowance(), None);
+        // Huge counts saturate instead of overflowing.
+        let mut c = ReadClock::new(
+            None,
+            Some(MinRate {
+                bytes_per_sec: 1,
+                grace: Duration::MAX,
+            }),
+        );
+        c.bytes = u64::MAX;
+        assert_eq!(c.allowance(), Some(Duration::MAX));
+    }
+
+    #[test]
+    fn peers_are_counted_by_address_and_ipv6_by_64() {
+        let a: SocketAddr = "[2001:db8:1:2:aaaa::1]:1000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8:1:2:bbbb::2]:2000".parse().unwrap();
+        let c: SocketAddr = "[2001:db8:1:3::1]:1000".parse().unwrap();
+        assert_eq!(peer_key(a), peer_key(b));
+        assert_ne!(peer_key(a), peer_key(c));
+        let v4: SocketAddr = "192.0.2.7:1".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:2".parse().unwrap();
+        assert_eq!(peer_key(v4), peer_key(mapped));
+        assert_ne!(peer_key(v4), peer_key("192.0.2.8:1".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn the_oldest_idle_connection_of_the_address_makes_room() {
+        let slots = Arc::new(Slots::default());
+        let p1: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let p2: SocketAddr = "192.0.2.2:1".parse().unwrap();
+        let admit = |p, max, per_ip| match slots.admit(p, max, per_ip) {
+            Admission::Admitted { slot, evicted } => Some((slot, evicted)),
+            Admission::Refused => None,
+        };
+        let (a, _) = admit(p1, 3, 2).unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let (b, _) = admit(p1, 3, 2).unwrap();
+        let (c, _) = admit(p2, 3, 2).unwrap();
+        assert!(a.busy() && c.busy());
+        // p1 is at its limit; its only idle connection (b) makes room.
+        let (d, evicted) = admit(p1, 3, 2).unwrap();
+        assert!(evicted);
+        assert!(!b.idle() && !b.busy(), "b was closed");
+        assert!(d.busy());
+        // Full, nothing idle: refused.
+        assert!(admit(p2, 3, 2).is_none());
+        // a idles: the newcomer from p2 takes its place.
+        assert!(a.idle());
+        let (_e, evicted) = admit(p2, 3, 2).unwrap();
+        assert!(evicted);
+        assert!(!a.busy());
+        drop((b, c, d));
+        assert_eq!(slots.lock().live.len(), 1);
+        assert!(!slots.lock().per_ip.contains_key(&peer_key(p1)));
     }
 }

@@ -750,6 +750,103 @@ fn squid_large_bodies_stream_with_early_echo() {
     assert_eq!(dlp.blocked(), 1);
 }
 
+/// The DLP server as `dlp-server --listen ADDR` runs it, no flag given (`DlpConfig::new`,
+/// which the binary uses untouched): a 400 KB and a 2 MiB clean download through squid
+/// once stalled at squid's 64 KiB and came back as HTTP 500 after the 30 s read timeout.
+/// Now every size goes through: whole-body scanning with a block page up to
+/// `STREAM_OVER`, a streamed echo above it (a late card cuts the transfer).
+#[test]
+fn squid_with_the_default_configuration_serves_bodies_of_any_size() {
+    if !peers_support::available(&["squid", "curl", "python3"]) {
+        return;
+    }
+    let _serial = peers_support::serial();
+    let dir = TempDir::new("squid-default");
+    let files = dir.subdir("www");
+    let at_threshold = dlp_service::STREAM_OVER as usize;
+    let clean = [
+        ("threshold.txt", clean_text(at_threshold)),
+        ("400k.txt", clean_text(400_000)),
+        ("2m.bin", clean_text(2 * 1024 * 1024)),
+    ];
+    for (n, b) in &clean {
+        write_file(&files.join(n), b);
+    }
+    write_file(
+        &files.join("card-threshold.txt"),
+        &text_with(at_threshold, at_threshold - 100, CARD.as_bytes()),
+    );
+    let card_at = 300_000;
+    write_file(
+        &files.join("card-400k.txt"),
+        &text_with(400_000, card_at, CARD.as_bytes()),
+    );
+    let mut dlp = Dlp::start(DlpConfig::new(Rules::default(), Profile::Generic));
+    let origin = Origin::start(&files, dir.path());
+    let squid = Squid::start(dlp.port(), "reqmod", "respmod", true, "");
+    let proxy = squid.proxy_url();
+    let base = format!("http://127.0.0.1:{}", origin.port);
+    let started = std::time::Instant::now();
+
+    for (name, body) in &clean {
+        let f = curl(dir.path(), &proxy, &format!("{base}/{name}"), None);
+        assert_eq!(
+            f.code,
+            200,
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&f.body[..f.body.len().min(300)]),
+            squid.cache_log()
+        );
+        assert_eq!(
+            sha256(&f.body),
+            sha256(body),
+            "{name}: the whole file, unchanged"
+        );
+        let up = curl(
+            dir.path(),
+            &proxy,
+            &format!("{base}/upload/{name}"),
+            Some(&files.join(name)),
+        );
+        assert_eq!(up.code, 200, "upload {name}");
+        assert_eq!(
+            String::from_utf8_lossy(&up.body),
+            format!("received {} bytes\n", body.len())
+        );
+    }
+    // Up to the threshold a finding still gets the block page ...
+    let f = curl(
+        dir.path(),
+        &proxy,
+        &format!("{base}/card-threshold.txt"),
+        None,
+    );
+    assert_eq!(f.code, 403);
+    assert!(!String::from_utf8_lossy(&f.body).contains(CARD));
+    // ... above it the transfer is cut before the card.
+    let out = dir.join("card.out");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30", "-x", &proxy, "-o"])
+        .arg(&out)
+        .arg(format!("{base}/card-400k.txt"));
+    let r = run_tool(dir.path(), &mut cmd, Duration::from_secs(40));
+    let got = std::fs::read(&out).unwrap_or_default();
+    assert!(!r.status.success(), "a failed transfer: {}", r.stderr);
+    assert!(got.len() < card_at, "{} bytes passed", got.len());
+    assert!(!got.windows(CARD.len()).any(|w| w == CARD.as_bytes()));
+    assert_eq!(dlp.blocked(), 2);
+    // Nothing waited for a timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(squid);
+    drop(origin);
+    let stats = dlp.stop();
+    assert_eq!(stats.timeouts.load(Ordering::Relaxed), 0);
+}
+
 /// ICAPS: c-icap-client over TLS (trusting the test CA) gets OPTIONS and a block answer;
 /// with client certificates required (c-icap-client cannot present one) it gets no ICAP
 /// answer at all, and the server scanned nothing.

@@ -212,8 +212,11 @@ async fn stalled_client_gets_408_and_others_are_served() {
     srv.stop().await;
 }
 
+/// When full, the connection idle longest (a kept-alive one waiting for its next request)
+/// is closed to make room; a connection in the middle of a head is not idle, so with only
+/// such connections a newcomer gets 503.
 #[tokio::test]
-async fn connection_limit_answers_503() {
+async fn connection_limit_closes_idle_connections_first_then_answers_503() {
     let srv = start(ServerConfig {
         max_connections: 1,
         ..Default::default()
@@ -225,12 +228,26 @@ async fn connection_limit_answers_503() {
         .await
         .unwrap();
     assert_eq!(read_responses(&mut first, 1).await.0[0].0.status, 204);
+    // `first` is idle now: the second connection takes its place.
     let mut second = TcpStream::connect(srv.addr).await.unwrap();
-    let (res, _) = read_responses(&mut second, 1).await;
+    second
+        .write_all(&reqmod("Allow: 204\r\n", None))
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut second, 1).await.0[0].0.status, 204);
+    assert!(closed(&mut first).await, "the idle connection was closed");
+    // `second` is in the middle of a head: a third connection is refused.
+    second.write_all(b"REQMOD icap://").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(srv.addr).await.unwrap();
+    let (res, _) = read_responses(&mut third, 1).await;
     assert_eq!(res[0].0.status, 503);
-    drop(first);
+    assert!(res[0].0.headers.has_token("Connection", "close"));
+    drop(third);
+    drop(second);
     let stats = srv.stop().await;
     assert_eq!(stats.refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(stats.evicted.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[tokio::test]

@@ -43,6 +43,13 @@ use crate::dlp_engine::{icap_headers, Finding, FindingKind, Rules, Scanner, MAX_
 /// Preview size announced in OPTIONS: enough for file magic and most small uploads.
 pub const PREVIEW: u64 = 4096;
 
+/// Bodies larger than this (or of unknown length) are echoed while scanned when 204 is not
+/// allowed (see [`DlpConfig::stream_over`]). squid 5.7 sends no more of a response body
+/// than 64 KiB until the ICAP answer starts (65,400 bytes go through whole, 65,536 stall);
+/// 56 KiB leaves room for its framing and keeps the block page (instead of a cut transfer)
+/// for everything below.
+pub const STREAM_OVER: u64 = 56 * 1024;
+
 /// Forcepoint block pages are padded to more than this many bytes: browsers replace shorter
 /// error pages by their own ("friendly" error pages), hiding the block notice.
 pub const FORCEPOINT_MIN_PAGE: usize = 512;
@@ -121,12 +128,13 @@ pub struct DlpConfig {
     /// allow 204: the 200 echo starts at once and each piece goes back once scanned; a
     /// finding then cuts the answer (the client sees a failed transfer, not the file).
     /// For clients such as squid that send no more than 64 KiB until an answer starts.
-    /// `None` (the default): always read the whole body, then answer.
+    /// Default [`STREAM_OVER`]; `None`: always read the whole body, then answer (larger
+    /// bodies from such clients then stall until the server's read timeout).
     pub stream_over: Option<u64>,
 }
 
 impl DlpConfig {
-    /// Default preview, quiet, default server settings.
+    /// Default preview, quiet, default server settings, bodies over [`STREAM_OVER`] streamed.
     pub fn new(rules: Rules, profile: Profile) -> Self {
         DlpConfig {
             rules: Arc::new(rules),
@@ -134,7 +142,7 @@ impl DlpConfig {
             preview: PREVIEW,
             verbose: false,
             server: ServerConfig::default(),
-            stream_over: None,
+            stream_over: Some(STREAM_OVER),
         }
     }
 }
@@ -177,8 +185,14 @@ impl Service for DlpService {
             )),
             istag: self.cfg.profile.istag().into(),
             service_id: Some("dlp".into()),
-            // One scanner per connection, each small: no practical limit below the server's.
-            max_connections: Some(self.cfg.server.max_connections as u64),
+            // One scanner per connection, each small: no practical limit below the server's,
+            // and a client is held to the per-address share.
+            max_connections: Some(
+                self.cfg
+                    .server
+                    .max_connections
+                    .min(self.cfg.server.max_connections_per_ip) as u64,
+            ),
             options_ttl: Some(3600),
             allow_204: true,
             preview: Some(self.cfg.preview),

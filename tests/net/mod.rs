@@ -113,6 +113,11 @@ pub struct Running {
 /// Starts `server` on a free loopback port.
 pub async fn start(server: Server) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_on(listener, server)
+}
+
+/// Starts `server` on `listener`.
+pub fn start_on(listener: TcpListener, server: Server) -> Running {
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let done = tokio::spawn(async move {
