@@ -48,6 +48,7 @@ impl<'a> Input<'a> {
                 max_trailer: 64,
                 max_preview: 40,
                 max_body: Some(700),
+                max_folded_value: 120,
             }
         } else {
             Limits::default()
