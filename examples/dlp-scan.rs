@@ -150,21 +150,13 @@ fn demo_pki() -> Result<DemoPki, rcgen::Error> {
     let cli_cert = cli.signed_by(&cli_key, &issuer)?;
 
     let der = |c: &rcgen::Certificate| CertificateDer::from(c.der().to_vec());
-    let key = |k: &KeyPair| {
-        Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            k.serialize_der(),
-        )))
-    };
+    let key = |k: &KeyPair| PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.serialize_der()));
     Ok(DemoPki {
-        server: ServerTls {
-            cert_chain: vec![der(&srv_cert), der(&ca_cert)],
-            key: key(&srv_key),
-            client_ca: Some(vec![der(&ca_cert)]),
-        },
-        client: ClientTls {
-            trust: Trust::Ca(vec![der(&ca_cert)]),
-            identity: Some((vec![der(&cli_cert)], key(&cli_key))),
-        },
+        server: ServerTls::new(vec![der(&srv_cert), der(&ca_cert)], key(&srv_key))
+            .with_client_ca(vec![der(&ca_cert)]),
+        client: ClientTls::default()
+            .with_trust(Trust::Ca(vec![der(&ca_cert)]))
+            .with_identity(vec![der(&cli_cert)], key(&cli_key)),
     })
 }
 

@@ -49,7 +49,7 @@ pub mod transaction;
 pub mod uri;
 pub mod verdict;
 
-pub use builder::{ErrorStatus, RequestBuilder, ResponseBuilder};
+pub use builder::{BuildError, ErrorStatus, RequestBuilder, ResponseBuilder};
 pub use chunked::{Chunk, ChunkedDecoder, LastChunk};
 pub use decode::{Decoder, Event, RequestDecoder, ResponseDecoder};
 pub use encapsulated::{Encapsulated, Section};

@@ -177,29 +177,25 @@ struct DlpService {
 
 impl Service for DlpService {
     fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![self.method.clone()],
-            service: Some(format!(
+        ServiceOptions::new([self.method.clone()], self.cfg.profile.istag())
+            .with_service(format!(
                 "icap example DLP ({} profile, blocking mode)",
                 self.cfg.profile
-            )),
-            istag: self.cfg.profile.istag().into(),
-            service_id: Some("dlp".into()),
+            ))
+            .with_service_id("dlp")
             // One scanner per connection, each small: no practical limit below the server's,
             // and a client is held to the per-address share.
-            max_connections: Some(
+            .with_max_connections(Some(
                 self.cfg
                     .server
                     .max_connections
                     .min(self.cfg.server.max_connections_per_ip) as u64,
-            ),
-            options_ttl: Some(3600),
-            allow_204: true,
-            preview: Some(self.cfg.preview),
+            ))
+            .with_options_ttl(Some(3600))
+            .with_allow_204(true)
+            .with_preview(Some(self.cfg.preview))
             // Every file type is content-scanned: a preview of each, never Transfer-Ignore.
-            transfer_preview: vec!["*".into()],
-            ..Default::default()
-        }
+            .with_transfer_preview(["*"])
     }
 
     // `preview` keeps its default (None = 100 Continue): a verdict needs the whole body, a
@@ -393,7 +389,7 @@ fn block_reply(
 pub fn dlp_server(
     cfg: &DlpConfig,
     tls: Option<&ServerTls>,
-) -> icap::Result<(Server, Arc<DlpStats>)> {
+) -> Result<(Server, Arc<DlpStats>), icap::tls::TlsConfigError> {
     let stats = Arc::new(DlpStats::default());
     let service = |method: Method| DlpService {
         method,
