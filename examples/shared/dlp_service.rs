@@ -1,11 +1,9 @@
 //! The example DLP service in blocking mode, shared by `examples/dlp-server.rs` (the binary)
 //! and `examples/dlp-scan.rs` (which starts it in-process on loopback).
 //!
-//! Include it next to the engine, which it reaches as `crate::dlp_engine`:
+//! Include it with (the engine is the `icap-dlp-engine` crate, examples/dlp-engine):
 //!
 //! ```text
-//! #[path = "shared/dlp_engine.rs"]
-//! mod dlp_engine;
 //! #[path = "shared/dlp_service.rs"]
 //! mod dlp_service;
 //!
@@ -38,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::dlp_engine::{icap_headers, Finding, FindingKind, Rules, Scanner, MAX_MATCH_LEN};
+use icap_dlp_engine::{icap_headers, Finding, FindingKind, Rules, Scanner, MAX_MATCH_LEN};
 
 /// Preview size announced in OPTIONS: enough for file magic and most small uploads.
 pub const PREVIEW: u64 = 4096;
