@@ -49,6 +49,12 @@ pub mod transaction;
 pub mod uri;
 pub mod verdict;
 
+/// The README's code blocks, compiled and run as doctests (the scanner block needs the
+/// client).
+#[cfg(all(doctest, feature = "client"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use builder::{BuildError, ErrorStatus, RequestBuilder, ResponseBuilder};
 pub use chunked::{Chunk, ChunkedDecoder, LastChunk};
 pub use decode::{Decoder, Event, RequestDecoder, ResponseDecoder};

@@ -46,6 +46,41 @@ impl AllowSet {
 /// ICAP headers are written in this order: `Host`, the fields added with the builder methods
 /// in call order, `Allow`, `Preview`, any `Proxy-Authorization` lifted from the HTTP request,
 /// and `Encapsulated` last (the order c-icap-client uses).
+///
+/// ```
+/// use icap::{IcapUri, Request};
+///
+/// // A RESPMOD as squid sends it: the request that caused the response, the response head,
+/// // a preview, and Allow: 204 so that a clean file needs no echo.
+/// let uri = IcapUri::parse("icap://icap.example:1345/respmod")?;
+/// let req = Request::respmod(&uri)
+///     .client_ip("192.0.2.7".parse()?)
+///     .http_request_parts("GET", "http://origin.example/a.zip", [("Host", "origin.example")])
+///     .http_response_parts(
+///         200,
+///         "OK",
+///         [("Content-Type", "application/zip"), ("Connection", "keep-alive")],
+///     )
+///     .allow_204()
+///     .preview(1024)
+///     .with_body()
+///     .build()?;
+/// let mut head = bytes::BytesMut::new();
+/// req.write_to(&mut head);
+/// assert_eq!(
+///     &head[..],
+///     &b"RESPMOD icap://icap.example:1345/respmod ICAP/1.0\r\n\
+///        Host: icap.example:1345\r\n\
+///        X-Client-IP: 192.0.2.7\r\n\
+///        Allow: 204\r\n\
+///        Preview: 1024\r\n\
+///        Encapsulated: req-hdr=0, res-hdr=66, res-body=116\r\n\r\n\
+///        GET http://origin.example/a.zip HTTP/1.1\r\nHost: origin.example\r\n\r\n\
+///        HTTP/1.1 200 OK\r\nContent-Type: application/zip\r\n\r\n"[..],
+///     "Connection is hop-by-hop: it never travels inside an encapsulated head"
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct RequestBuilder {

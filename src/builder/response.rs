@@ -101,6 +101,30 @@ enum Field {
 ///
 /// ICAP headers are written in the order c-icap uses: the fields added with the builder
 /// methods in call order, `ISTag`, then `Encapsulated`.
+///
+/// ```
+/// use bytes::Bytes;
+/// use icap::{Encoder, Response};
+///
+/// // A DLP block: the upload is answered with a 403 page instead of being forwarded.
+/// let page = Bytes::from_static(b"<h1>Blocked</h1>");
+/// let res = Response::ok("dlp-7")
+///     .header("X-Violations-Found", "1")
+///     .http_error_page(403, "Forbidden", "text/html", &page)
+///     .build()?;
+/// let mut enc = Encoder::new();
+/// enc.whole_response(&res, Some(page))?;
+/// assert_eq!(
+///     &enc.to_bytes()[..],
+///     &b"ICAP/1.0 200 OK\r\n\
+///        X-Violations-Found: 1\r\n\
+///        ISTag: \"dlp-7\"\r\n\
+///        Encapsulated: res-hdr=0, res-body=71\r\n\r\n\
+///        HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: 16\r\n\r\n\
+///        10\r\n<h1>Blocked</h1>\r\n0\r\n\r\n"[..]
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct ResponseBuilder {
