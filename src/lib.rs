@@ -10,6 +10,13 @@
 //! - the async client (module `client`, feature `client`) and server (module `server`,
 //!   feature `server`) on tokio, with TLS through rustls (module `tls`).
 //!
+//! Errors are told apart by audience: bytes on the wire that break the protocol are an
+//! [`Error`] with an [`ErrorKind`] and the byte offset where the problem was seen; a message
+//! a builder refuses is a [`BuildError`]; a certificate or key file that cannot be used is a
+//! `tls::TlsConfigError` naming the file. Configuration types (`Limits`, `ServiceOptions`,
+//! the TLS settings) are `#[non_exhaustive]`: start from their `Default` or constructor and
+//! use the `with_*` setters.
+//!
 //! ```
 //! use icap::{Event, ResponseDecoder};
 //!

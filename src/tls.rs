@@ -211,6 +211,7 @@ impl ServerTls {
 
 /// Which server certificates a client accepts.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Trust {
     /// The operating system's root store.
     System,

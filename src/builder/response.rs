@@ -15,6 +15,7 @@ use crate::message::{BodyKind, Response};
 
 /// The ICAP error statuses a server sends (RFC 3507 4.3.3), with standard reason phrases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorStatus {
     /// 400 Bad Request.
     BadRequest,
