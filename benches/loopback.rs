@@ -36,13 +36,11 @@ struct Drain;
 
 impl Service for Drain {
     fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![Method::Reqmod, Method::Respmod],
-            istag: "\"bench-1\"".into(),
-            allow_204: true,
-            options_ttl: Some(3600),
-            ..Default::default()
-        }
+        ServiceOptions::default()
+            .with_methods(vec![Method::Reqmod, Method::Respmod])
+            .with_istag("\"bench-1\"")
+            .with_allow_204(true)
+            .with_options_ttl(Some(3600))
     }
 
     fn handle<'a>(
@@ -78,17 +76,11 @@ fn pki() -> Pki {
     let srv_cert = srv.signed_by(&srv_key, &issuer).unwrap();
     let der = |c: &rcgen::Certificate| CertificateDer::from(c.der().to_vec());
     Pki {
-        server: ServerTls {
-            cert_chain: vec![der(&srv_cert), der(&ca_cert)],
-            key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                srv_key.serialize_der(),
-            ))),
-            client_ca: None,
-        },
-        client: ClientTls {
-            trust: Trust::Ca(vec![der(&ca_cert)]),
-            identity: None,
-        },
+        server: ServerTls::new(
+            vec![der(&srv_cert), der(&ca_cert)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(srv_key.serialize_der())),
+        ),
+        client: ClientTls::default().with_trust(Trust::Ca(vec![der(&ca_cert)])),
     }
 }
 
@@ -268,7 +260,7 @@ fn embedded_heads(len: usize) -> (HttpRequestHead, HttpResponseHead) {
     (req, res)
 }
 
-fn build_request(uri: &IcapUri, len: usize, allow_204: bool) -> icap::Result<Request> {
+fn build_request(uri: &IcapUri, len: usize, allow_204: bool) -> Result<Request, icap::BuildError> {
     let (req, res) = embedded_heads(len);
     let mut b = Request::respmod(uri)
         .http_request(req)
@@ -380,7 +372,7 @@ async fn setup(
 async fn icap_once(client: &Client, body: &BodySource, len: usize, allow_204: bool, status: u16) {
     let x = client
         .send(
-            |uri, _| build_request(uri, len, allow_204),
+            |uri, _| Ok(build_request(uri, len, allow_204)?),
             body,
             None,
             None,

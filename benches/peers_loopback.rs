@@ -19,13 +19,11 @@ struct Drain;
 
 impl Service for Drain {
     fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![Method::Reqmod, Method::Respmod],
-            istag: "\"bench-1\"".into(),
-            allow_204: true,
-            options_ttl: Some(3600),
-            ..Default::default()
-        }
+        ServiceOptions::default()
+            .with_methods(vec![Method::Reqmod, Method::Respmod])
+            .with_istag("\"bench-1\"")
+            .with_allow_204(true)
+            .with_options_ttl(Some(3600))
     }
 
     fn handle<'a>(
@@ -67,6 +65,7 @@ fn ours_request(uri: &IcapUri, len: usize) -> icap::Result<Request> {
         .with_body()
         .allow_204()
         .build()
+        .map_err(Into::into)
 }
 
 fn peer_request(body: Vec<u8>) -> icap_rs::Request {

@@ -27,9 +27,6 @@
 //! loopback, with TLS and client-certificate verification as a real appliance behind stunnel
 //! would have, and scans against them as load-balancing partners.
 
-#[path = "shared/dlp_engine.rs"]
-#[allow(dead_code)]
-mod dlp_engine;
 #[path = "shared/dlp_service.rs"]
 #[allow(dead_code)]
 mod dlp_service;
@@ -47,20 +44,31 @@ use icap::verdict::{Profile, Verdict};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 
+const EXIT_STATUS: &str = "Exit status (the clamscan convention):
+  0  every file allowed
+  1  something blocked or modified
+  2  an error: bad arguments, a missing or unreadable file (checked before anything
+     starts; the message names it), a server that cannot be reached (named); with
+     --fail-open, scan errors count as allowed";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "dlp-scan",
-    about = "Scan files against ICAP DLP / antivirus servers"
+    about = "Scan files against ICAP DLP / antivirus servers",
+    after_help = EXIT_STATUS
 )]
 struct Args {
     /// ICAP service URL; repeat for load-balancing partners. None: embedded loopback servers.
     #[arg(long = "server")]
     servers: Vec<String>,
     /// reqmod (the file is an upload) or respmod (a download).
-    #[arg(long, default_value = "reqmod")]
+    #[arg(long, default_value = "reqmod", value_parser = ["reqmod", "respmod"])]
     mode: String,
     /// generic-reqmod, generic-respmod, symantec or forcepoint (sets mode and block rules).
-    #[arg(long = "connection-type")]
+    #[arg(
+        long = "connection-type",
+        value_parser = ["generic-reqmod", "generic-respmod", "symantec", "forcepoint"]
+    )]
     connection_type: Option<String>,
     /// CA certificate file (PEM) to trust for icaps://.
     #[arg(long)]
@@ -150,21 +158,13 @@ fn demo_pki() -> Result<DemoPki, rcgen::Error> {
     let cli_cert = cli.signed_by(&cli_key, &issuer)?;
 
     let der = |c: &rcgen::Certificate| CertificateDer::from(c.der().to_vec());
-    let key = |k: &KeyPair| {
-        Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            k.serialize_der(),
-        )))
-    };
+    let key = |k: &KeyPair| PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.serialize_der()));
     Ok(DemoPki {
-        server: ServerTls {
-            cert_chain: vec![der(&srv_cert), der(&ca_cert)],
-            key: key(&srv_key),
-            client_ca: Some(vec![der(&ca_cert)]),
-        },
-        client: ClientTls {
-            trust: Trust::Ca(vec![der(&ca_cert)]),
-            identity: Some((vec![der(&cli_cert)], key(&cli_key))),
-        },
+        server: ServerTls::new(vec![der(&srv_cert), der(&ca_cert)], key(&srv_key))
+            .with_client_ca(vec![der(&ca_cert)]),
+        client: ClientTls::default()
+            .with_trust(Trust::Ca(vec![der(&ca_cert)]))
+            .with_identity(vec![der(&cli_cert)], key(&cli_key)),
     })
 }
 
@@ -175,6 +175,16 @@ fn seconds(s: &str) -> Result<Duration, String> {
         Duration::try_from_secs_f64(n).map_err(|e| format!("{s:?}: {e}"))
     } else {
         Err(format!("{s:?}: must be more than 0"))
+    }
+}
+
+/// Opens `path` for reading and checks that it is a regular file.
+fn readable_file(path: &std::path::Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    if f.metadata()?.is_file() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("not a regular file"))
     }
 }
 
@@ -202,7 +212,15 @@ fn progress_for(name: &str, len: u64) -> Option<Arc<dyn Fn(u64) + Send + Sync>> 
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // clap prints --help and exits 0, or prints an argument error and exits 2.
     let args = Args::parse();
+    // Every file is checked before servers start or connections open: a typo should not
+    // cost a TLS handshake, nor half a batch.
+    for path in &args.files {
+        if let Err(e) = readable_file(path) {
+            return fail(format!("{}: {e}", path.display()));
+        }
+    }
     let (mode, profile, server_profile) = match args.connection_type.as_deref() {
         None => {
             let mode = match args.mode.as_str() {
@@ -234,7 +252,8 @@ async fn main() -> ExitCode {
         };
         let mut urls = Vec::new();
         for _ in 0..2 {
-            let cfg = dlp_service::DlpConfig::new(dlp_engine::Rules::default(), server_profile);
+            let cfg =
+                dlp_service::DlpConfig::new(icap_dlp_engine::Rules::default(), server_profile);
             match dlp_service::spawn_loopback(cfg, Some(&pki.server)).await {
                 Ok(r) => {
                     let path = if mode == Mode::Reqmod {

@@ -10,20 +10,18 @@
 //!
 //! Services `icap://HOST:PORT/reqmod` and `icap://HOST:PORT/respmod` scan bodies for payment
 //! card numbers (Luhn), US SSNs, the EICAR test string and the keywords / regexes of the rules
-//! file (format: `examples/shared/dlp_engine.rs`). Clean content gets 204 (or a 200 echo when
-//! the client does not allow 204); a violation gets a 200 carrying a block page, shaped like
-//! the chosen vendor's (`--profile`, default `generic`). With `--tls-cert` and `--tls-key` it
+//! file (format: the `icap-dlp-engine` crate, `examples/dlp-engine`). Clean content gets 204
+//! (or a 200 echo when the client does not allow 204); a violation gets a 200 carrying a
+//! block page, shaped like the chosen vendor's (`--profile`, default `generic`). With `--tls-cert` and `--tls-key` it
 //! speaks ICAPS; `--client-ca` then requires client certificates issued by that CA.
 //! SIGINT / SIGTERM stop accepting and let transactions in flight finish.
 //!
 //! The defaults work behind squid for bodies of any size (larger ones are echoed while being
 //! scanned, see `--stream-over`) and bound what slow or idle clients can hold: connection
 //! limits in total and per client address, deadlines and a minimum rate for heads and
-//! bodies (see `icap::server::ServerConfig`); each has a flag.
+//! bodies (see `icap::server::ServerConfig`); each has a flag (`--help` lists them and the
+//! exit status).
 
-#[path = "shared/dlp_engine.rs"]
-#[allow(dead_code)]
-mod dlp_engine;
 #[path = "shared/dlp_service.rs"]
 #[allow(dead_code)]
 mod dlp_service;
@@ -35,165 +33,162 @@ use std::sync::atomic::Ordering;
 
 use std::time::Duration;
 
-use dlp_engine::Rules;
+use clap::Parser;
 use dlp_service::{DlpConfig, Profile};
 use icap::server::{MinRate, ServerConfig};
 use icap::tls::ServerTls;
+use icap_dlp_engine::Rules;
 use tokio::net::{TcpListener, TcpSocket};
 
-const USAGE: &str =
-    "usage: dlp-server [--listen ADDR]... [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
-                  [--rules FILE] [--profile symantec|forcepoint|generic] [--preview N]
-                  [--stream-over BYTES|off] [--verbose] [limits and timeouts below]
-  --listen ADDR     address to listen on, repeatable (default 127.0.0.1:1344)
-  --tls-cert PEM    server certificate chain: speak ICAPS (needs --tls-key)
-  --tls-key PEM     server private key
-  --client-ca PEM   require client certificates issued by this CA (needs --tls-cert)
-  --rules FILE      keywords / regexes / disabled detectors (default: cards, SSNs, EICAR)
-  --profile NAME    how blocks look: symantec (ICAP 200 + HTTP 200 block text),
-                    forcepoint (HTTP 403 page > 512 bytes), generic (HTTP 403 page +
-                    X-Violations-Found / X-Infection-Found); default generic
-  --preview N       Preview size announced in OPTIONS (default 4096)
-  --stream-over N   echo bodies over N bytes (or of unknown length) while scanning them
-                    when 204 is not allowed, cutting the answer on a finding: for squid,
-                    which sends no more than 64 KiB until an answer starts (default 57344;
-                    off: always scan the whole body first, larger bodies then stall squid)
-  --verbose         one line per scanned message on stderr
-Limits and timeouts (seconds may have decimals):
-  --max-connections N      connections served at once; when full, the longest idle one
-                           is closed to make room, else 503 (default 256)
-  --max-per-ip N           the same per client address, IPv6 per /64 (default 128)
-  --idle-timeout S         wait for a request, first or next (default 60)
-  --head-timeout S         a request head from its first byte (default 30)
-  --read-timeout S         longest pause inside a body (default 30)
-  --body-timeout S|off     a whole body (default off: the minimum rate applies)
-  --min-rate B|off         slowest average for heads and bodies, bytes/s (default 1024)
-  --min-rate-grace S       time before the minimum rate applies (default 10)
-  --write-timeout S        longest blocked write to a client (default 60)
-  --tls-handshake-timeout S  (default 10)
-  --refusal-timeout S      time to get a 503 across, reading the request included (default 5)";
+const EXIT_STATUS: &str = "Exit status:
+  0  stopped by SIGINT or SIGTERM after finishing the transactions in flight
+  2  bad arguments, or the server cannot start (an unreadable rules, certificate or key
+     file, an address that cannot be bound); the message names the file or address";
 
-/// The command line.
-#[derive(Debug)]
+const LIMITS: &str = "Limits and timeouts (seconds may have decimals)";
+
+/// The command line. Limits and timeouts left out keep `ServerConfig`'s defaults.
+#[derive(Parser, Debug)]
+#[command(
+    name = "dlp-server",
+    about = "The example DLP ICAP server: blocks payment cards, US SSNs, EICAR and rule matches",
+    after_help = EXIT_STATUS
+)]
 struct Args {
+    /// Address to listen on, repeatable [default: 127.0.0.1:1344].
+    #[arg(long, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+    /// Server certificate chain (PEM): speak ICAPS.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (PEM; needs --tls-cert).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// Keywords, regexes and disabled detectors [default: cards, SSNs, EICAR].
+    #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// How blocks look: symantec (ICAP 200 + HTTP 200 block text), forcepoint (HTTP 403 page
+    /// over 512 bytes), generic (HTTP 403 page + X-Violations-Found / X-Infection-Found).
+    #[arg(long, value_name = "NAME", default_value = "generic")]
     profile: Profile,
+    /// Preview size announced in OPTIONS.
+    #[arg(long, value_name = "N", default_value_t = dlp_service::PREVIEW)]
     preview: u64,
-    stream_over: Option<u64>,
+    /// Echo bodies over N bytes (or of unknown length) while scanning them when 204 is not
+    /// allowed, cutting the answer on a finding: for squid, which sends no more than 64 KiB
+    /// until an answer starts. off: always scan the whole body first.
+    #[arg(long, value_name = "BYTES|off", default_value = "57344", value_parser = bytes_or_off)]
+    stream_over: Off<u64>,
+    /// One line per scanned message on stderr.
+    #[arg(short, long)]
     verbose: bool,
-    server: ServerConfig,
+    /// Connections served at once; when full, the longest idle one is closed to make room,
+    /// else 503 [default: 256].
+    #[arg(long, value_name = "N", help_heading = LIMITS)]
+    max_connections: Option<usize>,
+    /// The same per client address, IPv6 per /64 [default: 128].
+    #[arg(long = "max-per-ip", value_name = "N", help_heading = LIMITS)]
+    max_per_ip: Option<usize>,
+    /// Wait for a request, first or next [default: 60].
+    #[arg(long, value_name = "S", value_parser = seconds, help_heading = LIMITS)]
+    idle_timeout: Option<Duration>,
+    /// A request head from its first byte [default: 30].
+    #[arg(long, value_name = "S", value_parser = seconds, help_heading = LIMITS)]
+    head_timeout: Option<Duration>,
+    /// Longest pause inside a body [default: 30].
+    #[arg(long, value_name = "S", value_parser = seconds, help_heading = LIMITS)]
+    read_timeout: Option<Duration>,
+    /// A whole body [default: off: the minimum rate applies].
+    #[arg(long, value_name = "S|off", value_parser = seconds_or_off, help_heading = LIMITS)]
+    body_timeout: Option<Off<Duration>>,
+    /// Slowest average for heads and bodies, bytes/s [default: 1024].
+    #[arg(long, value_name = "B|off", value_parser = bytes_or_off, help_heading = LIMITS)]
+    min_rate: Option<Off<u64>>,
+    /// Time before the minimum rate applies [default: 10].
+    #[arg(long, value_name = "S", value_parser = seconds, help_heading = LIMITS)]
+    min_rate_grace: Option<Duration>,
+    /// Longest blocked write to a client [default: 60].
+    #[arg(long, value_name = "S", value_parser = seconds, help_heading = LIMITS)]
+    write_timeout: Option<Duration>,
+    /// A TLS handshake [default: 10].
+    #[arg(long, value_name = "S", value_parser = seconds, help_heading = LIMITS)]
+    tls_handshake_timeout: Option<Duration>,
+    /// Time to get a 503 across, reading the request included [default: 5].
+    #[arg(long, value_name = "S", value_parser = seconds, help_heading = LIMITS)]
+    refusal_timeout: Option<Duration>,
 }
 
+/// A value, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct Off<T>(Option<T>);
+
 /// Seconds, decimals allowed, more than 0.
-fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
+fn seconds(v: &str) -> Result<Duration, String> {
     v.parse::<f64>()
         .ok()
         .filter(|s| *s > 0.0)
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or(format!("{flag} {v}: expected seconds (more than 0)"))
+        .ok_or(format!("{v:?}: expected seconds (more than 0)"))
 }
 
-fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String>
-where
-    T::Err: std::fmt::Display,
-{
-    v.parse().map_err(|e| format!("{flag} {v}: {e}"))
+fn seconds_or_off(v: &str) -> Result<Off<Duration>, String> {
+    match v {
+        "off" => Ok(Off(None)),
+        _ => seconds(v).map(|s| Off(Some(s))),
+    }
 }
 
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut a = Args {
-        listen: Vec::new(),
-        tls_cert: None,
-        tls_key: None,
-        client_ca: None,
-        rules: None,
-        profile: Profile::Generic,
-        preview: dlp_service::PREVIEW,
-        stream_over: Some(dlp_service::STREAM_OVER),
-        verbose: false,
-        server: ServerConfig::default(),
-    };
-    let mut min_rate = a.server.min_rate;
-    let mut grace = min_rate.map_or(MinRate::default().grace, |r| r.grace);
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match flag.as_str() {
-            "--listen" => {
-                let v = value("--listen")?;
-                a.listen
-                    .push(v.parse().map_err(|e| format!("--listen {v}: {e}"))?);
+fn bytes_or_off(v: &str) -> Result<Off<u64>, String> {
+    match v {
+        "off" => Ok(Off(None)),
+        _ => v
+            .parse()
+            .map(|n| Off(Some(n)))
+            .map_err(|e| format!("{v:?}: {e} (a number, or off)")),
+    }
+}
+
+impl Args {
+    /// `ServerConfig`'s defaults with the limits and timeouts given on the command line.
+    fn server_config(&self) -> ServerConfig {
+        let mut c = ServerConfig::default();
+        let set = |slot: &mut Duration, v: Option<Duration>| {
+            if let Some(v) = v {
+                *slot = v;
             }
-            "--tls-cert" => a.tls_cert = Some(value("--tls-cert")?.into()),
-            "--tls-key" => a.tls_key = Some(value("--tls-key")?.into()),
-            "--client-ca" => a.client_ca = Some(value("--client-ca")?.into()),
-            "--rules" => a.rules = Some(value("--rules")?.into()),
-            "--profile" => a.profile = value("--profile")?.parse()?,
-            "--preview" => {
-                let v = value("--preview")?;
-                a.preview = v.parse().map_err(|e| format!("--preview {v}: {e}"))?;
-            }
-            "--stream-over" => {
-                let v = value("--stream-over")?;
-                a.stream_over = match v.as_str() {
-                    "off" => None,
-                    _ => Some(number("--stream-over", &v)?),
-                };
-            }
-            "--max-connections" => {
-                a.server.max_connections = number(&flag, &value(&flag)?)?;
-            }
-            "--max-per-ip" => {
-                a.server.max_connections_per_ip = number(&flag, &value(&flag)?)?;
-            }
-            "--idle-timeout" => a.server.idle_timeout = seconds(&flag, &value(&flag)?)?,
-            "--head-timeout" => a.server.head_timeout = seconds(&flag, &value(&flag)?)?,
-            "--read-timeout" => a.server.read_timeout = seconds(&flag, &value(&flag)?)?,
-            "--write-timeout" => a.server.write_timeout = seconds(&flag, &value(&flag)?)?,
-            "--tls-handshake-timeout" => {
-                a.server.tls_handshake_timeout = seconds(&flag, &value(&flag)?)?;
-            }
-            "--refusal-timeout" => a.server.refusal_timeout = seconds(&flag, &value(&flag)?)?,
-            "--body-timeout" => {
-                let v = value(&flag)?;
-                a.server.body_timeout = match v.as_str() {
-                    "off" => None,
-                    _ => Some(seconds(&flag, &v)?),
-                };
-            }
-            "--min-rate" => {
-                let v = value(&flag)?;
-                min_rate = match v.as_str() {
-                    "off" => None,
-                    _ => Some(MinRate {
-                        bytes_per_sec: number(&flag, &v)?,
-                        grace,
-                    }),
-                };
-            }
-            "--min-rate-grace" => grace = seconds(&flag, &value(&flag)?)?,
-            "--verbose" | "-v" => a.verbose = true,
-            "--help" | "-h" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
+        };
+        if let Some(n) = self.max_connections {
+            c.max_connections = n;
         }
+        if let Some(n) = self.max_per_ip {
+            c.max_connections_per_ip = n;
+        }
+        set(&mut c.idle_timeout, self.idle_timeout);
+        set(&mut c.head_timeout, self.head_timeout);
+        set(&mut c.read_timeout, self.read_timeout);
+        set(&mut c.write_timeout, self.write_timeout);
+        set(&mut c.tls_handshake_timeout, self.tls_handshake_timeout);
+        set(&mut c.refusal_timeout, self.refusal_timeout);
+        if let Some(Off(t)) = self.body_timeout {
+            c.body_timeout = t;
+        }
+        let grace = self
+            .min_rate_grace
+            .or(c.min_rate.map(|r| r.grace))
+            .unwrap_or(MinRate::default().grace);
+        let rate = match self.min_rate {
+            Some(Off(r)) => r,
+            None => c.min_rate.map(|r| r.bytes_per_sec),
+        };
+        c.min_rate = rate.map(|bytes_per_sec| MinRate {
+            bytes_per_sec,
+            grace,
+        });
+        c
     }
-    a.server.min_rate = min_rate.map(|r| MinRate { grace, ..r });
-    if a.listen.is_empty() {
-        a.listen.push(SocketAddr::from(([127, 0, 0, 1], 1344)));
-    }
-    if a.tls_cert.is_some() != a.tls_key.is_some() {
-        return Err("--tls-cert and --tls-key go together".into());
-    }
-    if a.client_ca.is_some() && a.tls_cert.is_none() {
-        return Err(
-            "--client-ca needs --tls-cert and --tls-key (client certificates are a TLS feature)"
-                .into(),
-        );
-    }
-    Ok(a)
 }
 
 /// A listener with an accept queue of 1024 (the usual 128 overflows under a burst of
@@ -246,12 +241,18 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let mut cfg = DlpConfig::new(rules, args.profile);
     cfg.preview = args.preview;
-    cfg.stream_over = args.stream_over;
+    cfg.stream_over = args.stream_over.0;
     cfg.verbose = args.verbose;
-    cfg.server = args.server.clone();
+    cfg.server = args.server_config();
     let (server, stats) = dlp_service::dlp_server(&cfg, tls.as_ref()).map_err(|e| e.to_string())?;
     let mut listeners = Vec::new();
-    for addr in &args.listen {
+    let default = [SocketAddr::from(([127, 0, 0, 1], 1344))];
+    let addrs = if args.listen.is_empty() {
+        &default[..]
+    } else {
+        &args.listen[..]
+    };
+    for addr in addrs {
         let l = listen(*addr).map_err(|e| format!("--listen {addr}: {e}"))?;
         let scheme = if tls.is_some() { "icaps" } else { "icap" };
         let local = l.local_addr().map_err(|e| e.to_string())?;
@@ -289,22 +290,13 @@ async fn run(args: Args) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("dlp-server: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // clap prints --help and exits 0, or prints an argument error and exits 2.
+    let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dlp-server: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

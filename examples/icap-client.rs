@@ -22,17 +22,24 @@ use icap::client::{BodySource, Client, ClientConfig, PreviewPolicy};
 use icap::tls::ClientTls;
 use icap::{Encoder, IcapUri, Request};
 
+const EXIT_STATUS: &str = "Exit status:
+  0  the server answered (100, 200, 204 or 206) and the answer is printed
+  2  bad arguments, an unreadable file (named), a server that cannot be reached or answers
+     with an error status or broken ICAP (the message names the server)";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "icap-client",
-    about = "Send one ICAP request and print the answer"
+    about = "Send one ICAP request and print the answer",
+    after_help = EXIT_STATUS
 )]
 struct Args {
     /// The ICAP service URL (icap:// or icaps://).
     #[arg(long)]
     url: String,
-    /// OPTIONS, REQMOD or RESPMOD.
-    #[arg(long)]
+    /// OPTIONS, REQMOD or RESPMOD [default: OPTIONS, or REQMOD with --req, RESPMOD with
+    /// --resp].
+    #[arg(long, ignore_case = true, value_parser = ["OPTIONS", "REQMOD", "RESPMOD"])]
     method: Option<String>,
     /// Body to send.
     #[arg(long)]
@@ -77,11 +84,20 @@ struct Args {
     #[arg(long = "client-key", requires = "client_cert")]
     client_key: Option<PathBuf>,
     /// Most seconds for the whole exchange (connect, OPTIONS, request, answer).
-    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
-    timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = seconds)]
+    timeout: Duration,
     /// Most answer bytes (heads, framing, body) beyond the size of the body sent.
     #[arg(long = "max-answer", value_name = "BYTES", default_value_t = 16 << 20)]
     max_answer: u64,
+}
+
+/// A positive number of seconds, fractions allowed.
+fn seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|n| *n > 0.0)
+        .and_then(|n| Duration::try_from_secs_f64(n).ok())
+        .ok_or(format!("{s:?}: expected seconds (more than 0)"))
 }
 
 fn split_header(h: &str) -> Result<(String, String), String> {
@@ -113,15 +129,7 @@ async fn run(args: Args) -> Result<u8, String> {
         (None, None, Some(_)) => "RESPMOD".into(),
         (None, None, None) => "OPTIONS".into(),
     };
-    let timeout = Duration::try_from_secs_f64(args.timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .ok_or_else(|| {
-            format!(
-                "--timeout {}: not a positive number of seconds",
-                args.timeout
-            )
-        })?;
+    let timeout = args.timeout;
     let cfg = ClientConfig {
         tls,
         allow_204: !args.no_204,
@@ -311,6 +319,7 @@ async fn run(args: Args) -> Result<u8, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // clap prints --help and exits 0, or prints an argument error and exits 2.
     match run(Args::parse()).await {
         Ok(c) => ExitCode::from(c),
         Err(e) => {

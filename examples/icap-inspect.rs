@@ -7,12 +7,16 @@
 //!
 //! Reads FILE (stdin when absent), feeds it to the streaming decoder N bytes at a time
 //! (default: all at once) and prints each message as it completes. On malformed input it
-//! prints `{"type":"error","kind":...,"offset":...,"message":...}` and exits with status 2.
+//! prints `{"type":"error","kind":...,"offset":...,"message":...}` and exits with status 2,
+//! as on bad arguments or an unreadable file (`--help` lists the exit status).
 //! The schema is in the README.
 
 use std::io::Read;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use icap::{
     Encapsulated, Event, Headers, HttpRequestHead, HttpResponseHead, Request, RequestDecoder,
     Response, ResponseDecoder,
@@ -20,52 +24,35 @@ use icap::{
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-#[derive(Clone, Copy, PartialEq)]
+const EXIT_STATUS: &str = "Exit status:
+  0  every message decoded
+  2  malformed input (the last line is the typed error with its byte offset), bad
+     arguments, or an unreadable FILE (the message names it)";
+
+/// Which side of the connection the bytes come from.
+#[derive(Clone, Copy, PartialEq, Debug, clap::ValueEnum)]
 enum Role {
+    /// What a client sends: REQMOD, RESPMOD and OPTIONS requests.
     Request,
+    /// What a server sends: ICAP responses.
     Response,
 }
 
+#[derive(Parser, Debug)]
+#[command(
+    name = "icap-inspect",
+    about = "Decode one direction of an ICAP connection and print each message as JSON Lines",
+    after_help = EXIT_STATUS
+)]
 struct Args {
+    /// Which side sent the bytes [default: guessed from the first line].
+    #[arg(long)]
     role: Option<Role>,
-    feed: usize,
-    file: Option<String>,
-}
-
-fn usage() -> ! {
-    eprintln!("usage: icap-inspect [--role request|response] [--feed N] [FILE]");
-    std::process::exit(64)
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        role: None,
-        feed: 0,
-        file: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--role" => {
-                args.role = match it.next().as_deref() {
-                    Some("request") => Some(Role::Request),
-                    Some("response") => Some(Role::Response),
-                    _ => usage(),
-                }
-            }
-            "--feed" => {
-                args.feed = it
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage())
-            }
-            "-h" | "--help" => usage(),
-            _ if args.file.is_none() && !a.starts_with("--") => args.file = Some(a),
-            _ => usage(),
-        }
-    }
-    args
+    /// Feed the decoder N bytes at a time [default: all at once].
+    #[arg(long, value_name = "N")]
+    feed: Option<NonZeroUsize>,
+    /// The capture to decode [default: stdin].
+    file: Option<PathBuf>,
 }
 
 fn text(b: &[u8]) -> String {
@@ -212,15 +199,20 @@ macro_rules! run {
 }
 
 fn main() -> ExitCode {
-    let args = parse_args();
+    // clap prints --help and exits 0, or prints an argument error and exits 2.
+    let args = Args::parse();
     let mut input = Vec::new();
     let read = match &args.file {
-        Some(f) => std::fs::File::open(f).and_then(|mut f| f.read_to_end(&mut input)),
-        None => std::io::stdin().read_to_end(&mut input),
+        Some(f) => std::fs::File::open(f)
+            .and_then(|mut f| f.read_to_end(&mut input))
+            .map_err(|e| format!("{}: {e}", f.display())),
+        None => std::io::stdin()
+            .read_to_end(&mut input)
+            .map_err(|e| format!("stdin: {e}")),
     };
     if let Err(e) = read {
         eprintln!("icap-inspect: {e}");
-        return ExitCode::from(66);
+        return ExitCode::from(2);
     }
     let role = args.role.unwrap_or_else(|| {
         let start = input
@@ -233,11 +225,7 @@ fn main() -> ExitCode {
             Role::Request
         }
     });
-    let feed = if args.feed == 0 {
-        input.len().max(1)
-    } else {
-        args.feed
-    };
+    let feed = args.feed.map_or(input.len().max(1), NonZeroUsize::get);
     match role {
         Role::Request => run!(
             RequestDecoder::default(),

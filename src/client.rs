@@ -639,7 +639,7 @@ impl Client {
         }
         let tls = if any_tls {
             Some(tokio_rustls::TlsConnector::from(
-                cfg.tls.build().map_err(ClientError::Config)?,
+                cfg.tls.build().map_err(ClientError::TlsConfig)?,
             ))
         } else {
             None
@@ -951,7 +951,7 @@ impl Client {
             for (n, v) in &req.headers {
                 b = b.header(n, v);
             }
-            b.build()
+            b.build().map_err(Error::from)
         };
         let call = Call {
             body: &req.body,
@@ -1316,7 +1316,7 @@ impl Inner {
         let req = Request::options(&ep.uri)
             .user_agent(&self.cfg.user_agent)
             .build()
-            .map_err(ClientError::Config)?;
+            .map_err(ClientError::Build)?;
         let (x, conn) = self
             .run(
                 ep,

@@ -1,9 +1,13 @@
-//! The crate's one error type.
+//! The codec's error type, and the client's.
 //!
 //! Every failure of the codec is an [`Error`]: a [`ErrorKind`] a caller can match on, the byte
 //! offset in the decoded stream where the problem was seen, and a sentence saying what was
 //! expected and what was found. Offsets count from the first byte ever fed to the decoder, so
 //! on a keep-alive connection they point into the whole connection, not the current message.
+//!
+//! Errors that are not about bytes on the wire have their own types and no offset: a message
+//! a builder refuses is a [`BuildError`](crate::builder::BuildError), a certificate file that
+//! cannot be used a `TlsConfigError` (module `tls`) naming the file.
 
 use std::fmt;
 
@@ -73,15 +77,14 @@ pub enum ErrorKind {
     InvalidState,
     /// An ICAP URI is not `icap://host[:port]/path[?query]` (or `icaps://`).
     BadUri,
-    /// A builder was given parts that would make an invalid message (a bad header name or
-    /// value, a missing required head, a body where none is allowed).
+    /// A message is not valid for what it is used for (a builder's
+    /// [`BuildError`](crate::builder::BuildError) carried in an `Error`, an OPTIONS answer
+    /// that cannot be written).
     InvalidMessage,
     /// The peer answered with something the transaction rules forbid at this point (RFC 3507
     /// 4.5, 4.6): 100 after `ieof`, 204 without `Allow: 204` outside a preview, 206 without
     /// `Allow: 206`.
     UnexpectedResponse,
-    /// A TLS certificate, key or CA file could not be read or used.
-    TlsConfig,
 }
 
 impl ErrorKind {
@@ -120,7 +123,6 @@ impl ErrorKind {
             BadUri => "bad_uri",
             InvalidMessage => "invalid_message",
             UnexpectedResponse => "unexpected_response",
-            TlsConfig => "tls_config",
         }
     }
 }
@@ -221,9 +223,15 @@ impl TlsFailure {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The configuration is unusable (bad URI, certificate file, no servers).
+    /// The configuration is unusable (bad URI, no servers).
     #[error("configuration: {0}")]
     Config(Error),
+    /// A TLS certificate, key or CA file cannot be used; the error names the file.
+    #[error("{0}")]
+    TlsConfig(crate::tls::TlsConfigError),
+    /// A request could not be built from what was given (a bad header name or value).
+    #[error("{0}")]
+    Build(crate::builder::BuildError),
     /// The TCP connection could not be made.
     #[error("{server}: cannot connect: {source}")]
     Connect {

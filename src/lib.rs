@@ -10,6 +10,13 @@
 //! - the async client (module `client`, feature `client`) and server (module `server`,
 //!   feature `server`) on tokio, with TLS through rustls (module `tls`).
 //!
+//! Errors are told apart by audience: bytes on the wire that break the protocol are an
+//! [`Error`] with an [`ErrorKind`] and the byte offset where the problem was seen; a message
+//! a builder refuses is a [`BuildError`]; a certificate or key file that cannot be used is a
+//! `tls::TlsConfigError` naming the file. Configuration types (`Limits`, `ServiceOptions`,
+//! the TLS settings) are `#[non_exhaustive]`: start from their `Default` or constructor and
+//! use the `with_*` setters.
+//!
 //! ```
 //! use icap::{Event, ResponseDecoder};
 //!
@@ -49,7 +56,13 @@ pub mod transaction;
 pub mod uri;
 pub mod verdict;
 
-pub use builder::{ErrorStatus, RequestBuilder, ResponseBuilder};
+/// The README's code blocks, compiled and run as doctests (the scanner block needs the
+/// client).
+#[cfg(all(doctest, feature = "client"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+pub use builder::{BuildError, ErrorStatus, RequestBuilder, ResponseBuilder};
 pub use chunked::{Chunk, ChunkedDecoder, LastChunk};
 pub use decode::{Decoder, Event, RequestDecoder, ResponseDecoder};
 pub use encapsulated::{Encapsulated, Section};

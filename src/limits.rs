@@ -7,8 +7,18 @@
 //! lines, are never longer than the lines they join, so decoding a message's heads takes
 //! memory and time linear in their size (`max_icap_head + max_http_head`, 320 KiB, at most).
 
-/// Decoder limits. Build with [`Limits::default`] and change fields as needed.
+/// Decoder limits. Start from [`Limits::default`] and change what you need with the
+/// `with_*` setters (the struct is `#[non_exhaustive]`: new limits may be added).
+///
+/// ```
+/// use icap::{Limits, RequestDecoder};
+///
+/// let limits = Limits::default().with_max_headers(64).with_max_body(Some(10 << 20));
+/// let decoder = RequestDecoder::new(limits);
+/// # drop(decoder);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest ICAP head (start line, headers and the blank line), in bytes. Default 64 KiB.
     pub max_icap_head: usize,
@@ -44,5 +54,63 @@ impl Default for Limits {
             max_preview: 1024 * 1024,
             max_body: None,
         }
+    }
+}
+
+impl Limits {
+    /// Sets [`Limits::max_icap_head`].
+    #[must_use]
+    pub fn with_max_icap_head(mut self, max_icap_head: usize) -> Self {
+        self.max_icap_head = max_icap_head;
+        self
+    }
+
+    /// Sets [`Limits::max_http_head`].
+    #[must_use]
+    pub fn with_max_http_head(mut self, max_http_head: usize) -> Self {
+        self.max_http_head = max_http_head;
+        self
+    }
+
+    /// Sets [`Limits::max_headers`].
+    #[must_use]
+    pub fn with_max_headers(mut self, max_headers: usize) -> Self {
+        self.max_headers = max_headers;
+        self
+    }
+
+    /// Sets [`Limits::max_folded_value`].
+    #[must_use]
+    pub fn with_max_folded_value(mut self, max_folded_value: usize) -> Self {
+        self.max_folded_value = max_folded_value;
+        self
+    }
+
+    /// Sets [`Limits::max_chunk_line`].
+    #[must_use]
+    pub fn with_max_chunk_line(mut self, max_chunk_line: usize) -> Self {
+        self.max_chunk_line = max_chunk_line;
+        self
+    }
+
+    /// Sets [`Limits::max_trailer`].
+    #[must_use]
+    pub fn with_max_trailer(mut self, max_trailer: usize) -> Self {
+        self.max_trailer = max_trailer;
+        self
+    }
+
+    /// Sets [`Limits::max_preview`].
+    #[must_use]
+    pub fn with_max_preview(mut self, max_preview: u64) -> Self {
+        self.max_preview = max_preview;
+        self
+    }
+
+    /// Sets [`Limits::max_body`].
+    #[must_use]
+    pub fn with_max_body(mut self, max_body: Option<u64>) -> Self {
+        self.max_body = max_body;
+        self
     }
 }

@@ -6,7 +6,7 @@
 //! [`ServiceOptions::transfer_for`]: whether a file is previewed, sent whole, or not sent at
 //! all. Caching the answer for Options-TTL seconds is left to the client front end.
 
-use crate::builder::ResponseBuilder;
+use crate::builder::{BuildError, ResponseBuilder};
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::Method;
 use crate::message::Response;
@@ -23,7 +23,30 @@ pub enum Transfer {
 }
 
 /// The configuration a service announces in its OPTIONS answer.
+///
+/// Fields are public to read; build one with [`ServiceOptions::new`] and the `with_*` setters
+/// (the struct is `#[non_exhaustive]`: new OPTIONS headers may be added).
+///
+/// ```
+/// use icap::{Method, ServiceOptions, Transfer};
+///
+/// let opts = ServiceOptions::new([Method::Respmod], "\"dlp-7\"")
+///     .with_service("ACME DLP 7.2")
+///     .with_preview(Some(4096))
+///     .with_allow_204(true)
+///     .with_options_ttl(Some(3600))
+///     .with_transfer_preview(["*"])
+///     .with_transfer_ignore(["jpg", "mp4"]);
+/// let res = opts.to_response()?;
+/// assert_eq!(res.headers.get_str("Preview"), Some("4096"));
+/// // A client reads it back from the answer it decoded.
+/// let seen = ServiceOptions::from_response(&res)?;
+/// assert_eq!(seen, opts);
+/// assert_eq!(seen.transfer_for("holiday.JPG"), Transfer::Ignore);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServiceOptions {
     /// `Methods`: what the service supports besides OPTIONS (REQMOD or RESPMOD, c-icap's
     /// demo services list both).
@@ -101,6 +124,132 @@ fn extension(name: &str) -> String {
 }
 
 impl ServiceOptions {
+    /// Options for a service offering `methods` (REQMOD and/or RESPMOD) with this ISTag (as
+    /// sent, quotes included); everything else unset.
+    pub fn new(methods: impl IntoIterator<Item = Method>, istag: impl Into<String>) -> Self {
+        ServiceOptions {
+            methods: methods.into_iter().collect(),
+            istag: istag.into(),
+            ..ServiceOptions::default()
+        }
+    }
+
+    /// Sets [`ServiceOptions::methods`].
+    #[must_use]
+    pub fn with_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Sets [`ServiceOptions::service`].
+    #[must_use]
+    pub fn with_service(mut self, service: impl Into<String>) -> Self {
+        self.service = Some(service.into());
+        self
+    }
+
+    /// Sets [`ServiceOptions::istag`] (quotes included).
+    #[must_use]
+    pub fn with_istag(mut self, istag: impl Into<String>) -> Self {
+        self.istag = istag.into();
+        self
+    }
+
+    /// Sets [`ServiceOptions::service_id`].
+    #[must_use]
+    pub fn with_service_id(mut self, service_id: impl Into<String>) -> Self {
+        self.service_id = Some(service_id.into());
+        self
+    }
+
+    /// Sets [`ServiceOptions::max_connections`].
+    #[must_use]
+    pub fn with_max_connections(mut self, max_connections: Option<u64>) -> Self {
+        self.max_connections = max_connections;
+        self
+    }
+
+    /// Sets [`ServiceOptions::options_ttl`].
+    #[must_use]
+    pub fn with_options_ttl(mut self, options_ttl: Option<u64>) -> Self {
+        self.options_ttl = options_ttl;
+        self
+    }
+
+    /// Sets [`ServiceOptions::date`].
+    #[must_use]
+    pub fn with_date(mut self, date: impl Into<String>) -> Self {
+        self.date = Some(date.into());
+        self
+    }
+
+    /// Sets [`ServiceOptions::allow_204`].
+    #[must_use]
+    pub fn with_allow_204(mut self, allow_204: bool) -> Self {
+        self.allow_204 = allow_204;
+        self
+    }
+
+    /// Sets [`ServiceOptions::allow_206`].
+    #[must_use]
+    pub fn with_allow_206(mut self, allow_206: bool) -> Self {
+        self.allow_206 = allow_206;
+        self
+    }
+
+    /// Sets [`ServiceOptions::allow_trailers`].
+    #[must_use]
+    pub fn with_allow_trailers(mut self, allow_trailers: bool) -> Self {
+        self.allow_trailers = allow_trailers;
+        self
+    }
+
+    /// Sets [`ServiceOptions::preview`].
+    #[must_use]
+    pub fn with_preview(mut self, preview: Option<u64>) -> Self {
+        self.preview = preview;
+        self
+    }
+
+    /// Sets [`ServiceOptions::transfer_preview`]; extensions are lower-cased as `from_response` does.
+    #[must_use]
+    pub fn with_transfer_preview<S: AsRef<str>>(
+        mut self,
+        extensions: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.transfer_preview = extensions
+            .into_iter()
+            .map(|e| e.as_ref().to_ascii_lowercase())
+            .collect();
+        self
+    }
+
+    /// Sets [`ServiceOptions::transfer_ignore`]; extensions are lower-cased as `from_response` does.
+    #[must_use]
+    pub fn with_transfer_ignore<S: AsRef<str>>(
+        mut self,
+        extensions: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.transfer_ignore = extensions
+            .into_iter()
+            .map(|e| e.as_ref().to_ascii_lowercase())
+            .collect();
+        self
+    }
+
+    /// Sets [`ServiceOptions::transfer_complete`]; extensions are lower-cased as `from_response` does.
+    #[must_use]
+    pub fn with_transfer_complete<S: AsRef<str>>(
+        mut self,
+        extensions: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.transfer_complete = extensions
+            .into_iter()
+            .map(|e| e.as_ref().to_ascii_lowercase())
+            .collect();
+        self
+    }
+
     /// Reads a `200` OPTIONS answer. `Methods` and `ISTag` are required (RFC 3507 4.10.2);
     /// numbers must be decimal; unknown headers are ignored.
     pub fn from_response(res: &Response) -> Result<ServiceOptions> {
@@ -184,17 +333,15 @@ impl ServiceOptions {
     /// The OPTIONS answer carrying these options, headers in the order c-icap sends them
     /// (Methods, Service, ISTag, Service-ID, Transfer-*, Options-TTL, Max-Connections, Date,
     /// Preview, Allow), `Encapsulated: null-body=0` last.
-    pub fn to_response(&self) -> Result<Response> {
+    pub fn to_response(&self) -> Result<Response, BuildError> {
         self.response_builder()?.build()
     }
 
     /// Like [`Self::to_response`], returning the builder so that more headers (`Server`,
     /// `X-Include` ...) can be added.
-    pub fn response_builder(&self) -> Result<ResponseBuilder> {
+    pub fn response_builder(&self) -> Result<ResponseBuilder, BuildError> {
         if self.methods.is_empty() || self.methods.contains(&Method::Options) {
-            return Err(Error::new(
-                ErrorKind::InvalidMessage,
-                0,
+            return Err(BuildError::new(
                 "Methods must list REQMOD and/or RESPMOD and never OPTIONS",
             ));
         }

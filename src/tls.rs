@@ -7,7 +7,8 @@
 //! pinned (typically self-signed) certificate, optionally presenting a client certificate.
 //! Handshakes themselves happen in the client and server front ends.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -16,10 +17,72 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::error::{Error, ErrorKind, Result};
+/// A TLS certificate, key or CA file that cannot be read or used, or a configuration rustls
+/// refuses. It names the file (when one is concerned) and says what is wrong with it; it is
+/// not a wire error, so it has no byte offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfigError {
+    path: Option<PathBuf>,
+    problem: String,
+}
 
-fn config_error(msg: impl Into<String>) -> Error {
-    Error::new(ErrorKind::TlsConfig, 0, msg)
+impl TlsConfigError {
+    fn file(path: &Path, problem: impl Into<String>) -> Self {
+        TlsConfigError {
+            path: Some(path.to_path_buf()),
+            problem: problem.into(),
+        }
+    }
+
+    fn other(problem: impl Into<String>) -> Self {
+        TlsConfigError {
+            path: None,
+            problem: problem.into(),
+        }
+    }
+
+    /// The file concerned, when the problem is with a file.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// What is wrong, without the file name.
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
+}
+
+impl fmt::Display for TlsConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(p) => write!(f, "TLS configuration: {}: {}", p.display(), self.problem),
+            None => write!(f, "TLS configuration: {}", self.problem),
+        }
+    }
+}
+
+impl std::error::Error for TlsConfigError {}
+
+/// Shorthand for results of this module.
+type Result<T, E = TlsConfigError> = std::result::Result<T, E>;
+
+fn config_error(msg: impl Into<String>) -> TlsConfigError {
+    TlsConfigError::other(msg)
+}
+
+/// `pem_file_iter` reports a missing file as an I/O error inside its own error type; say
+/// it as a person would.
+fn pem_problem(e: rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::NotFound => "no such file".into(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+            _ => format!("cannot read: {io}"),
+        },
+        rustls::pki_types::pem::Error::NoItemsFound => "no PEM item of the expected type".into(),
+        other => format!("not valid PEM: {other}"),
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -30,14 +93,11 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn load_certs(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>> {
     let path = path.as_ref();
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| config_error(format!("{}: {e}", path.display())))?
+        .map_err(|e| TlsConfigError::file(path, pem_problem(e)))?
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+        .map_err(|e| TlsConfigError::file(path, pem_problem(e)))?;
     if certs.is_empty() {
-        return Err(config_error(format!(
-            "{}: no certificate in the file",
-            path.display()
-        )));
+        return Err(TlsConfigError::file(path, "no certificate in the file"));
     }
     Ok(certs)
 }
@@ -45,7 +105,12 @@ pub fn load_certs(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
 pub fn load_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>> {
     let path = path.as_ref();
-    PrivateKeyDer::from_pem_file(path).map_err(|e| config_error(format!("{}: {e}", path.display())))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            TlsConfigError::file(path, "no private key in the file")
+        }
+        e => TlsConfigError::file(path, pem_problem(e)),
+    })
 }
 
 fn roots_from(certs: Vec<CertificateDer<'static>>, what: &str) -> Result<RootCertStore> {
@@ -60,7 +125,24 @@ fn roots_from(certs: Vec<CertificateDer<'static>>, what: &str) -> Result<RootCer
 
 /// Server-side TLS: certificate chain, key, and optionally the CA that client certificates
 /// must chain to.
+///
+/// ```no_run
+/// use icap::tls::ServerTls;
+///
+/// let tls = ServerTls::from_pem_files("/etc/icap/server.pem", "/etc/icap/server.key")?
+///     .require_client_certs("/etc/icap/clients-ca.pem")?;
+/// let rustls_config = tls.build()?; // for `Server::tls`
+/// # Ok::<(), icap::tls::TlsConfigError>(())
+/// ```
+///
+/// A file that cannot be used is named in the error:
+///
+/// ```
+/// let err = icap::tls::ServerTls::from_pem_files("missing.pem", "missing.key").unwrap_err();
+/// assert_eq!(err.to_string(), "TLS configuration: missing.pem: no such file");
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerTls {
     /// The server's certificate chain, leaf first.
     pub cert_chain: Vec<CertificateDer<'static>>,
@@ -71,6 +153,22 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
+    /// A configuration from a certificate chain (leaf first) and its key already in memory.
+    pub fn new(cert_chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
+        ServerTls {
+            cert_chain,
+            key: Arc::new(key),
+            client_ca: None,
+        }
+    }
+
+    /// Requires client certificates issued by one of these CAs (in memory; see
+    /// [`Self::require_client_certs`] for a file).
+    pub fn with_client_ca(mut self, cas: Vec<CertificateDer<'static>>) -> Self {
+        self.client_ca = Some(cas);
+        self
+    }
+
     /// Loads the certificate chain and key from PEM files.
     pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self> {
         Ok(ServerTls {
@@ -113,6 +211,7 @@ impl ServerTls {
 
 /// Which server certificates a client accepts.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Trust {
     /// The operating system's root store.
     System,
@@ -125,7 +224,19 @@ pub enum Trust {
 }
 
 /// Client-side TLS: whom to trust, and an optional client certificate.
+///
+/// ```no_run
+/// use icap::tls::ClientTls;
+///
+/// // A private CA and a client certificate (mTLS), as DLP appliances behind stunnel want.
+/// let tls = ClientTls::default()
+///     .with_ca_file("/etc/icap/ca.pem")?
+///     .with_client_cert_files("/etc/icap/client.pem", "/etc/icap/client.key")?;
+/// let rustls_config = tls.build()?;
+/// # Ok::<(), icap::tls::TlsConfigError>(())
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientTls {
     /// Which server certificates to accept.
     pub trust: Trust,
@@ -143,6 +254,23 @@ impl Default for ClientTls {
 }
 
 impl ClientTls {
+    /// Accepts the server certificates `trust` allows (in memory; see the `with_*_file`
+    /// methods for files).
+    pub fn with_trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// Presents this client certificate chain (leaf first) and key (in memory).
+    pub fn with_identity(
+        mut self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Self {
+        self.identity = Some((chain, Arc::new(key)));
+        self
+    }
+
     /// Trusts the CA(s) in a PEM file instead of the system roots.
     pub fn with_ca_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
         self.trust = Trust::Ca(load_certs(path)?);
@@ -257,5 +385,50 @@ impl ServerCertVerifier for PinnedVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_certificate_file_is_named_without_an_offset() {
+        let e =
+            ServerTls::from_pem_files("/nonexistent/icap-test/server.pem", "k.pem").unwrap_err();
+        assert_eq!(
+            e.path(),
+            Some(Path::new("/nonexistent/icap-test/server.pem"))
+        );
+        assert_eq!(
+            e.to_string(),
+            "TLS configuration: /nonexistent/icap-test/server.pem: no such file"
+        );
+        assert!(!e.to_string().contains("byte"), "{e}");
+        let e = ClientTls::default()
+            .with_ca_file("/nonexistent/icap-test/ca.pem")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "TLS configuration: /nonexistent/icap-test/ca.pem: no such file"
+        );
+    }
+
+    #[test]
+    fn a_file_without_pem_items_says_what_is_missing() {
+        // Cargo.toml exists and is readable, but holds neither certificate nor key.
+        let toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let e = load_certs(&toml).unwrap_err();
+        assert_eq!(e.path(), Some(toml.as_path()));
+        assert_eq!(e.problem(), "no certificate in the file");
+        let e = load_key(&toml).unwrap_err();
+        assert_eq!(e.problem(), "no private key in the file");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "TLS configuration: {}: no private key in the file",
+                toml.display()
+            )
+        );
     }
 }

@@ -45,6 +45,23 @@ impl Scheme {
 }
 
 /// A parsed ICAP URI.
+///
+/// ```
+/// use icap::{IcapUri, Scheme};
+///
+/// let uri = IcapUri::parse("icaps://DLP.example:11344/reqmod?profile=pci")?;
+/// assert_eq!(uri.scheme(), Scheme::Icaps);
+/// assert_eq!((uri.host(), uri.port()), ("dlp.example", 11344));
+/// assert_eq!((uri.path(), uri.query()), ("/reqmod", Some("profile=pci")));
+/// // 11344 is icaps's default port, so the ICAP Host header leaves it out.
+/// assert_eq!(uri.host_header(), "dlp.example");
+/// assert_eq!(IcapUri::parse("icap://[::1]:1345/avscan")?.host_header(), "[::1]:1345");
+///
+/// // A URI that is not ICAP is a typed error with the offset of the problem in the string.
+/// let err = IcapUri::parse("http://dlp.example/reqmod").unwrap_err();
+/// assert_eq!(err.kind(), icap::ErrorKind::BadUri);
+/// # Ok::<(), icap::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IcapUri {
     scheme: Scheme,

@@ -344,12 +344,12 @@ fn options_view_refuses_broken_answers() {
             kind
         );
     }
-    let o = ServiceOptions {
-        istag: "x".into(),
-        ..Default::default()
-    };
+    let o = ServiceOptions::default().with_istag("x");
     assert_eq!(
-        o.to_response().unwrap_err().kind(),
+        o.to_response()
+            .map_err(icap::Error::from)
+            .unwrap_err()
+            .kind(),
         ErrorKind::InvalidMessage
     );
 }
@@ -543,6 +543,7 @@ fn server_style_responses() {
         Response::options_answer("t")
             .http_response_parts(200, "OK", [("A", "b")])
             .build()
+            .map_err(icap::Error::from)
             .unwrap_err()
             .kind(),
         ErrorKind::InvalidMessage
@@ -554,30 +555,35 @@ fn raw_part_helpers_check_their_input() {
     assert!(http_request_head("GET", "/", "HTTP/1.0", [("A", "b")]).is_ok());
     assert_eq!(
         http_request_head("GET", "/", "HTTP/1.0 x", [("A", "b")])
+            .map_err(icap::Error::from)
             .unwrap_err()
             .kind(),
         ErrorKind::InvalidMessage
     );
     assert_eq!(
         http_request_head("GET", "/", "HTP", [("A", "b")])
+            .map_err(icap::Error::from)
             .unwrap_err()
             .kind(),
         ErrorKind::InvalidMessage
     );
     assert_eq!(
         http_response_head("HTTP/1.1", 99, "x", [("A", "b")])
+            .map_err(icap::Error::from)
             .unwrap_err()
             .kind(),
         ErrorKind::InvalidMessage
     );
     assert_eq!(
         http_response_head("HTTP/1.1", 200, "O\nK", [("A", "b")])
+            .map_err(icap::Error::from)
             .unwrap_err()
             .kind(),
         ErrorKind::InvalidMessage
     );
     assert_eq!(
         http_response_head("HTTP/1.1", 200, "OK", [("A:", "b")])
+            .map_err(icap::Error::from)
             .unwrap_err()
             .kind(),
         ErrorKind::InvalidMessage
@@ -588,6 +594,7 @@ fn raw_part_helpers_check_their_input() {
             Request::options(&u)
                 .header(name, "1")
                 .build()
+                .map_err(icap::Error::from)
                 .unwrap_err()
                 .kind(),
             ErrorKind::InvalidMessage
@@ -599,6 +606,7 @@ fn raw_part_helpers_check_their_input() {
                 .with_body()
                 .header(name, "1")
                 .build()
+                .map_err(icap::Error::from)
                 .unwrap_err()
                 .kind(),
             ErrorKind::InvalidMessage
@@ -643,6 +651,170 @@ fn from_http_crate_parts() {
     let h = res.http_response.unwrap();
     assert_eq!(h.line(), "HTTP/1.0 404 Not Found");
     assert_eq!(h.headers.get_str("content-length"), Some("0"));
+}
+
+/// Heads with mixed-case names, a repeated field split by another one (which `HeaderMap`
+/// groups) and a reason phrase of their own: what a proxy really sends.
+#[cfg(feature = "http")]
+fn awkward_heads() -> (icap::HttpRequestHead, icap::HttpResponseHead) {
+    let req = http_request_head(
+        "GET",
+        "http://shop.example/cart?id=7",
+        "HTTP/1.0",
+        [
+            ("Host", "shop.example"),
+            ("Cookie", "a=1"),
+            ("X-Trace-ID", "t1"),
+            ("Cookie", "b=2"),
+        ],
+    )
+    .unwrap();
+    let res = http_response_head(
+        "HTTP/1.1",
+        200,
+        "Okey Dokey",
+        [
+            ("Set-Cookie", "s=1"),
+            ("Content-Type", "text/html"),
+            ("set-cookie", "s=2"),
+            ("Content-Length", "0"),
+        ],
+    )
+    .unwrap();
+    (req, res)
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn into_http_crate_parts_and_back_is_byte_exact() {
+    use icap::builder::{
+        http_request_head_from, http_request_parts, http_response_head_from, http_response_parts,
+    };
+    let (req_head, res_head) = awkward_heads();
+    let req_parts = http_request_parts(&req_head).unwrap();
+    assert_eq!(req_parts.method, http::Method::GET);
+    assert_eq!(req_parts.uri, "http://shop.example/cart?id=7");
+    assert_eq!(req_parts.version, http::Version::HTTP_10);
+    let cookies: Vec<_> = req_parts.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_eq!(req_parts.headers.len(), 4);
+    let res_parts = http_response_parts(&res_head).unwrap();
+    assert_eq!(res_parts.status, http::StatusCode::OK);
+    let set: Vec<_> = res_parts.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(set, ["s=1", "s=2"]);
+
+    assert_eq!(http_request_head_from(&req_parts), req_head);
+    assert_eq!(http_response_head_from(&res_parts), res_head);
+    let u = uri("icap://icap.example/respmod");
+    let direct = Request::respmod(&u)
+        .http_request(req_head)
+        .http_response(res_head)
+        .build()
+        .unwrap();
+    let via_http = Request::respmod(&u)
+        .http_request_from(&req_parts)
+        .http_response_from(&res_parts)
+        .build()
+        .unwrap();
+    assert_eq!(req_wire(&via_http, None), req_wire(&direct, None));
+    assert!(req_wire(&via_http, None).contains(
+        "GET http://shop.example/cart?id=7 HTTP/1.0\r\nHost: shop.example\r\nCookie: a=1\r\n\
+         X-Trace-ID: t1\r\nCookie: b=2\r\n\r\n\
+         HTTP/1.1 200 Okey Dokey\r\nSet-Cookie: s=1\r\nContent-Type: text/html\r\n\
+         set-cookie: s=2\r\nContent-Length: 0\r\n\r\n"
+    ));
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn edited_http_parts_make_a_fresh_head() {
+    use icap::builder::{http_response_head_from, http_response_parts};
+    let (_, res_head) = awkward_heads();
+    let mut parts = http_response_parts(&res_head).unwrap();
+    parts.status = http::StatusCode::FORBIDDEN;
+    let h = http_response_head_from(&parts);
+    assert_eq!(h.line(), "HTTP/1.1 403 Forbidden");
+    let fields: Vec<(String, String)> = h
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                String::from_utf8(n.to_vec()).unwrap(),
+                String::from_utf8(v.to_vec()).unwrap(),
+            )
+        })
+        .collect();
+    // `HeaderMap` lower-cases names and groups a repeated field; duplicates stay in order.
+    assert_eq!(
+        fields,
+        [
+            ("set-cookie", "s=1"),
+            ("set-cookie", "s=2"),
+            ("content-type", "text/html"),
+            ("content-length", "0"),
+        ]
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+    );
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn http_parts_from_the_http_crate_round_trip() {
+    use icap::builder::{http_request_head_from, http_request_parts};
+    let (parts, ()) = http::Request::builder()
+        .method("PUT")
+        .uri("http://files.example/a.txt")
+        .header("content-type", "text/plain")
+        .header("x-tag", "1")
+        .header("x-tag", "2")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let head = http_request_head_from(&parts);
+    let back = http_request_parts(&head).unwrap();
+    assert_eq!(
+        (&back.method, &back.uri, back.version, &back.headers),
+        (&parts.method, &parts.uri, parts.version, &parts.headers)
+    );
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn heads_the_http_crate_cannot_hold_are_a_typed_error() {
+    use icap::builder::{http_request_parts, http_response_parts};
+    use icap::{HttpRequestHead, HttpResponseHead};
+    let (req, res) = awkward_heads();
+    let cases: [(HttpRequestHead, &str); 3] = [
+        (
+            HttpRequestHead {
+                target: Bytes::from_static(b"http://a b/"),
+                ..req.clone()
+            },
+            "invalid ICAP message: HTTP request target \"http://a b/\" is not a URI: invalid uri character",
+        ),
+        (
+            HttpRequestHead {
+                version: Bytes::from_static(b"HTTP/4.2"),
+                ..req.clone()
+            },
+            "invalid ICAP message: HTTP version \"HTTP/4.2\" has no http::Version",
+        ),
+        (
+            HttpRequestHead {
+                method: Bytes::from_static(b"G\"T"),
+                ..req
+            },
+            "invalid ICAP message: HTTP method \"G\\\"T\" is not valid for the http crate",
+        ),
+    ];
+    for (head, want) in cases {
+        assert_eq!(http_request_parts(&head).unwrap_err().to_string(), want);
+    }
+    let bad_status = HttpResponseHead { status: 42, ..res };
+    assert_eq!(
+        http_response_parts(&bad_status).unwrap_err().message(),
+        "HTTP status 42 is not valid"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -773,7 +945,7 @@ fn build_request(c: &ReqCase) -> icap::Result<Request> {
     if c.body.is_some() {
         b = b.with_body();
     }
-    b.build()
+    b.build().map_err(Into::into)
 }
 
 #[derive(Debug, Clone)]
@@ -825,7 +997,7 @@ fn build_response(c: &ResCase) -> icap::Result<Response> {
     if c.body.is_some() {
         b = b.with_body();
     }
-    b.build()
+    b.build().map_err(Into::into)
 }
 
 proptest! {

@@ -316,3 +316,105 @@ fn icap_client_against_dlp_server() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Runs an example with `args`; returns its exit code, stdout and stderr.
+fn run_example(name: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(example(name)).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn every_example_lists_its_exit_status_in_help_and_exits_2_on_bad_arguments() {
+    let cases: [(&str, &str, &[&str]); 3] = [
+        (
+            "dlp-scan",
+            "Exit status (the clamscan convention):\n  0  every file allowed\n  1  something blocked or modified\n  2  an error",
+            &["--mode", "upload"],
+        ),
+        (
+            "dlp-server",
+            "Exit status:\n  0  stopped by SIGINT or SIGTERM",
+            &["--tls-cert", "server.pem"],
+        ),
+        (
+            "icap-client",
+            "Exit status:\n  0  the server answered",
+            &["--url", "icap://127.0.0.1/x", "--method", "PUT"],
+        ),
+    ];
+    for (name, exit_status, bad) in cases {
+        let (code, stdout, _) = run_example(name, &["--help"]);
+        assert_eq!(code, Some(0), "{name} --help");
+        assert!(stdout.contains(exit_status), "{name}: {stdout}");
+        assert!(stdout.contains("  2  "), "{name}: {stdout}");
+        let (code, stdout, stderr) = run_example(name, bad);
+        assert_eq!(code, Some(2), "{name} {bad:?}: {stderr}");
+        assert!(stdout.is_empty(), "{name} {bad:?}: {stdout}");
+        assert!(stderr.starts_with("error: "), "{name} {bad:?}: {stderr}");
+    }
+}
+
+#[test]
+fn dlp_scan_names_a_missing_file_before_starting_anything() {
+    let missing = format!("{}/no-such-file.csv", env!("CARGO_MANIFEST_DIR"));
+    let started = Instant::now();
+    let (code, stdout, stderr) = run_example("dlp-scan", &[&data("meeting-notes.md"), &missing]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    // Named, and found before the embedded servers start (they announce themselves).
+    assert_eq!(
+        stderr,
+        format!("dlp-scan: {missing}: No such file or directory (os error 2)\n")
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A directory is not a file to scan.
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let (code, _, stderr) = run_example("dlp-scan", &[dir]);
+    assert_eq!(code, Some(2));
+    assert_eq!(stderr, format!("dlp-scan: {dir}: not a regular file\n"));
+}
+
+#[test]
+fn dlp_server_and_icap_client_name_the_file_they_cannot_use() {
+    let missing = format!("{}/no-such-dir/server.pem", env!("CARGO_MANIFEST_DIR"));
+    let (code, _, stderr) = run_example(
+        "dlp-server",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &missing,
+            "--tls-key",
+            &missing,
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("dlp-server: TLS configuration: {missing}: no such file\n")
+    );
+    let rules = format!("{}/no-such-rules.txt", env!("CARGO_MANIFEST_DIR"));
+    let (code, _, stderr) = run_example(
+        "dlp-server",
+        &["--listen", "127.0.0.1:0", "--rules", &rules],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("dlp-server: {rules}: ")),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_example(
+        "icap-client",
+        &["--url", "icaps://127.0.0.1:1/x", "--ca", &missing],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("icap-client: TLS configuration: {missing}: no such file\n")
+    );
+    assert!(!stderr.contains("byte 0"));
+}

@@ -107,10 +107,7 @@ fn bare_cr_in_a_start_line_is_rejected() {
 /// counted, so a line of exactly the limit was refused.
 #[test]
 fn chunk_line_of_exactly_the_limit_is_accepted() {
-    let limits = Limits {
-        max_chunk_line: 8,
-        ..Limits::default()
-    };
+    let limits = Limits::default().with_max_chunk_line(8);
     let decode = |input: &[u8]| {
         let mut dec = ChunkedDecoder::new(&limits);
         let mut buf = BytesMut::from(input);

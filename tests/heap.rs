@@ -71,11 +71,9 @@ fn folded_field(n: usize) -> String {
 }
 
 fn wide_limits() -> Limits {
-    Limits {
-        max_headers: 100_000,
-        max_folded_value: 1 << 20,
-        ..Limits::default()
-    }
+    Limits::default()
+        .with_max_headers(100_000)
+        .with_max_folded_value(1 << 20)
 }
 
 /// An ICAP response head just under 64 KiB, all one folded field.

@@ -273,10 +273,7 @@ fn the_largest_chunk_size_is_checked_against_the_body_limit_before_any_data() {
     let e = requests_all_splits(&req).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::UnexpectedEof);
     // With a body limit the chunk is refused at its size line, before a byte of it is taken.
-    let mut dec = RequestDecoder::new(Limits {
-        max_body: Some(1 << 20),
-        ..Limits::default()
-    });
+    let mut dec = RequestDecoder::new(Limits::default().with_max_body(Some(1 << 20)));
     dec.feed(&req);
     assert!(matches!(dec.decode(), Ok(Some(Event::Head(_)))));
     let e = dec.decode().unwrap_err();
@@ -322,11 +319,11 @@ fn ten_thousand_http_headers_stop_at_max_headers() {
 #[test]
 fn ten_thousand_headers_are_fine_when_the_limits_allow_them() {
     let req = format!("OPTIONS icap://x/ ICAP/1.0\r\n{}\r\n", many_headers(10_000));
-    let mut dec = RequestDecoder::new(Limits {
-        max_icap_head: 1 << 20,
-        max_headers: 10_000,
-        ..Limits::default()
-    });
+    let mut dec = RequestDecoder::new(
+        Limits::default()
+            .with_max_icap_head(1 << 20)
+            .with_max_headers(10_000),
+    );
     let t = Instant::now();
     dec.feed(req.as_bytes());
     let Some(Event::Head(r)) = dec.decode().unwrap() else {
@@ -381,10 +378,7 @@ fn a_folded_value_over_its_limit_is_refused_at_the_line_that_makes_it_too_long()
     assert_eq!(Limits::default().max_folded_value, 16 * 1024);
     reject_response(&res, ErrorKind::FoldedValueTooLarge, folds_at + 81 * 203);
     // A higher limit takes it.
-    let mut dec = ResponseDecoder::new(Limits {
-        max_folded_value: 1 << 20,
-        ..Limits::default()
-    });
+    let mut dec = ResponseDecoder::new(Limits::default().with_max_folded_value(1 << 20));
     dec.feed(&res);
     let Some(Event::Head(r)) = dec.decode().unwrap() else {
         panic!("no head")

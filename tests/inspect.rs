@@ -150,3 +150,34 @@ fn malformed_input_exits_2_with_typed_error() {
     assert_eq!(msgs.last().unwrap()["offset"], 82);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn help_lists_the_exit_status_and_argument_errors_exit_2() {
+    let out = Command::new(exe()).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        help.contains("Exit status:\n  0  every message decoded\n  2  malformed input"),
+        "{help}"
+    );
+    for bad in [&["--feed", "0"][..], &["--role", "sideways"], &["--bogus"]] {
+        let out = Command::new(exe()).args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(out.stdout.is_empty(), "{bad:?}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_named_and_exits_2() {
+    let missing = std::env::temp_dir().join("icap-inspect-no-such-capture.bin");
+    let out = Command::new(exe()).arg(&missing).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err,
+        format!(
+            "icap-inspect: {}: No such file or directory (os error 2)\n",
+            missing.display()
+        )
+    );
+}

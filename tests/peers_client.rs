@@ -28,6 +28,7 @@ fn get(url: &'static str) -> impl Fn(&IcapUri, Option<u64>) -> icap::Result<Requ
             .http_request_parts("GET", url, [("Host", host)])
             .allow_204()
             .build()
+            .map_err(Into::into)
     }
 }
 
@@ -133,6 +134,7 @@ async fn client_against_cicap() {
                 [("Host", "allowed.example")],
             )
             .build()
+            .map_err(Into::into)
     };
     let x = no204
         .send(build, &BodySource::None, None, None)

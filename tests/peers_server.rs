@@ -9,9 +9,6 @@
 
 mod peers_support;
 
-#[path = "../examples/shared/dlp_engine.rs"]
-#[allow(dead_code)]
-mod dlp_engine;
 #[path = "../examples/shared/dlp_service.rs"]
 #[allow(dead_code)]
 mod dlp_service;
@@ -22,9 +19,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dlp_engine::{Rules, EICAR};
 use dlp_service::{DlpConfig, Profile, Running};
 use icap::server::Stats;
+use icap_dlp_engine::{Rules, EICAR};
 use peers_support::{run_tool, write_file, Origin, Squid, TempDir, ToolOutput};
 use sha2::{Digest, Sha256};
 

@@ -4,9 +4,6 @@
 //! block is an ICAP 200 carrying `HTTP/1.1 200 OK`.
 #![cfg(all(feature = "client", feature = "server"))]
 
-#[path = "../examples/shared/dlp_engine.rs"]
-#[allow(dead_code)]
-mod dlp_engine;
 #[path = "../examples/shared/dlp_service.rs"]
 #[allow(dead_code)]
 mod dlp_service;
@@ -68,7 +65,7 @@ fn matrix() -> Vec<(Profile, Mode, dlp_service::Profile, &'static str)> {
 
 async fn run_matrix(tls: bool) {
     for (profile, mode, vendor, reason) in matrix() {
-        let cfg = dlp_service::DlpConfig::new(dlp_engine::Rules::default(), vendor);
+        let cfg = dlp_service::DlpConfig::new(icap_dlp_engine::Rules::default(), vendor);
         let server = if tls { Some(server_tls()) } else { None };
         let running = dlp_service::spawn_loopback(cfg, server.as_ref())
             .await
@@ -152,8 +149,10 @@ async fn every_profile_clean_and_blocked_over_mtls() {
 #[tokio::test]
 async fn symantec_block_misread_by_a_status_check_is_caught_by_the_generic_rules_too() {
     // Even without the Symantec profile, a REQMOD answered with a response is not "allowed".
-    let cfg =
-        dlp_service::DlpConfig::new(dlp_engine::Rules::default(), dlp_service::Profile::Symantec);
+    let cfg = dlp_service::DlpConfig::new(
+        icap_dlp_engine::Rules::default(),
+        dlp_service::Profile::Symantec,
+    );
     let running = dlp_service::spawn_loopback(cfg, None).await.unwrap();
     let client = Client::new(
         &[format!("icap://127.0.0.1:{}/reqmod", running.addr().port())],

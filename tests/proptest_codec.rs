@@ -466,16 +466,7 @@ proptest! {
         garbage in vec(any::<u8>(), 0..600),
         sizes in sizes(),
     ) {
-        let limits = Limits {
-            max_icap_head: 200,
-            max_http_head: 250,
-            max_headers: 5,
-            max_folded_value: 100,
-            max_chunk_line: 16,
-            max_trailer: 40,
-            max_preview: 100,
-            max_body: Some(400),
-        };
+        let limits = Limits::default().with_max_icap_head(200).with_max_http_head(250).with_max_headers(5).with_max_folded_value(100).with_max_chunk_line(16).with_max_trailer(40).with_max_preview(100).with_max_body(Some(400));
         let bound = 250;
         let (wire, _, _) = encode_requests(&cases);
         let mut input = damage(&wire, &edits);
@@ -526,7 +517,7 @@ proptest! {
                 input.extend_from_slice(format!("{n}: {}\r\n", v.trim()).as_bytes());
             }
         }
-        let mut dec = RequestDecoder::new(Limits { max_icap_head: max, max_headers: 10_000, ..Limits::default() });
+        let mut dec = RequestDecoder::new(Limits::default().with_max_icap_head(max).with_max_headers(10_000));
         let (mut pos, mut k) = (0, 0);
         let e = loop {
             match dec.decode() {
@@ -562,7 +553,7 @@ proptest! {
         while head.len() < body_at + max + 200 {
             head.extend_from_slice(ext.as_bytes());
         }
-        let mut dec = ResponseDecoder::new(Limits { max_chunk_line: max, ..Limits::default() });
+        let mut dec = ResponseDecoder::new(Limits::default().with_max_chunk_line(max));
         let (mut pos, mut k) = (0, 0);
         let mut held = 0;
         let e = loop {

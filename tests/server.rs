@@ -329,12 +329,10 @@ struct Streamer;
 
 impl icap::server::Service for Streamer {
     fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![Method::Respmod],
-            istag: "\"stream-1\"".into(),
-            preview: Some(1024),
-            ..Default::default()
-        }
+        ServiceOptions::default()
+            .with_methods(vec![Method::Respmod])
+            .with_istag("\"stream-1\"")
+            .with_preview(Some(1024))
     }
 
     fn handle<'a>(
@@ -473,11 +471,9 @@ struct LateEcho;
 
 impl icap::server::Service for LateEcho {
     fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![Method::Respmod],
-            istag: "\"late-1\"".into(),
-            ..Default::default()
-        }
+        ServiceOptions::default()
+            .with_methods(vec![Method::Respmod])
+            .with_istag("\"late-1\"")
     }
 
     fn handle<'a>(
@@ -523,12 +519,10 @@ struct HeadsOnly;
 
 impl icap::server::Service for HeadsOnly {
     fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![Method::Reqmod],
-            istag: "\"heads-1\"".into(),
-            allow_204: true,
-            ..Default::default()
-        }
+        ServiceOptions::default()
+            .with_methods(vec![Method::Reqmod])
+            .with_istag("\"heads-1\"")
+            .with_allow_204(true)
     }
 
     fn handle<'a>(

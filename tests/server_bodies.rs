@@ -88,11 +88,9 @@ struct Pages;
 
 impl Service for Pages {
     fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![Method::Reqmod],
-            istag: "\"pages-1\"".into(),
-            ..Default::default()
-        }
+        ServiceOptions::default()
+            .with_methods(vec![Method::Reqmod])
+            .with_istag("\"pages-1\"")
     }
 
     fn handle<'a>(
@@ -183,11 +181,9 @@ struct Looker {
 
 impl Service for Looker {
     fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![Method::Reqmod],
-            istag: "\"look-1\"".into(),
-            ..Default::default()
-        }
+        ServiceOptions::default()
+            .with_methods(vec![Method::Reqmod])
+            .with_istag("\"look-1\"")
     }
 
     fn handle<'a>(

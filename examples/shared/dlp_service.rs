@@ -1,11 +1,9 @@
 //! The example DLP service in blocking mode, shared by `examples/dlp-server.rs` (the binary)
 //! and `examples/dlp-scan.rs` (which starts it in-process on loopback).
 //!
-//! Include it next to the engine, which it reaches as `crate::dlp_engine`:
+//! Include it with (the engine is the `icap-dlp-engine` crate, examples/dlp-engine):
 //!
 //! ```text
-//! #[path = "shared/dlp_engine.rs"]
-//! mod dlp_engine;
 //! #[path = "shared/dlp_service.rs"]
 //! mod dlp_service;
 //!
@@ -38,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::dlp_engine::{icap_headers, Finding, FindingKind, Rules, Scanner, MAX_MATCH_LEN};
+use icap_dlp_engine::{icap_headers, Finding, FindingKind, Rules, Scanner, MAX_MATCH_LEN};
 
 /// Preview size announced in OPTIONS: enough for file magic and most small uploads.
 pub const PREVIEW: u64 = 4096;
@@ -177,29 +175,25 @@ struct DlpService {
 
 impl Service for DlpService {
     fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![self.method.clone()],
-            service: Some(format!(
+        ServiceOptions::new([self.method.clone()], self.cfg.profile.istag())
+            .with_service(format!(
                 "icap example DLP ({} profile, blocking mode)",
                 self.cfg.profile
-            )),
-            istag: self.cfg.profile.istag().into(),
-            service_id: Some("dlp".into()),
+            ))
+            .with_service_id("dlp")
             // One scanner per connection, each small: no practical limit below the server's,
             // and a client is held to the per-address share.
-            max_connections: Some(
+            .with_max_connections(Some(
                 self.cfg
                     .server
                     .max_connections
                     .min(self.cfg.server.max_connections_per_ip) as u64,
-            ),
-            options_ttl: Some(3600),
-            allow_204: true,
-            preview: Some(self.cfg.preview),
+            ))
+            .with_options_ttl(Some(3600))
+            .with_allow_204(true)
+            .with_preview(Some(self.cfg.preview))
             // Every file type is content-scanned: a preview of each, never Transfer-Ignore.
-            transfer_preview: vec!["*".into()],
-            ..Default::default()
-        }
+            .with_transfer_preview(["*"])
     }
 
     // `preview` keeps its default (None = 100 Continue): a verdict needs the whole body, a
@@ -393,7 +387,7 @@ fn block_reply(
 pub fn dlp_server(
     cfg: &DlpConfig,
     tls: Option<&ServerTls>,
-) -> icap::Result<(Server, Arc<DlpStats>)> {
+) -> Result<(Server, Arc<DlpStats>), icap::tls::TlsConfigError> {
     let stats = Arc::new(DlpStats::default());
     let service = |method: Method| DlpService {
         method,

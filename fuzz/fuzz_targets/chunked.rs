@@ -175,13 +175,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let body = &rest[n..];
     let limits = if flags & 0x80 != 0 {
-        Limits {
-            max_chunk_line: 12,
-            max_trailer: 40,
-            max_headers: 4,
-            max_body: Some(300),
-            ..Limits::default()
-        }
+        Limits::default()
+            .with_max_chunk_line(12)
+            .with_max_trailer(40)
+            .with_max_headers(4)
+            .with_max_body(Some(300))
     } else {
         Limits::default()
     };

@@ -40,16 +40,15 @@ impl<'a> Input<'a> {
     /// Bit 7 selects small limits so that the fuzzer reaches every limit with short inputs.
     pub fn limits(&self) -> Limits {
         if self.flags & 0x80 != 0 {
-            Limits {
-                max_icap_head: 256,
-                max_http_head: 300,
-                max_headers: 6,
-                max_chunk_line: 24,
-                max_trailer: 64,
-                max_preview: 40,
-                max_body: Some(700),
-                max_folded_value: 120,
-            }
+            Limits::default()
+                .with_max_icap_head(256)
+                .with_max_http_head(300)
+                .with_max_headers(6)
+                .with_max_chunk_line(24)
+                .with_max_trailer(64)
+                .with_max_preview(40)
+                .with_max_body(Some(700))
+                .with_max_folded_value(120)
         } else {
             Limits::default()
         }

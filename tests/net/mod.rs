@@ -49,18 +49,16 @@ pub struct Blocker {
 
 impl Service for Blocker {
     fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![Method::Reqmod, Method::Respmod],
-            istag: "\"blk-1\"".into(),
-            service: Some("test blocker".into()),
-            preview: Some(8),
-            allow_204: true,
-            max_connections: self.max_connections,
-            options_ttl: Some(60),
-            transfer_preview: vec!["*".into()],
-            transfer_ignore: vec!["ignored".into()],
-            ..Default::default()
-        }
+        ServiceOptions::default()
+            .with_methods(vec![Method::Reqmod, Method::Respmod])
+            .with_istag("\"blk-1\"")
+            .with_service("test blocker")
+            .with_preview(Some(8))
+            .with_allow_204(true)
+            .with_max_connections(self.max_connections)
+            .with_options_ttl(Some(60))
+            .with_transfer_preview(["*"])
+            .with_transfer_ignore(["ignored"])
     }
 
     fn preview<'a>(

@@ -1,8 +1,8 @@
 //! Streaming content-scanning engine of the example DLP service.
 //!
-//! Self-contained (no dependency on the `icap` crate; only `memchr` and `regex`), so both
-//! `examples/dlp-server.rs` and `examples/dlp-scan.rs` include it with
-//! `#[path = "shared/dlp_engine.rs"] mod dlp_engine;`.
+//! Self-contained (no dependency on the `icap` crate; only `memchr` and `regex`): a small
+//! crate of the workspace, `icap-dlp-engine`, that the examples (`dlp-server`, `dlp-scan`)
+//! and the tests of `icap` use as a path dev-dependency. Not published.
 //!
 //! # Use
 //!
@@ -1396,7 +1396,7 @@ mod tests {
         assert_eq!(total, MAX_FINDINGS as u64 + 5);
     }
 
-    /// `cargo test --release --example dlp-engine-tests -- --ignored --nocapture`
+    /// `cargo test --release -p icap-dlp-engine -- --ignored --nocapture`
     #[test]
     #[ignore]
     fn throughput_64mib_clean() {
