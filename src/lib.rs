@@ -30,6 +30,7 @@
 pub mod builder;
 pub mod chunked;
 #[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
 pub mod decode;
 pub mod encapsulated;
@@ -40,6 +41,9 @@ pub mod headers;
 pub mod limits;
 pub mod message;
 pub mod options;
+#[cfg(feature = "scan")]
+#[cfg_attr(docsrs, doc(cfg(feature = "scan")))]
+pub mod scan;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;
