@@ -1,7 +1,7 @@
 //! dlp-scan: scan files against DLP or antivirus ICAP servers and report allowed/blocked.
 //!
 //! ```text
-//! cargo run --features client,server --example dlp-scan -- [OPTIONS] FILE...
+//! cargo run --features scan,server --example dlp-scan -- [OPTIONS] FILE...
 //!   --server URL            icap:// or icaps:// service URL (repeat: load-balancing partners)
 //!   --mode reqmod|respmod   how the file travels (upload or download); default reqmod
 //!   --connection-type T     generic-reqmod | generic-respmod | symantec | forcepoint

@@ -236,3 +236,35 @@ async fn errors_are_typed_and_a_status_is_not_an_answer() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn an_answer_body_dropped_half_read_does_not_poison_the_pool() {
+    let srv = blocker(ServerConfig::default()).await;
+    let client = Client::builder()
+        .server(srv.uri("icap", "blocker"))
+        .allow_204(false)
+        .build()
+        .unwrap();
+    let sent = content();
+    let res = client
+        .reqmod(upload())
+        .body(Bytes::from(sent.clone()))
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.into_body();
+    let first = body.data().await.unwrap().unwrap();
+    assert!(!first.is_empty() && first.len() < sent.len());
+    drop(body);
+    // The half-read connection is closed, not pooled: the next echo is whole and exact.
+    let next = client
+        .reqmod(upload())
+        .body(Bytes::from(sent.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.status(), 200);
+    let got = next.into_body().to_bytes().await.unwrap();
+    assert!(got == sent[..], "the second echo differs");
+    srv.stop().await;
+}

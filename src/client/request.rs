@@ -168,6 +168,7 @@ impl ClientRequest {
         self
     }
 
+    #[cfg(feature = "scan")]
     pub(crate) fn progress_arc(mut self, f: Option<Progress>) -> Self {
         self.progress = f;
         self
