@@ -268,3 +268,48 @@ async fn an_answer_body_dropped_half_read_does_not_poison_the_pool() {
     assert!(got == sent[..], "the second echo differs");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_streamed_body_is_bounded_by_the_transaction_timeout() {
+    let srv = blocker(ServerConfig::default()).await;
+    let client = Client::builder()
+        .server(srv.uri("icap", "blocker"))
+        .allow_204(false)
+        .transaction_timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    // Far more than the pieces the client runs ahead plus the sockets' buffers.
+    let sent: Vec<u8> = content().repeat(8);
+    let res = client
+        .reqmod(upload())
+        .body(Bytes::from(sent.clone()))
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.into_body();
+    body.data().await.unwrap().unwrap();
+    // A reader that stalls past the attempt's time gets a typed timeout, not a hang.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let start = Instant::now();
+    let mut read = 0;
+    let e = loop {
+        match body.data().await {
+            Some(Ok(d)) => read += d.len(),
+            Some(Err(e)) => break e,
+            None => panic!("the whole body came after the timeout ({read} bytes)"),
+        }
+    };
+    assert!(
+        matches!(
+            e,
+            ClientError::Timeout {
+                phase: "transaction",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(read < sent.len());
+    assert!(start.elapsed() < Duration::from_secs(1));
+    srv.stop().await;
+}

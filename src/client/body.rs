@@ -232,7 +232,8 @@ pub struct AnswerBody {
 
 enum State {
     Empty,
-    Streaming(mpsc::Receiver<Result<Piece, ClientError>>),
+    /// The pieces, and the server they come from (for errors).
+    Streaming(mpsc::Receiver<Result<Piece, ClientError>>, String),
     Done(Option<u64>),
 }
 
@@ -240,7 +241,7 @@ impl fmt::Debug for AnswerBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self.state {
             State::Empty => "empty",
-            State::Streaming(_) => "streaming",
+            State::Streaming(..) => "streaming",
             State::Done(_) => "done",
         };
         f.debug_tuple("AnswerBody").field(&s).finish()
@@ -255,9 +256,12 @@ impl AnswerBody {
         }
     }
 
-    pub(crate) fn streaming(rx: mpsc::Receiver<Result<Piece, ClientError>>) -> Self {
+    pub(crate) fn streaming(
+        rx: mpsc::Receiver<Result<Piece, ClientError>>,
+        server: String,
+    ) -> Self {
         AnswerBody {
-            state: State::Streaming(rx),
+            state: State::Streaming(rx, server),
         }
     }
 
@@ -298,7 +302,7 @@ impl Body for AnswerBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientError>>> {
         let this = self.get_mut();
-        let State::Streaming(rx) = &mut this.state else {
+        let State::Streaming(rx, server) = &mut this.state else {
             return Poll::Ready(None);
         };
         match rx.poll_recv(cx) {
@@ -313,16 +317,20 @@ impl Body for AnswerBody {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
+                let e = ClientError::Io {
+                    server: std::mem::take(server),
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the connection's driver stopped before the answer's end",
+                    ),
+                };
                 this.state = State::Done(None);
-                Poll::Ready(Some(Err(ClientError::Body(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the connection's driver stopped before the answer's end",
-                )))))
+                Poll::Ready(Some(Err(e)))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        !matches!(self.state, State::Streaming(_))
+        !matches!(self.state, State::Streaming(..))
     }
 }

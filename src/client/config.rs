@@ -44,11 +44,11 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// TLS handshake timeout. Default 10 s.
     pub tls_timeout: Duration,
-    /// Longest time one attempt (OPTIONS if needed, send and answer, on one server) may take;
-    /// a server that runs out of it is not tried again within the same call. Default 2 min.
+    /// Longest time one attempt (OPTIONS if needed, send and answer, on one server) may take,
+    /// a streamed answer body read to its end included; a server that runs out of it is not
+    /// tried again within the same call. Default 2 min.
     pub transaction_timeout: Duration,
-    /// Longest time one call may take, every attempt and failover included, and the
-    /// streaming of the answer body. Default 5 min.
+    /// Longest time one call may take, every attempt and failover included. Default 5 min.
     pub deadline: Duration,
     /// How long an idle pooled connection is kept. Default 30 s.
     pub idle_timeout: Duration,
@@ -219,9 +219,9 @@ setters! {
     connect_timeout: Duration;
     /// TLS handshake timeout (default 10 s).
     tls_timeout: Duration;
-    /// Longest time one attempt on one server may take (default 2 min).
+    /// Longest time one attempt on one server may take, a streamed body included (default 2 min).
     transaction_timeout: Duration;
-    /// Longest time one call may take, failovers and the answer body included (default 5 min).
+    /// Longest time one call may take, failovers included (default 5 min).
     deadline: Duration;
     /// How long an idle pooled connection is kept (default 30 s).
     idle_timeout: Duration;

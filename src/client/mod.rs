@@ -273,8 +273,10 @@ impl Client {
 
     /// Sends `req` (failing over as configured) and returns the answer once its head has
     /// arrived; the body streams in [`ClientResponse::body`]. An ICAP error status (4xx,
-    /// 5xx) is a [`ClientError::Status`]. Everything, the body's streaming included, runs
-    /// within [`ClientConfig::deadline`].
+    /// 5xx) is a [`ClientError::Status`]. The call runs within [`ClientConfig::deadline`];
+    /// the attempt that answered, its body read to the end included, within
+    /// [`ClientConfig::transaction_timeout`] too (a reader slower than that gets a
+    /// [`ClientError::Timeout`] from the body).
     pub async fn send(&self, req: ClientRequest) -> Result<ClientResponse, ClientError> {
         let until = after(Instant::now(), self.inner.cfg.deadline);
         match self.call(&req, until, Deliver::Stream).await? {
@@ -681,7 +683,10 @@ impl Client {
             }
         });
         match head_rx.await {
-            Ok(Ok(head)) => Ok((head, AnswerBody::streaming(rx))),
+            Ok(Ok(head)) => Ok((
+                head,
+                AnswerBody::streaming(rx, self.inner.endpoints[i].name()),
+            )),
             Ok(Err(e)) => Err(e),
             Err(_) => Err((
                 ClientError::Io {
