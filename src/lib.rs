@@ -7,8 +7,10 @@
 //! - builders ([`builder`]), the typed OPTIONS view ([`options`]), ICAP URIs ([`uri`]), the
 //!   rules of one transaction ([`transaction`]) and scanner verdicts ([`verdict`]), still
 //!   without I/O;
-//! - the async client (module `client`, feature `client`) and server (module `server`,
-//!   feature `server`) on tokio, with TLS through rustls (module `tls`).
+//! - the async client (module `client`, feature `client`; a `tower::Service`) and server
+//!   (module `server`, feature `server`) on tokio, with TLS through rustls (module `tls`);
+//! - the DLP scanner on top of the client (module `scan`, feature `scan`): a file in, a
+//!   verdict out.
 //!
 //! ```
 //! use icap::{Event, ResponseDecoder};

@@ -313,3 +313,44 @@ async fn a_streamed_body_is_bounded_by_the_transaction_timeout() {
     assert!(start.elapsed() < Duration::from_secs(1));
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn respmod_from_a_reader_written_while_it_is_sent() {
+    let srv = blocker(ServerConfig::default()).await;
+    let client = Client::builder()
+        .server(srv.uri("icap", "blocker"))
+        .allow_204(false)
+        .build()
+        .unwrap();
+    let sent = content();
+    let (mut w, r) = tokio::io::duplex(4096);
+    let writer = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            for piece in sent.chunks(10_000) {
+                w.write_all(piece).await.unwrap();
+            }
+        })
+    };
+    let download = icap::HttpResponseHead::new(
+        200,
+        "OK",
+        [("Content-Type", "application/octet-stream")]
+            .into_iter()
+            .collect(),
+    );
+    let req = ClientRequest::respmod(download)
+        .http_request(HttpRequestHead::new(
+            "GET",
+            "http://files.example/f.bin",
+            [("Host", "files.example")].into_iter().collect(),
+        ))
+        .body(BodySource::reader(r, None));
+    let res = client.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.head.http_response.as_ref().unwrap().status, 200);
+    let got = res.into_body().to_bytes().await.unwrap();
+    assert!(got == sent[..], "the echo differs ({} bytes)", got.len());
+    writer.await.unwrap();
+    srv.stop().await;
+}
