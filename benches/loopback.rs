@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use icap::client::{BodySource, Client, ClientConfig, PreviewPolicy};
+use icap::client::{Client, ClientConfig, ClientRequest, PreviewPolicy};
 use icap::server::{Body, BoxFuture, IncomingRequest, Reply, Server, ServerConfig, Service};
 use icap::tls::{ClientTls, ServerTls, Trust};
 use icap::{Encoder, HttpRequestHead, HttpResponseHead, IcapUri, Method, Request, ServiceOptions};
@@ -338,13 +338,11 @@ async fn setup(
     let client = |allow_204: bool| {
         Client::new(
             &[url.as_str()],
-            ClientConfig {
-                tls: secure.map_or_else(ClientTls::default, |p| p.client.clone()),
-                allow_204,
-                preview: PreviewPolicy::Off,
-                max_connections_per_server: 1,
-                ..Default::default()
-            },
+            ClientConfig::default()
+                .tls(secure.map_or_else(ClientTls::default, |p| p.client.clone()))
+                .allow_204(allow_204)
+                .preview(PreviewPolicy::Off)
+                .max_connections_per_server(1),
         )
         .unwrap()
     };
@@ -369,16 +367,13 @@ async fn setup(
     )
 }
 
-async fn icap_once(client: &Client, body: &BodySource, len: usize, allow_204: bool, status: u16) {
-    let x = client
-        .send(
-            |uri, _| Ok(build_request(uri, len, allow_204)?),
-            body,
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+async fn icap_once(client: &Client, body: &Bytes, len: usize, allow_204: bool, status: u16) {
+    let (req, res) = embedded_heads(len);
+    let call = ClientRequest::respmod(res)
+        .http_request(req)
+        .allow_204(allow_204)
+        .body(body.clone());
+    let x = client.exchange(&call).await.unwrap();
     assert_eq!(x.response.status, status);
     if status == 200 {
         assert_eq!(x.body_digest.map(|d| d.0), Some(len as u64));
@@ -397,7 +392,7 @@ fn small(c: &mut Criterion) {
     let rt = rt();
     let pki = pki();
     let body = body_of(1024);
-    let source = BodySource::Bytes(body.clone());
+    let source = body.clone();
     for secure in [false, true] {
         let t = if secure { "tls" } else { "tcp" };
         let (s, stop) = rt.block_on(setup(secure.then_some(&pki), None));
@@ -432,7 +427,7 @@ fn big(c: &mut Criterion) {
     let pki = pki();
     let len = 64 << 20;
     let body = body_of(len);
-    let source = BodySource::Bytes(body.clone());
+    let source = body.clone();
     for secure in [false, true] {
         let t = if secure { "tls" } else { "tcp" };
         // The raw peers are told the length before the ICAP server has a port: frame the

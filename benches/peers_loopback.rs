@@ -8,9 +8,9 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use icap::client::{BodySource, Client, ClientConfig, PreviewPolicy};
+use icap::client::{Client, ClientConfig, ClientRequest, PreviewPolicy};
 use icap::server::{Body, BoxFuture, IncomingRequest, Reply, Server, ServerConfig, Service};
-use icap::{HttpRequestHead, HttpResponseHead, IcapUri, Method, Request, ServiceOptions};
+use icap::{HttpRequestHead, HttpResponseHead, Method, ServiceOptions};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
@@ -43,7 +43,7 @@ fn body_of(len: usize) -> Vec<u8> {
     line.iter().copied().cycle().take(len).collect()
 }
 
-fn ours_request(uri: &IcapUri, len: usize) -> icap::Result<Request> {
+fn ours_request(len: usize) -> ClientRequest {
     let req = HttpRequestHead::new(
         "GET",
         "http://download.example/file.bin",
@@ -59,13 +59,9 @@ fn ours_request(uri: &IcapUri, len: usize) -> icap::Result<Request> {
         .into_iter()
         .collect(),
     );
-    Request::respmod(uri)
+    ClientRequest::respmod(res)
         .http_request(req)
-        .http_response(res)
-        .with_body()
-        .allow_204()
-        .build()
-        .map_err(Into::into)
+        .allow_204(true)
 }
 
 fn peer_request(body: Vec<u8>) -> icap_rs::Request {
@@ -111,11 +107,9 @@ fn peers_loopback(c: &mut Criterion) {
     let url = format!("icap://127.0.0.1:{port}/respmod");
     let ours = Client::new(
         &[url.as_str()],
-        ClientConfig {
-            preview: PreviewPolicy::Off,
-            max_connections_per_server: 1,
-            ..Default::default()
-        },
+        ClientConfig::default()
+            .preview(PreviewPolicy::Off)
+            .max_connections_per_server(1),
     )
     .unwrap();
     let peer = icap_rs::Client::builder()
@@ -126,13 +120,10 @@ fn peers_loopback(c: &mut Criterion) {
 
     for (name, len) in [("small-1KiB", 1024usize), ("64MiB", 64 << 20)] {
         let body = body_of(len);
-        let source = BodySource::Bytes(Bytes::from(body.clone()));
+        let call = ours_request(len).body(Bytes::from(body.clone()));
         let preq = peer_request(body);
         let ours_once = || async {
-            let x = ours
-                .send(|uri, _| ours_request(uri, len), &source, None, None)
-                .await
-                .unwrap();
+            let x = ours.exchange(&call).await.unwrap();
             assert_eq!(x.response.status, 204);
         };
         let peer_once = || async {

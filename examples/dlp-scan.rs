@@ -1,7 +1,7 @@
 //! dlp-scan: scan files against DLP or antivirus ICAP servers and report allowed/blocked.
 //!
 //! ```text
-//! cargo run --features client,server --example dlp-scan -- [OPTIONS] FILE...
+//! cargo run --features scan,server --example dlp-scan -- [OPTIONS] FILE...
 //!   --server URL            icap:// or icaps:// service URL (repeat: load-balancing partners)
 //!   --mode reqmod|respmod   how the file travels (upload or download); default reqmod
 //!   --connection-type T     generic-reqmod | generic-respmod | symantec | forcepoint
@@ -38,7 +38,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use icap::client::{BodySource, Client, ClientConfig, Mode, PreviewPolicy, ScanRequest};
+use icap::client::{BodySource, Client, PreviewPolicy};
+use icap::scan::{Mode, ScanRequest};
 use icap::tls::{ClientTls, ServerTls, Trust};
 use icap::verdict::{Profile, Verdict};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -296,21 +297,22 @@ async fn main() -> ExitCode {
         args.servers.clone()
     };
 
-    let cfg = ClientConfig {
-        tls,
-        allow_204: !args.no_204,
-        preview: args
-            .preview
-            .map_or(PreviewPolicy::FromOptions, PreviewPolicy::Fixed),
-        fail_open: args.fail_open,
-        deadline: args.timeout,
-        transaction_timeout: args.attempt_timeout.unwrap_or(args.timeout / 3),
-        max_answer: args.max_answer,
-        failure_limit: args.failure_limit,
-        revival_delay: args.revival_delay,
-        ..Default::default()
-    };
-    let client = match Client::new(&servers, cfg) {
+    let client = match Client::builder()
+        .servers(servers)
+        .tls(tls)
+        .allow_204(!args.no_204)
+        .preview(
+            args.preview
+                .map_or(PreviewPolicy::FromOptions, PreviewPolicy::Fixed),
+        )
+        .fail_open(args.fail_open)
+        .deadline(args.timeout)
+        .transaction_timeout(args.attempt_timeout.unwrap_or(args.timeout / 3))
+        .max_answer(args.max_answer)
+        .failure_limit(args.failure_limit)
+        .revival_delay(args.revival_delay)
+        .build()
+    {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

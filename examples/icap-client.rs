@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use clap::Parser;
-use icap::client::{BodySource, Client, ClientConfig, PreviewPolicy};
+use icap::client::{BodySource, Client, ClientRequest, PreviewPolicy};
 use icap::tls::ClientTls;
-use icap::{Encoder, IcapUri, Request};
+use icap::{Encoder, Headers, HttpRequestHead, HttpResponseHead};
+use tokio::io::AsyncWriteExt;
 
 const EXIT_STATUS: &str = "Exit status:
   0  the server answered (100, 200, 204 or 206) and the answer is printed
@@ -130,22 +131,24 @@ async fn run(args: Args) -> Result<u8, String> {
         (None, None, None) => "OPTIONS".into(),
     };
     let timeout = args.timeout;
-    let cfg = ClientConfig {
-        tls,
-        allow_204: !args.no_204,
-        preview: args
-            .preview
-            .map_or(PreviewPolicy::FromOptions, PreviewPolicy::Fixed),
-        retries: 0,
-        deadline: timeout,
-        transaction_timeout: timeout,
-        max_answer: args.max_answer,
-        ..Default::default()
-    };
-    let client = Client::new(&[args.url.as_str()], cfg).map_err(|e| e.to_string())?;
+    let client = Client::builder()
+        .server(args.url.as_str())
+        .tls(tls)
+        .allow_204(!args.no_204)
+        .preview(
+            args.preview
+                .map_or(PreviewPolicy::FromOptions, PreviewPolicy::Fixed),
+        )
+        .retries(0)
+        .deadline(timeout)
+        .transaction_timeout(timeout)
+        .max_answer(args.max_answer)
+        .user_agent("icap-client")
+        .build()
+        .map_err(|e| e.to_string())?;
     let body = match (&args.file, method.as_str()) {
         (_, "OPTIONS") => BodySource::None,
-        (Some(f), _) => BodySource::File(f.clone()),
+        (Some(f), _) => BodySource::file(f.clone()),
         (None, _) => BodySource::None,
     };
     let has_body = !matches!(body, BodySource::None);
@@ -167,114 +170,69 @@ async fn run(args: Args) -> Result<u8, String> {
         ),
         None => None,
     };
-    let verbose = args.verbose;
-    let build = |uri: &IcapUri, preview: Option<u64>| -> icap::Result<Request> {
-        let mut b = match method.as_str() {
-            "OPTIONS" => Request::options(uri),
-            "REQMOD" => {
-                let url = args
-                    .req
-                    .clone()
-                    .unwrap_or_else(|| "http://localhost/".into());
-                let host = url
-                    .split("://")
-                    .nth(1)
-                    .and_then(|r| r.split('/').next())
-                    .unwrap_or("localhost")
-                    .to_string();
-                let mut h: Vec<(String, String)> = vec![("Host".into(), host)];
-                if let Some(n) = file_len {
-                    h.push(("Content-Length".into(), n.to_string()));
-                }
-                h.extend(http_headers.iter().cloned());
-                let verb = if has_body { "POST" } else { "GET" };
-                Request::reqmod(uri).http_request_parts(verb, &url, h)
-            }
-            "RESPMOD" => {
-                let url = args
-                    .resp
-                    .clone()
-                    .unwrap_or_else(|| "http://localhost/".into());
-                let host = url
-                    .split("://")
-                    .nth(1)
-                    .and_then(|r| r.split('/').next())
-                    .unwrap_or("localhost")
-                    .to_string();
-                let mut h: Vec<(String, String)> = Vec::new();
-                if let Some(n) = file_len {
-                    h.push(("Content-Length".into(), n.to_string()));
-                }
-                h.extend(http_headers.iter().cloned());
-                Request::respmod(uri)
-                    .http_request_parts("GET", &url, [("Host", host.as_str())])
-                    .http_response_parts(200, "OK", h)
-            }
-            other => {
-                return Err(icap::Error::new(
-                    icap::ErrorKind::InvalidMessage,
-                    0,
-                    format!("unsupported method {other}"),
-                ))
-            }
-        };
-        b = b.user_agent("icap-client");
-        if has_body {
-            b = b.with_body();
-            if let Some(p) = preview {
-                b = b.preview(p);
-            }
-        }
-        if !args.no_204 && method != "OPTIONS" {
-            b = b.allow_204();
-        }
-        if args.allow_206 && method != "OPTIONS" {
-            b = b.allow_206();
-        }
-        for (n, v) in &icap_headers {
-            b = b.header(n, v);
-        }
-        let req = b.build()?;
-        if verbose {
-            let mut e = Encoder::new();
-            e.request_head(&req);
-            eprintln!("--- request head sent to {uri}\n{}", show(&e.to_bytes()));
-        }
-        Ok(req)
+    let host_of = |url: &str| {
+        url.split("://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or("localhost")
+            .to_string()
     };
-    let x = match &args.output {
-        Some(path) => {
-            let mut f = tokio::fs::File::create(path)
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            let x = client
-                .send_to(
-                    build,
-                    &body,
-                    args.file.as_ref().and_then(|f| f.to_str()),
-                    None,
-                    &mut f,
-                )
-                .await;
-            tokio::io::AsyncWriteExt::flush(&mut f)
-                .await
-                .map_err(|e| e.to_string())?;
-            x
+    let headers = |mut h: Vec<(String, String)>| -> Headers {
+        if let Some(n) = file_len {
+            h.push(("Content-Length".into(), n.to_string()));
         }
-        None => {
-            client
-                .send(
-                    build,
-                    &body,
-                    args.file.as_ref().and_then(|f| f.to_str()),
-                    None,
-                )
-                .await
+        h.extend(http_headers.iter().cloned());
+        h.into_iter().collect()
+    };
+    let mut req = match method.as_str() {
+        "OPTIONS" => ClientRequest::options(),
+        "REQMOD" => {
+            let url = args
+                .req
+                .clone()
+                .unwrap_or_else(|| "http://localhost/".into());
+            let verb = if has_body { "POST" } else { "GET" };
+            let h = headers(vec![("Host".into(), host_of(&url))]);
+            ClientRequest::reqmod(HttpRequestHead::new(verb, &url, h))
         }
+        "RESPMOD" => {
+            let url = args
+                .resp
+                .clone()
+                .unwrap_or_else(|| "http://localhost/".into());
+            let host = host_of(&url);
+            ClientRequest::respmod(HttpResponseHead::new(200, "OK", headers(Vec::new())))
+                .http_request(HttpRequestHead::new(
+                    "GET",
+                    &url,
+                    [("Host", host.as_str())].into_iter().collect(),
+                ))
+        }
+        other => return Err(format!("unsupported method {other}")),
     }
-    .map_err(|e| e.to_string())?;
+    .body(body);
+    if let Some(f) = args.file.as_ref().and_then(|f| f.to_str()) {
+        req = req.file_name(f);
+    }
+    if args.allow_206 && method != "OPTIONS" {
+        req = req.allow_206();
+    }
+    for (n, v) in &icap_headers {
+        req = req.header(n.as_str(), v);
+    }
+    if args.verbose {
+        // The preview is the client's choice (from OPTIONS unless --preview fixes it).
+        let server = &client.servers()[0];
+        let head = req
+            .to_request(server, args.preview, client.config())
+            .map_err(|e| e.to_string())?;
+        let mut e = Encoder::new();
+        e.request_head(&head);
+        eprintln!("--- request head for {server}\n{}", show(&e.to_bytes()));
+    }
+    let x = client.send(req).await.map_err(|e| e.to_string())?;
     let mut head = BytesMut::new();
-    let r = &x.response;
+    let r = &x.head;
     println!("ICAP server: {}", x.server);
     if let Some(v) = &x.tls_version {
         println!("TLS: {v}");
@@ -303,7 +261,30 @@ async fn run(args: Args) -> Result<u8, String> {
             show(&head).trim_end().replace("\r\n", "\n\t")
         );
     }
-    if let Some((len, _)) = x.body_digest {
+    // The body streams from the connection to the file (or is only counted): bounded
+    // memory whatever its size.
+    let mut out = match &args.output {
+        Some(path) => Some(
+            tokio::fs::File::create(path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let has_answer_body = r.body.is_some();
+    let mut answer = x.into_body();
+    let mut len = 0u64;
+    while let Some(piece) = answer.data().await {
+        let piece = piece.map_err(|e| e.to_string())?;
+        len += piece.len() as u64;
+        if let Some(f) = out.as_mut() {
+            f.write_all(&piece).await.map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(f) = out.as_mut() {
+        f.flush().await.map_err(|e| e.to_string())?;
+    }
+    if has_answer_body {
         println!(
             "BODY: {len} bytes{}",
             args.output
@@ -311,7 +292,7 @@ async fn run(args: Args) -> Result<u8, String> {
                 .map_or(String::new(), |p| format!(" saved to {}", p.display()))
         );
     }
-    if let Some(n) = x.use_original_body {
+    if let Some(n) = answer.use_original_body() {
         println!("206: the original body continues from offset {n}");
     }
     Ok(0)

@@ -7,8 +7,10 @@
 //! - builders ([`builder`]), the typed OPTIONS view ([`options`]), ICAP URIs ([`uri`]), the
 //!   rules of one transaction ([`transaction`]) and scanner verdicts ([`verdict`]), still
 //!   without I/O;
-//! - the async client (module `client`, feature `client`) and server (module `server`,
-//!   feature `server`) on tokio, with TLS through rustls (module `tls`).
+//! - the async client (module `client`, feature `client`; a `tower::Service`) and server
+//!   (module `server`, feature `server`) on tokio, with TLS through rustls (module `tls`);
+//! - the DLP scanner on top of the client (module `scan`, feature `scan`): a file in, a
+//!   verdict out.
 //!
 //! Errors are told apart by audience: bytes on the wire that break the protocol are an
 //! [`Error`] with an [`ErrorKind`] and the byte offset where the problem was seen; a message
@@ -37,6 +39,7 @@
 pub mod builder;
 pub mod chunked;
 #[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
 pub mod decode;
 pub mod encapsulated;
@@ -47,6 +50,9 @@ pub mod headers;
 pub mod limits;
 pub mod message;
 pub mod options;
+#[cfg(feature = "scan")]
+#[cfg_attr(docsrs, doc(cfg(feature = "scan")))]
+pub mod scan;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;

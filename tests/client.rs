@@ -1,6 +1,6 @@
 //! The async client against the crate's own server on loopback: verdicts, keep-alive,
 //! preview from OPTIONS, TLS and mTLS failures told apart, pinning, failover, fail-open.
-#![cfg(all(feature = "client", feature = "server"))]
+#![cfg(all(feature = "scan", feature = "server"))]
 
 mod net;
 
@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use icap::client::{BodySource, Client, ClientConfig, Mode, ScanRequest};
+use icap::client::{BodySource, Client, ClientConfig};
 use icap::error::{ClientError, TlsFailure};
+use icap::scan::{Mode, ScanRequest};
 use icap::server::{Server, ServerConfig};
 use icap::tls::{ClientTls, ServerTls};
 use icap::verdict::Verdict;
@@ -71,10 +72,7 @@ async fn verdicts_over_one_kept_alive_connection() {
 #[tokio::test]
 async fn without_allow_204_the_echo_is_allowed_unchanged() {
     let srv = blocker(ServerConfig::default()).await;
-    let cfg = ClientConfig {
-        allow_204: false,
-        ..Default::default()
-    };
+    let cfg = ClientConfig::default().allow_204(false);
     let client = Client::new(&[srv.uri("icap", "blocker")], cfg).unwrap();
     let big: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     let big: &'static [u8] = Box::leak(big.into_boxed_slice());
@@ -98,10 +96,7 @@ async fn without_allow_204_the_echo_is_allowed_unchanged() {
 async fn keep_body_bounds_the_kept_body_and_says_when_it_cut() {
     let srv = blocker(ServerConfig::default()).await;
     for (keep, truncated) in [(net::PAGE.len() - 1, true), (net::PAGE.len(), false)] {
-        let cfg = ClientConfig {
-            keep_body: keep,
-            ..Default::default()
-        };
+        let cfg = ClientConfig::default().keep_body(keep);
         let client = Client::new(&[srv.uri("icap", "blocker")], cfg).unwrap();
         let out = client.scan(scan(b"BLOCK this")).await.unwrap();
         let x = out.exchange.unwrap();
@@ -133,18 +128,16 @@ async fn a_body_shorter_than_announced_is_not_the_servers_fault() {
 #[tokio::test]
 async fn duration_max_means_no_limit_not_a_panic() {
     let srv = blocker(ServerConfig::default()).await;
-    let cfg = ClientConfig {
-        connect_timeout: Duration::MAX,
-        tls_timeout: Duration::MAX,
-        transaction_timeout: Duration::MAX,
-        deadline: Duration::MAX,
-        backoff: Duration::MAX,
-        revival_delay: Duration::MAX,
-        failure_window: Duration::MAX,
-        failure_limit: 1,
-        retries: usize::MAX,
-        ..Default::default()
-    };
+    let cfg = ClientConfig::default()
+        .connect_timeout(Duration::MAX)
+        .tls_timeout(Duration::MAX)
+        .transaction_timeout(Duration::MAX)
+        .deadline(Duration::MAX)
+        .backoff(Duration::MAX)
+        .revival_delay(Duration::MAX)
+        .failure_window(Duration::MAX)
+        .failure_limit(1)
+        .retries(usize::MAX);
     let down = format!("icap://127.0.0.1:{}/blocker", dead_port().await);
     let client = Client::new(&[down, srv.uri("icap", "blocker")], cfg).unwrap();
     let out = client.scan(scan(b"BLOCK")).await.unwrap();
@@ -215,15 +208,7 @@ fn mtls_server() -> Server {
 }
 
 fn tls_client(uri: &str, tls: ClientTls) -> Client {
-    Client::new(
-        &[uri],
-        ClientConfig {
-            tls,
-            retries: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    Client::new(&[uri], ClientConfig::default().tls(tls).retries(0)).unwrap()
 }
 
 fn tls_failure(e: ClientError) -> TlsFailure {
@@ -367,10 +352,7 @@ async fn failover_when_the_first_server_is_down_refuses_or_resets() {
     .await;
     let c = Client::new(
         &[busy.uri("icap", "blocker"), good_uri.clone()],
-        ClientConfig {
-            preview: icap::client::PreviewPolicy::Off,
-            ..Default::default()
-        },
+        ClientConfig::default().preview(icap::client::PreviewPolicy::Off),
     )
     .unwrap();
     let out = c.scan(scan(b"hello")).await.unwrap();
@@ -394,10 +376,7 @@ async fn failover_when_the_first_server_is_down_refuses_or_resets() {
             format!("icap://127.0.0.1:{rst_port}/blocker"),
             good_uri.clone(),
         ],
-        ClientConfig {
-            preview: icap::client::PreviewPolicy::Off,
-            ..Default::default()
-        },
+        ClientConfig::default().preview(icap::client::PreviewPolicy::Off),
     )
     .unwrap();
     let body: &'static [u8] = Box::leak(vec![b'z'; 4 << 20].into_boxed_slice());
@@ -407,10 +386,7 @@ async fn failover_when_the_first_server_is_down_refuses_or_resets() {
     // Not retried: a 404 is the request's fault, not the server's.
     let c = Client::new(
         &[good.uri("icap", "nosuch")],
-        ClientConfig {
-            preview: icap::client::PreviewPolicy::Off,
-            ..Default::default()
-        },
+        ClientConfig::default().preview(icap::client::PreviewPolicy::Off),
     )
     .unwrap();
     match c.scan(scan(b"x")).await.unwrap_err() {
@@ -425,21 +401,11 @@ async fn errors_fail_closed_unless_fail_open_is_asked_for() {
     let down = format!("icap://127.0.0.1:{}/blocker", dead_port().await);
     let closed = Client::new(
         &[down.as_str()],
-        ClientConfig {
-            connect_timeout: Duration::from_secs(2),
-            ..Default::default()
-        },
+        ClientConfig::default().connect_timeout(Duration::from_secs(2)),
     )
     .unwrap();
     assert!(closed.scan(scan(b"x")).await.is_err());
-    let open = Client::new(
-        &[down.as_str()],
-        ClientConfig {
-            fail_open: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let open = Client::new(&[down.as_str()], ClientConfig::default().fail_open(true)).unwrap();
     let out = open.scan(scan(b"x")).await.unwrap();
     assert_eq!(out.verdict.label(), "allowed");
     assert!(

@@ -3,7 +3,7 @@
 //! verdict and the faulty one is paid for only until it is marked down; alone, every file
 //! fails closed within the deadline and the down partner is only probed (OPTIONS), not
 //! tried, until a good OPTIONS answer brings it back.
-#![cfg(all(feature = "client", feature = "server"))]
+#![cfg(all(feature = "scan", feature = "server"))]
 
 mod net;
 
@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use icap::client::{BodySource, Client, ClientConfig, Mode, ScanRequest};
+use icap::client::{BodySource, Client, ClientConfig};
 use icap::error::ClientError;
+use icap::scan::{Mode, ScanRequest};
 use icap::server::ServerConfig;
 use net::blocker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -182,16 +183,14 @@ fn file(i: usize) -> (ScanRequest, bool) {
 /// partner away (as when files take longer than the back-off, as they do against a black
 /// hole with real timeouts).
 fn cfg() -> ClientConfig {
-    ClientConfig {
-        transaction_timeout: Duration::from_secs(1),
-        deadline: Duration::from_secs(5),
-        backoff: Duration::ZERO,
-        failure_limit: 2,
-        failure_window: Duration::from_secs(60),
-        revival_delay: Duration::from_secs(60),
-        max_answer: 256 * 1024,
-        ..Default::default()
-    }
+    ClientConfig::default()
+        .transaction_timeout(Duration::from_secs(1))
+        .deadline(Duration::from_secs(5))
+        .backoff(Duration::ZERO)
+        .failure_limit(2)
+        .failure_window(Duration::from_secs(60))
+        .revival_delay(Duration::from_secs(60))
+        .max_answer(256 * 1024)
 }
 
 const FILES: usize = 20;
@@ -296,14 +295,7 @@ async fn reset_beside_a_healthy_partner() {
 #[tokio::test]
 async fn endless_answer_is_cut_at_max_answer_with_a_typed_error() {
     let bad = Fake::start(Fault::EndlessBody, true).await;
-    let client = Client::new(
-        &[bad.uri()],
-        ClientConfig {
-            retries: 0,
-            ..cfg()
-        },
-    )
-    .unwrap();
+    let client = Client::new(&[bad.uri()], cfg().retries(0)).unwrap();
     let start = Instant::now();
     let (req, _) = file(2);
     match client.scan(req).await.unwrap_err() {
@@ -326,12 +318,10 @@ async fn alone_a_black_hole_fails_closed_in_time_and_is_probed_not_paid_for() {
     let bad = Fake::start(Fault::BlackHole, false).await;
     let client = Client::new(
         &[bad.uri()],
-        ClientConfig {
-            transaction_timeout: Duration::from_millis(500),
-            deadline: Duration::from_secs(2),
-            revival_delay: Duration::from_millis(1500),
-            ..cfg()
-        },
+        cfg()
+            .transaction_timeout(Duration::from_millis(500))
+            .deadline(Duration::from_secs(2))
+            .revival_delay(Duration::from_millis(1500)),
     )
     .unwrap();
     let scan = |i| {
@@ -417,11 +407,7 @@ async fn failures_older_than_the_window_are_forgotten() {
     let bad = Fake::start(Fault::Garbage, false).await;
     let client = Client::new(
         &[bad.uri()],
-        ClientConfig {
-            retries: 0,
-            failure_window: Duration::from_millis(400),
-            ..cfg()
-        },
+        cfg().retries(0).failure_window(Duration::from_millis(400)),
     )
     .unwrap();
     let fails = |i| {
@@ -508,15 +494,13 @@ async fn a_down_partner_comes_back_only_after_a_good_options_probe() {
     let flaky = Flaky::start(good.addr.port()).await;
     let client = Client::new(
         &[flaky.uri(), good.uri("icap", "blocker")],
-        ClientConfig {
-            transaction_timeout: Duration::from_millis(500),
-            failure_limit: 1,
-            revival_delay: Duration::from_millis(800),
-            ..cfg()
-        },
+        cfg()
+            .transaction_timeout(Duration::from_millis(500))
+            .failure_limit(1)
+            .revival_delay(Duration::from_millis(800)),
     )
     .unwrap();
-    let check = |i: usize, out: icap::client::ScanOutcome| {
+    let check = |i: usize, out: icap::scan::ScanOutcome| {
         assert_eq!(out.verdict.is_blocked(), i % 2 == 1, "file {i}");
         out.exchange.unwrap().server.to_string()
     };

@@ -1,7 +1,7 @@
 //! Our client against real peers: c-icap 0.5.10 (echo, url_check, content_filtering) plain
 //! and behind stunnel (TLS and mTLS, TLS 1.3 and 1.2). Each case asserts what came back.
 //! Needs `bash .ci/install-peers.sh`; skipped with a message elsewhere, a failure in CI.
-#![cfg(feature = "client")]
+#![cfg(feature = "scan")]
 
 mod peers_support;
 
@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use icap::client::{BodySource, Client, ClientConfig, Exchange, Mode, PreviewPolicy, ScanRequest};
+use icap::client::{BodySource, Client, ClientConfig, ClientRequest, Exchange, PreviewPolicy};
 use icap::error::{ClientError, TlsFailure};
+use icap::scan::{Mode, ScanRequest};
 use icap::tls::ClientTls;
 use icap::verdict::{judge, Answer, Profile};
-use icap::{IcapUri, Method, Request};
+use icap::{HttpRequestHead, Method};
 use peers_support::{available, gen_certs, serial, CIcap, Stunnel, StunnelMode, TempDir};
 
 fn cicap_uri(c: &CIcap, service: &str) -> String {
@@ -21,15 +22,14 @@ fn cicap_uri(c: &CIcap, service: &str) -> String {
 }
 
 /// A REQMOD of `GET url` with no body.
-fn get(url: &'static str) -> impl Fn(&IcapUri, Option<u64>) -> icap::Result<Request> {
-    move |uri, _| {
-        let host = url.split('/').nth(2).unwrap_or("x");
-        Request::reqmod(uri)
-            .http_request_parts("GET", url, [("Host", host)])
-            .allow_204()
-            .build()
-            .map_err(Into::into)
-    }
+fn get(url: &'static str) -> ClientRequest {
+    let host = url.split('/').nth(2).unwrap_or("x");
+    ClientRequest::reqmod(HttpRequestHead::new(
+        "GET",
+        url,
+        [("Host", host)].into_iter().collect(),
+    ))
+    .allow_204(true)
 }
 
 fn verdict(method: Method, x: &Exchange) -> icap::verdict::Verdict {
@@ -72,10 +72,7 @@ async fn client_against_cicap() {
     }
     let _lock = serial();
     let cicap = CIcap::start("");
-    let cfg = || ClientConfig {
-        retries: 0,
-        ..Default::default()
-    };
+    let cfg = || ClientConfig::default().retries(0);
 
     // OPTIONS parsed into the typed view.
     let echo = Client::new(&[cicap_uri(&cicap, "echo")], cfg()).unwrap();
@@ -89,23 +86,13 @@ async fn client_against_cicap() {
     // url_check: allowed URL -> 204; blocked URL -> a 403 block page, a Blocked verdict.
     let url = Client::new(&[cicap_uri(&cicap, "url_check")], cfg()).unwrap();
     let x = url
-        .send(
-            get("http://allowed.example/index.html"),
-            &BodySource::None,
-            None,
-            None,
-        )
+        .exchange(&get("http://allowed.example/index.html"))
         .await
         .unwrap();
     assert_eq!(x.response.status, 204);
     assert_eq!(verdict(Method::Reqmod, &x).label(), "allowed");
     let x = url
-        .send(
-            get("http://blocked.example/index.html"),
-            &BodySource::None,
-            None,
-            None,
-        )
+        .exchange(&get("http://blocked.example/index.html"))
         .await
         .unwrap();
     assert_eq!(x.response.status, 200);
@@ -118,28 +105,13 @@ async fn client_against_cicap() {
     assert!(v.is_blocked(), "{v}");
 
     // Without Allow: 204, an allowed URL comes back whole (200), unchanged.
-    let no204 = Client::new(
-        &[cicap_uri(&cicap, "url_check")],
-        ClientConfig {
-            allow_204: false,
-            ..cfg()
-        },
-    )
-    .unwrap();
-    let build = |uri: &IcapUri, _: Option<u64>| {
-        Request::reqmod(uri)
-            .http_request_parts(
-                "GET",
-                "http://allowed.example/a",
-                [("Host", "allowed.example")],
-            )
-            .build()
-            .map_err(Into::into)
-    };
-    let x = no204
-        .send(build, &BodySource::None, None, None)
-        .await
-        .unwrap();
+    let no204 = Client::new(&[cicap_uri(&cicap, "url_check")], cfg().allow_204(false)).unwrap();
+    let req = ClientRequest::reqmod(HttpRequestHead::new(
+        "GET",
+        "http://allowed.example/a",
+        [("Host", "allowed.example")].into_iter().collect(),
+    ));
+    let x = no204.exchange(&req).await.unwrap();
     assert_eq!(x.response.status, 200);
     assert_eq!(
         x.response.http_request.as_ref().unwrap().line(),
@@ -189,12 +161,7 @@ async fn client_against_cicap() {
     // 404 for an unknown service, not retried.
     let none = Client::new(&[cicap_uri(&cicap, "nosuch")], cfg()).unwrap();
     match none
-        .send(
-            get("http://allowed.example/"),
-            &BodySource::None,
-            None,
-            None,
-        )
+        .exchange(&get("http://allowed.example/"))
         .await
         .unwrap_err()
     {
@@ -206,15 +173,7 @@ async fn client_against_cicap() {
     let (port, count) = counting_proxy(cicap.port).await;
     let ka = Client::new(&[format!("icap://127.0.0.1:{port}/url_check")], cfg()).unwrap();
     for _ in 0..25 {
-        let x = ka
-            .send(
-                get("http://allowed.example/k"),
-                &BodySource::None,
-                None,
-                None,
-            )
-            .await
-            .unwrap();
+        let x = ka.exchange(&get("http://allowed.example/k")).await.unwrap();
         assert_eq!(x.response.status, 204);
     }
     assert_eq!(
@@ -225,12 +184,10 @@ async fn client_against_cicap() {
 }
 
 fn tls_cfg(tls: ClientTls) -> ClientConfig {
-    ClientConfig {
-        tls,
-        retries: 0,
-        preview: PreviewPolicy::FromOptions,
-        ..Default::default()
-    }
+    ClientConfig::default()
+        .tls(tls)
+        .retries(0)
+        .preview(PreviewPolicy::FromOptions)
 }
 
 fn tls_failure(e: ClientError) -> TlsFailure {
@@ -265,15 +222,7 @@ async fn client_through_stunnel_to_cicap() {
 
     // TLS, server authentication: a block page through the tunnel.
     let c = Client::new(&[uri(plain_tls.port)], tls_cfg(ca())).unwrap();
-    let x = c
-        .send(
-            get("http://blocked.example/"),
-            &BodySource::None,
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+    let x = c.exchange(&get("http://blocked.example/")).await.unwrap();
     assert_eq!(x.response.http_response.as_ref().unwrap().status, 403);
     assert_eq!(x.tls_version.as_deref(), Some("TLSv1_3"));
 
@@ -318,12 +267,7 @@ async fn client_through_stunnel_to_cicap() {
         );
         assert_eq!(reports[0].tls_version.as_deref(), Some(version));
         let x = good
-            .send(
-                get("http://allowed.example/"),
-                &BodySource::None,
-                None,
-                None,
-            )
+            .exchange(&get("http://allowed.example/"))
             .await
             .unwrap();
         assert_eq!(x.response.status, 204);

@@ -2,7 +2,7 @@
 //! emulating that vendor, for clean and blocked files, over plain ICAP and over TLS with a
 //! client certificate. The Symantec case is the one a naive status check gets wrong: its
 //! block is an ICAP 200 carrying `HTTP/1.1 200 OK`.
-#![cfg(all(feature = "client", feature = "server"))]
+#![cfg(all(feature = "scan", feature = "server"))]
 
 #[path = "../examples/shared/dlp_service.rs"]
 #[allow(dead_code)]
@@ -10,7 +10,8 @@ mod dlp_service;
 mod net;
 
 use bytes::Bytes;
-use icap::client::{BodySource, Client, ClientConfig, Mode, ScanRequest};
+use icap::client::{BodySource, Client, ClientConfig};
+use icap::scan::{Mode, ScanRequest};
 use icap::tls::{ClientTls, ServerTls};
 use icap::verdict::Profile;
 use net::pki;
@@ -81,15 +82,13 @@ async fn run_matrix(tls: bool) {
             ("icap", "127.0.0.1")
         };
         let uri = format!("{scheme}://{host}:{}/{path}", running.addr().port());
-        let ccfg = ClientConfig {
-            tls: if tls {
+        let ccfg = ClientConfig::default()
+            .tls(if tls {
                 client_tls()
             } else {
                 ClientTls::default()
-            },
-            retries: 0,
-            ..Default::default()
-        };
+            })
+            .retries(0);
         let client = Client::new(&[uri.as_str()], ccfg).unwrap();
         let scan = |body: &'static [u8]| {
             let mut r = ScanRequest::new(
