@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use icap::{Event, ResponseDecoder};
+use icap::{ResponseDecoder, ResponseEvent};
 
 mod support;
 use support::body_message;
@@ -24,7 +24,7 @@ fn decode_reads(dec: &mut ResponseDecoder, reads: Vec<Bytes>) -> usize {
     for r in reads {
         dec.feed_bytes(r);
         while let Some(ev) = dec.decode().expect("decodes") {
-            if let Event::Data(d) = ev {
+            if let ResponseEvent::Data(d) = ev {
                 n += d.len();
             }
         }
@@ -45,7 +45,7 @@ fn assert_zero_copy(wire: &[u8]) {
     for r in reads {
         dec.feed_bytes(r);
         while let Some(ev) = dec.decode().expect("decodes") {
-            if let Event::Data(d) = ev {
+            if let ResponseEvent::Data(d) = ev {
                 let p = d.as_ptr() as usize;
                 assert!(
                     ranges.iter().any(|r| r.contains(&p)),
@@ -88,7 +88,7 @@ fn body(c: &mut Criterion) {
                     for r in wire.chunks(READ) {
                         dec.feed(r);
                         while let Some(ev) = dec.decode().expect("decodes") {
-                            if let Event::Data(d) = ev {
+                            if let ResponseEvent::Data(d) = ev {
                                 n += d.len();
                             }
                         }

@@ -229,7 +229,7 @@ async fn run(args: Args) -> Result<u8, String> {
         let req = b.build()?;
         if verbose {
             let mut e = Encoder::new();
-            e.request_head(&req);
+            e.request_head(&req).unwrap();
             eprintln!("--- request head sent to {uri}\n{}", show(&e.to_bytes()));
         }
         Ok(req)

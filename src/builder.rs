@@ -922,10 +922,10 @@ impl Encoder {
                 "a request with Preview is sent through a ClientTransaction",
             ));
         }
-        self.request_head(req);
+        self.request_head(req)?;
         if let Some(b) = body {
-            self.data(b);
-            self.end(false);
+            self.data(b)?;
+            self.end(false)?;
         }
         Ok(())
     }
@@ -941,10 +941,10 @@ impl Encoder {
                 "a 206 ends with use-original-body; use partial_response",
             ));
         }
-        self.response_head(res);
+        self.response_head(res)?;
         if let Some(b) = body {
-            self.data(b);
-            self.end(false);
+            self.data(b)?;
+            self.end(false)?;
         }
         Ok(())
     }
@@ -965,9 +965,9 @@ impl Encoder {
                 "partial_response needs a 206 with a body",
             ));
         }
-        self.response_head(res);
-        self.data(prefix);
-        self.end_use_original_body(original_from);
+        self.response_head(res)?;
+        self.data(prefix)?;
+        self.end_use_original_body(original_from)?;
         Ok(())
     }
 }
@@ -982,13 +982,13 @@ mod tests {
 
     fn wire_req(r: &Request) -> String {
         let mut e = Encoder::new();
-        e.request_head(r);
+        e.request_head(r).unwrap();
         String::from_utf8(e.to_bytes().to_vec()).unwrap()
     }
 
     fn wire_res(r: &Response) -> String {
         let mut e = Encoder::new();
-        e.response_head(r);
+        e.response_head(r).unwrap();
         String::from_utf8(e.to_bytes().to_vec()).unwrap()
     }
 

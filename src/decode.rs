@@ -2,13 +2,13 @@
 //! role).
 //!
 //! Push bytes in ([`Decoder::feed`], or read straight into [`Decoder::buffer_mut`]) and pull
-//! [`Event`]s out with [`Decoder::decode`] until it returns `Ok(None)`. A message yields one
+//! events ([`RequestEvent`], [`ResponseEvent`]) out with [`Decoder::decode`] until it returns `Ok(None)`. A message yields one
 //! `Head` (ICAP head plus encapsulated HTTP heads, once all have arrived), zero or more `Data`
 //! pieces of de-chunked body, each a `Bytes` view of the input, and `End`. Messages follow each
 //! other on one connection, so after `End` the next `Head` may come at once.
 //!
 //! Preview (RFC 3507 4.5) needs one decision from outside: after a preview without `ieof`
-//! the decoder reports [`Event::PreviewEnd`] and waits; the server then calls
+//! the decoder reports [`RequestEvent::PreviewEnd`] and waits; the server then calls
 //! [`RequestDecoder::continue_after_preview`] if it sent `100 Continue`, or
 //! [`RequestDecoder::finish_after_preview`] if it sent a final answer. The decoder owns framing
 //! only; what a server may answer, and when, belongs to a transaction layer above it.
@@ -26,34 +26,93 @@ use crate::headers::Headers;
 use crate::limits::Limits;
 use crate::message::{BodyKind, Request, Response};
 
-/// What the decoder produced.
+/// What a [`RequestDecoder`] produced.
+// Not boxed: one head per message moves through here, and a box would be an allocation per
+// message on a path that makes none.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event<M> {
-    /// A message's ICAP head and encapsulated HTTP heads.
-    Head(M),
+#[non_exhaustive]
+pub enum RequestEvent {
+    /// A request's ICAP head and encapsulated HTTP heads.
+    Head(Request),
     /// A piece of de-chunked body, a view of the input buffer.
     Data(Bytes),
     /// A preview ended without `ieof`: the client waits for `100 Continue` or a final answer.
-    /// Requests only; tell the decoder which with `continue_after_preview` or
-    /// `finish_after_preview`. Until then `decode` returns `Ok(None)` and bytes fed meanwhile
-    /// are only buffered, without a limit: a server should stop reading until it decides
-    /// (a client must not send before the answer anyway).
+    /// Tell the decoder which with [`RequestDecoder::continue_after_preview`] or
+    /// [`RequestDecoder::finish_after_preview`]. Until then `decode` returns `Ok(None)` and
+    /// bytes fed meanwhile are only buffered, without a limit: a server should stop reading
+    /// until it decides (a client must not send before the answer anyway).
     PreviewEnd,
-    /// The message is complete.
+    /// The request is complete.
     End(LastChunk),
 }
 
-/// The two message kinds a [`Decoder`] can produce. Sealed: implemented by [`Request`] and
-/// [`Response`] only.
-pub trait Message: sealed::Sealed + Sized {}
-impl Message for Request {}
-impl Message for Response {}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for crate::Request {}
-    impl Sealed for crate::Response {}
+/// What a [`ResponseDecoder`] produced. Responses have no preview, so no `PreviewEnd`.
+#[allow(clippy::large_enum_variant)] // not boxed, as `RequestEvent`
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResponseEvent {
+    /// A response's ICAP head and encapsulated HTTP heads.
+    Head(Response),
+    /// A piece of de-chunked body, a view of the input buffer.
+    Data(Bytes),
+    /// The response is complete.
+    End(LastChunk),
 }
+
+/// The two message kinds a [`Decoder`] can produce, each with its own event type. Sealed:
+/// implemented by [`Request`] and [`Response`] only.
+pub trait Message: sealed::Sealed {
+    /// What a decoder of this message kind yields: [`RequestEvent`] or [`ResponseEvent`].
+    type Event: std::fmt::Debug;
+}
+impl Message for Request {
+    type Event = RequestEvent;
+}
+impl Message for Response {
+    type Event = ResponseEvent;
+}
+
+/// The role-specific half of decoding, out of the public API: only this module implements it.
+mod sealed {
+    use super::*;
+
+    /// What `step` found, before it becomes the role's event.
+    pub enum Step<M> {
+        Head(M),
+        Data(Bytes),
+        PreviewEnd,
+        End(LastChunk),
+    }
+
+    pub trait Sealed: Sized {
+        /// Parses a whole ICAP head; `headers` when they were already parsed in one pass with
+        /// finding the head's end. Returns the message, its Encapsulated, and the preview size
+        /// when its body is a preview.
+        fn parse_head(
+            dec: &mut Decoder<Self>,
+            raw: Bytes,
+            at: u64,
+            headers: Option<(usize, Headers)>,
+        ) -> Result<(Self, Option<Encapsulated>, Option<u64>)>
+        where
+            Self: Message;
+        /// Where a message keeps its encapsulated heads and body kind, so that they are parsed
+        /// straight into it.
+        fn parts(
+            msg: &mut Self,
+        ) -> (
+            &mut Option<HttpRequestHead>,
+            &mut Option<HttpResponseHead>,
+            &mut Option<BodyKind>,
+        );
+        /// The role's event for a step.
+        fn event(step: Step<Self>) -> <Self as Message>::Event
+        where
+            Self: Message;
+    }
+}
+use sealed::Step;
 
 #[derive(Debug)]
 enum State<M> {
@@ -97,42 +156,13 @@ pub type RequestDecoder = Decoder<Request>;
 /// Decodes ICAP responses: the client side of a connection.
 pub type ResponseDecoder = Decoder<Response>;
 
-impl<M: Message> Default for Decoder<M>
-where
-    Decoder<M>: Decode<M>,
-{
+impl<M: Message> Default for Decoder<M> {
     fn default() -> Self {
         Self::new(Limits::default())
     }
 }
 
-/// The role-specific half of decoding; implemented for both decoders.
-#[doc(hidden)]
-pub trait Decode<M> {
-    /// Parses a whole ICAP head; `headers` when they were already parsed in one pass with
-    /// finding the head's end. Returns the message, its Encapsulated, and the preview size
-    /// when its body is a preview.
-    fn parse_head(
-        &mut self,
-        raw: Bytes,
-        at: u64,
-        headers: Option<(usize, Headers)>,
-    ) -> Result<(M, Option<Encapsulated>, Option<u64>)>;
-    /// Where a message keeps its encapsulated heads and body kind, so that they are parsed
-    /// straight into it.
-    fn parts(
-        msg: &mut M,
-    ) -> (
-        &mut Option<HttpRequestHead>,
-        &mut Option<HttpResponseHead>,
-        &mut Option<BodyKind>,
-    );
-}
-
-impl<M: Message> Decoder<M>
-where
-    Decoder<M>: Decode<M>,
-{
+impl<M: Message> Decoder<M> {
     /// A decoder with the given limits.
     pub fn new(limits: Limits) -> Self {
         Decoder {
@@ -203,14 +233,12 @@ where
     }
 
     /// Decodes the next event from buffered bytes; `Ok(None)` means more input is needed
-    /// (or, after [`Event::PreviewEnd`], a decision). After an error every call fails again.
-    pub fn decode(&mut self) -> Result<Option<Event<M>>> {
-        // Returned as it came: re-wrapping would copy the (large) message once more.
-        let r = self.step();
-        if r.is_err() {
-            self.state = State::Failed;
+    /// (or, after [`RequestEvent::PreviewEnd`], a decision). After an error every call fails again.
+    pub fn decode(&mut self) -> Result<Option<M::Event>> {
+        match self.step() {
+            Ok(s) => Ok(s.map(M::event)),
+            Err(e) => Err(self.fail(e)),
         }
-        r
     }
 
     /// Call when the peer closed the connection. `Ok(())` when it closed between messages;
@@ -277,9 +305,9 @@ where
         enc: Encapsulated,
         at: u64,
         preview: Option<u64>,
-    ) -> Result<Option<Event<M>>> {
+    ) -> Result<Option<Step<M>>> {
         let need = enc.heads_len() as usize;
-        let (req, res, body_kind) = Self::parts(&mut msg);
+        let (req, res, body_kind) = M::parts(&mut msg);
         if need > 0 {
             // Moved, not sliced, into a section that fills it (one refcount less).
             let mut raw = Some(self.take(need));
@@ -330,10 +358,10 @@ where
         } else {
             self.state = State::EndPending;
         }
-        Ok(Some(Event::Head(msg)))
+        Ok(Some(Step::Head(msg)))
     }
 
-    fn step(&mut self) -> Result<Option<Event<M>>> {
+    fn step(&mut self) -> Result<Option<Step<M>>> {
         loop {
             match &mut self.state {
                 State::Icap { scanned } => {
@@ -377,12 +405,12 @@ where
                         }
                         None => (raw, None),
                     };
-                    let (msg, enc, preview) = self.parse_head(raw, at, headers)?;
+                    let (msg, enc, preview) = M::parse_head(self, raw, at, headers)?;
                     match enc {
                         None => {
                             // No Encapsulated header: nothing follows the head.
                             self.state = State::EndPending;
-                            return Ok(Some(Event::Head(msg)));
+                            return Ok(Some(Step::Head(msg)));
                         }
                         Some(enc) => {
                             let heads = enc.heads_len();
@@ -429,21 +457,21 @@ where
                     let preview = *preview;
                     match chunked.decode(&mut self.buf, &mut self.consumed)? {
                         None => return Ok(None),
-                        Some(Chunk::Data(d)) => return Ok(Some(Event::Data(d))),
+                        Some(Chunk::Data(d)) => return Ok(Some(Step::Data(d))),
                         Some(Chunk::Last(last)) => {
                             if preview && !last.ieof {
                                 let total = chunked.total();
                                 self.state = State::AwaitPreview { total };
-                                return Ok(Some(Event::PreviewEnd));
+                                return Ok(Some(Step::PreviewEnd));
                             }
                             self.state = State::Icap { scanned: 0 };
-                            return Ok(Some(Event::End(last)));
+                            return Ok(Some(Step::End(last)));
                         }
                     }
                 }
                 State::EndPending => {
                     self.state = State::Icap { scanned: 0 };
-                    return Ok(Some(Event::End(LastChunk::default())));
+                    return Ok(Some(Step::End(LastChunk::default())));
                 }
                 State::AwaitPreview { .. } => return Ok(None),
                 State::Failed => {
@@ -459,7 +487,7 @@ where
 }
 
 impl Decoder<Request> {
-    /// After [`Event::PreviewEnd`]: the server sent `100 Continue`, so the rest of the body
+    /// After [`RequestEvent::PreviewEnd`]: the server sent `100 Continue`, so the rest of the body
     /// follows as more chunks (counted together with the preview).
     pub fn continue_after_preview(&mut self) -> Result<()> {
         let State::AwaitPreview { total } = self.state else {
@@ -480,7 +508,7 @@ impl Decoder<Request> {
         Ok(())
     }
 
-    /// After [`Event::PreviewEnd`]: the server answered with a final response (204, 200 ...),
+    /// After [`RequestEvent::PreviewEnd`]: the server answered with a final response (204, 200 ...),
     /// so the client sends nothing more for this message; the next bytes are a new request.
     pub fn finish_after_preview(&mut self) -> Result<()> {
         if !matches!(self.state, State::AwaitPreview { .. }) {
@@ -614,9 +642,9 @@ fn split_head<L>(
     Ok((line, headers))
 }
 
-impl Decode<Request> for Decoder<Request> {
+impl sealed::Sealed for Request {
     fn parse_head(
-        &mut self,
+        dec: &mut Decoder<Request>,
         raw: Bytes,
         at: u64,
         headers: Option<(usize, Headers)>,
@@ -625,7 +653,7 @@ impl Decode<Request> for Decoder<Request> {
             raw,
             at,
             headers,
-            self.limits.max_headers,
+            dec.limits.max_headers,
             None,
             parse_request_line,
         )?;
@@ -653,13 +681,13 @@ impl Decode<Request> for Decoder<Request> {
                     ),
                 )
             })?;
-            if p > self.limits.max_preview {
+            if p > dec.limits.max_preview {
                 return Err(Error::new(
                     ErrorKind::PreviewTooLarge,
                     at,
                     format!(
                         "Preview of {p} bytes is over the limit of {}",
-                        self.limits.max_preview
+                        dec.limits.max_preview
                     ),
                 ));
             }
@@ -688,11 +716,20 @@ impl Decode<Request> for Decoder<Request> {
     ) {
         (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
     }
+
+    fn event(step: Step<Self>) -> RequestEvent {
+        match step {
+            Step::Head(m) => RequestEvent::Head(m),
+            Step::Data(d) => RequestEvent::Data(d),
+            Step::PreviewEnd => RequestEvent::PreviewEnd,
+            Step::End(l) => RequestEvent::End(l),
+        }
+    }
 }
 
-impl Decode<Response> for Decoder<Response> {
+impl sealed::Sealed for Response {
     fn parse_head(
-        &mut self,
+        dec: &mut Decoder<Response>,
         raw: Bytes,
         at: u64,
         headers: Option<(usize, Headers)>,
@@ -701,8 +738,8 @@ impl Decode<Response> for Decoder<Response> {
             raw,
             at,
             headers,
-            self.limits.max_headers,
-            Some(self.limits.max_folded_value),
+            dec.limits.max_headers,
+            Some(dec.limits.max_folded_value),
             parse_status_line,
         )?;
         let (enc, _) = icap_fields(&headers, at, false)?;
@@ -713,7 +750,7 @@ impl Decode<Response> for Decoder<Response> {
             _ => enc,
         };
         if let Some(e) = &enc {
-            e.check_response(self.expect.as_ref())
+            e.check_response(dec.expect.as_ref())
                 .map_err(|e| e.at(at))?;
         }
         let res = Response {
@@ -736,5 +773,14 @@ impl Decode<Response> for Decoder<Response> {
         &mut Option<BodyKind>,
     ) {
         (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
+    }
+
+    fn event(step: Step<Self>) -> ResponseEvent {
+        match step {
+            Step::Head(m) => ResponseEvent::Head(m),
+            Step::Data(d) => ResponseEvent::Data(d),
+            Step::End(l) => ResponseEvent::End(l),
+            Step::PreviewEnd => unreachable!("responses have no preview: parse_head gives none"),
+        }
     }
 }

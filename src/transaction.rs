@@ -20,7 +20,7 @@
 use bytes::Bytes;
 
 use crate::chunked::LastChunk;
-use crate::decode::{Event, RequestDecoder, ResponseDecoder};
+use crate::decode::{RequestDecoder, RequestEvent, ResponseDecoder, ResponseEvent};
 use crate::encode::Encoder;
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::Method;
@@ -122,6 +122,7 @@ enum Recv {
 
 /// What a [`ClientTransaction`] received.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClientEvent {
     /// `100 Continue`: send the rest of the body ([`ClientTransaction::wants_body`] is true
     /// again unless the body already ended).
@@ -247,12 +248,12 @@ impl ClientTransaction {
             ieof_sent: false,
             skip_end: false,
         };
-        tx.out.request_head(request);
+        tx.out.request_head(request)?;
         match (body, preview) {
             (RequestBody::None, _) => {}
-            (RequestBody::Known(0), Some(_)) => tx.finish_preview(true),
-            (RequestBody::Known(0), None) => tx.finish_body(),
-            (RequestBody::Known(_), Some(0)) => tx.finish_preview(false),
+            (RequestBody::Known(0), Some(_)) => tx.finish_preview(true)?,
+            (RequestBody::Known(0), None) => tx.finish_body()?,
+            (RequestBody::Known(_), Some(0)) => tx.finish_preview(false)?,
             (_, Some(_)) => tx.send = Send::Preview,
             (_, None) => tx.send = Send::Body,
         }
@@ -309,8 +310,8 @@ impl ClientTransaction {
         self.dec
     }
 
-    fn finish_preview(&mut self, ieof: bool) {
-        self.out.end(ieof);
+    fn finish_preview(&mut self, ieof: bool) -> Result<()> {
+        self.out.end(ieof)?;
         self.ieof_sent = ieof;
         // After ieof, or once the server has answered, nothing more of this request goes out.
         self.send = if ieof || self.recv != Recv::Head {
@@ -319,11 +320,13 @@ impl ClientTransaction {
         } else {
             Send::AwaitContinue
         };
+        Ok(())
     }
 
-    fn finish_body(&mut self) {
-        self.out.end(false);
+    fn finish_body(&mut self) -> Result<()> {
+        self.out.end(false)?;
         self.send = Send::Done;
+        Ok(())
     }
 
     fn fail(&mut self, reason: CloseReason, e: Error) -> Error {
@@ -365,27 +368,27 @@ impl ClientTransaction {
             let preview = self.preview.unwrap_or(0);
             let room = preview - self.sent;
             if len <= room {
-                self.out.data(data);
+                self.out.data(data)?;
                 self.sent += len;
                 if complete(self.sent, self.length) {
-                    self.finish_preview(true);
+                    self.finish_preview(true)?;
                 } else if self.sent == preview && self.length.is_some() {
                     // Known to go on past the preview: no reason to wait for the next piece.
-                    self.finish_preview(false);
+                    self.finish_preview(false)?;
                 }
             } else {
-                self.out.data(data.slice(..room as usize));
+                self.out.data(data.slice(..room as usize))?;
                 self.held = Some(data.slice(room as usize..));
                 self.sent += len;
                 self.body_ended = complete(self.sent, self.length);
-                self.finish_preview(false);
+                self.finish_preview(false)?;
             }
             return Ok(());
         }
-        self.out.data(data);
+        self.out.data(data)?;
         self.sent += len;
         if complete(self.sent, self.length) {
-            self.finish_body();
+            self.finish_body()?;
         }
         Ok(())
     }
@@ -407,8 +410,8 @@ impl ClientTransaction {
             }
         }
         match self.send {
-            Send::Preview => self.finish_preview(true),
-            Send::Body => self.finish_body(),
+            Send::Preview => self.finish_preview(true)?,
+            Send::Body => self.finish_body()?,
             Send::AwaitContinue => self.body_ended = true,
             Send::Done => {}
         }
@@ -459,16 +462,12 @@ impl ClientTransaction {
                 Err(e) => return Err(self.fail(CloseReason::DecodeError, e)),
             };
             match ev {
-                Event::Head(res) => return self.on_head(res).map(Some),
-                Event::Data(d) => return Ok(Some(ClientEvent::Data(d))),
-                Event::End(_) if self.skip_end => self.skip_end = false,
-                Event::End(last) => {
+                ResponseEvent::Head(res) => return self.on_head(res).map(Some),
+                ResponseEvent::Data(d) => return Ok(Some(ClientEvent::Data(d))),
+                ResponseEvent::End(_) if self.skip_end => self.skip_end = false,
+                ResponseEvent::End(last) => {
                     self.recv = Recv::Done;
                     return Ok(Some(ClientEvent::End(last)));
-                }
-                Event::PreviewEnd => {
-                    let e = state_error("a response cannot end a preview");
-                    return Err(self.fail(CloseReason::ProtocolViolation, e));
                 }
             }
         }
@@ -494,10 +493,10 @@ impl ClientTransaction {
             self.continued = true;
             self.skip_end = true;
             if let Some(rest) = self.held.take() {
-                self.out.data(rest);
+                self.out.data(rest)?;
             }
             if self.body_ended || self.length.is_some_and(|n| self.sent == n) {
-                self.finish_body();
+                self.finish_body()?;
             } else {
                 self.send = Send::Body;
             }
@@ -591,10 +590,11 @@ enum SSend {
 }
 
 /// What a [`ServerTransaction`] received.
-// One head per transaction moves through this enum, like the codec's `Event`; boxing it would
+// One head per transaction moves through this enum, like the codec's `RequestEvent`; boxing it would
 // cost an allocation per request to save stack space for the small `Data` events.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ServerEvent {
     /// The request head (ICAP head and encapsulated HTTP heads).
     Request(Request),
@@ -718,7 +718,7 @@ impl ServerTransaction {
             return false;
         }
         let end = self.dec.decode();
-        debug_assert!(matches!(end, Ok(Some(Event::End(_)))), "{end:?}");
+        debug_assert!(matches!(end, Ok(Some(RequestEvent::End(_)))), "{end:?}");
         true
     }
 
@@ -755,7 +755,7 @@ impl ServerTransaction {
         };
         let answered = self.send != SSend::None;
         Ok(Some(match ev {
-            Event::Head(req) => {
+            RequestEvent::Head(req) => {
                 self.allow_204 = req.allows_204();
                 self.allow_206 = req.allows_206();
                 self.client_close = says_close(&req.headers);
@@ -775,22 +775,22 @@ impl ServerTransaction {
                 };
                 ServerEvent::Request(req)
             }
-            Event::Data(d) => ServerEvent::Data(d),
-            Event::PreviewEnd if answered => {
+            RequestEvent::Data(d) => ServerEvent::Data(d),
+            RequestEvent::PreviewEnd if answered => {
                 // Already answered: the client sends nothing more for this request.
                 self.dec.finish_after_preview()?;
                 self.recv = SRecv::Done;
                 ServerEvent::End(LastChunk::default())
             }
-            Event::PreviewEnd => {
+            RequestEvent::PreviewEnd => {
                 self.recv = SRecv::Decide { ieof: false };
                 ServerEvent::PreviewEnd { ieof: false }
             }
-            Event::End(_) if self.recv == SRecv::Preview && !answered => {
+            RequestEvent::End(_) if self.recv == SRecv::Preview && !answered => {
                 self.recv = SRecv::Decide { ieof: true };
                 ServerEvent::PreviewEnd { ieof: true }
             }
-            Event::End(last) => {
+            RequestEvent::End(last) => {
                 self.recv = SRecv::Done;
                 ServerEvent::End(last)
             }
@@ -803,7 +803,7 @@ impl ServerTransaction {
         match (self.recv, self.send) {
             (SRecv::Decide { ieof: false }, SSend::None) => {
                 self.dec.continue_after_preview()?;
-                self.out.response_head(&Response::continue_100());
+                self.out.response_head(&Response::continue_100())?;
                 self.recv = SRecv::Body;
                 Ok(())
             }
@@ -882,7 +882,7 @@ impl ServerTransaction {
             res.headers.insert("Connection", "close");
         }
         self.status = Some(status);
-        self.out.response_head(&res);
+        self.out.response_head(&res)?;
         self.send = if res.body.is_some() {
             SSend::Body
         } else {
@@ -896,7 +896,7 @@ impl ServerTransaction {
         if self.send != SSend::Body {
             return Err(state_error("no response body is being sent"));
         }
-        self.out.data(data);
+        self.out.data(data)?;
         Ok(())
     }
 
@@ -907,7 +907,7 @@ impl ServerTransaction {
                 "end_response ends a response body (a 206 ends with end_use_original_body)",
             ));
         }
-        self.out.end(false);
+        self.out.end(false)?;
         self.send = SSend::Done;
         Ok(())
     }
@@ -918,7 +918,7 @@ impl ServerTransaction {
         if self.send != SSend::Body || self.status != Some(206) {
             return Err(state_error("use-original-body ends only a 206 body"));
         }
-        self.out.end_use_original_body(offset);
+        self.out.end_use_original_body(offset)?;
         self.send = SSend::Done;
         Ok(())
     }

@@ -8,7 +8,7 @@
 use std::ops::Range;
 
 use bytes::Bytes;
-use icap::{Encapsulated, Event, RequestDecoder, ResponseDecoder};
+use icap::{Encapsulated, RequestDecoder, RequestEvent, ResponseDecoder, ResponseEvent};
 
 /// One head figure: a complete ICAP message and where its parts are.
 pub struct Fixture {
@@ -42,10 +42,10 @@ fn nth_message(capture: &[u8], request: bool, n: usize) -> Bytes {
         let mut d = RequestDecoder::default();
         d.feed(capture);
         while let Some(ev) = d.decode().expect("capture decodes") {
-            if let Event::PreviewEnd = ev {
+            if let RequestEvent::PreviewEnd = ev {
                 d.continue_after_preview().unwrap();
             }
-            if let Event::End(_) = ev {
+            if let RequestEvent::End(_) = ev {
                 bounds.push(d.position());
             }
         }
@@ -53,7 +53,7 @@ fn nth_message(capture: &[u8], request: bool, n: usize) -> Bytes {
         let mut d = ResponseDecoder::default();
         d.feed(capture);
         while let Some(ev) = d.decode().expect("capture decodes") {
-            if let Event::End(_) = ev {
+            if let ResponseEvent::End(_) = ev {
                 bounds.push(d.position());
             }
         }
@@ -200,8 +200,8 @@ pub fn drain_response(dec: &mut ResponseDecoder) -> usize {
     let mut n = 0;
     while let Some(ev) = dec.decode().expect("decodes") {
         match ev {
-            Event::Data(d) => n += d.len(),
-            Event::End(_) => return n,
+            ResponseEvent::Data(d) => n += d.len(),
+            ResponseEvent::End(_) => return n,
             ev => {
                 std::hint::black_box(ev);
             }
@@ -216,8 +216,8 @@ pub fn drain_request(dec: &mut RequestDecoder) -> usize {
     let mut n = 0;
     while let Some(ev) = dec.decode().expect("decodes") {
         match ev {
-            Event::Data(d) => n += d.len(),
-            Event::End(_) => return n,
+            RequestEvent::Data(d) => n += d.len(),
+            RequestEvent::End(_) => return n,
             ev => {
                 std::hint::black_box(ev);
             }
