@@ -363,7 +363,8 @@ impl ChunkedDecoder {
                 let raw = buf.split_to(n).freeze();
                 let at = *base;
                 *base += n as u64;
-                let h = Headers::parse(raw, 0, n - 2, self.max_headers, None)
+                // Trailers are rare: their own small arena rather than the decoder's.
+                let h = Headers::parse(raw, 0, n - 2, self.max_headers, None, &mut BytesMut::new())
                     .map_err(|e| Error::new(ErrorKind::BadTrailer, at + e.offset(), e.message()))?;
                 Ok(Some(self.finish(Some(h))))
             }

@@ -22,7 +22,7 @@ use crate::head::{
     parse_head_fast, parse_request_line, parse_status_line, scan_head, HttpRequestHead,
     HttpResponseHead, Method,
 };
-use crate::headers::Headers;
+use crate::headers::{ready_arena, Headers};
 use crate::limits::Limits;
 use crate::message::{BodyKind, Request, Response};
 
@@ -149,6 +149,9 @@ pub struct Decoder<M: Message> {
     state: State<M>,
     /// Responses: the method of the request being answered, for Encapsulated rules.
     expect: Option<Method>,
+    /// Where parsed header fields' offsets are packed: one shared buffer, reclaimed once the
+    /// heads that point into it are dropped, so a steady stream of messages allocates nothing.
+    spans: BytesMut,
 }
 
 /// Decodes ICAP requests: the server side of a connection.
@@ -171,6 +174,7 @@ impl<M: Message> Decoder<M> {
             limits,
             state: State::Icap { scanned: 0 },
             expect: None,
+            spans: BytesMut::new(),
         }
     }
 
@@ -326,7 +330,7 @@ impl<M: Message> Decoder<M> {
                 match section {
                     crate::Section::ReqHdr => {
                         *req = Some(
-                            HttpRequestHead::parse(part, self.limits.max_headers)
+                            HttpRequestHead::parse(part, self.limits.max_headers, &mut self.spans)
                                 .map_err(|e| e.at(base))?,
                         )
                     }
@@ -336,6 +340,7 @@ impl<M: Message> Decoder<M> {
                                 part,
                                 self.limits.max_headers,
                                 self.limits.max_folded_value,
+                                &mut self.spans,
                             )
                             .map_err(|e| e.at(base))?,
                         )
@@ -385,8 +390,13 @@ impl<M: Message> Decoder<M> {
                     // First look at a message: find its end and parse its header lines in one
                     // pass. Anything but a complete, well-formed head (and every later look,
                     // when bytes trickle in) takes the resumable scan below.
+                    ready_arena(&mut self.spans);
                     let fast = if scanned == 0 {
-                        parse_head_fast(&self.buf[..limit], self.limits.max_headers)
+                        parse_head_fast(
+                            &self.buf[..limit],
+                            self.limits.max_headers,
+                            &mut self.spans,
+                        )
                     } else {
                         None
                     };
@@ -622,6 +632,7 @@ fn split_head<L>(
     max_headers: usize,
     fold: Option<usize>,
     parse_line: LineParser<L>,
+    arena: &mut BytesMut,
 ) -> Result<(L, Headers)> {
     let (hstart, head): (_, IcapHead) = match headers {
         Some((hstart, h)) => (Some(hstart), Ok(h)),
@@ -636,7 +647,7 @@ fn split_head<L>(
         Ok(h) => h,
         Err(raw) => {
             let n = raw.len();
-            Headers::parse(raw, hstart, n - 2, max_headers, fold).map_err(|e| e.at(at))?
+            Headers::parse(raw, hstart, n - 2, max_headers, fold, arena).map_err(|e| e.at(at))?
         }
     };
     Ok((line, headers))
@@ -656,6 +667,7 @@ impl sealed::Sealed for Request {
             dec.limits.max_headers,
             None,
             parse_request_line,
+            &mut dec.spans,
         )?;
         let (enc, preview) = icap_fields(&headers, at, true)?;
         match &enc {
@@ -741,6 +753,7 @@ impl sealed::Sealed for Response {
             dec.limits.max_headers,
             Some(dec.limits.max_folded_value),
             parse_status_line,
+            &mut dec.spans,
         )?;
         let (enc, _) = icap_fields(&headers, at, false)?;
         // 100 and 204 end with their head, whatever Encapsulated says (RFC 3507 4.5, 4.6):

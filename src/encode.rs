@@ -47,6 +47,10 @@ pub struct Encoder {
     /// Where heads and size lines are written; split off as frozen `Bytes`, so one allocation
     /// serves many small pieces.
     scratch: BytesMut,
+    /// Scratch bytes the message being written has used so far, and the previous one used:
+    /// each message starts with room for as much as the last one took (see `ready_scratch`).
+    used: usize,
+    last_used: usize,
 }
 
 impl Encoder {
@@ -76,6 +80,18 @@ impl Encoder {
         )
     }
 
+    /// Makes room in the scratch buffer for a message whose head is `head` bytes. Done at a
+    /// head, when the previous message has usually been written and dropped, so the buffer is
+    /// reclaimed in place; a reserve in the middle of a message would find that message's own
+    /// head and size lines still holding it, and allocate.
+    fn ready_scratch(&mut self, head: usize) {
+        self.last_used = std::mem::take(&mut self.used).max(self.last_used / 2);
+        let want = head.max(self.last_used) + 64;
+        if self.scratch.capacity() - self.scratch.len() < want {
+            self.scratch.reserve(want);
+        }
+    }
+
     /// A head may start a message between messages, and after a preview the server answered
     /// without `100 Continue`.
     fn start(&mut self, has_body: bool, preview: bool) -> Result<()> {
@@ -94,7 +110,9 @@ impl Encoder {
     pub fn request_head(&mut self, req: &Request) -> Result<()> {
         let preview = req.body.is_some() && req.preview().is_some();
         self.start(req.body.is_some(), preview)?;
+        self.ready_scratch(req.encoded_len());
         req.write_to(&mut self.scratch);
+        self.used += self.scratch.len();
         let b = self.scratch.split().freeze();
         self.push(b);
         Ok(())
@@ -103,7 +121,9 @@ impl Encoder {
     /// Queues the head of `res`. Refused inside a body.
     pub fn response_head(&mut self, res: &Response) -> Result<()> {
         self.start(res.body.is_some(), false)?;
+        self.ready_scratch(res.encoded_len());
         res.write_to(&mut self.scratch);
+        self.used += self.scratch.len();
         let b = self.scratch.split().freeze();
         self.push(b);
         Ok(())
@@ -121,7 +141,13 @@ impl Encoder {
         if data.is_empty() {
             return Ok(());
         }
+        // Room for many size lines at once: when the message's earlier pieces still hold the
+        // buffer, this allocates once per ~50 chunks instead of once per chunk.
+        if self.scratch.capacity() - self.scratch.len() < 18 {
+            self.scratch.reserve(1024);
+        }
         write_chunk_size(data.len(), &mut self.scratch);
+        self.used += self.scratch.len();
         let line = self.scratch.split().freeze();
         self.push(line);
         self.push(data);
