@@ -788,7 +788,8 @@ mod tests {
 
     #[test]
     fn mutation_keeps_order() {
-        let mut h = parse("A: 1\r\nB: 2\r\nA: 3\r\n", false).unwrap();
+        let raw = Bytes::from_static(b"A: 1\r\nB: 2\r\nA: 3\r\n\r\n");
+        let mut h = Headers::parse(raw, 0, 18, 100, None, &mut BytesMut::new()).unwrap();
         assert!(
             matches!(h.entries, EntryList::Packed(_)),
             "parsed fields stay packed"
