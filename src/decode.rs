@@ -119,9 +119,10 @@ enum State<M> {
     /// Waiting for the ICAP head; `scanned` bytes of the buffer are known to hold no end.
     Icap { scanned: usize },
     /// ICAP head parsed; waiting for `heads` bytes of encapsulated HTTP heads. Only when
-    /// they had not all arrived with the ICAP head (boxed: the message is large).
+    /// they had not all arrived with the ICAP head. Not boxed, though large: a box would be an
+    /// allocation per message read in pieces.
     Heads {
-        msg: Box<M>,
+        msg: M,
         enc: Encapsulated,
         at: u64,
         preview: Option<u64>,
@@ -154,6 +155,9 @@ pub struct Decoder<M: Message> {
     spans: BytesMut,
 }
 
+/// Bytes [`Decoder::feed`] makes room for when it must grow the buffer.
+const FEED_ROOM: usize = 8 * 1024;
+
 /// Decodes ICAP requests: the server side of a connection.
 pub type RequestDecoder = Decoder<Request>;
 /// Decodes ICAP responses: the client side of a connection.
@@ -185,6 +189,14 @@ impl<M: Message> Decoder<M> {
 
     /// Appends bytes (copying them) for the next [`Decoder::decode`].
     pub fn feed(&mut self, bytes: &[u8]) {
+        let room = self.buf.capacity() - self.buf.len();
+        // Room for more reads, made while nothing is buffered (when the previous messages
+        // have usually been dropped and the buffer is reclaimed in place): a message often
+        // comes in several reads, and once its first part is split off (a parsed ICAP head
+        // waiting for its HTTP heads) growing the buffer allocates.
+        if room < bytes.len() || (self.buf.is_empty() && room < FEED_ROOM / 2) {
+            self.buf.reserve(bytes.len().max(FEED_ROOM));
+        }
         self.buf.extend_from_slice(bytes);
     }
 
@@ -439,7 +451,7 @@ impl<M: Message> Decoder<M> {
                                 return self.finish_heads(msg, enc, at, preview);
                             }
                             self.state = State::Heads {
-                                msg: Box::new(msg),
+                                msg,
                                 enc,
                                 at,
                                 preview,
@@ -461,7 +473,7 @@ impl<M: Message> Decoder<M> {
                     else {
                         unreachable!("matched above")
                     };
-                    return self.finish_heads(*msg, enc, at, preview);
+                    return self.finish_heads(msg, enc, at, preview);
                 }
                 State::Body { chunked, preview } => {
                     let preview = *preview;
