@@ -143,7 +143,12 @@ enum State<M> {
 /// A streaming ICAP decoder for one direction of one connection.
 #[derive(Debug)]
 pub struct Decoder<M: Message> {
+    /// The decoder's own buffer: what `feed` copies in and `buffer_mut` reads into.
     buf: BytesMut,
+    /// A caller's buffer given to `feed_bytes` while nothing else was buffered: decoded in
+    /// place, shared or not, and handed out in slices. At most one of `buf` and `shared`
+    /// holds bytes; the input is whichever does.
+    shared: Bytes,
     /// Stream offset of `buf[0]`.
     consumed: u64,
     limits: Limits,
@@ -174,6 +179,7 @@ impl<M: Message> Decoder<M> {
     pub fn new(limits: Limits) -> Self {
         Decoder {
             buf: BytesMut::new(),
+            shared: Bytes::new(),
             consumed: 0,
             limits,
             state: State::Icap { scanned: 0 },
@@ -189,6 +195,7 @@ impl<M: Message> Decoder<M> {
 
     /// Appends bytes (copying them) for the next [`Decoder::decode`].
     pub fn feed(&mut self, bytes: &[u8]) {
+        self.unshare();
         let room = self.buf.capacity() - self.buf.len();
         // Room for more reads, made while nothing is buffered (when the previous messages
         // have usually been dropped and the buffer is reclaimed in place): a message often
@@ -200,27 +207,43 @@ impl<M: Message> Decoder<M> {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Appends a buffer without copying it when the decoder holds no unread bytes and `bytes`
-    /// is not shared; otherwise copies.
+    /// Appends a buffer. When the decoder holds no unread bytes (always between messages,
+    /// and inside a body, whose framing is kept as state), `bytes` is decoded where it is,
+    /// shared or not: body pieces and heads are slices of it, nothing is copied, and the
+    /// decoder drops its hold once every byte is decoded. Otherwise (a head cut short by the
+    /// previous read) the unread bytes and `bytes` are copied together.
     pub fn feed_bytes(&mut self, bytes: Bytes) {
-        if self.buf.is_empty() {
-            match bytes.try_into_mut() {
-                Ok(m) => self.buf = m,
-                Err(b) => self.buf.extend_from_slice(&b),
-            }
+        if bytes.is_empty() {
+            return;
+        }
+        if self.buf.is_empty() && self.shared.is_empty() {
+            self.shared = bytes;
         } else {
-            self.buf.extend_from_slice(&bytes);
+            self.feed(&bytes);
+        }
+    }
+
+    /// The caller's buffer's unread bytes, moved into the decoder's own before it grows.
+    fn unshare(&mut self) {
+        if !self.shared.is_empty() {
+            let rest = std::mem::take(&mut self.shared);
+            self.buf.extend_from_slice(&rest);
         }
     }
 
     /// The input buffer, to read into directly (e.g. `socket.read_buf(dec.buffer_mut())`).
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        self.unshare();
         &mut self.buf
     }
 
     /// Bytes received but not decoded yet.
     pub fn buffered(&self) -> &[u8] {
-        &self.buf
+        if self.shared.is_empty() {
+            &self.buf
+        } else {
+            &self.shared
+        }
     }
 
     /// Stream offset of the next undecoded byte: bytes consumed so far.
@@ -230,7 +253,7 @@ impl<M: Message> Decoder<M> {
 
     /// True between messages: nothing of a message has been decoded or buffered.
     pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Icap { .. }) && self.buf.is_empty()
+        matches!(self.state, State::Icap { .. }) && self.buffered().is_empty()
     }
 
     /// True after an error: the connection must be closed, never reused.
@@ -245,13 +268,23 @@ impl<M: Message> Decoder<M> {
 
     fn take(&mut self, n: usize) -> Bytes {
         self.consumed += n as u64;
-        self.buf.split_to(n).freeze()
+        if self.shared.is_empty() {
+            self.buf.split_to(n).freeze()
+        } else {
+            self.shared.split_to(n)
+        }
     }
 
     /// Decodes the next event from buffered bytes; `Ok(None)` means more input is needed
     /// (or, after [`RequestEvent::PreviewEnd`], a decision). After an error every call fails again.
     pub fn decode(&mut self) -> Result<Option<M::Event>> {
-        match self.step() {
+        let step = self.step();
+        if self.shared.is_empty() {
+            // An empty view still holds the caller's buffer (`advance` keeps it): let go, so
+            // the caller can reuse its buffer for the next read.
+            self.shared = Bytes::new();
+        }
+        match step {
             Ok(s) => Ok(s.map(M::event)),
             Err(e) => Err(self.fail(e)),
         }
@@ -261,7 +294,8 @@ impl<M: Message> Decoder<M> {
     /// an [`ErrorKind::UnexpectedEof`] error when a message was cut short.
     pub fn decode_eof(&mut self) -> Result<()> {
         // Only whole blank lines may sit between messages, as in `decode`.
-        let blank = self.buf.len() % 2 == 0 && self.buf.chunks_exact(2).all(|c| c == b"\r\n");
+        let input = self.buffered();
+        let blank = input.len() % 2 == 0 && input.chunks_exact(2).all(|c| c == b"\r\n");
         match self.state {
             State::Icap { .. } if blank => Ok(()),
             State::Failed => Err(Error::new(
@@ -270,7 +304,7 @@ impl<M: Message> Decoder<M> {
                 "the decoder has already failed",
             )),
             _ => {
-                let at = self.consumed + self.buf.len() as u64;
+                let at = self.consumed + self.buffered().len() as u64;
                 Err(self.fail(Error::new(
                     ErrorKind::UnexpectedEof,
                     at,
@@ -285,9 +319,9 @@ impl<M: Message> Decoder<M> {
     /// bytes are needed.
     fn scan_icap(&mut self, scanned: usize, limit: usize) -> Result<Option<usize>> {
         let from = scanned.saturating_sub(3);
-        let found = scan_head(&self.buf[..limit], from).map_err(|e| e.at(self.consumed))?;
+        let found = scan_head(&self.buffered()[..limit], from).map_err(|e| e.at(self.consumed))?;
         let Some(n) = found else {
-            if self.buf.len() > self.limits.max_icap_head {
+            if self.buffered().len() > self.limits.max_icap_head {
                 return Err(Error::new(
                     ErrorKind::IcapHeadTooLarge,
                     self.consumed + self.limits.max_icap_head as u64,
@@ -295,7 +329,7 @@ impl<M: Message> Decoder<M> {
                 ));
             }
             self.state = State::Icap {
-                scanned: self.buf.len(),
+                scanned: self.buffered().len(),
             };
             return Ok(None);
         };
@@ -387,7 +421,7 @@ impl<M: Message> Decoder<M> {
                     // pairs only. A stray CR or LF is left to the head scan, which rejects it
                     // at its own offset (a bare LF) or as part of a bad start line.
                     let pairs = self
-                        .buf
+                        .buffered()
                         .chunks_exact(2)
                         .take_while(|c| *c == b"\r\n")
                         .count();
@@ -398,14 +432,18 @@ impl<M: Message> Decoder<M> {
                     }
                     // Never look past the limit: what lies beyond it must not change the
                     // error (a bare LF there would otherwise win when the bytes come at once).
-                    let limit = self.buf.len().min(self.limits.max_icap_head);
+                    let limit = self.buffered().len().min(self.limits.max_icap_head);
                     // First look at a message: find its end and parse its header lines in one
                     // pass. Anything but a complete, well-formed head (and every later look,
                     // when bytes trickle in) takes the resumable scan below.
                     ready_arena(&mut self.spans);
                     let fast = if scanned == 0 {
                         parse_head_fast(
-                            &self.buf[..limit],
+                            if self.shared.is_empty() {
+                                &self.buf[..limit]
+                            } else {
+                                &self.shared[..limit]
+                            },
                             self.limits.max_headers,
                             &mut self.spans,
                         )
@@ -447,7 +485,7 @@ impl<M: Message> Decoder<M> {
                                 ));
                             }
                             let at = self.consumed;
-                            if self.buf.len() as u64 >= heads {
+                            if self.buffered().len() as u64 >= heads {
                                 return self.finish_heads(msg, enc, at, preview);
                             }
                             self.state = State::Heads {
@@ -461,7 +499,7 @@ impl<M: Message> Decoder<M> {
                 }
                 State::Heads { enc, .. } => {
                     let need = enc.heads_len() as usize;
-                    if self.buf.len() < need {
+                    if self.buffered().len() < need {
                         return Ok(None);
                     }
                     let State::Heads {
@@ -477,7 +515,12 @@ impl<M: Message> Decoder<M> {
                 }
                 State::Body { chunked, preview } => {
                     let preview = *preview;
-                    match chunked.decode(&mut self.buf, &mut self.consumed)? {
+                    let got = if self.shared.is_empty() {
+                        chunked.decode_from(&mut self.buf, &mut self.consumed)?
+                    } else {
+                        chunked.decode_from(&mut self.shared, &mut self.consumed)?
+                    };
+                    match got {
                         None => return Ok(None),
                         Some(Chunk::Data(d)) => return Ok(Some(Step::Data(d))),
                         Some(Chunk::Last(last)) => {
@@ -549,12 +592,9 @@ impl Decoder<Request> {
     /// chunk-size line follows (the client continued) or a new request starts. `None` when
     /// too few bytes are buffered to tell. A server must not use this: it knows what it sent.
     pub fn next_looks_like_chunk(&self) -> Option<bool> {
-        let digits = self
-            .buf
-            .iter()
-            .take_while(|b| b.is_ascii_hexdigit())
-            .count();
-        match self.buf.get(digits) {
+        let input = self.buffered();
+        let digits = input.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        match input.get(digits) {
             None => None,
             Some(b';' | b'\r' | b' ' | b'\t') => Some(digits > 0),
             Some(_) => Some(false),

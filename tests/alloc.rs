@@ -291,3 +291,61 @@ fn the_counter_sees_allocations() {
     });
     assert_eq!(n, 1);
 }
+
+/// `feed_bytes` of a buffer the caller keeps a clone of: every body piece is a slice of that
+/// buffer (same memory), for large and small chunks.
+#[test]
+fn feed_bytes_of_a_shared_buffer_is_decoded_in_place() {
+    for chunk in [16 * 1024, 1024, 7] {
+        let (wire, _) = support::body_message(64 * 1024, chunk);
+        let wire = Bytes::from(wire);
+        let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
+        let mut d = ResponseDecoder::default();
+        d.feed_bytes(wire.clone());
+        let (mut n, mut pieces) = (0, 0);
+        while let Some(ev) = d.decode().unwrap() {
+            if let ResponseEvent::Data(b) = ev {
+                assert!(
+                    range.contains(&(b.as_ptr() as usize)),
+                    "chunk {chunk}: copied"
+                );
+                n += b.len();
+                pieces += 1;
+            }
+        }
+        assert_eq!(n, 64 * 1024);
+        assert!(pieces >= 64 * 1024 / chunk);
+        assert!(d.is_idle());
+    }
+}
+
+/// Two `feed_bytes` reads split anywhere give what one `feed` gives: a head cut short is
+/// copied together with the next read, a body cut anywhere is decoded in place.
+#[test]
+fn feed_bytes_split_anywhere_decodes_the_same() {
+    for (name, wire, request) in shapes().into_iter().take(5) {
+        let mut want = Decoding::new(wire.clone(), request, Feed::Copy);
+        let body = want.once();
+        for k in (1..wire.len()).step_by(7) {
+            let (a, b) = (wire.slice(..k), wire.slice(k..));
+            let n = if request {
+                let mut d = RequestDecoder::default();
+                d.feed_bytes(a);
+                let n = support::drain_request(&mut d);
+                d.feed_bytes(b);
+                let n = n + support::drain_request(&mut d);
+                assert!(d.is_idle(), "{name} split at {k}");
+                n
+            } else {
+                let mut d = ResponseDecoder::default();
+                d.feed_bytes(a);
+                let n = support::drain_response(&mut d);
+                d.feed_bytes(b);
+                let n = n + support::drain_response(&mut d);
+                assert!(d.is_idle(), "{name} split at {k}");
+                n
+            };
+            assert_eq!(n, body, "{name} split at {k}");
+        }
+    }
+}
