@@ -80,13 +80,16 @@ impl Encoder {
         )
     }
 
-    /// Makes room in the scratch buffer for a message whose head is `head` bytes. Done at a
+    /// Makes room in the scratch buffer for the message about to be written. Done at a
     /// head, when the previous message has usually been written and dropped, so the buffer is
     /// reclaimed in place; a reserve in the middle of a message would find that message's own
     /// head and size lines still holding it, and allocate.
-    fn ready_scratch(&mut self, head: usize) {
+    ///
+    /// Sized by the previous message, not by this head (computing a head's length walks all
+    /// its fields): a larger head grows the buffer as it is written.
+    fn ready_scratch(&mut self) {
         self.last_used = std::mem::take(&mut self.used).max(self.last_used / 2);
-        let want = head.max(self.last_used) + 64;
+        let want = self.last_used.max(256) + 64;
         if self.scratch.capacity() - self.scratch.len() < want {
             self.scratch.reserve(want);
         }
@@ -110,7 +113,7 @@ impl Encoder {
     pub fn request_head(&mut self, req: &Request) -> Result<()> {
         let preview = req.body.is_some() && req.preview().is_some();
         self.start(req.body.is_some(), preview)?;
-        self.ready_scratch(req.encoded_len());
+        self.ready_scratch();
         req.write_to(&mut self.scratch);
         self.used += self.scratch.len();
         let b = self.scratch.split().freeze();
@@ -121,7 +124,7 @@ impl Encoder {
     /// Queues the head of `res`. Refused inside a body.
     pub fn response_head(&mut self, res: &Response) -> Result<()> {
         self.start(res.body.is_some(), false)?;
-        self.ready_scratch(res.encoded_len());
+        self.ready_scratch();
         res.write_to(&mut self.scratch);
         self.used += self.scratch.len();
         let b = self.scratch.split().freeze();

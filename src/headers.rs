@@ -76,26 +76,16 @@ impl EntryList {
 
     fn get(&self, i: usize) -> Entry {
         match self {
-            EntryList::Packed(b) => {
-                let e = &b[i * PACKED..(i + 1) * PACKED];
-                let u = |k: usize| u32::from_le_bytes([e[k], e[k + 1], e[k + 2], e[k + 3]]);
-                Entry {
-                    name: Span {
-                        start: u(0),
-                        end: u(4),
-                    },
-                    value: Span {
-                        start: u(8),
-                        end: u(12),
-                    },
-                }
-            }
+            EntryList::Packed(b) => unpack(&b[i * PACKED..(i + 1) * PACKED]),
             EntryList::Owned(v) => v[i],
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = Entry> + '_ {
-        (0..self.len()).map(move |i| self.get(i))
+    fn iter(&self) -> EntryIter<'_> {
+        match self {
+            EntryList::Packed(b) => EntryIter::Packed(b.chunks_exact(PACKED)),
+            EntryList::Owned(v) => EntryIter::Owned(v.iter()),
+        }
     }
 
     fn last(&self) -> Option<Entry> {
@@ -114,11 +104,49 @@ impl EntryList {
     }
 }
 
-/// Appends one entry to a packed list being written into the arena.
-fn pack(arena: &mut BytesMut, name: (usize, usize), value: (usize, usize)) {
-    for x in [name.0, name.1, value.0, value.1] {
-        arena.put_u32_le(x as u32);
+/// The entries of an [`EntryList`] in order, without a branch per field on the packed kind.
+enum EntryIter<'a> {
+    Packed(std::slice::ChunksExact<'a, u8>),
+    Owned(std::slice::Iter<'a, Entry>),
+}
+
+impl Iterator for EntryIter<'_> {
+    type Item = Entry;
+
+    #[inline]
+    fn next(&mut self) -> Option<Entry> {
+        match self {
+            EntryIter::Packed(c) => c.next().map(unpack),
+            EntryIter::Owned(v) => v.next().copied(),
+        }
     }
+}
+
+/// One packed entry (exactly [`PACKED`] bytes).
+#[inline]
+fn unpack(e: &[u8]) -> Entry {
+    let e: &[u8; PACKED] = e.try_into().expect("packed entries are PACKED bytes");
+    let u = |k: usize| u32::from_le_bytes([e[k], e[k + 1], e[k + 2], e[k + 3]]);
+    Entry {
+        name: Span {
+            start: u(0),
+            end: u(4),
+        },
+        value: Span {
+            start: u(8),
+            end: u(12),
+        },
+    }
+}
+
+/// One entry as packed bytes.
+#[inline]
+fn pack(name: (usize, usize), value: (usize, usize)) -> [u8; PACKED] {
+    let mut out = [0u8; PACKED];
+    for (k, x) in [name.0, name.1, value.0, value.1].into_iter().enumerate() {
+        out[4 * k..4 * k + 4].copy_from_slice(&(x as u32).to_le_bytes());
+    }
+    out
 }
 
 /// Bytes of packed entries a decoder's arena holds: one block serves the heads of many messages
@@ -603,24 +631,23 @@ pub(crate) fn parse_block(
     let base = buf.as_ptr() as usize;
     let mut crlf = blank == start || buf[blank - 2] == b'\r';
     let need = parsed.len() * PACKED;
-    // A decoder's arena has a block ready (`ready_arena`); a one-off parse's gets what it
-    // needs.
-    arena.reserve(need);
-    for f in parsed.iter() {
+    // Packed on the stack, then copied into the arena in one step.
+    let mut packed = [0u8; FAST_HEADERS * PACKED];
+    for (f, slot) in parsed.iter().zip(packed.chunks_exact_mut(PACKED)) {
         let name = f.name.as_ptr() as usize - base;
         // The line before this one ended in buf[name - 1] == LF; its CR is at name - 2.
         crlf &= name == start || buf[name - 2] == b'\r';
         let value = f.value.as_ptr() as usize - base;
-        pack(
-            arena,
+        slot.copy_from_slice(&pack(
             (name, name + f.name.len()),
             (value, value + f.value.len()),
-        );
+        ));
     }
     if !crlf {
-        arena.clear();
         return None;
     }
+    // A decoder's arena has a block ready (`ready_arena`); a one-off parse's grows to fit.
+    arena.extend_from_slice(&packed[..need]);
     Some((n, Entries(arena.split().freeze())))
 }
 
