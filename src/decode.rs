@@ -77,14 +77,6 @@ impl Message for Response {
 mod sealed {
     use super::*;
 
-    /// What `step` found, before it becomes the role's event.
-    pub enum Step<M> {
-        Head(M),
-        Data(Bytes),
-        PreviewEnd,
-        End(LastChunk),
-    }
-
     pub trait Sealed: Sized {
         /// Parses a whole ICAP head; `headers` when they were already parsed in one pass with
         /// finding the head's end. Returns the message, its Encapsulated, and the preview size
@@ -106,13 +98,25 @@ mod sealed {
             &mut Option<HttpResponseHead>,
             &mut Option<BodyKind>,
         );
-        /// The role's event for a step.
-        fn event(step: Step<Self>) -> <Self as Message>::Event
+        /// The role's events, built where `step` finds them (converting a generic step
+        /// afterwards would copy the large head once more per event).
+        fn head(m: Self) -> <Self as Message>::Event
+        where
+            Self: Message;
+        /// A body piece.
+        fn data(d: Bytes) -> <Self as Message>::Event
+        where
+            Self: Message;
+        /// A preview ended without `ieof` (requests only: a response has no preview budget).
+        fn preview_end() -> <Self as Message>::Event
+        where
+            Self: Message;
+        /// The end of a message.
+        fn end(l: LastChunk) -> <Self as Message>::Event
         where
             Self: Message;
     }
 }
-use sealed::Step;
 
 #[derive(Debug)]
 enum State<M> {
@@ -278,15 +282,19 @@ impl<M: Message> Decoder<M> {
     /// Decodes the next event from buffered bytes; `Ok(None)` means more input is needed
     /// (or, after [`RequestEvent::PreviewEnd`], a decision). After an error every call fails again.
     pub fn decode(&mut self) -> Result<Option<M::Event>> {
-        let step = self.step();
-        if self.shared.is_empty() {
-            // An empty view still holds the caller's buffer (`advance` keeps it): let go, so
-            // the caller can reuse its buffer for the next read.
-            self.shared = Bytes::new();
+        // Returned as it came: re-wrapping would copy the (large) event once more.
+        let r = self.step();
+        if r.is_err() {
+            self.state = State::Failed;
         }
-        match step {
-            Ok(s) => Ok(s.map(M::event)),
-            Err(e) => Err(self.fail(e)),
+        r
+    }
+
+    /// An empty view still holds the caller's buffer (`advance` keeps it): let go, so the
+    /// caller can reuse its buffer for the next read. Called where a body or message ends.
+    fn release_shared(&mut self) {
+        if self.shared.is_empty() {
+            self.shared = Bytes::new();
         }
     }
 
@@ -355,7 +363,7 @@ impl<M: Message> Decoder<M> {
         enc: Encapsulated,
         at: u64,
         preview: Option<u64>,
-    ) -> Result<Option<Step<M>>> {
+    ) -> Result<Option<M::Event>> {
         let need = enc.heads_len() as usize;
         let (req, res, body_kind) = M::parts(&mut msg);
         if need > 0 {
@@ -409,10 +417,10 @@ impl<M: Message> Decoder<M> {
         } else {
             self.state = State::EndPending;
         }
-        Ok(Some(Step::Head(msg)))
+        Ok(Some(M::head(msg)))
     }
 
-    fn step(&mut self) -> Result<Option<Step<M>>> {
+    fn step(&mut self) -> Result<Option<M::Event>> {
         loop {
             match &mut self.state {
                 State::Icap { scanned } => {
@@ -470,7 +478,7 @@ impl<M: Message> Decoder<M> {
                         None => {
                             // No Encapsulated header: nothing follows the head.
                             self.state = State::EndPending;
-                            return Ok(Some(Step::Head(msg)));
+                            return Ok(Some(M::head(msg)));
                         }
                         Some(enc) => {
                             let heads = enc.heads_len();
@@ -518,25 +526,31 @@ impl<M: Message> Decoder<M> {
                     let got = if self.shared.is_empty() {
                         chunked.decode_from(&mut self.buf, &mut self.consumed)?
                     } else {
-                        chunked.decode_from(&mut self.shared, &mut self.consumed)?
+                        let got = chunked.decode_from(&mut self.shared, &mut self.consumed)?;
+                        // Inline `release_shared` (`chunked` borrows the state).
+                        if self.shared.is_empty() {
+                            self.shared = Bytes::new();
+                        }
+                        got
                     };
                     match got {
                         None => return Ok(None),
-                        Some(Chunk::Data(d)) => return Ok(Some(Step::Data(d))),
+                        Some(Chunk::Data(d)) => return Ok(Some(M::data(d))),
                         Some(Chunk::Last(last)) => {
                             if preview && !last.ieof {
                                 let total = chunked.total();
                                 self.state = State::AwaitPreview { total };
-                                return Ok(Some(Step::PreviewEnd));
+                                return Ok(Some(M::preview_end()));
                             }
                             self.state = State::Icap { scanned: 0 };
-                            return Ok(Some(Step::End(last)));
+                            return Ok(Some(M::end(last)));
                         }
                     }
                 }
                 State::EndPending => {
+                    self.release_shared();
                     self.state = State::Icap { scanned: 0 };
-                    return Ok(Some(Step::End(LastChunk::default())));
+                    return Ok(Some(M::end(LastChunk::default())));
                 }
                 State::AwaitPreview { .. } => return Ok(None),
                 State::Failed => {
@@ -706,6 +720,7 @@ fn split_head<L>(
 }
 
 impl sealed::Sealed for Request {
+    #[inline]
     fn parse_head(
         dec: &mut Decoder<Request>,
         raw: Bytes,
@@ -781,17 +796,22 @@ impl sealed::Sealed for Request {
         (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
     }
 
-    fn event(step: Step<Self>) -> RequestEvent {
-        match step {
-            Step::Head(m) => RequestEvent::Head(m),
-            Step::Data(d) => RequestEvent::Data(d),
-            Step::PreviewEnd => RequestEvent::PreviewEnd,
-            Step::End(l) => RequestEvent::End(l),
-        }
+    fn head(m: Self) -> RequestEvent {
+        RequestEvent::Head(m)
+    }
+    fn data(d: Bytes) -> RequestEvent {
+        RequestEvent::Data(d)
+    }
+    fn preview_end() -> RequestEvent {
+        RequestEvent::PreviewEnd
+    }
+    fn end(l: LastChunk) -> RequestEvent {
+        RequestEvent::End(l)
     }
 }
 
 impl sealed::Sealed for Response {
+    #[inline]
     fn parse_head(
         dec: &mut Decoder<Response>,
         raw: Bytes,
@@ -840,12 +860,16 @@ impl sealed::Sealed for Response {
         (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
     }
 
-    fn event(step: Step<Self>) -> ResponseEvent {
-        match step {
-            Step::Head(m) => ResponseEvent::Head(m),
-            Step::Data(d) => ResponseEvent::Data(d),
-            Step::End(l) => ResponseEvent::End(l),
-            Step::PreviewEnd => unreachable!("responses have no preview: parse_head gives none"),
-        }
+    fn head(m: Self) -> ResponseEvent {
+        ResponseEvent::Head(m)
+    }
+    fn data(d: Bytes) -> ResponseEvent {
+        ResponseEvent::Data(d)
+    }
+    fn preview_end() -> ResponseEvent {
+        unreachable!("responses have no preview: their parse_head gives no preview budget")
+    }
+    fn end(l: LastChunk) -> ResponseEvent {
+        ResponseEvent::End(l)
     }
 }
