@@ -66,6 +66,19 @@ fn callgrind(spec: &str) {
     let mut it = spec.split(':');
     let (name, what, n) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
     let n: usize = n.parse().unwrap();
+    if let Some(chunk) = name.strip_prefix("body-") {
+        // `body-<chunk>:shared:<n>`: 1 MiB in `chunk`-byte chunks, fed as a shared Bytes.
+        let (wire, _) = support::body_message(1 << 20, chunk.parse().unwrap());
+        let wire = bytes::Bytes::from(wire);
+        let mut dec = ResponseDecoder::default();
+        let mut sum = 0;
+        for _ in 0..n {
+            dec.feed_bytes(wire.clone());
+            sum += drain_response(&mut dec);
+        }
+        std::hint::black_box(sum);
+        return;
+    }
     let f = fixtures()
         .into_iter()
         .find(|f| f.name == name)
