@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::{Buf, Bytes};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use icap::{
-    BodyKind, Encoder, Event, Headers, HttpResponseHead, Request, RequestDecoder, Response,
-    ResponseDecoder,
+    BodyKind, Encoder, Headers, HttpResponseHead, Request, RequestDecoder, RequestEvent, Response,
+    ResponseDecoder, ResponseEvent,
 };
 
 mod support;
@@ -54,8 +54,8 @@ fn decoded(wire: &Bytes, request: bool) -> (Msg, Vec<Bytes>) {
         d.feed(wire);
         while let Some(ev) = d.decode().unwrap() {
             match ev {
-                Event::Head(m) => msg = Some(Msg::Req(m)),
-                Event::Data(b) => body.push(b),
+                RequestEvent::Head(m) => msg = Some(Msg::Req(m)),
+                RequestEvent::Data(b) => body.push(b),
                 _ => {}
             }
         }
@@ -64,8 +64,8 @@ fn decoded(wire: &Bytes, request: bool) -> (Msg, Vec<Bytes>) {
         d.feed(wire);
         while let Some(ev) = d.decode().unwrap() {
             match ev {
-                Event::Head(m) => msg = Some(Msg::Res(m)),
-                Event::Data(b) => body.push(b),
+                ResponseEvent::Head(m) => msg = Some(Msg::Res(m)),
+                ResponseEvent::Data(b) => body.push(b),
                 _ => {}
             }
         }
@@ -76,18 +76,18 @@ fn decoded(wire: &Bytes, request: bool) -> (Msg, Vec<Bytes>) {
 /// Frames `msg` and `body` into `enc`; returns the wire length.
 fn frame(enc: &mut Encoder, msg: &Msg, body: &[Bytes]) -> usize {
     match msg {
-        Msg::Req(r) => enc.request_head(r),
-        Msg::Res(r) => enc.response_head(r),
+        Msg::Req(r) => enc.request_head(r).unwrap(),
+        Msg::Res(r) => enc.response_head(r).unwrap(),
     }
     let has_body = match msg {
         Msg::Req(r) => r.body.is_some(),
         Msg::Res(r) => r.body.is_some(),
     };
     for b in body {
-        enc.data(b.clone());
+        enc.data(b.clone()).unwrap();
     }
     if has_body {
-        enc.end(false);
+        enc.end(false).unwrap();
     }
     enc.remaining()
 }

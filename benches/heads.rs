@@ -9,7 +9,7 @@
 //!
 //! `cargo bench --bench heads -- --warm-up-time 1 --measurement-time 3`
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use icap::{RequestDecoder, ResponseDecoder};
 
 mod support;
@@ -59,5 +59,55 @@ fn heads(c: &mut Criterion) {
     }
 }
 
+/// `ICAP_CALLGRIND=<fixture>:<what>:<n>` (what: `icap`, `all-heads`, `embedded`) runs that
+/// figure `n` times and exits, for instruction counts that do not move with load:
+/// `valgrind --tool=callgrind target/release/deps/heads-*` with n and 2n, difference / n.
+fn callgrind(spec: &str) {
+    let mut it = spec.split(':');
+    let (name, what, n) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+    let n: usize = n.parse().unwrap();
+    if let Some(chunk) = name.strip_prefix("body-") {
+        // `body-<chunk>:shared:<n>`: 1 MiB in `chunk`-byte chunks, fed as a shared Bytes.
+        let (wire, _) = support::body_message(1 << 20, chunk.parse().unwrap());
+        let wire = bytes::Bytes::from(wire);
+        let mut dec = ResponseDecoder::default();
+        let mut sum = 0;
+        for _ in 0..n {
+            dec.feed_bytes(wire.clone());
+            sum += drain_response(&mut dec);
+        }
+        std::hint::black_box(sum);
+        return;
+    }
+    let f = fixtures()
+        .into_iter()
+        .find(|f| f.name == name)
+        .expect("fixture");
+    let (mut req, mut res) = (RequestDecoder::default(), ResponseDecoder::default());
+    let mut sum = 0;
+    for _ in 0..n {
+        sum += match what {
+            "icap" if f.request => {
+                req.feed(&f.wire);
+                drain_request(&mut req)
+            }
+            "icap" => {
+                res.feed(&f.wire);
+                drain_response(&mut res)
+            }
+            "all-heads" => httparse_all_heads(std::hint::black_box(&f)),
+            _ => httparse_embedded(std::hint::black_box(&f)),
+        };
+    }
+    std::hint::black_box(sum);
+}
+
 criterion_group!(benches, heads);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("ICAP_CALLGRIND") {
+        return callgrind(&spec);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -276,14 +276,14 @@ fn build_request(uri: &IcapUri, len: usize, allow_204: bool) -> Result<Request, 
 fn request_wire(uri: &IcapUri, body: &Bytes, allow_204: bool) -> Bytes {
     let req = build_request(uri, body.len(), allow_204).unwrap();
     let mut enc = Encoder::new();
-    enc.request_head(&req);
+    enc.request_head(&req).unwrap();
     let mut off = 0;
     while off < body.len() {
         let end = (off + 64 * 1024).min(body.len());
-        enc.data(body.slice(off..end));
+        enc.data(body.slice(off..end)).unwrap();
         off = end;
     }
-    enc.end(false);
+    enc.end(false).unwrap();
     let mut out = BytesMut::new();
     while bytes::Buf::has_remaining(&enc) {
         let c = bytes::Buf::chunk(&enc);

@@ -61,35 +61,54 @@ fn peers(c: &mut Criterion) {
         }
         g.finish();
     }
-    let (wire, _) = body_message(1 << 20, 16 * 1024);
-    let mut g = c.benchmark_group("peers/body-1MiB-in-16KiB-chunks");
-    g.throughput(Throughput::ElementsAndBytes {
-        elements: 1,
-        bytes: wire.len() as u64,
-    });
-    let mut dec = ResponseDecoder::default();
-    g.bench_function("icap/feed", |b| {
-        b.iter(|| {
-            dec.feed(&wire);
-            drain_response(&mut dec)
-        })
-    });
-    // The zero-copy path: the read buffer is handed over (as a socket read into the
-    // decoder's buffer would be); making the unique buffer is setup, not timed.
-    g.bench_function("icap/feed_bytes", |b| {
-        b.iter_batched(
-            || bytes::Bytes::from(wire.clone()),
-            |buf| {
-                dec.feed_bytes(buf);
+    for (chunk, label) in [(16 * 1024, "16KiB"), (1024, "1KiB")] {
+        let (wire, _) = body_message(1 << 20, chunk);
+        let mut g = c.benchmark_group(format!("peers/body-1MiB-in-{label}-chunks"));
+        g.throughput(Throughput::ElementsAndBytes {
+            elements: 1,
+            bytes: wire.len() as u64,
+        });
+        let mut dec = ResponseDecoder::default();
+        g.bench_function("icap/feed", |b| {
+            b.iter(|| {
+                dec.feed(&wire);
                 drain_response(&mut dec)
-            },
-            criterion::BatchSize::LargeInput,
-        )
-    });
-    g.bench_function("icap-rs", |b| {
-        b.iter(|| icap_rs::ParsedResponse::from_raw(std::hint::black_box(&wire)).expect("icap-rs"))
-    });
-    g.finish();
+            })
+        });
+        // The zero-copy path: the read buffer is handed over (as a socket read into the
+        // decoder's buffer would be); making the unique buffer is setup, not timed.
+        g.bench_function("icap/feed_bytes", |b| {
+            b.iter_batched(
+                || bytes::Bytes::from(wire.clone()),
+                |buf| {
+                    dec.feed_bytes(buf);
+                    drain_response(&mut dec)
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+        // A shared buffer (the caller keeps a clone): decoded in place, no setup.
+        let shared = bytes::Bytes::from(wire.clone());
+        g.bench_function("icap/feed_bytes-shared", |b| {
+            b.iter(|| {
+                dec.feed_bytes(shared.clone());
+                drain_response(&mut dec)
+            })
+        });
+        g.bench_function("icap-rs", |b| {
+            b.iter(|| {
+                icap_rs::ParsedResponse::from_raw(std::hint::black_box(&wire)).expect("icap-rs")
+            })
+        });
+        let mut dst = vec![0u8; wire.len()];
+        g.bench_function("memcpy", |b| {
+            b.iter(|| {
+                dst.copy_from_slice(std::hint::black_box(&wire));
+                std::hint::black_box(&dst);
+            })
+        });
+        g.finish();
+    }
 }
 
 criterion_group!(benches, peers);

@@ -227,7 +227,7 @@ async fn run(args: Args) -> Result<u8, String> {
             .to_request(server, args.preview, client.config())
             .map_err(|e| e.to_string())?;
         let mut e = Encoder::new();
-        e.request_head(&head);
+        e.request_head(&head).map_err(|e| e.to_string())?;
         eprintln!("--- request head for {server}\n{}", show(&e.to_bytes()));
     }
     let x = client.send(req).await.map_err(|e| e.to_string())?;

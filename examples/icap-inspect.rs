@@ -18,8 +18,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use icap::{
-    Encapsulated, Event, Headers, HttpRequestHead, HttpResponseHead, Request, RequestDecoder,
-    Response, ResponseDecoder,
+    Encapsulated, Headers, HttpRequestHead, HttpResponseHead, Request, RequestDecoder,
+    RequestEvent, Response, ResponseDecoder, ResponseEvent,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -156,7 +156,7 @@ fn error(e: &icap::Error) -> ExitCode {
 
 /// Drives a decoder over `input`; `head` turns a head event into a pending message.
 macro_rules! run {
-    ($dec:expr, $input:expr, $feed:expr, $head:expr, $preview:expr) => {{
+    ($dec:expr, $ev:ident, $input:expr, $feed:expr, $head:expr, $preview:expr) => {{
         let mut dec = $dec;
         let mut pos = 0usize;
         let mut cur: Option<Pending> = None;
@@ -168,18 +168,19 @@ macro_rules! run {
                     Err(e) => return error(&e),
                 };
                 match ev {
-                    Event::Head(m) => cur = Some($head(&m)),
-                    Event::Data(d) => {
+                    $ev::Head(m) => cur = Some($head(&m)),
+                    $ev::Data(d) => {
                         let p = cur.as_mut().expect("data follows a head");
                         p.len += d.len() as u64;
                         p.sha.update(&d);
                     }
-                    Event::PreviewEnd => {}
-                    Event::End(last) => {
+                    $ev::End(last) => {
                         if let Some(p) = cur.take() {
                             p.print(last.ieof, last.use_original_body);
                         }
                     }
+                    // PreviewEnd: the preview decision is taken below.
+                    _ => {}
                 }
             }
             if !$preview(&mut dec, &mut cur, pos >= $input.len()) {
@@ -229,6 +230,7 @@ fn main() -> ExitCode {
     match role {
         Role::Request => run!(
             RequestDecoder::default(),
+            RequestEvent,
             input,
             feed,
             |m: &Request| Pending::new(request_json(m), m.body),
@@ -252,6 +254,7 @@ fn main() -> ExitCode {
         ),
         Role::Response => run!(
             ResponseDecoder::default(),
+            ResponseEvent,
             input,
             feed,
             |m: &Response| Pending::new(response_json(m), m.body),

@@ -77,6 +77,24 @@ pub struct ChunkedDecoder {
     max_headers: usize,
 }
 
+/// A buffer the chunked decoder reads from: bytes at the front, consumed from the front.
+pub(crate) trait Input: std::ops::Deref<Target = [u8]> + Buf {
+    /// The first `n` bytes, split off as a `Bytes` without copying.
+    fn take(&mut self, n: usize) -> Bytes;
+}
+
+impl Input for BytesMut {
+    fn take(&mut self, n: usize) -> Bytes {
+        self.split_to(n).freeze()
+    }
+}
+
+impl Input for Bytes {
+    fn take(&mut self, n: usize) -> Bytes {
+        self.split_to(n)
+    }
+}
+
 fn hex(b: u8) -> Option<u64> {
     match b {
         b'0'..=b'9' => Some((b - b'0') as u64),
@@ -132,6 +150,16 @@ impl ChunkedDecoder {
     /// and more is needed; after `Chunk::Last` the decoder is done and leaves the rest of
     /// `buf` (the next message) alone.
     pub fn decode(&mut self, buf: &mut BytesMut, base: &mut u64) -> Result<Option<Chunk>> {
+        self.decode_from(buf, base)
+    }
+
+    /// [`ChunkedDecoder::decode`] from either kind of input buffer: the decoder's own, or a
+    /// caller's `Bytes` decoded in place.
+    pub(crate) fn decode_from<I: Input>(
+        &mut self,
+        buf: &mut I,
+        base: &mut u64,
+    ) -> Result<Option<Chunk>> {
         let mut i = 0;
         let err = |kind, at: usize, msg: String| Err(Error::new(kind, *base + at as u64, msg));
         loop {
@@ -151,7 +179,7 @@ impl ChunkedDecoder {
                         self.state = State::DataCr;
                     }
                     *base += n as u64;
-                    return Ok(Some(Chunk::Data(buf.split_to(n).freeze())));
+                    return Ok(Some(Chunk::Data(buf.take(n))));
                 }
                 State::Trailer => {
                     if i > 0 {
@@ -341,7 +369,7 @@ impl ChunkedDecoder {
         Ok(out)
     }
 
-    fn trailer(&mut self, buf: &mut BytesMut, base: &mut u64) -> Result<Option<Chunk>> {
+    fn trailer<I: Input>(&mut self, buf: &mut I, base: &mut u64) -> Result<Option<Chunk>> {
         if buf.len() < 2 {
             return Ok(None);
         }
@@ -360,10 +388,11 @@ impl ChunkedDecoder {
             };
         match found {
             Some(n) if n <= self.max_trailer => {
-                let raw = buf.split_to(n).freeze();
+                let raw = buf.take(n);
                 let at = *base;
                 *base += n as u64;
-                let h = Headers::parse(raw, 0, n - 2, self.max_headers, None)
+                // Trailers are rare: their own small arena rather than the decoder's.
+                let h = Headers::parse(raw, 0, n - 2, self.max_headers, None, &mut BytesMut::new())
                     .map_err(|e| Error::new(ErrorKind::BadTrailer, at + e.offset(), e.message()))?;
                 Ok(Some(self.finish(Some(h))))
             }

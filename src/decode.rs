@@ -2,13 +2,13 @@
 //! role).
 //!
 //! Push bytes in ([`Decoder::feed`], or read straight into [`Decoder::buffer_mut`]) and pull
-//! [`Event`]s out with [`Decoder::decode`] until it returns `Ok(None)`. A message yields one
+//! events ([`RequestEvent`], [`ResponseEvent`]) out with [`Decoder::decode`] until it returns `Ok(None)`. A message yields one
 //! `Head` (ICAP head plus encapsulated HTTP heads, once all have arrived), zero or more `Data`
 //! pieces of de-chunked body, each a `Bytes` view of the input, and `End`. Messages follow each
 //! other on one connection, so after `End` the next `Head` may come at once.
 //!
 //! Preview (RFC 3507 4.5) needs one decision from outside: after a preview without `ieof`
-//! the decoder reports [`Event::PreviewEnd`] and waits; the server then calls
+//! the decoder reports [`RequestEvent::PreviewEnd`] and waits; the server then calls
 //! [`RequestDecoder::continue_after_preview`] if it sent `100 Continue`, or
 //! [`RequestDecoder::finish_after_preview`] if it sent a final answer. The decoder owns framing
 //! only; what a server may answer, and when, belongs to a transaction layer above it.
@@ -22,37 +22,100 @@ use crate::head::{
     parse_head_fast, parse_request_line, parse_status_line, scan_head, HttpRequestHead,
     HttpResponseHead, Method,
 };
-use crate::headers::Headers;
+use crate::headers::{ready_arena, Headers};
 use crate::limits::Limits;
 use crate::message::{BodyKind, Request, Response};
 
-/// What the decoder produced.
+/// What a [`RequestDecoder`] produced.
+// Not boxed: one head per message moves through here, and a box would be an allocation per
+// message on a path that makes none.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event<M> {
-    /// A message's ICAP head and encapsulated HTTP heads.
-    Head(M),
+#[non_exhaustive]
+pub enum RequestEvent {
+    /// A request's ICAP head and encapsulated HTTP heads.
+    Head(Request),
     /// A piece of de-chunked body, a view of the input buffer.
     Data(Bytes),
     /// A preview ended without `ieof`: the client waits for `100 Continue` or a final answer.
-    /// Requests only; tell the decoder which with `continue_after_preview` or
-    /// `finish_after_preview`. Until then `decode` returns `Ok(None)` and bytes fed meanwhile
-    /// are only buffered, without a limit: a server should stop reading until it decides
-    /// (a client must not send before the answer anyway).
+    /// Tell the decoder which with [`RequestDecoder::continue_after_preview`] or
+    /// [`RequestDecoder::finish_after_preview`]. Until then `decode` returns `Ok(None)` and
+    /// bytes fed meanwhile are only buffered, without a limit: a server should stop reading
+    /// until it decides (a client must not send before the answer anyway).
     PreviewEnd,
-    /// The message is complete.
+    /// The request is complete.
     End(LastChunk),
 }
 
-/// The two message kinds a [`Decoder`] can produce. Sealed: implemented by [`Request`] and
-/// [`Response`] only.
-pub trait Message: sealed::Sealed + Sized {}
-impl Message for Request {}
-impl Message for Response {}
+/// What a [`ResponseDecoder`] produced. Responses have no preview, so no `PreviewEnd`.
+#[allow(clippy::large_enum_variant)] // not boxed, as `RequestEvent`
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResponseEvent {
+    /// A response's ICAP head and encapsulated HTTP heads.
+    Head(Response),
+    /// A piece of de-chunked body, a view of the input buffer.
+    Data(Bytes),
+    /// The response is complete.
+    End(LastChunk),
+}
 
+/// The two message kinds a [`Decoder`] can produce, each with its own event type. Sealed:
+/// implemented by [`Request`] and [`Response`] only.
+pub trait Message: sealed::Sealed {
+    /// What a decoder of this message kind yields: [`RequestEvent`] or [`ResponseEvent`].
+    type Event: std::fmt::Debug;
+}
+impl Message for Request {
+    type Event = RequestEvent;
+}
+impl Message for Response {
+    type Event = ResponseEvent;
+}
+
+/// The role-specific half of decoding, out of the public API: only this module implements it.
 mod sealed {
-    pub trait Sealed {}
-    impl Sealed for crate::Request {}
-    impl Sealed for crate::Response {}
+    use super::*;
+
+    pub trait Sealed: Sized {
+        /// Parses a whole ICAP head; `headers` when they were already parsed in one pass with
+        /// finding the head's end. Returns the message, its Encapsulated, and the preview size
+        /// when its body is a preview.
+        fn parse_head(
+            dec: &mut Decoder<Self>,
+            raw: Bytes,
+            at: u64,
+            headers: Option<(usize, Headers)>,
+        ) -> Result<(Self, Option<Encapsulated>, Option<u64>)>
+        where
+            Self: Message;
+        /// Where a message keeps its encapsulated heads and body kind, so that they are parsed
+        /// straight into it.
+        fn parts(
+            msg: &mut Self,
+        ) -> (
+            &mut Option<HttpRequestHead>,
+            &mut Option<HttpResponseHead>,
+            &mut Option<BodyKind>,
+        );
+        /// The role's events, built where `step` finds them (converting a generic step
+        /// afterwards would copy the large head once more per event).
+        fn head(m: Self) -> <Self as Message>::Event
+        where
+            Self: Message;
+        /// A body piece.
+        fn data(d: Bytes) -> <Self as Message>::Event
+        where
+            Self: Message;
+        /// A preview ended without `ieof` (requests only: a response has no preview budget).
+        fn preview_end() -> <Self as Message>::Event
+        where
+            Self: Message;
+        /// The end of a message.
+        fn end(l: LastChunk) -> <Self as Message>::Event
+        where
+            Self: Message;
+    }
 }
 
 #[derive(Debug)]
@@ -60,9 +123,10 @@ enum State<M> {
     /// Waiting for the ICAP head; `scanned` bytes of the buffer are known to hold no end.
     Icap { scanned: usize },
     /// ICAP head parsed; waiting for `heads` bytes of encapsulated HTTP heads. Only when
-    /// they had not all arrived with the ICAP head (boxed: the message is large).
+    /// they had not all arrived with the ICAP head. Not boxed, though large: a box would be an
+    /// allocation per message read in pieces.
     Heads {
-        msg: Box<M>,
+        msg: M,
         enc: Encapsulated,
         at: u64,
         preview: Option<u64>,
@@ -83,64 +147,48 @@ enum State<M> {
 /// A streaming ICAP decoder for one direction of one connection.
 #[derive(Debug)]
 pub struct Decoder<M: Message> {
+    /// The decoder's own buffer: what `feed` copies in and `buffer_mut` reads into.
     buf: BytesMut,
+    /// A caller's buffer given to `feed_bytes` while nothing else was buffered: decoded in
+    /// place, shared or not, and handed out in slices. At most one of `buf` and `shared`
+    /// holds bytes; the input is whichever does.
+    shared: Bytes,
     /// Stream offset of `buf[0]`.
     consumed: u64,
     limits: Limits,
     state: State<M>,
     /// Responses: the method of the request being answered, for Encapsulated rules.
     expect: Option<Method>,
+    /// Where parsed header fields' offsets are packed: one shared buffer, reclaimed once the
+    /// heads that point into it are dropped, so a steady stream of messages allocates nothing.
+    spans: BytesMut,
 }
+
+/// Bytes [`Decoder::feed`] makes room for when it must grow the buffer.
+const FEED_ROOM: usize = 8 * 1024;
 
 /// Decodes ICAP requests: the server side of a connection.
 pub type RequestDecoder = Decoder<Request>;
 /// Decodes ICAP responses: the client side of a connection.
 pub type ResponseDecoder = Decoder<Response>;
 
-impl<M: Message> Default for Decoder<M>
-where
-    Decoder<M>: Decode<M>,
-{
+impl<M: Message> Default for Decoder<M> {
     fn default() -> Self {
         Self::new(Limits::default())
     }
 }
 
-/// The role-specific half of decoding; implemented for both decoders.
-#[doc(hidden)]
-pub trait Decode<M> {
-    /// Parses a whole ICAP head; `headers` when they were already parsed in one pass with
-    /// finding the head's end. Returns the message, its Encapsulated, and the preview size
-    /// when its body is a preview.
-    fn parse_head(
-        &mut self,
-        raw: Bytes,
-        at: u64,
-        headers: Option<(usize, Headers)>,
-    ) -> Result<(M, Option<Encapsulated>, Option<u64>)>;
-    /// Where a message keeps its encapsulated heads and body kind, so that they are parsed
-    /// straight into it.
-    fn parts(
-        msg: &mut M,
-    ) -> (
-        &mut Option<HttpRequestHead>,
-        &mut Option<HttpResponseHead>,
-        &mut Option<BodyKind>,
-    );
-}
-
-impl<M: Message> Decoder<M>
-where
-    Decoder<M>: Decode<M>,
-{
+impl<M: Message> Decoder<M> {
     /// A decoder with the given limits.
     pub fn new(limits: Limits) -> Self {
         Decoder {
             buf: BytesMut::new(),
+            shared: Bytes::new(),
             consumed: 0,
             limits,
             state: State::Icap { scanned: 0 },
             expect: None,
+            spans: BytesMut::new(),
         }
     }
 
@@ -151,30 +199,55 @@ where
 
     /// Appends bytes (copying them) for the next [`Decoder::decode`].
     pub fn feed(&mut self, bytes: &[u8]) {
+        self.unshare();
+        let room = self.buf.capacity() - self.buf.len();
+        // Room for more reads, made while nothing is buffered (when the previous messages
+        // have usually been dropped and the buffer is reclaimed in place): a message often
+        // comes in several reads, and once its first part is split off (a parsed ICAP head
+        // waiting for its HTTP heads) growing the buffer allocates.
+        if room < bytes.len() || (self.buf.is_empty() && room < FEED_ROOM / 2) {
+            self.buf.reserve(bytes.len().max(FEED_ROOM));
+        }
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Appends a buffer without copying it when the decoder holds no unread bytes and `bytes`
-    /// is not shared; otherwise copies.
+    /// Appends a buffer. When the decoder holds no unread bytes (always between messages,
+    /// and inside a body, whose framing is kept as state), `bytes` is decoded where it is,
+    /// shared or not: body pieces and heads are slices of it, nothing is copied, and the
+    /// decoder drops its hold once every byte is decoded. Otherwise (a head cut short by the
+    /// previous read) the unread bytes and `bytes` are copied together.
     pub fn feed_bytes(&mut self, bytes: Bytes) {
-        if self.buf.is_empty() {
-            match bytes.try_into_mut() {
-                Ok(m) => self.buf = m,
-                Err(b) => self.buf.extend_from_slice(&b),
-            }
+        if bytes.is_empty() {
+            return;
+        }
+        if self.buf.is_empty() && self.shared.is_empty() {
+            self.shared = bytes;
         } else {
-            self.buf.extend_from_slice(&bytes);
+            self.feed(&bytes);
+        }
+    }
+
+    /// The caller's buffer's unread bytes, moved into the decoder's own before it grows.
+    fn unshare(&mut self) {
+        if !self.shared.is_empty() {
+            let rest = std::mem::take(&mut self.shared);
+            self.buf.extend_from_slice(&rest);
         }
     }
 
     /// The input buffer, to read into directly (e.g. `socket.read_buf(dec.buffer_mut())`).
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        self.unshare();
         &mut self.buf
     }
 
     /// Bytes received but not decoded yet.
     pub fn buffered(&self) -> &[u8] {
-        &self.buf
+        if self.shared.is_empty() {
+            &self.buf
+        } else {
+            &self.shared
+        }
     }
 
     /// Stream offset of the next undecoded byte: bytes consumed so far.
@@ -184,7 +257,7 @@ where
 
     /// True between messages: nothing of a message has been decoded or buffered.
     pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Icap { .. }) && self.buf.is_empty()
+        matches!(self.state, State::Icap { .. }) && self.buffered().is_empty()
     }
 
     /// True after an error: the connection must be closed, never reused.
@@ -199,13 +272,17 @@ where
 
     fn take(&mut self, n: usize) -> Bytes {
         self.consumed += n as u64;
-        self.buf.split_to(n).freeze()
+        if self.shared.is_empty() {
+            self.buf.split_to(n).freeze()
+        } else {
+            self.shared.split_to(n)
+        }
     }
 
     /// Decodes the next event from buffered bytes; `Ok(None)` means more input is needed
-    /// (or, after [`Event::PreviewEnd`], a decision). After an error every call fails again.
-    pub fn decode(&mut self) -> Result<Option<Event<M>>> {
-        // Returned as it came: re-wrapping would copy the (large) message once more.
+    /// (or, after [`RequestEvent::PreviewEnd`], a decision). After an error every call fails again.
+    pub fn decode(&mut self) -> Result<Option<M::Event>> {
+        // Returned as it came: re-wrapping would copy the (large) event once more.
         let r = self.step();
         if r.is_err() {
             self.state = State::Failed;
@@ -213,11 +290,20 @@ where
         r
     }
 
+    /// An empty view still holds the caller's buffer (`advance` keeps it): let go, so the
+    /// caller can reuse its buffer for the next read. Called where a body or message ends.
+    fn release_shared(&mut self) {
+        if self.shared.is_empty() {
+            self.shared = Bytes::new();
+        }
+    }
+
     /// Call when the peer closed the connection. `Ok(())` when it closed between messages;
     /// an [`ErrorKind::UnexpectedEof`] error when a message was cut short.
     pub fn decode_eof(&mut self) -> Result<()> {
         // Only whole blank lines may sit between messages, as in `decode`.
-        let blank = self.buf.len() % 2 == 0 && self.buf.chunks_exact(2).all(|c| c == b"\r\n");
+        let input = self.buffered();
+        let blank = input.len() % 2 == 0 && input.chunks_exact(2).all(|c| c == b"\r\n");
         match self.state {
             State::Icap { .. } if blank => Ok(()),
             State::Failed => Err(Error::new(
@@ -226,7 +312,7 @@ where
                 "the decoder has already failed",
             )),
             _ => {
-                let at = self.consumed + self.buf.len() as u64;
+                let at = self.consumed + self.buffered().len() as u64;
                 Err(self.fail(Error::new(
                     ErrorKind::UnexpectedEof,
                     at,
@@ -241,9 +327,9 @@ where
     /// bytes are needed.
     fn scan_icap(&mut self, scanned: usize, limit: usize) -> Result<Option<usize>> {
         let from = scanned.saturating_sub(3);
-        let found = scan_head(&self.buf[..limit], from).map_err(|e| e.at(self.consumed))?;
+        let found = scan_head(&self.buffered()[..limit], from).map_err(|e| e.at(self.consumed))?;
         let Some(n) = found else {
-            if self.buf.len() > self.limits.max_icap_head {
+            if self.buffered().len() > self.limits.max_icap_head {
                 return Err(Error::new(
                     ErrorKind::IcapHeadTooLarge,
                     self.consumed + self.limits.max_icap_head as u64,
@@ -251,7 +337,7 @@ where
                 ));
             }
             self.state = State::Icap {
-                scanned: self.buf.len(),
+                scanned: self.buffered().len(),
             };
             return Ok(None);
         };
@@ -277,9 +363,9 @@ where
         enc: Encapsulated,
         at: u64,
         preview: Option<u64>,
-    ) -> Result<Option<Event<M>>> {
+    ) -> Result<Option<M::Event>> {
         let need = enc.heads_len() as usize;
-        let (req, res, body_kind) = Self::parts(&mut msg);
+        let (req, res, body_kind) = M::parts(&mut msg);
         if need > 0 {
             // Moved, not sliced, into a section that fills it (one refcount less).
             let mut raw = Some(self.take(need));
@@ -298,7 +384,7 @@ where
                 match section {
                     crate::Section::ReqHdr => {
                         *req = Some(
-                            HttpRequestHead::parse(part, self.limits.max_headers)
+                            HttpRequestHead::parse(part, self.limits.max_headers, &mut self.spans)
                                 .map_err(|e| e.at(base))?,
                         )
                     }
@@ -308,6 +394,7 @@ where
                                 part,
                                 self.limits.max_headers,
                                 self.limits.max_folded_value,
+                                &mut self.spans,
                             )
                             .map_err(|e| e.at(base))?,
                         )
@@ -330,10 +417,10 @@ where
         } else {
             self.state = State::EndPending;
         }
-        Ok(Some(Event::Head(msg)))
+        Ok(Some(M::head(msg)))
     }
 
-    fn step(&mut self) -> Result<Option<Event<M>>> {
+    fn step(&mut self) -> Result<Option<M::Event>> {
         loop {
             match &mut self.state {
                 State::Icap { scanned } => {
@@ -342,7 +429,7 @@ where
                     // pairs only. A stray CR or LF is left to the head scan, which rejects it
                     // at its own offset (a bare LF) or as part of a bad start line.
                     let pairs = self
-                        .buf
+                        .buffered()
                         .chunks_exact(2)
                         .take_while(|c| *c == b"\r\n")
                         .count();
@@ -353,12 +440,21 @@ where
                     }
                     // Never look past the limit: what lies beyond it must not change the
                     // error (a bare LF there would otherwise win when the bytes come at once).
-                    let limit = self.buf.len().min(self.limits.max_icap_head);
+                    let limit = self.buffered().len().min(self.limits.max_icap_head);
                     // First look at a message: find its end and parse its header lines in one
                     // pass. Anything but a complete, well-formed head (and every later look,
                     // when bytes trickle in) takes the resumable scan below.
+                    ready_arena(&mut self.spans);
                     let fast = if scanned == 0 {
-                        parse_head_fast(&self.buf[..limit], self.limits.max_headers)
+                        parse_head_fast(
+                            if self.shared.is_empty() {
+                                &self.buf[..limit]
+                            } else {
+                                &self.shared[..limit]
+                            },
+                            self.limits.max_headers,
+                            &mut self.spans,
+                        )
                     } else {
                         None
                     };
@@ -377,12 +473,12 @@ where
                         }
                         None => (raw, None),
                     };
-                    let (msg, enc, preview) = self.parse_head(raw, at, headers)?;
+                    let (msg, enc, preview) = M::parse_head(self, raw, at, headers)?;
                     match enc {
                         None => {
                             // No Encapsulated header: nothing follows the head.
                             self.state = State::EndPending;
-                            return Ok(Some(Event::Head(msg)));
+                            return Ok(Some(M::head(msg)));
                         }
                         Some(enc) => {
                             let heads = enc.heads_len();
@@ -397,11 +493,11 @@ where
                                 ));
                             }
                             let at = self.consumed;
-                            if self.buf.len() as u64 >= heads {
+                            if self.buffered().len() as u64 >= heads {
                                 return self.finish_heads(msg, enc, at, preview);
                             }
                             self.state = State::Heads {
-                                msg: Box::new(msg),
+                                msg,
                                 enc,
                                 at,
                                 preview,
@@ -411,7 +507,7 @@ where
                 }
                 State::Heads { enc, .. } => {
                     let need = enc.heads_len() as usize;
-                    if self.buf.len() < need {
+                    if self.buffered().len() < need {
                         return Ok(None);
                     }
                     let State::Heads {
@@ -423,27 +519,38 @@ where
                     else {
                         unreachable!("matched above")
                     };
-                    return self.finish_heads(*msg, enc, at, preview);
+                    return self.finish_heads(msg, enc, at, preview);
                 }
                 State::Body { chunked, preview } => {
                     let preview = *preview;
-                    match chunked.decode(&mut self.buf, &mut self.consumed)? {
+                    let got = if self.shared.is_empty() {
+                        chunked.decode_from(&mut self.buf, &mut self.consumed)?
+                    } else {
+                        let got = chunked.decode_from(&mut self.shared, &mut self.consumed)?;
+                        // Inline `release_shared` (`chunked` borrows the state).
+                        if self.shared.is_empty() {
+                            self.shared = Bytes::new();
+                        }
+                        got
+                    };
+                    match got {
                         None => return Ok(None),
-                        Some(Chunk::Data(d)) => return Ok(Some(Event::Data(d))),
+                        Some(Chunk::Data(d)) => return Ok(Some(M::data(d))),
                         Some(Chunk::Last(last)) => {
                             if preview && !last.ieof {
                                 let total = chunked.total();
                                 self.state = State::AwaitPreview { total };
-                                return Ok(Some(Event::PreviewEnd));
+                                return Ok(Some(M::preview_end()));
                             }
                             self.state = State::Icap { scanned: 0 };
-                            return Ok(Some(Event::End(last)));
+                            return Ok(Some(M::end(last)));
                         }
                     }
                 }
                 State::EndPending => {
+                    self.release_shared();
                     self.state = State::Icap { scanned: 0 };
-                    return Ok(Some(Event::End(LastChunk::default())));
+                    return Ok(Some(M::end(LastChunk::default())));
                 }
                 State::AwaitPreview { .. } => return Ok(None),
                 State::Failed => {
@@ -459,7 +566,7 @@ where
 }
 
 impl Decoder<Request> {
-    /// After [`Event::PreviewEnd`]: the server sent `100 Continue`, so the rest of the body
+    /// After [`RequestEvent::PreviewEnd`]: the server sent `100 Continue`, so the rest of the body
     /// follows as more chunks (counted together with the preview).
     pub fn continue_after_preview(&mut self) -> Result<()> {
         let State::AwaitPreview { total } = self.state else {
@@ -480,7 +587,7 @@ impl Decoder<Request> {
         Ok(())
     }
 
-    /// After [`Event::PreviewEnd`]: the server answered with a final response (204, 200 ...),
+    /// After [`RequestEvent::PreviewEnd`]: the server answered with a final response (204, 200 ...),
     /// so the client sends nothing more for this message; the next bytes are a new request.
     pub fn finish_after_preview(&mut self) -> Result<()> {
         if !matches!(self.state, State::AwaitPreview { .. }) {
@@ -499,12 +606,9 @@ impl Decoder<Request> {
     /// chunk-size line follows (the client continued) or a new request starts. `None` when
     /// too few bytes are buffered to tell. A server must not use this: it knows what it sent.
     pub fn next_looks_like_chunk(&self) -> Option<bool> {
-        let digits = self
-            .buf
-            .iter()
-            .take_while(|b| b.is_ascii_hexdigit())
-            .count();
-        match self.buf.get(digits) {
+        let input = self.buffered();
+        let digits = input.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        match input.get(digits) {
             None => None,
             Some(b';' | b'\r' | b' ' | b'\t') => Some(digits > 0),
             Some(_) => Some(false),
@@ -594,6 +698,7 @@ fn split_head<L>(
     max_headers: usize,
     fold: Option<usize>,
     parse_line: LineParser<L>,
+    arena: &mut BytesMut,
 ) -> Result<(L, Headers)> {
     let (hstart, head): (_, IcapHead) = match headers {
         Some((hstart, h)) => (Some(hstart), Ok(h)),
@@ -608,15 +713,16 @@ fn split_head<L>(
         Ok(h) => h,
         Err(raw) => {
             let n = raw.len();
-            Headers::parse(raw, hstart, n - 2, max_headers, fold).map_err(|e| e.at(at))?
+            Headers::parse(raw, hstart, n - 2, max_headers, fold, arena).map_err(|e| e.at(at))?
         }
     };
     Ok((line, headers))
 }
 
-impl Decode<Request> for Decoder<Request> {
+impl sealed::Sealed for Request {
+    #[inline]
     fn parse_head(
-        &mut self,
+        dec: &mut Decoder<Request>,
         raw: Bytes,
         at: u64,
         headers: Option<(usize, Headers)>,
@@ -625,9 +731,10 @@ impl Decode<Request> for Decoder<Request> {
             raw,
             at,
             headers,
-            self.limits.max_headers,
+            dec.limits.max_headers,
             None,
             parse_request_line,
+            &mut dec.spans,
         )?;
         let (enc, preview) = icap_fields(&headers, at, true)?;
         match &enc {
@@ -653,13 +760,13 @@ impl Decode<Request> for Decoder<Request> {
                     ),
                 )
             })?;
-            if p > self.limits.max_preview {
+            if p > dec.limits.max_preview {
                 return Err(Error::new(
                     ErrorKind::PreviewTooLarge,
                     at,
                     format!(
                         "Preview of {p} bytes is over the limit of {}",
-                        self.limits.max_preview
+                        dec.limits.max_preview
                     ),
                 ));
             }
@@ -688,11 +795,25 @@ impl Decode<Request> for Decoder<Request> {
     ) {
         (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
     }
+
+    fn head(m: Self) -> RequestEvent {
+        RequestEvent::Head(m)
+    }
+    fn data(d: Bytes) -> RequestEvent {
+        RequestEvent::Data(d)
+    }
+    fn preview_end() -> RequestEvent {
+        RequestEvent::PreviewEnd
+    }
+    fn end(l: LastChunk) -> RequestEvent {
+        RequestEvent::End(l)
+    }
 }
 
-impl Decode<Response> for Decoder<Response> {
+impl sealed::Sealed for Response {
+    #[inline]
     fn parse_head(
-        &mut self,
+        dec: &mut Decoder<Response>,
         raw: Bytes,
         at: u64,
         headers: Option<(usize, Headers)>,
@@ -701,9 +822,10 @@ impl Decode<Response> for Decoder<Response> {
             raw,
             at,
             headers,
-            self.limits.max_headers,
-            Some(self.limits.max_folded_value),
+            dec.limits.max_headers,
+            Some(dec.limits.max_folded_value),
             parse_status_line,
+            &mut dec.spans,
         )?;
         let (enc, _) = icap_fields(&headers, at, false)?;
         // 100 and 204 end with their head, whatever Encapsulated says (RFC 3507 4.5, 4.6):
@@ -713,7 +835,7 @@ impl Decode<Response> for Decoder<Response> {
             _ => enc,
         };
         if let Some(e) = &enc {
-            e.check_response(self.expect.as_ref())
+            e.check_response(dec.expect.as_ref())
                 .map_err(|e| e.at(at))?;
         }
         let res = Response {
@@ -736,5 +858,18 @@ impl Decode<Response> for Decoder<Response> {
         &mut Option<BodyKind>,
     ) {
         (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
+    }
+
+    fn head(m: Self) -> ResponseEvent {
+        ResponseEvent::Head(m)
+    }
+    fn data(d: Bytes) -> ResponseEvent {
+        ResponseEvent::Data(d)
+    }
+    fn preview_end() -> ResponseEvent {
+        unreachable!("responses have no preview: their parse_head gives no preview budget")
+    }
+    fn end(l: LastChunk) -> ResponseEvent {
+        ResponseEvent::End(l)
     }
 }

@@ -137,18 +137,26 @@ fn line_end(raw: &[u8]) -> usize {
 /// length, where the header lines start, and the fields. `None` when the head is incomplete,
 /// has a bare LF, or anything [`parse_block`] leaves to the byte-exact path; callers then scan
 /// and parse as before, which reports the same error at the same offset.
-pub(crate) fn parse_head_fast(buf: &[u8], max_headers: usize) -> Option<(usize, usize, Entries)> {
+pub(crate) fn parse_head_fast(
+    buf: &[u8],
+    max_headers: usize,
+    arena: &mut BytesMut,
+) -> Option<(usize, usize, Entries)> {
     let lf = memchr::memchr(b'\n', buf)?;
     if lf == 0 || buf[lf - 1] != b'\r' {
         return None;
     }
-    let (n, entries) = parse_block(buf, lf + 1, max_headers)?;
+    let (n, entries) = parse_block(buf, lf + 1, max_headers, arena)?;
     Some((lf + 1 + n, lf + 1, entries))
 }
 
 /// [`parse_head_fast`] on an encapsulated head that must fill `raw` exactly.
-fn exact_head_fast(raw: &[u8], max_headers: usize) -> Option<(usize, Entries)> {
-    let (n, hstart, entries) = parse_head_fast(raw, max_headers)?;
+fn exact_head_fast(
+    raw: &[u8],
+    max_headers: usize,
+    arena: &mut BytesMut,
+) -> Option<(usize, Entries)> {
+    let (n, hstart, entries) = parse_head_fast(raw, max_headers, arena)?;
     (n == raw.len()).then_some((hstart, entries))
 }
 
@@ -377,16 +385,20 @@ fn http_version(v: &[u8]) -> bool {
 
 impl HttpRequestHead {
     /// Parses an encapsulated request head that must fill `raw` exactly.
-    pub(crate) fn parse(raw: Bytes, max_headers: usize) -> Result<Self> {
-        match Self::parse_fast(raw, max_headers) {
+    pub(crate) fn parse(raw: Bytes, max_headers: usize, arena: &mut BytesMut) -> Result<Self> {
+        match Self::parse_fast(raw, max_headers, arena) {
             Ok(h) => Ok(h),
-            Err(raw) => Self::parse_exact(raw, max_headers),
+            Err(raw) => Self::parse_exact(raw, max_headers, arena),
         }
     }
 
     /// One pass for a well-formed head; gives `raw` back for anything else.
-    fn parse_fast(raw: Bytes, max_headers: usize) -> std::result::Result<Self, Bytes> {
-        let Some((hstart, entries)) = exact_head_fast(&raw, max_headers) else {
+    fn parse_fast(
+        raw: Bytes,
+        max_headers: usize,
+        arena: &mut BytesMut,
+    ) -> std::result::Result<Self, Bytes> {
+        let Some((hstart, entries)) = exact_head_fast(&raw, max_headers, arena) else {
             return Err(raw);
         };
         let line = &raw[..hstart - 2];
@@ -405,7 +417,7 @@ impl HttpRequestHead {
     }
 
     /// Scan, then parse, with exact error offsets.
-    fn parse_exact(raw: Bytes, max_headers: usize) -> Result<Self> {
+    fn parse_exact(raw: Bytes, max_headers: usize, arena: &mut BytesMut) -> Result<Self> {
         exact_head(&raw, "req-hdr", max_headers)?;
         let end = line_end(&raw);
         let line = &raw[..end];
@@ -413,7 +425,14 @@ impl HttpRequestHead {
             .filter(|(m, t, v)| is_token(m) && !t.is_empty() && !has_ctl(t) && http_version(v))
             .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP request line"))?;
         let (ml, tl, vl) = (m.len(), t.len(), v.len());
-        let headers = Headers::parse(raw.clone(), end + 2, raw.len() - 2, max_headers, None)?;
+        let headers = Headers::parse(
+            raw.clone(),
+            end + 2,
+            raw.len() - 2,
+            max_headers,
+            None,
+            arena,
+        )?;
         Ok(HttpRequestHead {
             method: word(&raw, 0, ml, METHODS),
             target: raw.slice(ml + 1..ml + 1 + tl),
@@ -468,16 +487,25 @@ impl HttpRequestHead {
 impl HttpResponseHead {
     /// Parses an encapsulated response head that must fill `raw` exactly. Folded header lines
     /// are accepted (joined with one space, up to `max_folded` bytes), as in ICAP responses.
-    pub(crate) fn parse(raw: Bytes, max_headers: usize, max_folded: usize) -> Result<Self> {
-        match Self::parse_fast(raw, max_headers) {
+    pub(crate) fn parse(
+        raw: Bytes,
+        max_headers: usize,
+        max_folded: usize,
+        arena: &mut BytesMut,
+    ) -> Result<Self> {
+        match Self::parse_fast(raw, max_headers, arena) {
             Ok(h) => Ok(h),
-            Err(raw) => Self::parse_exact(raw, max_headers, max_folded),
+            Err(raw) => Self::parse_exact(raw, max_headers, max_folded, arena),
         }
     }
 
     /// One pass for a well-formed head; gives `raw` back for anything else.
-    fn parse_fast(raw: Bytes, max_headers: usize) -> std::result::Result<Self, Bytes> {
-        let Some((hstart, entries)) = exact_head_fast(&raw, max_headers) else {
+    fn parse_fast(
+        raw: Bytes,
+        max_headers: usize,
+        arena: &mut BytesMut,
+    ) -> std::result::Result<Self, Bytes> {
+        let Some((hstart, entries)) = exact_head_fast(&raw, max_headers, arena) else {
             return Err(raw);
         };
         let end = hstart - 2;
@@ -501,7 +529,12 @@ impl HttpResponseHead {
     }
 
     /// Scan, then parse, with exact error offsets; folded lines go through here.
-    fn parse_exact(raw: Bytes, max_headers: usize, max_folded: usize) -> Result<Self> {
+    fn parse_exact(
+        raw: Bytes,
+        max_headers: usize,
+        max_folded: usize,
+        arena: &mut BytesMut,
+    ) -> Result<Self> {
         exact_head(&raw, "res-hdr", max_headers)?;
         let end = line_end(&raw);
         let line = &raw[..end];
@@ -517,6 +550,7 @@ impl HttpResponseHead {
             raw.len() - 2,
             max_headers,
             Some(max_folded),
+            arena,
         )?;
         let rstart = (vl + 5).min(end);
         Ok(HttpResponseHead {
@@ -661,7 +695,7 @@ mod tests {
     #[test]
     fn http_heads_round_trip() {
         let raw = Bytes::from_static(b"GET http://x/a?b HTTP/1.1\r\nHost: x\r\n\r\n");
-        let h = HttpRequestHead::parse(raw.clone(), 10).unwrap();
+        let h = HttpRequestHead::parse(raw.clone(), 10, &mut BytesMut::new()).unwrap();
         assert_eq!(
             (&h.method[..], &h.target[..], &h.version[..]),
             (&b"GET"[..], &b"http://x/a?b"[..], &b"HTTP/1.1"[..])
@@ -671,7 +705,7 @@ mod tests {
         assert_eq!(out, raw);
         assert_eq!(h.encoded_len(), raw.len());
         let raw = Bytes::from_static(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\n");
-        let r = HttpResponseHead::parse(raw.clone(), 10, 1024).unwrap();
+        let r = HttpResponseHead::parse(raw.clone(), 10, 1024, &mut BytesMut::new()).unwrap();
         assert_eq!((r.status, &r.reason[..]), (403, &b"Forbidden"[..]));
         let mut out = BytesMut::new();
         r.write_to(&mut out);
@@ -684,20 +718,23 @@ mod tests {
         let req = "GET http://x/a?b HTTP/1.1\r\nHost: x\r\nA:  1 \r\nEmpty:\r\n\r\n";
         let res = "HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nX: y\r\n\r\n";
         let n = req.len();
-        let fast = HttpRequestHead::parse_fast(Bytes::from(req), 10).unwrap();
-        let exact = HttpRequestHead::parse_exact(Bytes::from(req), 10).unwrap();
+        let fast = HttpRequestHead::parse_fast(Bytes::from(req), 10, &mut BytesMut::new()).unwrap();
+        let exact =
+            HttpRequestHead::parse_exact(Bytes::from(req), 10, &mut BytesMut::new()).unwrap();
         assert_eq!(fast, exact);
-        let fast = HttpResponseHead::parse_fast(Bytes::from(res), 10).unwrap();
-        let exact = HttpResponseHead::parse_exact(Bytes::from(res), 10, 1024).unwrap();
+        let fast =
+            HttpResponseHead::parse_fast(Bytes::from(res), 10, &mut BytesMut::new()).unwrap();
+        let exact = HttpResponseHead::parse_exact(Bytes::from(res), 10, 1024, &mut BytesMut::new())
+            .unwrap();
         assert_eq!(fast, exact);
         // Every CRLF made a bare LF, every line end made a bare CR, a byte too many or too
         // few: the one pass declines, so the scan reports the error as before.
         let whole = |t: &[u8], is_req: bool| {
             let raw = Bytes::copy_from_slice(t);
             if is_req {
-                HttpRequestHead::parse_fast(raw, 10).is_ok()
+                HttpRequestHead::parse_fast(raw, 10, &mut BytesMut::new()).is_ok()
             } else {
-                HttpResponseHead::parse_fast(raw, 10).is_ok()
+                HttpResponseHead::parse_fast(raw, 10, &mut BytesMut::new()).is_ok()
             }
         };
         for (text, is_req) in [(req, true), (res, false)] {
@@ -707,7 +744,7 @@ mod tests {
                 let mut lf = b.to_vec();
                 lf.remove(i);
                 assert!(
-                    parse_head_fast(&lf, 10).is_none_or(|(k, _, _)| k < i),
+                    parse_head_fast(&lf, 10, &mut BytesMut::new()).is_none_or(|(k, _, _)| k < i),
                     "{i}"
                 );
                 assert!(!whole(&lf, is_req), "{i}");
@@ -715,25 +752,48 @@ mod tests {
                 cr.remove(i + 1);
                 assert!(!whole(&cr, is_req), "{i}");
             }
-            assert!(exact_head_fast(&b[..b.len() - 1], 10).is_none());
-            assert!(exact_head_fast(format!("{text}x").as_bytes(), 10).is_none());
-            assert_eq!(parse_head_fast(b, 1).map(|(k, _, _)| k), None);
+            assert!(exact_head_fast(&b[..b.len() - 1], 10, &mut BytesMut::new()).is_none());
+            assert!(
+                exact_head_fast(format!("{text}x").as_bytes(), 10, &mut BytesMut::new()).is_none()
+            );
+            assert_eq!(
+                parse_head_fast(b, 1, &mut BytesMut::new()).map(|(k, _, _)| k),
+                None
+            );
         }
-        assert_eq!(parse_head_fast(req.as_bytes(), 10).unwrap().0, n);
+        assert_eq!(
+            parse_head_fast(req.as_bytes(), 10, &mut BytesMut::new())
+                .unwrap()
+                .0,
+            n
+        );
     }
 
     #[test]
     fn http_head_must_fill_its_section() {
-        let e = HttpRequestHead::parse(Bytes::from_static(b"GET / HTTP/1.1\r\n\r\nxx"), 10)
-            .unwrap_err();
+        let e = HttpRequestHead::parse(
+            Bytes::from_static(b"GET / HTTP/1.1\r\n\r\nxx"),
+            10,
+            &mut BytesMut::new(),
+        )
+        .unwrap_err();
         assert_eq!(
             (e.kind(), e.offset()),
             (ErrorKind::EncapsulatedMismatch, 18)
         );
-        let e = HttpRequestHead::parse(Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n"), 10)
-            .unwrap_err();
+        let e = HttpRequestHead::parse(
+            Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            10,
+            &mut BytesMut::new(),
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::EncapsulatedMismatch);
-        let e = HttpRequestHead::parse(Bytes::from_static(b"GET /\r\n\r\n"), 10).unwrap_err();
+        let e = HttpRequestHead::parse(
+            Bytes::from_static(b"GET /\r\n\r\n"),
+            10,
+            &mut BytesMut::new(),
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BadHttpHead);
     }
 }

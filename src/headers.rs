@@ -48,13 +48,128 @@ struct Entry {
     value: Span,
 }
 
+/// Bytes of one [`Entry`] in a packed list: four little-endian `u32`s.
+const PACKED: usize = 16;
+
+/// The fields' offsets. A parsed head's are packed into a slice of the decoder's span arena (a
+/// shared buffer the decoder reuses once the heads that point into it are dropped), so parsing
+/// allocates nothing per message; the first edit copies them into a `Vec`.
+#[derive(Clone)]
+enum EntryList {
+    Packed(Bytes),
+    Owned(Vec<Entry>),
+}
+
+impl Default for EntryList {
+    fn default() -> Self {
+        EntryList::Owned(Vec::new())
+    }
+}
+
+impl EntryList {
+    fn len(&self) -> usize {
+        match self {
+            EntryList::Packed(b) => b.len() / PACKED,
+            EntryList::Owned(v) => v.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> Entry {
+        match self {
+            EntryList::Packed(b) => unpack(&b[i * PACKED..(i + 1) * PACKED]),
+            EntryList::Owned(v) => v[i],
+        }
+    }
+
+    fn iter(&self) -> EntryIter<'_> {
+        match self {
+            EntryList::Packed(b) => EntryIter::Packed(b.chunks_exact(PACKED)),
+            EntryList::Owned(v) => EntryIter::Owned(v.iter()),
+        }
+    }
+
+    fn last(&self) -> Option<Entry> {
+        self.len().checked_sub(1).map(|i| self.get(i))
+    }
+
+    /// The entries as a `Vec` to edit, unpacked on the first edit.
+    fn to_mut(&mut self) -> &mut Vec<Entry> {
+        if let EntryList::Packed(_) = self {
+            *self = EntryList::Owned(self.iter().collect());
+        }
+        match self {
+            EntryList::Owned(v) => v,
+            EntryList::Packed(_) => unreachable!("unpacked above"),
+        }
+    }
+}
+
+/// The entries of an [`EntryList`] in order, without a branch per field on the packed kind.
+enum EntryIter<'a> {
+    Packed(std::slice::ChunksExact<'a, u8>),
+    Owned(std::slice::Iter<'a, Entry>),
+}
+
+impl Iterator for EntryIter<'_> {
+    type Item = Entry;
+
+    #[inline]
+    fn next(&mut self) -> Option<Entry> {
+        match self {
+            EntryIter::Packed(c) => c.next().map(unpack),
+            EntryIter::Owned(v) => v.next().copied(),
+        }
+    }
+}
+
+/// One packed entry (exactly [`PACKED`] bytes).
+#[inline]
+fn unpack(e: &[u8]) -> Entry {
+    let e: &[u8; PACKED] = e.try_into().expect("packed entries are PACKED bytes");
+    let u = |k: usize| u32::from_le_bytes([e[k], e[k + 1], e[k + 2], e[k + 3]]);
+    Entry {
+        name: Span {
+            start: u(0),
+            end: u(4),
+        },
+        value: Span {
+            start: u(8),
+            end: u(12),
+        },
+    }
+}
+
+/// One entry as packed bytes.
+#[inline]
+fn pack(name: (usize, usize), value: (usize, usize)) -> [u8; PACKED] {
+    let mut out = [0u8; PACKED];
+    for (k, x) in [name.0, name.1, value.0, value.1].into_iter().enumerate() {
+        out[4 * k..4 * k + 4].copy_from_slice(&(x as u32).to_le_bytes());
+    }
+    out
+}
+
+/// Bytes of packed entries a decoder's arena holds: one block serves the heads of many messages
+/// and is reclaimed (not reallocated) once they are all dropped.
+const ARENA_BLOCK: usize = 4096;
+
+/// Called before a message's heads are parsed: makes room for them in `arena`. Done between
+/// messages, where the previous messages' heads have usually been dropped, so that the block
+/// is reclaimed in place; doing it when a head finds no room would find that message's own
+/// earlier heads still holding the block, and allocate.
+pub(crate) fn ready_arena(arena: &mut BytesMut) {
+    if arena.capacity() - arena.len() < ARENA_BLOCK / 2 {
+        arena.reserve(ARENA_BLOCK);
+    }
+}
+
 /// An ordered list of header fields. Names compare case-insensitively; order and duplicates
 /// are kept exactly as received or added.
 #[derive(Clone, Default)]
 pub struct Headers {
     raw: Bytes,
     extra: Vec<u8>,
-    entries: Vec<Entry>,
+    entries: EntryList,
 }
 
 /// Header slots on the stack for [`Headers::parse_fast`]; longer blocks take the slow path.
@@ -120,8 +235,9 @@ impl Headers {
         end: usize,
         max_headers: usize,
         fold: Option<usize>,
+        arena: &mut BytesMut,
     ) -> Result<Headers> {
-        match Self::parse_fast(&raw, start, end, max_headers) {
+        match Self::parse_fast(&raw, start, end, max_headers, arena) {
             Some(h) => Ok(h),
             None => Self::parse_exact(raw, start, end, max_headers, fold),
         }
@@ -138,7 +254,7 @@ impl Headers {
         let mut h = Headers {
             raw,
             extra: Vec::new(),
-            entries: Vec::with_capacity(16),
+            entries: EntryList::Owned(Vec::with_capacity(16)),
         };
         let buf = h.raw.clone();
         let mut pos = start;
@@ -207,7 +323,7 @@ impl Headers {
                 let name = Span::new(pos, pos + colon).ok_or_else(|| span_error(pos))?;
                 let value =
                     Span::new(vstart, vstart + value.len()).ok_or_else(|| span_error(pos))?;
-                h.entries.push(Entry { name, value });
+                h.entries.to_mut().push(Entry { name, value });
             }
             pos = nl + 1;
         }
@@ -219,9 +335,15 @@ impl Headers {
     /// values (HTAB, SP, VCHAR, obs-text; surrounding SP/HTAB trimmed) are ours, so the fields
     /// are the ones [`Headers::parse`] would find. `None` sends anything else, errors and
     /// folds included, through the byte-exact parser below, which also reports offsets.
-    fn parse_fast(raw: &Bytes, start: usize, end: usize, max_headers: usize) -> Option<Headers> {
+    fn parse_fast(
+        raw: &Bytes,
+        start: usize,
+        end: usize,
+        max_headers: usize,
+        arena: &mut BytesMut,
+    ) -> Option<Headers> {
         let block = raw.get(..end.checked_add(2)?)?;
-        let (n, entries) = parse_block(block, start, max_headers)?;
+        let (n, entries) = parse_block(block, start, max_headers, arena)?;
         (start + n == block.len()).then(|| Headers::from_parsed(raw.clone(), entries))
     }
 
@@ -235,7 +357,7 @@ impl Headers {
         Headers {
             raw,
             extra: Vec::new(),
-            entries: entries.0,
+            entries: EntryList::Packed(entries.0),
         }
     }
 
@@ -251,7 +373,7 @@ impl Headers {
                 "control byte in a folded header value",
             ));
         }
-        let Some(last) = self.entries.last().copied() else {
+        let Some(last) = self.entries.last() else {
             return Err(Error::new(
                 ErrorKind::BadHeader,
                 pos as u64,
@@ -290,7 +412,11 @@ impl Headers {
         }
         self.extra.extend_from_slice(cont);
         let value = Span::new(start, n + self.extra.len()).ok_or_else(|| span_error(pos))?;
-        self.entries.last_mut().expect("checked above").value = value;
+        self.entries
+            .to_mut()
+            .last_mut()
+            .expect("checked above")
+            .value = value;
         Ok(())
     }
 
@@ -319,7 +445,7 @@ impl Headers {
 
     /// True when there are no header fields.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.len() == 0
     }
 
     /// The fields in order, as `(name, value)` byte slices; values have surrounding
@@ -396,7 +522,7 @@ impl Headers {
         assert!(!has_ctl(value), "control byte in header value for {name}");
         let name = self.push_extra(name.as_bytes());
         let value = self.push_extra(trim_ows(value).1);
-        self.entries.push(Entry { name, value });
+        self.entries.to_mut().push(Entry { name, value });
     }
 
     /// Sets `name` to one `value`: replaces the first field of that name in place and removes
@@ -407,12 +533,13 @@ impl Headers {
         match self.position(name) {
             Some(i) => {
                 let v = self.push_extra(trim_ows(value).1);
-                self.entries[i].value = v;
+                let entries = self.entries.to_mut();
+                entries[i].value = v;
                 let mut seen = false;
                 let raw_len = self.raw.len();
                 let extra = &self.extra;
                 let raw = &self.raw;
-                self.entries.retain(|e| {
+                entries.retain(|e| {
                     let n = slice_in(raw, extra, raw_len, e.name);
                     if n.eq_ignore_ascii_case(name.as_bytes()) {
                         let keep = !seen;
@@ -430,12 +557,16 @@ impl Headers {
     /// Removes every field named `name`; returns how many were removed.
     pub fn remove(&mut self, name: &str) -> usize {
         let before = self.entries.len();
+        if self.position(name).is_none() {
+            return 0;
+        }
         let raw_len = self.raw.len();
         let (raw, extra) = (&self.raw, &self.extra);
-        self.entries.retain(|e| {
+        let entries = self.entries.to_mut();
+        entries.retain(|e| {
             !slice_in(raw, extra, raw_len, e.name).eq_ignore_ascii_case(name.as_bytes())
         });
-        before - self.entries.len()
+        before - entries.len()
     }
 
     /// Index of the first field named `name`.
@@ -460,8 +591,9 @@ impl Headers {
     }
 }
 
-/// Fields found by [`parse_block`], to become a [`Headers`] once the head's `Bytes` is cut.
-pub(crate) struct Entries(Vec<Entry>);
+/// Fields found by [`parse_block`], packed in the arena, to become a [`Headers`] once the head's
+/// `Bytes` is cut.
+pub(crate) struct Entries(Bytes);
 
 /// One pass over a header block that starts at `buf[start]` (just after a start line that
 /// ends in CRLF): `httparse::parse_headers` finds the fields and the blank line that ends the
@@ -478,6 +610,7 @@ pub(crate) fn parse_block(
     buf: &[u8],
     start: usize,
     max_headers: usize,
+    arena: &mut BytesMut,
 ) -> Option<(usize, Entries)> {
     // Every offset below is inside `buf`, so this one check makes the `as u32` casts exact.
     if u32::try_from(buf.len()).is_err() {
@@ -496,28 +629,26 @@ pub(crate) fn parse_block(
     }
     let blank = start + n - 2;
     let base = buf.as_ptr() as usize;
-    let mut crlf = true;
-    let entries: Vec<Entry> = parsed
-        .iter()
-        .map(|f| {
-            let name = f.name.as_ptr() as usize - base;
-            // The line before this one ended in buf[name - 1] == LF; its CR is at name - 2.
-            crlf &= name == start || buf[name - 2] == b'\r';
-            let value = f.value.as_ptr() as usize - base;
-            Entry {
-                name: Span {
-                    start: name as u32,
-                    end: (name + f.name.len()) as u32,
-                },
-                value: Span {
-                    start: value as u32,
-                    end: (value + f.value.len()) as u32,
-                },
-            }
-        })
-        .collect();
-    crlf &= blank == start || buf[blank - 2] == b'\r';
-    crlf.then_some((n, Entries(entries)))
+    let mut crlf = blank == start || buf[blank - 2] == b'\r';
+    let need = parsed.len() * PACKED;
+    // Packed on the stack, then copied into the arena in one step.
+    let mut packed = [0u8; FAST_HEADERS * PACKED];
+    for (f, slot) in parsed.iter().zip(packed.chunks_exact_mut(PACKED)) {
+        let name = f.name.as_ptr() as usize - base;
+        // The line before this one ended in buf[name - 1] == LF; its CR is at name - 2.
+        crlf &= name == start || buf[name - 2] == b'\r';
+        let value = f.value.as_ptr() as usize - base;
+        slot.copy_from_slice(&pack(
+            (name, name + f.name.len()),
+            (value, value + f.value.len()),
+        ));
+    }
+    if !crlf {
+        return None;
+    }
+    // A decoder's arena has a block ready (`ready_arena`); a one-off parse's grows to fit.
+    arena.extend_from_slice(&packed[..need]);
+    Some((n, Entries(arena.split().freeze())))
 }
 
 fn slice_in<'a>(raw: &'a [u8], extra: &'a [u8], n: usize, s: Span) -> &'a [u8] {
@@ -565,7 +696,7 @@ mod tests {
     fn parse(s: &str, fold: bool) -> Result<Headers> {
         let b = Bytes::copy_from_slice(s.as_bytes());
         let n = b.len();
-        Headers::parse(b, 0, n, 100, fold.then_some(1024))
+        Headers::parse(b, 0, n, 100, fold.then_some(1024), &mut BytesMut::new())
     }
 
     #[test]
@@ -581,9 +712,10 @@ mod tests {
             let raw = Bytes::from(format!("{b}\r\n"));
             let end = raw.len() - 2;
             let exact = Headers::parse_exact(raw.clone(), 0, end, 100, None).unwrap();
-            let parsed = Headers::parse(raw.clone(), 0, end, 100, None).unwrap();
+            let parsed =
+                Headers::parse(raw.clone(), 0, end, 100, None, &mut BytesMut::new()).unwrap();
             assert_eq!(parsed, exact, "{b:?}");
-            let fast = Headers::parse_fast(&raw, 0, end, 100);
+            let fast = Headers::parse_fast(&raw, 0, end, 100, &mut BytesMut::new());
             assert_eq!(
                 fast.is_some(),
                 b.matches("\r\n").count() <= FAST_HEADERS,
@@ -601,7 +733,7 @@ mod tests {
         ] {
             let raw = Bytes::from(format!("{bad}\r\n"));
             assert!(
-                Headers::parse_fast(&raw, 0, raw.len() - 2, 100).is_none(),
+                Headers::parse_fast(&raw, 0, raw.len() - 2, 100, &mut BytesMut::new()).is_none(),
                 "{bad:?}"
             );
         }
@@ -669,14 +801,31 @@ mod tests {
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadHeader, 3));
         let e = parse("A: x\0y\r\n", false).unwrap_err();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadHeader, 4));
-        let e =
-            Headers::parse(Bytes::from_static(b"A: 1\r\nB: 2\r\n"), 0, 12, 1, None).unwrap_err();
+        let e = Headers::parse(
+            Bytes::from_static(b"A: 1\r\nB: 2\r\n"),
+            0,
+            12,
+            1,
+            None,
+            &mut BytesMut::new(),
+        )
+        .unwrap_err();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::TooManyHeaders, 6));
     }
 
     #[test]
     fn mutation_keeps_order() {
-        let mut h = parse("A: 1\r\nB: 2\r\nA: 3\r\n", false).unwrap();
+        let raw = Bytes::from_static(b"A: 1\r\nB: 2\r\nA: 3\r\n\r\n");
+        let mut h = Headers::parse(raw, 0, 18, 100, None, &mut BytesMut::new()).unwrap();
+        assert!(
+            matches!(h.entries, EntryList::Packed(_)),
+            "parsed fields stay packed"
+        );
+        assert_eq!(h.remove("none"), 0);
+        assert!(
+            matches!(h.entries, EntryList::Packed(_)),
+            "no edit, no unpacking"
+        );
         h.insert("a", "9");
         h.append("C", "4");
         assert_eq!(

@@ -2,7 +2,8 @@
 //!
 //! The crate is built in layers, each usable on its own:
 //! - the codec, with no I/O: feed bytes to a [`RequestDecoder`] (server side) or a
-//!   [`ResponseDecoder`] (client side) and take [`Event`]s out; write messages with an
+//!   [`ResponseDecoder`] (client side) and take events out ([`RequestEvent`],
+//!   [`ResponseEvent`]); write messages with an
 //!   [`Encoder`], which frames bodies around your `Bytes` without copying them;
 //! - builders ([`builder`]), the typed OPTIONS view ([`options`]), ICAP URIs ([`uri`]), the
 //!   rules of one transaction ([`transaction`]) and scanner verdicts ([`verdict`]), still
@@ -20,15 +21,15 @@
 //! use the `with_*` setters.
 //!
 //! ```
-//! use icap::{Event, ResponseDecoder};
+//! use icap::{ResponseDecoder, ResponseEvent};
 //!
 //! let mut dec = ResponseDecoder::default();
 //! dec.feed(b"ICAP/1.0 204 Unmodified\r\nISTag: \"x1\"\r\n\r\n");
 //! match dec.decode().unwrap() {
-//!     Some(Event::Head(res)) => assert_eq!(res.status, 204),
+//!     Some(ResponseEvent::Head(res)) => assert_eq!(res.status, 204),
 //!     other => panic!("{other:?}"),
 //! }
-//! assert!(matches!(dec.decode().unwrap(), Some(Event::End(_))));
+//! assert!(matches!(dec.decode().unwrap(), Some(ResponseEvent::End(_))));
 //! assert!(dec.is_idle());
 //! ```
 #![forbid(unsafe_code)]
@@ -70,7 +71,7 @@ struct ReadmeDoctests;
 
 pub use builder::{BuildError, ErrorStatus, RequestBuilder, ResponseBuilder};
 pub use chunked::{Chunk, ChunkedDecoder, LastChunk};
-pub use decode::{Decoder, Event, RequestDecoder, ResponseDecoder};
+pub use decode::{Decoder, RequestDecoder, RequestEvent, ResponseDecoder, ResponseEvent};
 pub use encapsulated::{Encapsulated, Section};
 pub use encode::Encoder;
 pub use error::{Error, ErrorKind, Result};

@@ -238,19 +238,23 @@ impl Response {
 }
 
 fn layout(req: Option<usize>, res: Option<usize>, body: Option<BodyKind>) -> Encapsulated {
-    let mut list = Vec::with_capacity(3);
+    // On the stack: this runs for every encoded message, which allocates nothing.
+    let mut list = [(Section::NullBody, 0u64); 3];
+    let mut len = 0;
     let mut at = 0u64;
     if let Some(n) = req {
-        list.push((Section::ReqHdr, at));
+        list[len] = (Section::ReqHdr, at);
+        len += 1;
         at += n as u64;
     }
     if let Some(n) = res {
-        list.push((Section::ResHdr, at));
+        list[len] = (Section::ResHdr, at);
+        len += 1;
         at += n as u64;
     }
-    list.push((body.map_or(Section::NullBody, BodyKind::section), at));
+    list[len] = (body.map_or(Section::NullBody, BodyKind::section), at);
     // Heads in this order with one body entry always form a well-ordered list.
-    Encapsulated::from_entries(&list).expect("computed layout is well ordered")
+    Encapsulated::from_entries(&list[..=len]).expect("computed layout is well ordered")
 }
 
 fn encapsulated_line_len(e: Encapsulated) -> usize {

@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::builder::ErrorStatus;
-use crate::decode::{Event, RequestDecoder};
+use crate::decode::{RequestDecoder, RequestEvent};
 use crate::error::Error;
 use crate::head::Method;
 use crate::headers::Headers;
@@ -471,7 +471,7 @@ impl Server {
             }
             while parsing {
                 match decoder.decode() {
-                    Ok(Some(Event::End(_) | Event::PreviewEnd)) => break 'drain,
+                    Ok(Some(RequestEvent::End(_) | RequestEvent::PreviewEnd)) => break 'drain,
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(_) => parsing = false,

@@ -6,8 +6,8 @@
 use bytes::Bytes;
 use icap::builder::{http_request_head, http_response_head};
 use icap::{
-    BodyKind, Encoder, ErrorKind, ErrorStatus, Event, IcapUri, Method, Request, RequestDecoder,
-    Response, ResponseDecoder, ServiceOptions, Transfer,
+    BodyKind, Encoder, ErrorKind, ErrorStatus, IcapUri, Method, Request, RequestDecoder,
+    RequestEvent, Response, ResponseDecoder, ResponseEvent, ServiceOptions, Transfer,
 };
 use proptest::prelude::*;
 
@@ -264,7 +264,7 @@ fn decode_one_response(wire: &[u8], method: Method) -> Response {
     d.expect_response_to(Some(method));
     d.feed(wire);
     match d.decode().unwrap() {
-        Some(Event::Head(r)) => r,
+        Some(ResponseEvent::Head(r)) => r,
         other => panic!("{other:?}"),
     }
 }
@@ -361,7 +361,7 @@ trait Tap {
 
 impl Tap for Encoder {
     fn tap_response(&mut self, r: &Response) -> Vec<u8> {
-        self.response_head(r);
+        self.response_head(r).unwrap();
         self.to_bytes().to_vec()
     }
 }
@@ -391,7 +391,7 @@ fn client_style_requests() {
         .build()
         .unwrap();
     let mut e = Encoder::new();
-    e.request_head(&req);
+    e.request_head(&req).unwrap();
     assert_eq!(
         String::from_utf8(e.to_bytes().to_vec()).unwrap(),
         "REQMOD icaps://dlp.example/reqmod ICAP/1.0\r\n\
@@ -527,7 +527,7 @@ fn server_style_responses() {
     }
     // 100 Continue, exactly.
     let mut e = Encoder::new();
-    e.response_head(&Response::continue_100());
+    e.response_head(&Response::continue_100()).unwrap();
     assert_eq!(&e.to_bytes()[..], b"ICAP/1.0 100 Continue\r\n\r\n");
     // An OPTIONS answer with an opt-body.
     let r = Response::options_answer("t")
@@ -837,6 +837,33 @@ fn splits() -> impl Strategy<Value = Vec<usize>> {
     prop::collection::vec(1usize..40, 1..30)
 }
 
+/// An event of either role as (head, data, end), for the generic [`decode_with`].
+trait Split<M> {
+    fn split(self) -> (Option<M>, Option<bytes::Bytes>, bool);
+}
+
+impl Split<Request> for RequestEvent {
+    fn split(self) -> (Option<Request>, Option<bytes::Bytes>, bool) {
+        match self {
+            RequestEvent::Head(h) => (Some(h), None, false),
+            RequestEvent::Data(d) => (None, Some(d), false),
+            RequestEvent::End(_) => (None, None, true),
+            _ => (None, None, false),
+        }
+    }
+}
+
+impl Split<Response> for ResponseEvent {
+    fn split(self) -> (Option<Response>, Option<bytes::Bytes>, bool) {
+        match self {
+            ResponseEvent::Head(h) => (Some(h), None, false),
+            ResponseEvent::Data(d) => (None, Some(d), false),
+            ResponseEvent::End(_) => (None, None, true),
+            _ => (None, None, false),
+        }
+    }
+}
+
 /// Feeds `wire` in pieces of the given sizes (cycled) and collects the events.
 fn decode_with<M: icap::decode::Message>(
     mut dec: icap::Decoder<M>,
@@ -844,18 +871,18 @@ fn decode_with<M: icap::decode::Message>(
     sizes: &[usize],
 ) -> (Vec<M>, Vec<u8>, usize)
 where
-    icap::Decoder<M>: icap::decode::Decode<M>,
+    M::Event: Split<M>,
 {
     let (mut heads, mut body, mut ends) = (Vec::new(), Vec::new(), 0);
     let mut at = 0;
     let mut i = 0;
     loop {
         while let Some(ev) = dec.decode().unwrap() {
-            match ev {
-                Event::Head(h) => heads.push(h),
-                Event::Data(d) => body.extend_from_slice(&d),
-                Event::End(_) => ends += 1,
-                Event::PreviewEnd => panic!("no preview here"),
+            match ev.split() {
+                (Some(h), _, _) => heads.push(h),
+                (_, Some(d), _) => body.extend_from_slice(&d),
+                (_, _, true) => ends += 1,
+                _ => panic!("no preview here"),
             }
         }
         if at == wire.len() {
@@ -1101,7 +1128,9 @@ fn request_preview_is_read_as_strictly_as_the_decoder_reads_it() {
             format!("OPTIONS icap://x/o ICAP/1.0\r\nHost: x\r\nPreview: {v}\r\n\r\n").as_bytes(),
         );
         match dec.decode() {
-            Ok(Some(Event::Head(r))) => assert_eq!(r.preview(), want, "decoded Preview: {v:?}"),
+            Ok(Some(RequestEvent::Head(r))) => {
+                assert_eq!(r.preview(), want, "decoded Preview: {v:?}")
+            }
             Err(e) if e.kind() == ErrorKind::BadPreview => assert_eq!(want, None, "{v:?}: {e}"),
             // Numbers the decoder reads, then refuses for the preview limit.
             Err(e) if e.kind() == ErrorKind::PreviewTooLarge => assert!(want.is_some(), "{v:?}"),

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{requests_all_splits, responses_all_splits};
-use icap::{ErrorKind, ErrorKind::*, Event, RequestDecoder};
+use icap::{ErrorKind, ErrorKind::*, RequestDecoder, RequestEvent};
 
 /// A REQMOD with a GET head and the given ICAP headers (CRLF-terminated lines).
 fn reqmod(extra: &str, enc: &str) -> String {
@@ -382,7 +382,7 @@ fn decoder_stays_failed_after_an_error() {
     // Bytes fed after the failure are never decoded either.
     dec.feed(b"OPTIONS icap://x/ ICAP/1.0\r\n\r\n");
     assert!(dec.decode().is_err());
-    assert!(!matches!(dec.decode(), Ok(Some(Event::Head(_)))));
+    assert!(!matches!(dec.decode(), Ok(Some(RequestEvent::Head(_)))));
 }
 
 #[test]

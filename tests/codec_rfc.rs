@@ -10,20 +10,20 @@ use icap::{BodyKind, Encoder, Method, Request, Response, Version};
 
 fn encode_request(req: &Request, body: Option<&[u8]>) -> Bytes {
     let mut e = Encoder::new();
-    e.request_head(req);
+    e.request_head(req).unwrap();
     if let Some(b) = body {
-        e.data(Bytes::copy_from_slice(b));
-        e.end(false);
+        e.data(Bytes::copy_from_slice(b)).unwrap();
+        e.end(false).unwrap();
     }
     e.to_bytes()
 }
 
 fn encode_response(res: &Response, body: Option<&[u8]>) -> Bytes {
     let mut e = Encoder::new();
-    e.response_head(res);
+    e.response_head(res).unwrap();
     if let Some(b) = body {
-        e.data(Bytes::copy_from_slice(b));
-        e.end(false);
+        e.data(Bytes::copy_from_slice(b)).unwrap();
+        e.end(false).unwrap();
     }
     e.to_bytes()
 }
@@ -292,16 +292,21 @@ fn preview_answered_without_continue_then_next_request() {
     wire.extend_from_slice(&data("rfc/ex5-request.bin"));
     let mut dec = icap::RequestDecoder::default();
     dec.feed(&wire);
-    assert!(matches!(dec.decode().unwrap(), Some(icap::Event::Head(_))));
-    assert!(matches!(dec.decode().unwrap(), Some(icap::Event::Data(d)) if &d[..] == b"abcd"));
     assert!(matches!(
         dec.decode().unwrap(),
-        Some(icap::Event::PreviewEnd)
+        Some(icap::RequestEvent::Head(_))
+    ));
+    assert!(
+        matches!(dec.decode().unwrap(), Some(icap::RequestEvent::Data(d)) if &d[..] == b"abcd")
+    );
+    assert!(matches!(
+        dec.decode().unwrap(),
+        Some(icap::RequestEvent::PreviewEnd)
     ));
     assert!(dec.decode().unwrap().is_none(), "waits for the decision");
     dec.finish_after_preview().unwrap();
     match dec.decode().unwrap() {
-        Some(icap::Event::Head(r)) => assert_eq!(r.method, Method::Options),
+        Some(icap::RequestEvent::Head(r)) => assert_eq!(r.method, Method::Options),
         other => panic!("{other:?}"),
     }
 }

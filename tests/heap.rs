@@ -11,7 +11,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Instant;
 
-use icap::{ErrorKind, Event, Limits, RequestDecoder, ResponseDecoder};
+use icap::{ErrorKind, Limits, RequestDecoder, RequestEvent, ResponseDecoder, ResponseEvent};
 
 struct Counting;
 
@@ -106,7 +106,7 @@ fn a_folded_icap_response_head_costs_memory_linear_in_its_size() {
     let (value_len, peak) = peak_of(|| {
         let mut dec = ResponseDecoder::new(wide_limits());
         dec.feed(&head);
-        let Some(Event::Head(res)) = dec.decode().unwrap() else {
+        let Some(ResponseEvent::Head(res)) = dec.decode().unwrap() else {
             panic!("no head");
         };
         res.headers.get("X-Violations-Found").unwrap().len()
@@ -132,7 +132,7 @@ fn a_folded_http_response_head_in_a_respmod_costs_memory_linear_in_its_size() {
     let (value_len, peak) = peak_of(|| {
         let mut dec = RequestDecoder::new(wide_limits());
         dec.feed(&req);
-        let Some(Event::Head(r)) = dec.decode().unwrap() else {
+        let Some(RequestEvent::Head(r)) = dec.decode().unwrap() else {
             panic!("no head");
         };
         let res = r.http_response.as_ref().expect("res-hdr");

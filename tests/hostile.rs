@@ -24,7 +24,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{requests_all_splits, responses_all_splits, Ev};
-use icap::{ErrorKind, Event, Limits, Method, Request, RequestDecoder, Response, ResponseDecoder};
+use icap::{
+    ErrorKind, Limits, Method, Request, RequestDecoder, RequestEvent, Response, ResponseDecoder,
+    ResponseEvent,
+};
 
 const GET: &[u8] = b"GET http://origin.example/ HTTP/1.1\r\nHost: origin.example\r\n\r\n";
 
@@ -275,7 +278,7 @@ fn the_largest_chunk_size_is_checked_against_the_body_limit_before_any_data() {
     // With a body limit the chunk is refused at its size line, before a byte of it is taken.
     let mut dec = RequestDecoder::new(Limits::default().with_max_body(Some(1 << 20)));
     dec.feed(&req);
-    assert!(matches!(dec.decode(), Ok(Some(Event::Head(_)))));
+    assert!(matches!(dec.decode(), Ok(Some(RequestEvent::Head(_)))));
     let e = dec.decode().unwrap_err();
     assert_eq!((e.kind(), e.offset()), (ErrorKind::BodyTooLarge, body_at()));
     assert!(dec.is_failed());
@@ -326,7 +329,7 @@ fn ten_thousand_headers_are_fine_when_the_limits_allow_them() {
     );
     let t = Instant::now();
     dec.feed(req.as_bytes());
-    let Some(Event::Head(r)) = dec.decode().unwrap() else {
+    let Some(RequestEvent::Head(r)) = dec.decode().unwrap() else {
         panic!("no head")
     };
     assert_eq!(r.headers.len(), 10_000);
@@ -380,7 +383,7 @@ fn a_folded_value_over_its_limit_is_refused_at_the_line_that_makes_it_too_long()
     // A higher limit takes it.
     let mut dec = ResponseDecoder::new(Limits::default().with_max_folded_value(1 << 20));
     dec.feed(&res);
-    let Some(Event::Head(r)) = dec.decode().unwrap() else {
+    let Some(ResponseEvent::Head(r)) = dec.decode().unwrap() else {
         panic!("no head")
     };
     assert_eq!(r.headers.get("X-V").unwrap().len(), 1 + 100 * 201);
@@ -395,7 +398,6 @@ fn feed_until_error<M>(
 ) -> (icap::Error, usize, usize)
 where
     M: icap::decode::Message,
-    icap::Decoder<M>: icap::decode::Decode<M>,
 {
     let mut max_held = 0;
     for (i, p) in input.chunks(piece).enumerate() {
@@ -492,14 +494,14 @@ fn a_million_tiny_chunks_stream_with_a_bounded_buffer() {
         dec.feed(p);
         while let Some(ev) = dec.decode().unwrap() {
             match ev {
-                Event::Head(_) => {}
-                Event::Data(d) => {
+                RequestEvent::Head(_) => {}
+                RequestEvent::Data(d) => {
                     assert_eq!(&d[..], b"a");
                     data += d.len();
                     pieces += 1;
                 }
-                Event::End(_) => ended = true,
-                Event::PreviewEnd => panic!("no preview here"),
+                RequestEvent::End(_) => ended = true,
+                other => panic!("no {other:?} here"),
             }
         }
         max_held = max_held.max(dec.buffered().len());

@@ -8,8 +8,9 @@ mod common;
 use bytes::Bytes;
 use common::{decode_requests, decode_responses, Ev};
 use icap::{
-    BodyKind, Encoder, Error, ErrorKind, Event, Headers, HttpRequestHead, HttpResponseHead,
-    LastChunk, Limits, Method, Request, RequestDecoder, Response, ResponseDecoder,
+    BodyKind, Encoder, Error, ErrorKind, Headers, HttpRequestHead, HttpResponseHead, LastChunk,
+    Limits, Method, Request, RequestDecoder, RequestEvent, Response, ResponseDecoder,
+    ResponseEvent,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -235,7 +236,7 @@ fn encode_requests(cases: &[ReqCase]) -> (Vec<u8>, Vec<Ev<Request>>, Vec<bool>) 
     let mut expect = Vec::new();
     let mut decisions = Vec::new();
     for c in cases {
-        enc.request_head(&c.req);
+        enc.request_head(&c.req).unwrap();
         expect.push(Ev::Head(decoded_request(&c.req)));
         if c.req.body.is_none() {
             expect.push(Ev::End(LastChunk::default()));
@@ -244,9 +245,9 @@ fn encode_requests(cases: &[ReqCase]) -> (Vec<u8>, Vec<Ev<Request>>, Vec<bool>) 
         let all = c.body.concat();
         let Some(p) = &c.preview else {
             for piece in &c.body {
-                enc.data(Bytes::copy_from_slice(piece));
+                enc.data(Bytes::copy_from_slice(piece)).unwrap();
             }
-            enc.end(false);
+            enc.end(false).unwrap();
             push_body(&mut expect, &all);
             expect.push(Ev::End(LastChunk::default()));
             continue;
@@ -257,11 +258,11 @@ fn encode_requests(cases: &[ReqCase]) -> (Vec<u8>, Vec<Ev<Request>>, Vec<bool>) 
         let mut at = 0;
         for piece in &c.body {
             let take = piece.len().min(cut - at);
-            enc.data(Bytes::copy_from_slice(&piece[..take]));
+            enc.data(Bytes::copy_from_slice(&piece[..take])).unwrap();
             at += take;
         }
         let ends_inside = tail.is_empty() && p.ieof;
-        enc.end(ends_inside);
+        enc.end(ends_inside).unwrap();
         push_body(&mut expect, head);
         if ends_inside {
             expect.push(Ev::End(ieof(true)));
@@ -271,9 +272,9 @@ fn encode_requests(cases: &[ReqCase]) -> (Vec<u8>, Vec<Ev<Request>>, Vec<bool>) 
         decisions.push(p.cont);
         if p.cont {
             for piece in tail.chunks(p.rest_chunk) {
-                enc.data(Bytes::copy_from_slice(piece));
+                enc.data(Bytes::copy_from_slice(piece)).unwrap();
             }
-            enc.end(false);
+            enc.end(false).unwrap();
             push_body(&mut expect, tail);
             expect.push(Ev::End(LastChunk::default()));
         }
@@ -285,22 +286,22 @@ fn encode_responses(cases: &[ResCase]) -> (Vec<u8>, Vec<Ev<Response>>) {
     let mut enc = Encoder::new();
     let mut expect = Vec::new();
     for c in cases {
-        enc.response_head(&c.res);
+        enc.response_head(&c.res).unwrap();
         expect.push(Ev::Head(decoded_response(&c.res)));
         if c.res.body.is_none() {
             expect.push(Ev::End(LastChunk::default()));
             continue;
         }
         for piece in &c.body {
-            enc.data(Bytes::copy_from_slice(piece));
+            enc.data(Bytes::copy_from_slice(piece)).unwrap();
         }
         let mut last = LastChunk::default();
         match c.use_original_body {
             Some(n) => {
-                enc.end_use_original_body(n);
+                enc.end_use_original_body(n).unwrap();
                 last.use_original_body = Some(n);
             }
-            None => enc.end(false),
+            None => enc.end(false).unwrap(),
         }
         push_body(&mut expect, &c.body.concat());
         expect.push(Ev::End(last));
@@ -308,15 +309,16 @@ fn encode_responses(cases: &[ResCase]) -> (Vec<u8>, Vec<Ev<Response>>) {
     (enc.to_bytes().to_vec(), expect)
 }
 
-fn merge<M>(out: &mut Vec<Ev<M>>, ev: Event<M>) {
+fn merge(out: &mut Vec<Ev<Request>>, ev: RequestEvent) {
     match ev {
-        Event::Head(m) => out.push(Ev::Head(m)),
-        Event::Data(d) => match out.last_mut() {
+        RequestEvent::Head(m) => out.push(Ev::Head(m)),
+        RequestEvent::Data(d) => match out.last_mut() {
             Some(Ev::Body(b)) => b.extend_from_slice(&d),
             _ => out.push(Ev::Body(d.to_vec())),
         },
-        Event::PreviewEnd => out.push(Ev::PreviewEnd),
-        Event::End(l) => out.push(Ev::End(l)),
+        RequestEvent::PreviewEnd => out.push(Ev::PreviewEnd),
+        RequestEvent::End(l) => out.push(Ev::End(l)),
+        other => panic!("unknown event {other:?}"),
     }
 }
 
@@ -559,7 +561,7 @@ proptest! {
         let e = loop {
             match dec.decode() {
                 Ok(None) => {}
-                Ok(Some(Event::Head(_))) => continue,
+                Ok(Some(ResponseEvent::Head(_))) => continue,
                 Ok(Some(ev)) => panic!("event {ev:?} from an endless chunk line"),
                 Err(e) => break e,
             }

@@ -7,7 +7,7 @@ mod net;
 use std::time::Duration;
 
 use icap::server::ServerConfig;
-use icap::{Event, Method, Response, ResponseDecoder, ServiceOptions};
+use icap::{Method, Response, ResponseDecoder, ResponseEvent, ServiceOptions};
 use net::{Running, PAGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,8 +24,8 @@ async fn read_responses(s: &mut TcpStream, n: usize) -> (Vec<(Response, Vec<u8>)
     loop {
         while let Some(ev) = dec.decode().unwrap() {
             match ev {
-                Event::Head(r) => out.push((r, Vec::new())),
-                Event::Data(d) => out.last_mut().unwrap().1.extend_from_slice(&d),
+                ResponseEvent::Head(r) => out.push((r, Vec::new())),
+                ResponseEvent::Data(d) => out.last_mut().unwrap().1.extend_from_slice(&d),
                 _ => {}
             }
         }
@@ -278,9 +278,9 @@ async fn large_echo_spools_to_disk_and_streams_back() {
             let mut end = false;
             while let Some(ev) = dec.decode().unwrap() {
                 match ev {
-                    Event::Head(h) => assert_eq!(h.status, 200),
-                    Event::Data(d) => got.extend_from_slice(&d),
-                    Event::End(_) => end = true,
+                    ResponseEvent::Head(h) => assert_eq!(h.status, 200),
+                    ResponseEvent::Data(d) => got.extend_from_slice(&d),
+                    ResponseEvent::End(_) => end = true,
                     _ => {}
                 }
             }
@@ -392,7 +392,7 @@ async fn squid_like(s: &mut TcpStream, body: &[u8]) -> (Response, Vec<u8>, bool)
     loop {
         while let Some(ev) = dec.decode().unwrap() {
             match ev {
-                Event::Head(r) if r.status == 100 => {
+                ResponseEvent::Head(r) if r.status == 100 => {
                     // Send up to 64 KiB past the preview, no more until a final head.
                     let upto = (sent + 64 * 1024).min(body.len());
                     s.write_all(&chunk(&body[sent..upto])).await.unwrap();
@@ -401,9 +401,9 @@ async fn squid_like(s: &mut TcpStream, body: &[u8]) -> (Response, Vec<u8>, bool)
                         s.write_all(b"0\r\n\r\n").await.unwrap();
                     }
                 }
-                Event::Head(r) => head = Some(r),
-                Event::Data(d) => got.extend_from_slice(&d),
-                Event::End(_) if head.is_some() => ended = true,
+                ResponseEvent::Head(r) => head = Some(r),
+                ResponseEvent::Data(d) => got.extend_from_slice(&d),
+                ResponseEvent::End(_) if head.is_some() => ended = true,
                 _ => {}
             }
         }

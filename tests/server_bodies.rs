@@ -15,7 +15,7 @@ use bytes::Bytes;
 use icap::server::{
     Body, BoxFuture, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Service,
 };
-use icap::{Event, Method, Response, ResponseDecoder, ServiceOptions};
+use icap::{Method, Response, ResponseDecoder, ResponseEvent, ServiceOptions};
 use net::PAGE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -212,8 +212,8 @@ async fn echo_3mib(addr: std::net::SocketAddr) {
     let mut status = 0;
     while let Some(ev) = dec.decode().unwrap() {
         match ev {
-            Event::Head(r) => status = r.status,
-            Event::Data(d) => echoed.extend_from_slice(&d),
+            ResponseEvent::Head(r) => status = r.status,
+            ResponseEvent::Data(d) => echoed.extend_from_slice(&d),
             _ => {}
         }
     }

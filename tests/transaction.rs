@@ -1036,6 +1036,7 @@ fn run(
                     responded = true;
                 }
                 ServerEvent::Request(_) => {}
+                other => panic!("unknown event {other:?}"),
             }
         }
         pump(&mut c, &mut s, sizes, &mut i);
@@ -1142,13 +1143,13 @@ fn recorded_answers(
     let mut cur: Option<(Response, Vec<Bytes>)> = None;
     while let Ok(Some(ev)) = d.decode() {
         match ev {
-            icap::Event::Head(r) => cur = Some((r, Vec::new())),
-            icap::Event::Data(b) => cur.as_mut().unwrap().1.push(b),
-            icap::Event::End(last) => {
+            icap::ResponseEvent::Head(r) => cur = Some((r, Vec::new())),
+            icap::ResponseEvent::Data(b) => cur.as_mut().unwrap().1.push(b),
+            icap::ResponseEvent::End(last) => {
                 let (r, body) = cur.take().unwrap();
                 out.push_back((r, body, last));
             }
-            icap::Event::PreviewEnd => unreachable!(),
+            _ => unreachable!(),
         }
     }
     out

@@ -8,7 +8,7 @@
 use std::ops::Range;
 
 use bytes::Bytes;
-use icap::{Encapsulated, Event, RequestDecoder, ResponseDecoder};
+use icap::{Encapsulated, RequestDecoder, RequestEvent, ResponseDecoder, ResponseEvent};
 
 /// One head figure: a complete ICAP message and where its parts are.
 pub struct Fixture {
@@ -42,10 +42,10 @@ fn nth_message(capture: &[u8], request: bool, n: usize) -> Bytes {
         let mut d = RequestDecoder::default();
         d.feed(capture);
         while let Some(ev) = d.decode().expect("capture decodes") {
-            if let Event::PreviewEnd = ev {
+            if let RequestEvent::PreviewEnd = ev {
                 d.continue_after_preview().unwrap();
             }
-            if let Event::End(_) = ev {
+            if let RequestEvent::End(_) = ev {
                 bounds.push(d.position());
             }
         }
@@ -53,7 +53,7 @@ fn nth_message(capture: &[u8], request: bool, n: usize) -> Bytes {
         let mut d = ResponseDecoder::default();
         d.feed(capture);
         while let Some(ev) = d.decode().expect("capture decodes") {
-            if let Event::End(_) = ev {
+            if let ResponseEvent::End(_) = ev {
                 bounds.push(d.position());
             }
         }
@@ -198,32 +198,35 @@ pub fn body_message(body_len: usize, chunk: usize) -> (Vec<u8>, usize) {
 #[inline]
 pub fn drain_response(dec: &mut ResponseDecoder) -> usize {
     let mut n = 0;
-    while let Some(ev) = dec.decode().expect("decodes") {
-        match ev {
-            Event::Data(d) => n += d.len(),
-            Event::End(_) => return n,
-            ev => {
-                std::hint::black_box(ev);
+    // Matched where it is returned: binding the event first would copy the head once more,
+    // a cost of this loop, not of the decoder.
+    loop {
+        match dec.decode() {
+            Ok(Some(ResponseEvent::Data(d))) => n += d.len(),
+            Ok(Some(ResponseEvent::End(_))) | Ok(None) => return n,
+            Ok(Some(ev)) => {
+                std::hint::black_box(&ev);
             }
+            Err(e) => panic!("decodes: {e}"),
         }
     }
-    n
 }
 
 /// Decodes one whole request from `dec` (already fed), returning body bytes seen.
 #[inline]
 pub fn drain_request(dec: &mut RequestDecoder) -> usize {
     let mut n = 0;
-    while let Some(ev) = dec.decode().expect("decodes") {
-        match ev {
-            Event::Data(d) => n += d.len(),
-            Event::End(_) => return n,
-            ev => {
-                std::hint::black_box(ev);
+    // As in `drain_response`.
+    loop {
+        match dec.decode() {
+            Ok(Some(RequestEvent::Data(d))) => n += d.len(),
+            Ok(Some(RequestEvent::End(_))) | Ok(None) => return n,
+            Ok(Some(ev)) => {
+                std::hint::black_box(&ev);
             }
+            Err(e) => panic!("decodes: {e}"),
         }
     }
-    n
 }
 
 /// httparse on the embedded HTTP heads alone: the baseline.

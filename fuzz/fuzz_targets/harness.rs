@@ -12,8 +12,8 @@
 #![allow(dead_code)]
 
 use icap::{
-    Error, ErrorKind, Event, LastChunk, Limits, Method, Request, RequestDecoder, Response,
-    ResponseDecoder,
+    Error, ErrorKind, LastChunk, Limits, Method, Request, RequestDecoder, RequestEvent, Response,
+    ResponseDecoder, ResponseEvent,
 };
 
 /// The fuzz input taken apart: `[flags, n, size_1 .. size_n, stream ...]`.
@@ -70,7 +70,8 @@ pub trait Dec {
     const PREVIEWS: bool;
     fn make(limits: Limits, flags: u8) -> Self;
     fn feed(&mut self, b: &[u8], flags: u8);
-    fn decode(&mut self) -> Result<Option<Event<Self::M>>, Error>;
+    /// The next event, body pieces as `Ev::Body`.
+    fn decode(&mut self) -> Result<Option<Ev<Self::M>>, Error>;
     fn decode_eof(&mut self) -> Result<(), Error>;
     fn is_failed(&self) -> bool;
     fn buffered_len(&self) -> usize;
@@ -92,8 +93,14 @@ impl Dec for RequestDecoder {
             self.feed(b);
         }
     }
-    fn decode(&mut self) -> Result<Option<Event<Request>>, Error> {
-        RequestDecoder::decode(self)
+    fn decode(&mut self) -> Result<Option<Ev<Request>>, Error> {
+        Ok(RequestDecoder::decode(self)?.map(|ev| match ev {
+            RequestEvent::Head(m) => Ev::Head(m),
+            RequestEvent::Data(d) => Ev::Body(d.to_vec()),
+            RequestEvent::PreviewEnd => Ev::PreviewEnd,
+            RequestEvent::End(l) => Ev::End(l),
+            other => panic!("unknown event {other:?}"),
+        }))
     }
     fn decode_eof(&mut self) -> Result<(), Error> {
         RequestDecoder::decode_eof(self)
@@ -158,8 +165,13 @@ impl Dec for ResponseDecoder {
             self.feed(b);
         }
     }
-    fn decode(&mut self) -> Result<Option<Event<Response>>, Error> {
-        ResponseDecoder::decode(self)
+    fn decode(&mut self) -> Result<Option<Ev<Response>>, Error> {
+        Ok(ResponseDecoder::decode(self)?.map(|ev| match ev {
+            ResponseEvent::Head(m) => Ev::Head(m),
+            ResponseEvent::Data(d) => Ev::Body(d.to_vec()),
+            ResponseEvent::End(l) => Ev::End(l),
+            other => panic!("unknown event {other:?}"),
+        }))
     }
     fn decode_eof(&mut self) -> Result<(), Error> {
         ResponseDecoder::decode_eof(self)
@@ -203,27 +215,27 @@ pub fn run<D: Dec>(input: &Input, sizes: &[usize]) -> Outcome<D::M> {
             match dec.decode() {
                 Ok(None) => break,
                 Ok(Some(ev)) => match ev {
-                    Event::Head(m) => {
+                    Ev::Head(m) => {
                         assert!(!in_msg, "Head inside a message");
                         in_msg = true;
                         events.push(Ev::Head(m));
                     }
-                    Event::Data(d) => {
+                    Ev::Body(d) => {
                         assert!(in_msg, "Data outside a message");
                         assert!(!d.is_empty(), "empty Data");
                         data_total += d.len();
                         match events.last_mut() {
                             Some(Ev::Body(b)) => b.extend_from_slice(&d),
-                            _ => events.push(Ev::Body(d.to_vec())),
+                            _ => events.push(Ev::Body(d)),
                         }
                     }
-                    Event::PreviewEnd => {
+                    Ev::PreviewEnd => {
                         assert!(D::PREVIEWS, "PreviewEnd from a response decoder");
                         assert!(in_msg, "PreviewEnd outside a message");
                         assert!(dec.awaiting());
                         events.push(Ev::PreviewEnd);
                     }
-                    Event::End(l) => {
+                    Ev::End(l) => {
                         assert!(in_msg, "End without Head");
                         in_msg = false;
                         events.push(Ev::End(l));

@@ -3,7 +3,7 @@
 //! read back to the same options.
 #![no_main]
 
-use icap::{Encoder, Event, Method, Response, ResponseDecoder, ServiceOptions, Transfer};
+use icap::{Encoder, Method, Response, ResponseDecoder, ResponseEvent, ServiceOptions, Transfer};
 use libfuzzer_sys::fuzz_target;
 
 fn decode_one(bytes: &[u8]) -> Option<Response> {
@@ -11,7 +11,7 @@ fn decode_one(bytes: &[u8]) -> Option<Response> {
     dec.expect_response_to(Some(Method::Options));
     dec.feed(bytes);
     match dec.decode() {
-        Ok(Some(Event::Head(r))) => Some(r),
+        Ok(Some(ResponseEvent::Head(r))) => Some(r),
         _ => None,
     }
 }
@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut enc = Encoder::new();
-    enc.response_head(&answer);
+    enc.response_head(&answer).unwrap();
     let wire = enc.to_bytes();
     let back = decode_one(&wire).expect("our own OPTIONS answer does not decode");
     let again = ServiceOptions::from_response(&back).expect("our own answer does not read");

@@ -6,8 +6,8 @@
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use icap::{
-    BodyKind, Encoder, Event, Headers, HttpRequestHead, HttpResponseHead, LastChunk, Method,
-    Request, RequestDecoder, Response, ResponseDecoder,
+    BodyKind, Encoder, Headers, HttpRequestHead, HttpResponseHead, LastChunk, Method, Request,
+    RequestDecoder, RequestEvent, Response, ResponseDecoder, ResponseEvent,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -157,16 +157,16 @@ fn request(u: &mut Unstructured, enc: &mut Encoder) -> arbitrary::Result<ReqCase
         req.headers.append("Preview", p.to_string());
     }
     let mut expect = vec![Ev::Head(req.clone())];
-    enc.request_head(&req);
+    enc.request_head(&req).unwrap();
     let mut decision = None;
     if req.body.is_some() {
         let body = pieces(u)?;
         match preview {
             None => {
                 for p in &body {
-                    enc.data(Bytes::copy_from_slice(p));
+                    enc.data(Bytes::copy_from_slice(p)).unwrap();
                 }
-                enc.end(false);
+                enc.end(false).unwrap();
                 push_body(&mut expect, concat(&body));
                 expect.push(Ev::End(LastChunk::default()));
             }
@@ -180,11 +180,11 @@ fn request(u: &mut Unstructured, enc: &mut Encoder) -> arbitrary::Result<ReqCase
                 for piece in &body {
                     let take = piece.len().min(cut - at);
                     if take > 0 {
-                        enc.data(Bytes::copy_from_slice(&piece[..take]));
+                        enc.data(Bytes::copy_from_slice(&piece[..take])).unwrap();
                     }
                     at += take;
                 }
-                enc.end(ieof);
+                enc.end(ieof).unwrap();
                 push_body(&mut expect, head.to_vec());
                 if ieof {
                     expect.push(Ev::End(LastChunk {
@@ -197,9 +197,9 @@ fn request(u: &mut Unstructured, enc: &mut Encoder) -> arbitrary::Result<ReqCase
                     decision = Some(cont);
                     if cont {
                         for piece in tail.chunks(u.int_in_range(1..=200)?) {
-                            enc.data(Bytes::copy_from_slice(piece));
+                            enc.data(Bytes::copy_from_slice(piece)).unwrap();
                         }
-                        enc.end(false);
+                        enc.end(false).unwrap();
                         push_body(&mut expect, tail.to_vec());
                         expect.push(Ev::End(LastChunk::default()));
                     }
@@ -252,20 +252,20 @@ fn response(u: &mut Unstructured, enc: &mut Encoder) -> arbitrary::Result<Vec<Ev
             res.body = Some(BodyKind::Response);
         }
     }
-    enc.response_head(&res);
+    enc.response_head(&res).unwrap();
     let mut expect = vec![Ev::Head(res.clone())];
     if res.body.is_some() {
         let body = pieces(u)?;
         for p in &body {
-            enc.data(Bytes::copy_from_slice(p));
+            enc.data(Bytes::copy_from_slice(p)).unwrap();
         }
         let mut last = LastChunk::default();
         if shape == 4 {
             let n: u64 = u.arbitrary()?;
-            enc.end_use_original_body(n);
+            enc.end_use_original_body(n).unwrap();
             last.use_original_body = Some(n);
         } else {
-            enc.end(false);
+            enc.end(false).unwrap();
         }
         push_body(&mut expect, concat(&body));
         expect.push(Ev::End(last));
@@ -275,15 +275,32 @@ fn response(u: &mut Unstructured, enc: &mut Encoder) -> arbitrary::Result<Vec<Ev
     Ok(expect)
 }
 
-fn merge<M>(out: &mut Vec<Ev<M>>, ev: Event<M>) {
+fn merge<M>(out: &mut Vec<Ev<M>>, ev: Ev<M>) {
     match ev {
-        Event::Head(m) => out.push(Ev::Head(m)),
-        Event::Data(d) => match out.last_mut() {
+        Ev::Body(d) => match out.last_mut() {
             Some(Ev::Body(b)) => b.extend_from_slice(&d),
-            _ => out.push(Ev::Body(d.to_vec())),
+            _ => out.push(Ev::Body(d)),
         },
-        Event::PreviewEnd => out.push(Ev::PreviewEnd),
-        Event::End(l) => out.push(Ev::End(l)),
+        ev => out.push(ev),
+    }
+}
+
+fn req_ev(ev: RequestEvent) -> Ev<Request> {
+    match ev {
+        RequestEvent::Head(m) => Ev::Head(m),
+        RequestEvent::Data(d) => Ev::Body(d.to_vec()),
+        RequestEvent::PreviewEnd => Ev::PreviewEnd,
+        RequestEvent::End(l) => Ev::End(l),
+        other => panic!("unknown event {other:?}"),
+    }
+}
+
+fn res_ev(ev: ResponseEvent) -> Ev<Response> {
+    match ev {
+        ResponseEvent::Head(m) => Ev::Head(m),
+        ResponseEvent::Data(d) => Ev::Body(d.to_vec()),
+        ResponseEvent::End(l) => Ev::End(l),
+        other => panic!("unknown event {other:?}"),
     }
 }
 
@@ -349,7 +366,7 @@ fn requests(u: &mut Unstructured) -> arbitrary::Result<()> {
     let (mut pos, mut k) = (0, 0);
     loop {
         while let Some(ev) = dec.decode().unwrap_or_else(|e| panic!("{e}")) {
-            merge(&mut got, ev);
+            merge(&mut got, req_ev(ev));
         }
         if dec.awaiting_preview_decision() {
             if *d.next().expect("a preview nobody announced") {
@@ -387,7 +404,7 @@ fn responses(u: &mut Unstructured) -> arbitrary::Result<()> {
     let (mut pos, mut k) = (0, 0);
     loop {
         while let Some(ev) = dec.decode().unwrap_or_else(|e| panic!("{e}")) {
-            merge(&mut got, ev);
+            merge(&mut got, res_ev(ev));
         }
         if pos == wire.len() {
             break;

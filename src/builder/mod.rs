@@ -251,13 +251,13 @@ mod tests {
 
     fn wire_req(r: &Request) -> String {
         let mut e = Encoder::new();
-        e.request_head(r);
+        e.request_head(r).unwrap();
         String::from_utf8(e.to_bytes().to_vec()).unwrap()
     }
 
     fn wire_res(r: &Response) -> String {
         let mut e = Encoder::new();
-        e.response_head(r);
+        e.response_head(r).unwrap();
         String::from_utf8(e.to_bytes().to_vec()).unwrap()
     }
 

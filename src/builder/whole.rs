@@ -35,10 +35,10 @@ impl Encoder {
                 "a request with Preview is sent through a ClientTransaction",
             ));
         }
-        self.request_head(req);
+        self.request_head(req)?;
         if let Some(b) = body {
-            self.data(b);
-            self.end(false);
+            self.data(b)?;
+            self.end(false)?;
         }
         Ok(())
     }
@@ -54,10 +54,10 @@ impl Encoder {
                 "a 206 ends with use-original-body; use partial_response",
             ));
         }
-        self.response_head(res);
+        self.response_head(res)?;
         if let Some(b) = body {
-            self.data(b);
-            self.end(false);
+            self.data(b)?;
+            self.end(false)?;
         }
         Ok(())
     }
@@ -78,9 +78,9 @@ impl Encoder {
                 "partial_response needs a 206 with a body",
             ));
         }
-        self.response_head(res);
-        self.data(prefix);
-        self.end_use_original_body(original_from);
+        self.response_head(res)?;
+        self.data(prefix)?;
+        self.end_use_original_body(original_from)?;
         Ok(())
     }
 }

@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
-use icap::{Error, Event, LastChunk, Request, RequestDecoder, Response, ResponseDecoder};
+use icap::{
+    Error, LastChunk, Request, RequestDecoder, RequestEvent, Response, ResponseDecoder,
+    ResponseEvent,
+};
 
 /// An event with body pieces merged, so that different splits compare equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,19 +17,45 @@ pub enum Ev<M> {
     End(LastChunk),
 }
 
-fn push<M>(out: &mut Vec<Ev<M>>, ev: Event<M>) {
-    match ev {
-        Event::Head(m) => out.push(Ev::Head(m)),
-        Event::Data(d) => {
+/// A decoder event of either role, as the merged form.
+pub trait ToEv<M> {
+    fn to_ev(self) -> Ev<M>;
+}
+
+impl ToEv<Request> for RequestEvent {
+    fn to_ev(self) -> Ev<Request> {
+        match self {
+            RequestEvent::Head(m) => Ev::Head(m),
+            RequestEvent::Data(d) => Ev::Body(d.to_vec()),
+            RequestEvent::PreviewEnd => Ev::PreviewEnd,
+            RequestEvent::End(l) => Ev::End(l),
+            other => panic!("unknown event {other:?}"),
+        }
+    }
+}
+
+impl ToEv<Response> for ResponseEvent {
+    fn to_ev(self) -> Ev<Response> {
+        match self {
+            ResponseEvent::Head(m) => Ev::Head(m),
+            ResponseEvent::Data(d) => Ev::Body(d.to_vec()),
+            ResponseEvent::End(l) => Ev::End(l),
+            other => panic!("unknown event {other:?}"),
+        }
+    }
+}
+
+fn push<M>(out: &mut Vec<Ev<M>>, ev: impl ToEv<M>) {
+    match ev.to_ev() {
+        Ev::Body(d) => {
             assert!(!d.is_empty(), "the decoder must not emit empty data");
             if let Some(Ev::Body(b)) = out.last_mut() {
                 b.extend_from_slice(&d);
             } else {
-                out.push(Ev::Body(d.to_vec()));
+                out.push(Ev::Body(d));
             }
         }
-        Event::PreviewEnd => out.push(Ev::PreviewEnd),
-        Event::End(l) => out.push(Ev::End(l)),
+        other => out.push(other),
     }
 }
 
