@@ -9,34 +9,24 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use icap::client::{BodySource, Client, ClientConfig, PreviewPolicy};
-use icap::server::{Body, BoxFuture, IncomingRequest, Reply, Server, ServerConfig, Service};
+use icap::server::{BoxError, IncomingRequest, Reply, Server, ServerConfig};
 use icap::{HttpRequestHead, HttpResponseHead, IcapUri, Method, Request, ServiceOptions};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
 /// Reads the whole body and answers 204.
-struct Drain;
+async fn drain(mut req: IncomingRequest) -> Result<Reply, BoxError> {
+    while let Ok(Some(_)) = req.body.chunk().await {}
+    Ok(Reply::unmodified())
+}
 
-impl Service for Drain {
-    fn options(&self) -> ServiceOptions {
-        ServiceOptions {
-            methods: vec![Method::Reqmod, Method::Respmod],
-            istag: "\"bench-1\"".into(),
-            allow_204: true,
-            options_ttl: Some(3600),
-            ..Default::default()
-        }
-    }
-
-    fn handle<'a>(
-        &'a self,
-        _req: &'a IncomingRequest,
-        body: &'a mut Body<'_, '_>,
-    ) -> BoxFuture<'a, Reply> {
-        Box::pin(async move {
-            while let Ok(Some(_)) = body.chunk().await {}
-            Reply::unmodified()
-        })
+fn drain_options() -> ServiceOptions {
+    ServiceOptions {
+        methods: vec![Method::Reqmod, Method::Respmod],
+        istag: "\"bench-1\"".into(),
+        allow_204: true,
+        options_ttl: Some(3600),
+        ..Default::default()
     }
 }
 
@@ -99,7 +89,11 @@ fn peers_loopback(c: &mut Criterion) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::new(ServerConfig::default()).route("respmod", Drain);
+        let server = Server::new(ServerConfig::default()).route(
+            "respmod",
+            drain_options(),
+            tower::service_fn(drain),
+        );
         tokio::spawn(async move {
             let _ = server
                 .serve(l, async {

@@ -13,7 +13,7 @@ use icap::error::{ClientError, TlsFailure};
 use icap::server::{Server, ServerConfig};
 use icap::tls::{ClientTls, ServerTls};
 use icap::verdict::Verdict;
-use net::{blocker, pki, start, Blocker};
+use net::{blocker, pki, start, Blocker, BlockerRoute};
 use tokio::io::AsyncWriteExt;
 
 fn scan(body: &'static [u8]) -> ScanRequest {
@@ -210,7 +210,7 @@ fn mtls_server() -> Server {
         .build()
         .unwrap();
     Server::new(ServerConfig::default())
-        .route("blocker", Blocker::default())
+        .route_blocker("blocker", Blocker::default())
         .tls(tls)
 }
 
@@ -292,7 +292,7 @@ async fn pinned_self_signed_and_expired_certificates() {
         .unwrap();
     let srv = start(
         Server::new(ServerConfig::default())
-            .route("blocker", Blocker::default())
+            .route_blocker("blocker", Blocker::default())
             .tls(tls),
     )
     .await;
@@ -326,7 +326,7 @@ async fn pinned_self_signed_and_expired_certificates() {
         .unwrap();
     let srv = start(
         Server::new(ServerConfig::default())
-            .route("blocker", Blocker::default())
+            .route_blocker("blocker", Blocker::default())
             .tls(tls),
     )
     .await;
@@ -358,11 +358,8 @@ async fn failover_when_the_first_server_is_down_refuses_or_resets() {
 
     // Overloaded: every connection gets 503.
     let busy = start(
-        Server::new(ServerConfig {
-            max_connections: 0,
-            ..Default::default()
-        })
-        .route("blocker", Blocker::default()),
+        Server::new(ServerConfig::default().with_max_connections(0))
+            .route_blocker("blocker", Blocker::default()),
     )
     .await;
     let c = Client::new(
