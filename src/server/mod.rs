@@ -106,9 +106,11 @@
 //! # }
 //! ```
 
+mod answer;
 mod body;
 mod config;
 mod conn;
+mod exchange;
 mod service;
 mod slots;
 mod spool;
