@@ -280,3 +280,31 @@ async fn serve_connection_serves_a_connection_the_caller_accepted() {
         .unwrap();
     assert_eq!(server.stats().requests.load(Ordering::Relaxed), 2);
 }
+
+/// The body is an `http_body::Body`: http-body-util's `collect` reads it whole, across
+/// chunks and 100 Continue.
+#[tokio::test]
+async fn the_body_is_an_http_body() {
+    use http_body_util::BodyExt;
+    let svc = tower::service_fn(|req: IncomingRequest| async move {
+        let (_, _, body) = req.into_parts();
+        let all = body.collect().await?.to_bytes();
+        let page = format!("{}\n", String::from_utf8_lossy(&all));
+        Ok::<_, BoxError>(Reply::page(403, "Forbidden", "text/plain", page)?)
+    });
+    let srv = net::start(Server::default().route("words", options(), svc)).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let head = reqmod("Preview: 4\r\nConnection: close\r\n", b"");
+    s.write_all(&head[..head.len() - 5]).await.unwrap();
+    s.write_all(b"4\r\nabcd\r\n0\r\n\r\n").await.unwrap();
+    let mut got = vec![0u8; 25];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ICAP/1.0 100 Continue\r\n\r\n");
+    s.write_all(b"2\r\nef\r\n3\r\nghi\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).await.unwrap();
+    assert!(got.ends_with("a\r\nabcdefghi\n\r\n0\r\n\r\n"), "{got}");
+    srv.stop().await;
+}

@@ -43,6 +43,9 @@ pub(crate) struct Conn<'s> {
     /// Set from the first byte of a request head; replaced at the end of the head by the
     /// body's; cleared when a new transaction may wait idle.
     clock: Option<ReadClock>,
+    /// When the read under way began: a read given up while the service acts (its future
+    /// dropped, the bytes left in the socket) goes on at the next call, still charged.
+    reading_since: Option<Instant>,
 }
 
 /// Why a timed read failed.
@@ -121,15 +124,18 @@ impl Conn<'_> {
         per_read: Option<Duration>,
     ) -> Result<usize, ReadFail> {
         let clock = self.clock.unwrap_or(ReadClock::new(None, None));
+        let started = *self.reading_since.get_or_insert_with(Instant::now);
+        let pending = started.elapsed();
         let allow = match (clock.allowance(), per_read) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        };
-        let started = Instant::now();
+        }
+        .map(|d| d.saturating_sub(pending));
         let r = match allow {
             Some(d) => timeout(d, self.read(txn)).await,
             None => Ok(self.read(txn).await),
         };
+        self.reading_since = None;
         if let Some(c) = &mut self.clock {
             c.waited += started.elapsed();
             if let Ok(Ok(n)) = &r {
@@ -324,6 +330,7 @@ impl Server {
             stats: &self.stats,
             slot,
             clock: None,
+            reading_since: None,
         };
         let mut decoder = RequestDecoder::new(self.config.limits);
         loop {
@@ -345,6 +352,7 @@ impl Server {
         mut stop: watch::Receiver<bool>,
     ) -> Option<RequestDecoder> {
         conn.clock = None;
+        conn.reading_since = None;
         let istag = &self.config.istag;
         // 1. The head: wait idle, then at most head_timeout (and the minimum rate) from the
         // first byte, empty lines before it included.
