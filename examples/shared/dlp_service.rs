@@ -17,7 +17,7 @@
 //!
 //! Two services, `reqmod` and `respmod`, each offering its one method (as Symantec recommends:
 //! one service per direction). Bodies are streamed through a [`Scanner`]: memory per
-//! transaction is the scanner's fixed window, plus the server's echo spool (1 MiB, then a
+//! transaction is the scanner's fixed window, plus the server's echo spool (128 KiB, then a
 //! temporary file) when the client did not allow 204. Clean content gets
 //! [`Reply::unmodified`] (a 204, or a 200 echo where 204 is not allowed); a violation gets a
 //! 200 carrying an HTTP response in place of the message, shaped by the [`Profile`].

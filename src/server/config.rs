@@ -68,7 +68,10 @@ pub struct ServerConfig {
     /// without an answer. Default 64.
     pub max_refusals: usize,
     /// Body bytes kept in memory for a possible echo before spilling to a temporary file.
-    /// Default 1 MiB.
+    /// Default 128 KiB, c-icap's `MaxMemObject`: the spool is memory held per transaction
+    /// for as long as the service takes, so its size times the connections served is what
+    /// echoes can hold at once (256 connections: 32 MiB, against 256 MiB at 1 MiB); larger
+    /// bodies go to an anonymous file, which stays in the page cache while it is small.
     pub spool_memory: usize,
     /// Directory for spill files, which are anonymous (nothing to find or clean up there).
     /// When it is unusable, echoes of bodies over `spool_memory` are answered 500, and the
@@ -120,7 +123,7 @@ impl Default for ServerConfig {
             refusal_timeout: Duration::from_secs(5),
             refusal_drain: 4 * 1024 * 1024,
             max_refusals: 64,
-            spool_memory: 1024 * 1024,
+            spool_memory: 128 * 1024,
             spool_dir: std::env::temp_dir(),
             istag: "icap".into(),
             server_name: Some(concat!("icap/", env!("CARGO_PKG_VERSION")).into()),

@@ -211,16 +211,56 @@ impl Server {
     }
 
     /// Speaks TLS (ICAPS) with this rustls configuration on the connections
-    /// [`Server::serve`] accepts.
+    /// [`Server::serve`] accepts, e.g. from [`ServerTls`](crate::tls::ServerTls) (add
+    /// `require_client_certs(ca)` to ask clients for certificates):
     ///
-    /// ```no_run
-    /// use icap::server::{Server, ServerConfig};
+    /// ```
+    /// use std::sync::Arc;
+    /// use icap::server::{Reply, Server};
     /// use icap::tls::ServerTls;
+    /// use icap::{Method, ServiceOptions};
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
     ///
-    /// # fn main() -> icap::Result<()> {
-    /// let tls = ServerTls::from_pem_files("server.pem", "server.key")?
-    ///     .require_client_certs("clients-ca.pem")?;
-    /// let server = Server::new(ServerConfig::default()).tls(tls.build()?);
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A certificate for "localhost" (yours comes from files already).
+    /// let made = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+    /// let dir = std::env::temp_dir().join(format!("icap-tls-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// std::fs::write(dir.join("server.pem"), made.cert.pem())?;
+    /// std::fs::write(dir.join("server.key"), made.signing_key.serialize_pem())?;
+    ///
+    /// let tls = ServerTls::from_pem_files(dir.join("server.pem"), dir.join("server.key"))?;
+    /// let options = ServiceOptions {
+    ///     methods: vec![Method::Reqmod],
+    ///     istag: "\"tls-1\"".into(),
+    ///     ..Default::default()
+    /// };
+    /// let pass = tower::service_fn(|_| async { Ok::<_, std::convert::Infallible>(Reply::unmodified()) });
+    /// let server = Server::default().route("reqmod", options, pass).tls(tls.build()?);
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let addr = listener.local_addr()?;
+    /// tokio::spawn(server.serve(listener, std::future::pending()));
+    ///
+    /// // A client that trusts the certificate asks for the options over TLS.
+    /// let mut roots = rustls::RootCertStore::empty();
+    /// roots.add(made.cert.der().clone())?;
+    /// let ring = Arc::new(rustls::crypto::ring::default_provider());
+    /// let client = rustls::ClientConfig::builder_with_provider(ring)
+    ///     .with_safe_default_protocol_versions()?
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let tcp = tokio::net::TcpStream::connect(addr).await?;
+    /// let mut s = tokio_rustls::TlsConnector::from(Arc::new(client))
+    ///     .connect("localhost".try_into()?, tcp)
+    ///     .await?;
+    /// s.write_all(b"OPTIONS icaps://localhost/reqmod ICAP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    ///     .await?;
+    /// let mut answer = String::new();
+    /// s.read_to_string(&mut answer).await?;
+    /// assert!(answer.starts_with("ICAP/1.0 200 OK\r\n"));
+    /// assert!(answer.contains("ISTag: \"tls-1\"\r\n"));
+    /// std::fs::remove_dir_all(dir)?;
     /// # Ok(())
     /// # }
     /// ```

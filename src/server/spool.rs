@@ -5,8 +5,12 @@
 use std::io;
 use std::path::PathBuf;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 /// Keeps a copy of a request body for an echo: in memory up to a limit, then in a temporary
 /// file, so that memory stays bounded whatever the body size.
@@ -59,7 +63,10 @@ impl Spool {
     async fn keep(&mut self, b: Bytes) -> io::Result<()> {
         if self.file.is_none() && self.mem_len + b.len() <= self.limit {
             self.mem_len += b.len();
-            self.mem.push(b);
+            // A copy, not the piece: a piece is a view into the connection's read buffer,
+            // and keeping it would keep that whole buffer (several times the piece when the
+            // client sends in small writes) for as long as the echo waits.
+            self.mem.push(Bytes::copy_from_slice(&b));
             return Ok(());
         }
         if self.file.is_none() {
@@ -82,13 +89,7 @@ impl Spool {
             return Err(e);
         }
         match self.file.take() {
-            None => {
-                let mut all = BytesMut::with_capacity(self.mem_len);
-                for m in &self.mem {
-                    all.extend_from_slice(m);
-                }
-                Ok(Box::new(io::Cursor::new(all.freeze())))
-            }
+            None => Ok(Box::new(MemReader(self.mem.into()))),
             Some(mut f) => {
                 use tokio::io::AsyncSeekExt;
                 f.flush().await?;
@@ -96,6 +97,29 @@ impl Spool {
                 Ok(Box::new(f))
             }
         }
+    }
+}
+
+/// Reads the pieces kept in memory, in order, without joining them first.
+struct MemReader(VecDeque<Bytes>);
+
+impl AsyncRead for MemReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while buf.remaining() > 0 {
+            let Some(front) = self.0.front_mut() else {
+                break;
+            };
+            let n = front.len().min(buf.remaining());
+            buf.put_slice(&front.split_to(n));
+            if front.is_empty() {
+                self.0.pop_front();
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -119,6 +143,26 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         let msg = e.to_string();
         assert!(msg.contains(&dir.display().to_string()), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn bodies_kept_in_memory_read_back_whole_in_small_reads() {
+        let mut spool = Spool::new(100, std::env::temp_dir());
+        for piece in [&b"abc"[..], b"", b"defg", b"hij"] {
+            spool.push(Bytes::from_static(piece)).await.unwrap();
+        }
+        assert!(spool.file.is_none());
+        let mut r = spool.into_reader().await.unwrap();
+        let mut back = Vec::new();
+        let mut two = [0u8; 2];
+        loop {
+            let n = r.read(&mut two).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            back.extend_from_slice(&two[..n]);
+        }
+        assert_eq!(back, b"abcdefghij");
     }
 
     #[tokio::test]
