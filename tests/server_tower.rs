@@ -308,3 +308,54 @@ async fn the_body_is_an_http_body() {
     assert!(got.ends_with("a\r\nabcdefghi\n\r\n0\r\n\r\n"), "{got}");
     srv.stop().await;
 }
+
+/// The server reads a body only a little ahead of the service: a service that stops reading
+/// stops the server reading, and a client sending 32 MiB is held back by TCP instead of
+/// being buffered in the server.
+#[tokio::test]
+async fn a_service_that_stops_reading_stops_the_server_reading() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let taken = Arc::new(AtomicUsize::new(0));
+    let (g, t) = (gate.clone(), taken.clone());
+    let svc = tower::service_fn(move |mut req: IncomingRequest| {
+        let (gate, taken) = (g.clone(), t.clone());
+        async move {
+            let first = req.body.chunk().await?.map_or(0, |b| b.len());
+            taken.fetch_add(first, Ordering::SeqCst);
+            gate.notified().await;
+            while let Some(p) = req.body.chunk().await? {
+                taken.fetch_add(p.len(), Ordering::SeqCst);
+            }
+            Ok::<_, BoxError>(Reply::unmodified())
+        }
+    });
+    let srv = net::start(Server::default().route("words", options(), svc)).await;
+    let body = vec![b'x'; 32 << 20];
+    let mut wire = reqmod("Allow: 204\r\n", b"");
+    wire.truncate(wire.len() - 5);
+    for c in body.chunks(64 * 1024) {
+        wire.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        wire.extend_from_slice(c);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    let (mut r, mut w) = TcpStream::connect(srv.addr).await.unwrap().into_split();
+    let write = tokio::spawn(async move { w.write_all(&wire).await.map(|_| w) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!write.is_finished(), "the server took the whole body");
+    let held = taken.load(Ordering::SeqCst);
+    assert!(held > 0 && held <= 64 * 1024, "{held} bytes taken");
+    gate.notify_one();
+    let _w = tokio::time::timeout(Duration::from_secs(20), write)
+        .await
+        .expect("the body goes through once the service reads on")
+        .unwrap()
+        .unwrap();
+    let want =
+        format!("ICAP/1.0 204 No Content\r\nServer: icap/{VERSION}\r\nISTag: \"words-1\"\r\n\r\n");
+    let mut got = vec![0u8; want.len()];
+    r.read_exact(&mut got).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    assert_eq!(taken.load(Ordering::SeqCst), body.len());
+    srv.stop().await;
+}
