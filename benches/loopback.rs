@@ -33,7 +33,7 @@ use tokio::runtime::Runtime;
 
 /// Reads the whole body, keeps nothing, answers "unmodified" (204, or a 200 echo).
 async fn drain(mut req: IncomingRequest) -> Result<Reply, BoxError> {
-    while let Ok(Some(_)) = req.body.chunk().await {}
+    while let Ok(Some(_)) = req.body.data().await {}
     Ok(Reply::unmodified())
 }
 

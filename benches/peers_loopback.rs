@@ -16,7 +16,7 @@ use tokio::runtime::Runtime;
 
 /// Reads the whole body and answers 204.
 async fn drain(mut req: IncomingRequest) -> Result<Reply, BoxError> {
-    while let Ok(Some(_)) = req.body.chunk().await {}
+    while let Ok(Some(_)) = req.body.data().await {}
     Ok(Reply::unmodified())
 }
 

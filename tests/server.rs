@@ -186,8 +186,8 @@ async fn errors_and_closing() {
 #[tokio::test]
 async fn stalled_client_gets_408_and_others_are_served() {
     let cfg = ServerConfig::default()
-        .with_head_timeout(Duration::from_millis(300))
-        .with_read_timeout(Duration::from_millis(300));
+        .head_timeout(Duration::from_millis(300))
+        .read_timeout(Duration::from_millis(300));
     let srv = start(cfg).await;
     // One byte, then nothing: the head never completes.
     let mut slow = TcpStream::connect(srv.addr).await.unwrap();
@@ -215,7 +215,7 @@ async fn stalled_client_gets_408_and_others_are_served() {
 /// such connections a newcomer gets 503.
 #[tokio::test]
 async fn connection_limit_closes_idle_connections_first_then_answers_503() {
-    let srv = start(ServerConfig::default().with_max_connections(1)).await;
+    let srv = start(ServerConfig::default().max_connections(1)).await;
     let mut first = TcpStream::connect(srv.addr).await.unwrap();
     first
         .write_all(&reqmod("Allow: 204\r\n", None))
@@ -250,8 +250,8 @@ async fn large_echo_spools_to_disk_and_streams_back() {
     std::fs::create_dir_all(&dir).unwrap();
     let srv = start(
         ServerConfig::default()
-            .with_spool_memory(64 * 1024)
-            .with_spool_dir(dir.clone()),
+            .spool_memory(64 * 1024)
+            .spool_dir(dir.clone()),
     )
     .await;
     let body: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -330,7 +330,7 @@ fn streamer() -> (ServiceOptions, impl Svc) {
         if req.body.start_echo(4).await.is_err() {
             return Ok(Reply::unmodified());
         }
-        while let Some(piece) = req.body.chunk().await? {
+        while let Some(piece) = req.body.data().await? {
             if piece.windows(5).any(|w| w == b"BLOCK") {
                 return Ok(Reply::page(403, "Forbidden", "text/plain", "no")?);
             }
@@ -471,11 +471,11 @@ fn late_echo() -> (ServiceOptions, impl Svc) {
         ..Default::default()
     };
     let svc = tower::service_fn(|mut req: IncomingRequest| async move {
-        let first = req.body.chunk().await?;
+        let first = req.body.data().await?;
         assert!(first.is_some());
         let refused = req.body.start_echo(0).await;
         assert!(refused.is_err(), "start_echo after reading must be refused");
-        while req.body.chunk().await?.is_some() {}
+        while req.body.data().await?.is_some() {}
         Ok::<_, BoxError>(Reply::unmodified())
     });
     (options, svc)

@@ -166,7 +166,7 @@ struct Looker {
 
 impl Looker {
     async fn handle(self, mut req: IncomingRequest) -> Result<Reply, BoxError> {
-        while let Ok(Some(c)) = req.body.chunk().await {
+        while let Ok(Some(c)) = req.body.data().await {
             self.read.fetch_add(c.len(), Ordering::SeqCst);
         }
         let n = std::fs::read_dir(&self.dir).map_or(usize::MAX, |d| d.count());
@@ -201,8 +201,8 @@ fn looker(dir: &Path, memory: usize) -> (Server, Arc<AtomicUsize>, Arc<AtomicUsi
     let seen = Arc::new(AtomicUsize::new(0));
     let read = Arc::new(AtomicUsize::new(0));
     let cfg = ServerConfig::default()
-        .with_spool_memory(memory)
-        .with_spool_dir(dir.to_path_buf());
+        .spool_memory(memory)
+        .spool_dir(dir.to_path_buf());
     let svc = Looker {
         dir: dir.to_path_buf(),
         seen: seen.clone(),

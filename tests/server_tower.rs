@@ -47,7 +47,7 @@ fn server(busy: Arc<AtomicUsize>, most: Arc<AtomicUsize>) -> Server {
                 .and_then(|v| v.parse().ok());
             tokio::time::sleep(Duration::from_millis(delay.unwrap_or(0))).await;
             let (mut tail, mut found) = (Vec::new(), false);
-            while let Some(piece) = req.body.chunk().await? {
+            while let Some(piece) = req.body.data().await? {
                 tail.extend_from_slice(&piece);
                 found |= tail.windows(WORD.len()).any(|w| w == WORD);
                 tail.drain(..tail.len().saturating_sub(WORD.len() - 1));
@@ -206,7 +206,7 @@ async fn the_body_moves_to_another_task_and_continue_goes_out_when_it_reads_on()
         }
         let n = tokio::spawn(async move {
             let mut n = 0;
-            while let Some(p) = body.chunk().await? {
+            while let Some(p) = body.data().await? {
                 n += p.len();
             }
             Ok::<_, BoxError>(n)
@@ -320,10 +320,10 @@ async fn a_service_that_stops_reading_stops_the_server_reading() {
     let svc = tower::service_fn(move |mut req: IncomingRequest| {
         let (gate, taken) = (g.clone(), t.clone());
         async move {
-            let first = req.body.chunk().await?.map_or(0, |b| b.len());
+            let first = req.body.data().await?.map_or(0, |b| b.len());
             taken.fetch_add(first, Ordering::SeqCst);
             gate.notified().await;
-            while let Some(p) = req.body.chunk().await? {
+            while let Some(p) = req.body.data().await? {
                 taken.fetch_add(p.len(), Ordering::SeqCst);
             }
             Ok::<_, BoxError>(Reply::unmodified())

@@ -49,15 +49,15 @@ fn small_request() -> Vec<u8> {
 /// every slot.
 fn config() -> ServerConfig {
     ServerConfig::default()
-        .with_max_connections(CLIENTS)
-        .with_max_connections_per_ip(10 * CLIENTS)
-        .with_idle_timeout(Duration::from_secs(3))
-        .with_head_timeout(Duration::from_secs(2))
-        .with_read_timeout(Duration::from_secs(2))
-        .with_body_timeout(None)
-        .with_min_rate(None)
-        .with_refusal_timeout(Duration::from_secs(2))
-        .with_max_refusals(2 * CLIENTS)
+        .max_connections(CLIENTS)
+        .max_connections_per_ip(10 * CLIENTS)
+        .idle_timeout(Duration::from_secs(3))
+        .head_timeout(Duration::from_secs(2))
+        .read_timeout(Duration::from_secs(2))
+        .body_timeout(None)
+        .min_rate(None)
+        .refusal_timeout(Duration::from_secs(2))
+        .max_refusals(2 * CLIENTS)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -325,8 +325,8 @@ async fn blank_line_clients_are_cut_at_the_head_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_byte_clients_are_cut_by_the_minimum_rate() {
     let cfg = config()
-        .with_head_timeout(Duration::from_secs(20))
-        .with_min_rate(Some(MinRate {
+        .head_timeout(Duration::from_secs(20))
+        .min_rate(Some(MinRate {
             bytes_per_sec: 64,
             grace: Duration::from_secs(1),
         }));
@@ -346,7 +346,7 @@ async fn head_byte_clients_are_cut_by_the_minimum_rate() {
 /// was once read forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_byte_clients_are_cut_at_the_body_deadline() {
-    let cfg = config().with_body_timeout(Some(Duration::from_secs(2)));
+    let cfg = config().body_timeout(Some(Duration::from_secs(2)));
     let out = scenario(cfg, Kind::BodyByte, ms(3500), ms(6000)).await;
     assert_cuts(
         Kind::BodyByte,
@@ -361,7 +361,7 @@ async fn body_byte_clients_are_cut_at_the_body_deadline() {
 /// ... and by the minimum rate, with no body deadline at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_byte_clients_are_cut_by_the_minimum_rate() {
-    let cfg = config().with_min_rate(Some(MinRate {
+    let cfg = config().min_rate(Some(MinRate {
         bytes_per_sec: 64,
         grace: Duration::from_secs(1),
     }));
@@ -442,8 +442,8 @@ async fn newcomers_while_full_read_503_and_are_closed_in_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_clients_of_one_address_leave_room_for_others() {
     let cfg = config()
-        .with_max_connections_per_ip(CLIENTS - 50)
-        .with_head_timeout(Duration::from_secs(1));
+        .max_connections_per_ip(CLIENTS - 50)
+        .head_timeout(Duration::from_secs(1));
     let srv = start(cfg).await;
     let addr = srv.addr;
     let stop_at = Instant::now() + ms(4000);
@@ -478,7 +478,7 @@ async fn reconnecting_clients_of_one_address_leave_room_for_others() {
 /// rate of 1 KiB/s, is read to its end although it takes longer than the grace.
 #[tokio::test]
 async fn a_slow_but_steady_body_is_served() {
-    let cfg = config().with_min_rate(Some(MinRate {
+    let cfg = config().min_rate(Some(MinRate {
         bytes_per_sec: 1024,
         grace: Duration::from_secs(1),
     }));
@@ -552,7 +552,7 @@ fn assert_503(got: &[u8]) {
 /// writes a large body before reading gets the 503 instead of a broken pipe.
 #[tokio::test]
 async fn refused_client_writing_a_large_body_reads_the_503() {
-    let srv = start(ServerConfig::default().with_max_connections(0)).await;
+    let srv = start(ServerConfig::default().max_connections(0)).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let got = write_all_then_read(&mut s, 2 * 1024 * 1024).await;
     assert_503(&got);
@@ -569,7 +569,7 @@ async fn refused_tls_client_reads_the_503_after_the_handshake() {
         .build()
         .unwrap();
     let srv = serve(
-        Server::new(ServerConfig::default().with_max_connections(0))
+        Server::new(ServerConfig::default().max_connections(0))
             .route_blocker("blocker", Blocker::default())
             .tls(tls),
     )

@@ -212,7 +212,7 @@ impl DlpService {
         // MAX_MATCH_LEN long, confirmed by the bytes after it.
         let streaming = stream && req.body.start_echo(MAX_MATCH_LEN + 64).await.is_ok();
         // A body that cannot be read is answered by the server (400/408, or a close).
-        while let Some(piece) = req.body.chunk().await? {
+        while let Some(piece) = req.body.data().await? {
             scanner.feed(&piece);
             if streaming && !scanner.findings().is_empty() {
                 // Found while echoing: stop; the server cuts the answer.

@@ -98,13 +98,13 @@ impl BodyError {
 
 /// The encapsulated body of a REQMOD or RESPMOD, owned by the service.
 ///
-/// Read it with [`Body::chunk`] (or as an [`http_body::Body`]): the pieces come as the client
+/// Read it with [`Body::data`] (or as an [`http_body::Body`]): the pieces come as the client
 /// sends them, the preview first. Reading past the end of a preview makes the server send
 /// `100 Continue`; a service that answers without reading further gets its answer sent in the
 /// preview (where 204 is allowed even without `Allow: 204`). [`Body::preview`] looks at the
 /// preview without asking for more, and [`Body::start_echo`] starts a streaming 200 echo.
 ///
-/// A request without a body has an empty one (its first [`Body::chunk`] is `Ok(None)`).
+/// A request without a body has an empty one (its first [`Body::data`] is `Ok(None)`).
 pub struct Body {
     pieces: Option<mpsc::UnboundedReceiver<Piece>>,
     control: Option<mpsc::UnboundedSender<Control>>,
@@ -204,8 +204,8 @@ impl Body {
         Poll::Ready(Some(Err(e)))
     }
 
-    /// The next piece of the body, or `None` at its end (a poll version of [`Body::chunk`]).
-    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+    /// The next piece of the body, or `None` at its end (a poll version of [`Body::data`]).
+    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
         if let Some(e) = &self.failed {
             return Poll::Ready(Some(Err(e.clone())));
         }
@@ -252,16 +252,16 @@ impl Body {
     /// The next piece of the body, or `None` at its end. The first call past a preview makes
     /// the server send `100 Continue`. After an error the server answers 400 or 408 (or just
     /// closes), whatever the service returns.
-    pub async fn chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
-        std::future::poll_fn(|cx| self.poll_chunk(cx))
+    pub async fn data(&mut self) -> Result<Option<Bytes>, BodyError> {
+        std::future::poll_fn(|cx| self.poll_data(cx))
             .await
             .transpose()
     }
 
     /// The preview, whole, without asking the client for more: `None` when the request
-    /// came without one. Its pieces stay in the body: [`Body::chunk`] hands them out first.
+    /// came without one. Its pieces stay in the body: [`Body::data`] hands them out first.
     /// A service that decides on the preview alone answers without reading on, and the
-    /// client sends nothing more. Must be called before [`Body::chunk`].
+    /// client sends nothing more. Must be called before [`Body::data`].
     pub async fn preview(&mut self) -> Result<Option<Bytes>, BodyError> {
         if !self.previewed {
             return Ok(None);
@@ -290,7 +290,7 @@ impl Body {
     }
 
     /// Starts answering now with a 200 that echoes the client's message, while the body is
-    /// still being read: the pieces [`Body::chunk`] hands out are sent back as the service
+    /// still being read: the pieces [`Body::data`] hands out are sent back as the service
     /// moves past them. For scanners behind clients that wait for the answer before sending
     /// more (squid keeps the whole body, 64 KiB at most, until the final answer when a
     /// preview was offered): scan each piece, then let it through.
@@ -304,7 +304,7 @@ impl Body {
     /// byte after its last digit) sets `holdback` to that distance, so the bytes of a
     /// finding are not passed on.
     ///
-    /// Must be called before [`Body::chunk`] handed out any byte; errors otherwise, and for
+    /// Must be called before [`Body::data`] handed out any byte; errors otherwise, and for
     /// requests without a body.
     ///
     /// [`Reply::unmodified`]: super::Reply::unmodified
@@ -339,7 +339,7 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
         self.get_mut()
-            .poll_chunk(cx)
+            .poll_data(cx)
             .map(|o| o.map(|r| r.map(http_body::Frame::data)))
     }
 
@@ -355,12 +355,12 @@ mod tests {
     #[tokio::test]
     async fn a_body_from_bytes_reads_back_and_ends() {
         let mut b = Body::from_bytes("hello");
-        assert_eq!(b.chunk().await.unwrap().unwrap(), "hello");
-        assert_eq!(b.chunk().await.unwrap(), None);
+        assert_eq!(b.data().await.unwrap().unwrap(), "hello");
+        assert_eq!(b.data().await.unwrap(), None);
         assert!(b.is_end());
         assert_eq!(b.bytes_read(), 5);
         let mut e = Body::empty();
-        assert_eq!(e.chunk().await.unwrap(), None);
+        assert_eq!(e.data().await.unwrap(), None);
         assert!(e.start_echo(0).await.is_err());
     }
 
@@ -377,22 +377,22 @@ mod tests {
             crx.try_recv().is_err(),
             "looking at the preview asks nothing"
         );
-        assert_eq!(b.chunk().await.unwrap().unwrap(), "ab");
-        assert_eq!(b.chunk().await.unwrap().unwrap(), "cd");
+        assert_eq!(b.data().await.unwrap().unwrap(), "ab");
+        assert_eq!(b.data().await.unwrap().unwrap(), "cd");
         tx.send(Piece::Data(Bytes::from_static(b"ef"))).unwrap();
         tx.send(Piece::End).unwrap();
-        assert_eq!(b.chunk().await.unwrap().unwrap(), "ef");
+        assert_eq!(b.data().await.unwrap().unwrap(), "ef");
         let got: Vec<String> = std::iter::from_fn(|| crx.try_recv().ok())
             .map(|c| format!("{c:?}"))
             .collect();
         assert_eq!(got, ["Seen(2)", "Seen(4)", "Continue"]);
-        assert_eq!(b.chunk().await.unwrap(), None);
+        assert_eq!(b.data().await.unwrap(), None);
         // The connection task gone in the middle of a body: an error, the same each time.
         let (tx, rx) = mpsc::unbounded_channel();
         let (ctx, _crx) = mpsc::unbounded_channel();
         let mut b = Body::new(Some(rx), ctx, false);
         drop(tx);
-        assert!(matches!(b.chunk().await, Err(BodyError::Closed)));
-        assert!(matches!(b.chunk().await, Err(BodyError::Closed)));
+        assert!(matches!(b.data().await, Err(BodyError::Closed)));
+        assert!(matches!(b.data().await, Err(BodyError::Closed)));
     }
 }

@@ -6,8 +6,8 @@
 //! use icap::server::ServerConfig;
 //!
 //! let cfg = ServerConfig::default()
-//!     .with_max_connections(64)
-//!     .with_idle_timeout(Duration::from_secs(30));
+//!     .max_connections(64)
+//!     .idle_timeout(Duration::from_secs(30));
 //! assert_eq!(cfg.max_connections, 64);
 //! ```
 
@@ -24,7 +24,7 @@ use crate::limits::Limits;
 #[derive(Debug, Clone)]
 ///
 /// Fields can be read and set; new ones may come in later versions, so build one from
-/// [`ServerConfig::default`] and the `with_*` setters (or by assigning fields).
+/// [`ServerConfig::default`] and the setters named like the fields (or by assigning fields).
 #[non_exhaustive]
 pub struct ServerConfig {
     /// Decoder limits (head sizes, header count, preview, body size).
@@ -132,104 +132,104 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Sets [`ServerConfig::limits`].
-    pub fn with_limits(mut self, value: Limits) -> Self {
+    /// Sets the field `limits`.
+    pub fn limits(mut self, value: Limits) -> Self {
         self.limits = value;
         self
     }
 
-    /// Sets [`ServerConfig::max_connections`].
-    pub fn with_max_connections(mut self, value: usize) -> Self {
+    /// Sets the field `max_connections`.
+    pub fn max_connections(mut self, value: usize) -> Self {
         self.max_connections = value;
         self
     }
 
-    /// Sets [`ServerConfig::max_connections_per_ip`].
-    pub fn with_max_connections_per_ip(mut self, value: usize) -> Self {
+    /// Sets the field `max_connections_per_ip`.
+    pub fn max_connections_per_ip(mut self, value: usize) -> Self {
         self.max_connections_per_ip = value;
         self
     }
 
-    /// Sets [`ServerConfig::idle_timeout`].
-    pub fn with_idle_timeout(mut self, value: Duration) -> Self {
+    /// Sets the field `idle_timeout`.
+    pub fn idle_timeout(mut self, value: Duration) -> Self {
         self.idle_timeout = value;
         self
     }
 
-    /// Sets [`ServerConfig::head_timeout`].
-    pub fn with_head_timeout(mut self, value: Duration) -> Self {
+    /// Sets the field `head_timeout`.
+    pub fn head_timeout(mut self, value: Duration) -> Self {
         self.head_timeout = value;
         self
     }
 
-    /// Sets [`ServerConfig::read_timeout`].
-    pub fn with_read_timeout(mut self, value: Duration) -> Self {
+    /// Sets the field `read_timeout`.
+    pub fn read_timeout(mut self, value: Duration) -> Self {
         self.read_timeout = value;
         self
     }
 
-    /// Sets [`ServerConfig::body_timeout`].
-    pub fn with_body_timeout(mut self, value: Option<Duration>) -> Self {
+    /// Sets the field `body_timeout`.
+    pub fn body_timeout(mut self, value: Option<Duration>) -> Self {
         self.body_timeout = value;
         self
     }
 
-    /// Sets [`ServerConfig::min_rate`].
-    pub fn with_min_rate(mut self, value: Option<MinRate>) -> Self {
+    /// Sets the field `min_rate`.
+    pub fn min_rate(mut self, value: Option<MinRate>) -> Self {
         self.min_rate = value;
         self
     }
 
-    /// Sets [`ServerConfig::write_timeout`].
-    pub fn with_write_timeout(mut self, value: Duration) -> Self {
+    /// Sets the field `write_timeout`.
+    pub fn write_timeout(mut self, value: Duration) -> Self {
         self.write_timeout = value;
         self
     }
 
-    /// Sets [`ServerConfig::tls_handshake_timeout`].
-    pub fn with_tls_handshake_timeout(mut self, value: Duration) -> Self {
+    /// Sets the field `tls_handshake_timeout`.
+    pub fn tls_handshake_timeout(mut self, value: Duration) -> Self {
         self.tls_handshake_timeout = value;
         self
     }
 
-    /// Sets [`ServerConfig::refusal_timeout`].
-    pub fn with_refusal_timeout(mut self, value: Duration) -> Self {
+    /// Sets the field `refusal_timeout`.
+    pub fn refusal_timeout(mut self, value: Duration) -> Self {
         self.refusal_timeout = value;
         self
     }
 
-    /// Sets [`ServerConfig::refusal_drain`].
-    pub fn with_refusal_drain(mut self, value: u64) -> Self {
+    /// Sets the field `refusal_drain`.
+    pub fn refusal_drain(mut self, value: u64) -> Self {
         self.refusal_drain = value;
         self
     }
 
-    /// Sets [`ServerConfig::max_refusals`].
-    pub fn with_max_refusals(mut self, value: usize) -> Self {
+    /// Sets the field `max_refusals`.
+    pub fn max_refusals(mut self, value: usize) -> Self {
         self.max_refusals = value;
         self
     }
 
-    /// Sets [`ServerConfig::spool_memory`].
-    pub fn with_spool_memory(mut self, value: usize) -> Self {
+    /// Sets the field `spool_memory`.
+    pub fn spool_memory(mut self, value: usize) -> Self {
         self.spool_memory = value;
         self
     }
 
-    /// Sets [`ServerConfig::spool_dir`].
-    pub fn with_spool_dir(mut self, value: impl Into<PathBuf>) -> Self {
+    /// Sets the field `spool_dir`.
+    pub fn spool_dir(mut self, value: impl Into<PathBuf>) -> Self {
         self.spool_dir = value.into();
         self
     }
 
-    /// Sets [`ServerConfig::istag`].
-    pub fn with_istag(mut self, value: impl Into<String>) -> Self {
+    /// Sets the field `istag`.
+    pub fn istag(mut self, value: impl Into<String>) -> Self {
         self.istag = value.into();
         self
     }
 
-    /// Sets [`ServerConfig::server_name`].
-    pub fn with_server_name(mut self, value: Option<String>) -> Self {
+    /// Sets the field `server_name`.
+    pub fn server_name(mut self, value: Option<String>) -> Self {
         self.server_name = value;
         self
     }

@@ -312,7 +312,7 @@ impl Server {
                 }
             }
         };
-        let peer = PeerInfo::new(peer).with_secure(secure);
+        let peer = PeerInfo::new(peer).secure(secure);
         self.run(io, peer, Some(slot), stop).await;
     }
 

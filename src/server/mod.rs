@@ -31,7 +31,7 @@
 //!    it wants and whether it can answer 204. The server answers OPTIONS from it.
 //! 2. **Read the body.** [`IncomingRequest`] derefs to the ICAP [`Request`](crate::Request)
 //!    (ICAP headers, encapsulated HTTP heads); `req.body` is a [`Body`]: call
-//!    [`Body::chunk`] until `None`, or use it as an `http_body::Body`. With a preview, the
+//!    [`Body::data`] until `None`, or use it as an `http_body::Body`. With a preview, the
 //!    first read past it sends `100 Continue`; to decide on the preview alone, look at
 //!    [`Body::preview`] and answer without reading on.
 //! 3. **Answer.** [`Reply::unmodified`] lets the message through (204, or a 200 echo when the
@@ -55,7 +55,7 @@
 //! // Blocks uploads that contain "secret".
 //! let words = tower::service_fn(|mut req: IncomingRequest| async move {
 //!     let mut tail = Vec::new();
-//!     while let Some(piece) = req.body.chunk().await? {
+//!     while let Some(piece) = req.body.data().await? {
 //!         tail.extend_from_slice(&piece);
 //!         if tail.windows(6).any(|w| w == b"secret") {
 //!             return Ok(Reply::page(403, "Forbidden", "text/plain", "Blocked\n")?);

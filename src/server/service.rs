@@ -49,7 +49,7 @@ impl PeerInfo {
     }
 
     /// Says whether the connection is TLS.
-    pub fn with_secure(mut self, secure: bool) -> Self {
+    pub fn secure(mut self, secure: bool) -> Self {
         self.secure = secure;
         self
     }
@@ -70,7 +70,7 @@ impl std::fmt::Display for PeerInfo {
 #[non_exhaustive]
 pub struct IncomingRequest {
     /// The ICAP request head and encapsulated HTTP heads.
-    pub request: Request,
+    pub head: Request,
     /// The client.
     pub peer: PeerInfo,
     /// The encapsulated body (empty for `null-body`).
@@ -79,12 +79,8 @@ pub struct IncomingRequest {
 
 impl IncomingRequest {
     /// A request as the server would hand it over: for testing a service without a server.
-    pub fn new(request: Request, peer: PeerInfo, body: Body) -> Self {
-        IncomingRequest {
-            request,
-            peer,
-            body,
-        }
+    pub fn new(head: Request, peer: PeerInfo, body: Body) -> Self {
+        IncomingRequest { head, peer, body }
     }
 
     /// The body, to read it while keeping the heads at hand.
@@ -94,14 +90,14 @@ impl IncomingRequest {
 
     /// The heads and the body apart.
     pub fn into_parts(self) -> (Request, PeerInfo, Body) {
-        (self.request, self.peer, self.body)
+        (self.head, self.peer, self.body)
     }
 }
 
 impl std::ops::Deref for IncomingRequest {
     type Target = Request;
     fn deref(&self) -> &Request {
-        &self.request
+        &self.head
     }
 }
 

@@ -77,7 +77,7 @@ impl Blocker {
         // Stream: keep only a small tail so that "BLOCK" split across pieces is seen.
         let mut tail: Vec<u8> = Vec::new();
         let mut found = false;
-        while let Some(c) = req.body.chunk().await? {
+        while let Some(c) = req.body.data().await? {
             self.read
                 .fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
             tail.extend_from_slice(&c);
