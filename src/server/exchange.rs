@@ -210,7 +210,11 @@ impl Server {
         let reply = match outcome {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!("service {:?} failed: {e}", route.options.service);
+                tracing::error!(
+                    "{} {} from {peer} failed, answering 500: {e}",
+                    head.method,
+                    String::from_utf8_lossy(&head.uri)
+                );
                 if feed.echo.is_some() {
                     return false;
                 }

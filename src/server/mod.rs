@@ -41,7 +41,9 @@
 //! 4. **Stream when the client waits.** A client such as squid sends no more than 64 KiB
 //!    until an answer starts: [`Body::start_echo`] starts a 200 echo at once and passes on
 //!    each piece once the service has looked at it; a late finding cuts the answer.
-//! 5. **Serve it**, with the layers it needs:
+//! 5. **Serve it**, with the layers it needs, on listeners ([`Server::serve`]) or on
+//!    connections accepted elsewhere ([`Server::serve_connection`]). To test it without a
+//!    server, call it with [`IncomingRequest::new`] and [`Body::from_bytes`].
 //!
 //! ```
 //! use std::time::Duration;
