@@ -3,10 +3,12 @@
 //! over a socket: clean bodies get 204 or their echo, the word gets the block page, a slow
 //! handler gets the 500 its timeout error becomes, each byte for byte; the limit holds; the
 //! owned body can be moved into another task; and a connection the test accepted itself is
-//! served through `serve_connection`.
+//! served through `serve_connection`. c-icap-client (when installed) drives the same
+//! layered service as a real ICAP client.
 #![cfg(feature = "server")]
 
 mod net;
+mod peers_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -357,5 +359,52 @@ async fn a_service_that_stops_reading_stops_the_server_reading() {
     r.read_exact(&mut got).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&got), want);
     assert_eq!(taken.load(Ordering::SeqCst), body.len());
+    srv.stop().await;
+}
+
+/// c-icap-client against the layered blocker: OPTIONS (for the preview and Allow: 204), then
+/// a clean upload gets 204 and one with the word gets the block page as the new body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cicap_client_drives_the_layered_service() {
+    if !peers_support::available(&["c-icap-client"]) {
+        return;
+    }
+    let (busy, most) = Default::default();
+    let srv = net::start(server(busy, most)).await;
+    let port = srv.addr.port();
+    let dir = peers_support::TempDir::new("tower-cc");
+    let run = |name: &'static str, content: &'static [u8]| {
+        let (file, saved) = (dir.join(name), dir.join(format!("{name}.out")));
+        peers_support::write_file(&file, content);
+        let mut cmd = std::process::Command::new("c-icap-client");
+        cmd.args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-s",
+            "words",
+            "-v",
+        ])
+        .args(["-req", "http://origin.example/up", "-f"])
+        .arg(&file)
+        .arg("-o")
+        .arg(&saved);
+        let dir = dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let out = peers_support::run_tool(&dir, &mut cmd, Duration::from_secs(30));
+            assert!(out.status.success(), "{}", out.stderr);
+            (
+                format!("{}{}", out.stdout, out.stderr),
+                std::fs::read(saved).ok(),
+            )
+        })
+    };
+    let (out, _) = run("clean.txt", b"nothing to see here\n").await.unwrap();
+    assert!(out.contains("ICAP/1.0 204"), "{out}");
+    let (out, saved) = run("bad.txt", b"this is forbidden text\n").await.unwrap();
+    assert!(out.contains("ICAP/1.0 200 OK"), "{out}");
+    assert!(out.contains("ISTag: \"words-1\""), "{out}");
+    assert_eq!(saved.as_deref(), Some(&b"blocked\n"[..]), "{out}");
     srv.stop().await;
 }
