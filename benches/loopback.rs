@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use icap::client::{Client, ClientConfig, ClientRequest, PreviewPolicy};
-use icap::server::{Body, BoxFuture, IncomingRequest, Reply, Server, ServerConfig, Service};
+use icap::server::{BoxError, IncomingRequest, Reply, Server, ServerConfig};
 use icap::tls::{ClientTls, ServerTls, Trust};
 use icap::{Encoder, HttpRequestHead, HttpResponseHead, IcapUri, Method, Request, ServiceOptions};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -32,27 +32,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
 /// Reads the whole body, keeps nothing, answers "unmodified" (204, or a 200 echo).
-struct Drain;
+async fn drain(mut req: IncomingRequest) -> Result<Reply, BoxError> {
+    while let Ok(Some(_)) = req.body.data().await {}
+    Ok(Reply::unmodified())
+}
 
-impl Service for Drain {
-    fn options(&self) -> ServiceOptions {
-        ServiceOptions::default()
-            .with_methods(vec![Method::Reqmod, Method::Respmod])
-            .with_istag("\"bench-1\"")
-            .with_allow_204(true)
-            .with_options_ttl(Some(3600))
-    }
-
-    fn handle<'a>(
-        &'a self,
-        _req: &'a IncomingRequest,
-        body: &'a mut Body<'_, '_>,
-    ) -> BoxFuture<'a, Reply> {
-        Box::pin(async move {
-            while let Ok(Some(_)) = body.chunk().await {}
-            Reply::unmodified()
-        })
-    }
+fn drain_options() -> ServiceOptions {
+    ServiceOptions::default()
+        .with_methods(vec![Method::Reqmod, Method::Respmod])
+        .with_istag("\"bench-1\"")
+        .with_allow_204(true)
+        .with_options_ttl(Some(3600))
 }
 
 struct Pki {
@@ -319,7 +309,11 @@ async fn setup(
 ) -> (Setup, tokio::sync::oneshot::Sender<()>) {
     let server_tls = secure.map(|p| p.server.build().unwrap());
     let client_tls = secure.map(|p| p.client.build().unwrap());
-    let mut server = Server::new(ServerConfig::default()).route("respmod", Drain);
+    let mut server = Server::new(ServerConfig::default()).route(
+        "respmod",
+        drain_options(),
+        tower::service_fn(drain),
+    );
     if let Some(t) = &server_tls {
         server = server.tls(t.clone());
     }

@@ -3,7 +3,7 @@
 # dlp-scan example with no --server starts two TLS DLP servers in-process (client
 # certificates required) and scans against them, so the peak covers client and servers.
 # Runs with Allow: 204 (the server answers 204) and with --no-204 (the server spools the body
-# to disk past 1 MiB and echoes it back in a 200: the worst case), in REQMOD and RESPMOD.
+# to disk past 128 KiB and echoes it back in a 200: the worst case), in REQMOD and RESPMOD.
 #
 #   bash benches/memory.sh [SIZE_MIB]     (default 1024; needs /usr/bin/time: apt-get install time)
 set -euo pipefail

@@ -9,33 +9,23 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use icap::client::{Client, ClientConfig, ClientRequest, PreviewPolicy};
-use icap::server::{Body, BoxFuture, IncomingRequest, Reply, Server, ServerConfig, Service};
+use icap::server::{BoxError, IncomingRequest, Reply, Server, ServerConfig};
 use icap::{HttpRequestHead, HttpResponseHead, Method, ServiceOptions};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
 /// Reads the whole body and answers 204.
-struct Drain;
+async fn drain(mut req: IncomingRequest) -> Result<Reply, BoxError> {
+    while let Ok(Some(_)) = req.body.data().await {}
+    Ok(Reply::unmodified())
+}
 
-impl Service for Drain {
-    fn options(&self) -> ServiceOptions {
-        ServiceOptions::default()
-            .with_methods(vec![Method::Reqmod, Method::Respmod])
-            .with_istag("\"bench-1\"")
-            .with_allow_204(true)
-            .with_options_ttl(Some(3600))
-    }
-
-    fn handle<'a>(
-        &'a self,
-        _req: &'a IncomingRequest,
-        body: &'a mut Body<'_, '_>,
-    ) -> BoxFuture<'a, Reply> {
-        Box::pin(async move {
-            while let Ok(Some(_)) = body.chunk().await {}
-            Reply::unmodified()
-        })
-    }
+fn drain_options() -> ServiceOptions {
+    ServiceOptions::default()
+        .with_methods(vec![Method::Reqmod, Method::Respmod])
+        .with_istag("\"bench-1\"")
+        .with_allow_204(true)
+        .with_options_ttl(Some(3600))
 }
 
 fn body_of(len: usize) -> Vec<u8> {
@@ -94,7 +84,11 @@ fn peers_loopback(c: &mut Criterion) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::new(ServerConfig::default()).route("respmod", Drain);
+        let server = Server::new(ServerConfig::default()).route(
+            "respmod",
+            drain_options(),
+            tower::service_fn(drain),
+        );
         tokio::spawn(async move {
             let _ = server
                 .serve(l, async {

@@ -14,7 +14,7 @@ use icap::scan::{Mode, ScanRequest};
 use icap::server::{Server, ServerConfig};
 use icap::tls::{ClientTls, ServerTls};
 use icap::verdict::Verdict;
-use net::{blocker, pki, start, Blocker};
+use net::{blocker, pki, start, Blocker, BlockerRoute};
 use tokio::io::AsyncWriteExt;
 
 fn scan(body: &'static [u8]) -> ScanRequest {
@@ -203,7 +203,7 @@ fn mtls_server() -> Server {
         .build()
         .unwrap();
     Server::new(ServerConfig::default())
-        .route("blocker", Blocker::default())
+        .route_blocker("blocker", Blocker::default())
         .tls(tls)
 }
 
@@ -277,7 +277,7 @@ async fn pinned_self_signed_and_expired_certificates() {
         .unwrap();
     let srv = start(
         Server::new(ServerConfig::default())
-            .route("blocker", Blocker::default())
+            .route_blocker("blocker", Blocker::default())
             .tls(tls),
     )
     .await;
@@ -311,7 +311,7 @@ async fn pinned_self_signed_and_expired_certificates() {
         .unwrap();
     let srv = start(
         Server::new(ServerConfig::default())
-            .route("blocker", Blocker::default())
+            .route_blocker("blocker", Blocker::default())
             .tls(tls),
     )
     .await;
@@ -343,11 +343,8 @@ async fn failover_when_the_first_server_is_down_refuses_or_resets() {
 
     // Overloaded: every connection gets 503.
     let busy = start(
-        Server::new(ServerConfig {
-            max_connections: 0,
-            ..Default::default()
-        })
-        .route("blocker", Blocker::default()),
+        Server::new(ServerConfig::default().max_connections(0))
+            .route_blocker("blocker", Blocker::default()),
     )
     .await;
     let c = Client::new(

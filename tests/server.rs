@@ -6,7 +6,7 @@ mod net;
 
 use std::time::Duration;
 
-use icap::server::ServerConfig;
+use icap::server::{BoxError, IncomingRequest, Reply, Server, ServerConfig};
 use icap::{Method, Response, ResponseDecoder, ResponseEvent, ServiceOptions};
 use net::{Running, PAGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -185,11 +185,9 @@ async fn errors_and_closing() {
 
 #[tokio::test]
 async fn stalled_client_gets_408_and_others_are_served() {
-    let cfg = ServerConfig {
-        head_timeout: Duration::from_millis(300),
-        read_timeout: Duration::from_millis(300),
-        ..Default::default()
-    };
+    let cfg = ServerConfig::default()
+        .head_timeout(Duration::from_millis(300))
+        .read_timeout(Duration::from_millis(300));
     let srv = start(cfg).await;
     // One byte, then nothing: the head never completes.
     let mut slow = TcpStream::connect(srv.addr).await.unwrap();
@@ -217,11 +215,7 @@ async fn stalled_client_gets_408_and_others_are_served() {
 /// such connections a newcomer gets 503.
 #[tokio::test]
 async fn connection_limit_closes_idle_connections_first_then_answers_503() {
-    let srv = start(ServerConfig {
-        max_connections: 1,
-        ..Default::default()
-    })
-    .await;
+    let srv = start(ServerConfig::default().max_connections(1)).await;
     let mut first = TcpStream::connect(srv.addr).await.unwrap();
     first
         .write_all(&reqmod("Allow: 204\r\n", None))
@@ -254,11 +248,11 @@ async fn connection_limit_closes_idle_connections_first_then_answers_503() {
 async fn large_echo_spools_to_disk_and_streams_back() {
     let dir = std::env::temp_dir().join(format!("icap-spool-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let srv = start(ServerConfig {
-        spool_memory: 64 * 1024,
-        spool_dir: dir.clone(),
-        ..Default::default()
-    })
+    let srv = start(
+        ServerConfig::default()
+            .spool_memory(64 * 1024)
+            .spool_dir(dir.clone()),
+    )
     .await;
     let body: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
@@ -325,40 +319,39 @@ async fn shutdown_lets_the_transaction_in_flight_finish() {
 
 /// Echoes while scanning: starts the 200 at once and forwards each piece after looking at
 /// it; "BLOCK" in a piece stops the echo.
-struct Streamer;
-
-impl icap::server::Service for Streamer {
-    fn options(&self) -> ServiceOptions {
-        ServiceOptions::default()
-            .with_methods(vec![Method::Respmod])
-            .with_istag("\"stream-1\"")
-            .with_preview(Some(1024))
-    }
-
-    fn handle<'a>(
-        &'a self,
-        _req: &'a icap::server::IncomingRequest,
-        body: &'a mut icap::server::Body<'_, '_>,
-    ) -> icap::server::BoxFuture<'a, icap::server::Reply> {
-        Box::pin(async move {
-            if body.start_echo(4).await.is_err() {
-                return icap::server::Reply::unmodified();
+fn streamer() -> (ServiceOptions, impl Svc) {
+    let options = ServiceOptions::default()
+        .with_methods(vec![Method::Respmod])
+        .with_istag("\"stream-1\"")
+        .with_preview(Some(1024));
+    let svc = tower::service_fn(|mut req: IncomingRequest| async move {
+        if req.body.start_echo(4).await.is_err() {
+            return Ok(Reply::unmodified());
+        }
+        while let Some(piece) = req.body.data().await? {
+            if piece.windows(5).any(|w| w == b"BLOCK") {
+                return Ok(Reply::page(403, "Forbidden", "text/plain", "no")?);
             }
-            while let Ok(Some(piece)) = body.chunk().await {
-                if piece.windows(5).any(|w| w == b"BLOCK") {
-                    let res = Response::ok("stream-1")
-                        .http_error_page(403, "Forbidden", "text/plain", b"no")
-                        .build()
-                        .unwrap();
-                    return icap::server::Reply::Respond(
-                        res,
-                        icap::server::ReplyBody::Full(bytes::Bytes::from_static(b"no")),
-                    );
-                }
-            }
-            icap::server::Reply::unmodified()
-        })
-    }
+        }
+        Ok::<_, BoxError>(Reply::unmodified())
+    });
+    (options, svc)
+}
+
+/// What the test services are.
+trait Svc:
+    tower::Service<IncomingRequest, Response = Reply, Error = BoxError, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+impl<S> Svc for S where
+    S: tower::Service<IncomingRequest, Response = Reply, Error = BoxError, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static
+{
 }
 
 fn respmod_head(len: usize) -> Vec<u8> {
@@ -433,9 +426,11 @@ async fn squid_like(s: &mut TcpStream, body: &[u8]) -> (Response, Vec<u8>, bool)
 
 #[tokio::test]
 async fn streaming_echo_answers_before_the_body_ends_and_cuts_on_a_late_finding() {
-    let srv =
-        net::start(icap::server::Server::new(ServerConfig::default()).route("stream", Streamer))
-            .await;
+    let srv = {
+        let (o, svc) = streamer();
+        net::start(Server::new(ServerConfig::default()).route("stream", o, svc))
+    }
+    .await;
     // Clean, 1 MiB: the echo is the body, and the connection carries another request.
     let body: Vec<u8> = (0..(1 << 20)).map(|i| b'a' + (i % 23) as u8).collect();
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
@@ -467,36 +462,28 @@ async fn streaming_echo_answers_before_the_body_ends_and_cuts_on_a_late_finding(
 
 /// Reads a piece first, then asks for the streaming echo: refused, so it answers the usual
 /// way (a 200 echo from the spool, as 204 is not allowed).
-struct LateEcho;
-
-impl icap::server::Service for LateEcho {
-    fn options(&self) -> ServiceOptions {
-        ServiceOptions::default()
-            .with_methods(vec![Method::Respmod])
-            .with_istag("\"late-1\"")
-    }
-
-    fn handle<'a>(
-        &'a self,
-        _req: &'a icap::server::IncomingRequest,
-        body: &'a mut icap::server::Body<'_, '_>,
-    ) -> icap::server::BoxFuture<'a, icap::server::Reply> {
-        Box::pin(async move {
-            let first = body.chunk().await.ok().flatten();
-            assert!(first.is_some());
-            let refused = body.start_echo(0).await;
-            assert!(refused.is_err(), "start_echo after reading must be refused");
-            while let Ok(Some(_)) = body.chunk().await {}
-            icap::server::Reply::unmodified()
-        })
-    }
+fn late_echo() -> (ServiceOptions, impl Svc) {
+    let options = ServiceOptions::default()
+        .with_methods(vec![Method::Respmod])
+        .with_istag("\"late-1\"");
+    let svc = tower::service_fn(|mut req: IncomingRequest| async move {
+        let first = req.body.data().await?;
+        assert!(first.is_some());
+        let refused = req.body.start_echo(0).await;
+        assert!(refused.is_err(), "start_echo after reading must be refused");
+        while req.body.data().await?.is_some() {}
+        Ok::<_, BoxError>(Reply::unmodified())
+    });
+    (options, svc)
 }
 
 #[tokio::test]
 async fn start_echo_after_reading_is_refused_and_the_answer_is_unchanged() {
-    let srv =
-        net::start(icap::server::Server::new(ServerConfig::default()).route("late", LateEcho))
-            .await;
+    let srv = {
+        let (o, svc) = late_echo();
+        net::start(Server::new(ServerConfig::default()).route("late", o, svc))
+    }
+    .await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let http = "HTTP/1.1 200 OK\r\n\r\n";
     let mut wire = format!(
@@ -515,28 +502,20 @@ async fn start_echo_after_reading_is_refused_and_the_answer_is_unchanged() {
 }
 
 /// Answers at once from the heads, never reading the body (a URL filter).
-struct HeadsOnly;
-
-impl icap::server::Service for HeadsOnly {
-    fn options(&self) -> ServiceOptions {
-        ServiceOptions::default()
-            .with_methods(vec![Method::Reqmod])
-            .with_istag("\"heads-1\"")
-            .with_allow_204(true)
-    }
-
-    fn handle<'a>(
-        &'a self,
-        _req: &'a icap::server::IncomingRequest,
-        _body: &'a mut icap::server::Body<'_, '_>,
-    ) -> icap::server::BoxFuture<'a, icap::server::Reply> {
-        Box::pin(async { icap::server::Reply::unmodified() })
-    }
+fn heads_only() -> (ServiceOptions, impl Svc) {
+    let options = ServiceOptions::default()
+        .with_methods(vec![Method::Reqmod])
+        .with_istag("\"heads-1\"")
+        .with_allow_204(true);
+    let svc =
+        tower::service_fn(|_req: IncomingRequest| async { Ok::<_, BoxError>(Reply::unmodified()) });
+    (options, svc)
 }
 
 #[tokio::test]
 async fn bodiless_requests_answered_without_reading_keep_the_connection() {
-    let srv = net::start(icap::server::Server::default().route("heads", HeadsOnly)).await;
+    let (o, svc) = heads_only();
+    let srv = net::start(Server::default().route("heads", o, svc)).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let req = "REQMOD icap://127.0.0.1/heads ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\nEncapsulated: req-hdr=0, null-body=35\r\n\r\nGET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n";
     let answer = format!(

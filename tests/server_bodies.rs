@@ -12,10 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use icap::server::{
-    Body, BoxFuture, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Service,
-};
-use icap::{Method, Response, ResponseDecoder, ResponseEvent, ServiceOptions};
+use icap::server::{BoxError, IncomingRequest, Reply, ReplyBody, Server, ServerConfig};
+use icap::{Method, ResponseDecoder, ResponseEvent, ServiceOptions};
 use net::PAGE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -84,61 +82,45 @@ fn server_error(istag: &str) -> String {
 
 /// Answers every request with a block page whose declared body and given body are set up by
 /// the path: `good` right, the others wrong in one way each.
-struct Pages;
+async fn pages(req: IncomingRequest) -> Result<Reply, BoxError> {
+    let uri = String::from_utf8_lossy(&req.uri).into_owned();
+    let page = || Reply::ok().http_error_page(403, "Forbidden", "text/html", PAGE);
+    let full = ReplyBody::Full(Bytes::from_static(PAGE));
+    let (res, body) = match uri.rsplit('/').next().unwrap() {
+        "good" => (page(), full),
+        // The page's head, Content-Length and all, without its bytes.
+        "empty" => (page(), ReplyBody::Empty),
+        // A body for a response built without with_body().
+        "undeclared" => (
+            Reply::ok().http_response_parts(403, "Forbidden", [("Content-Type", "text/html")]),
+            full,
+        ),
+        // Bytes other than the page the head was built for.
+        "length" => (page(), ReplyBody::Full(Bytes::from_static(b"short"))),
+        // The same through a reader, which cannot be measured before it is sent.
+        "reader" => (
+            Reply::ok().http_response_parts(403, "Forbidden", [("A", "b")]),
+            ReplyBody::Reader(Box::new(std::io::Cursor::new(PAGE))),
+        ),
+        other => panic!("{other}"),
+    };
+    Ok(Reply::Respond(res.build()?, body))
+}
 
-impl Service for Pages {
-    fn options(&self) -> ServiceOptions {
-        ServiceOptions::default()
-            .with_methods(vec![Method::Reqmod])
-            .with_istag("\"pages-1\"")
-    }
-
-    fn handle<'a>(
-        &'a self,
-        req: &'a IncomingRequest,
-        _body: &'a mut Body<'_, '_>,
-    ) -> BoxFuture<'a, Reply> {
-        let uri = String::from_utf8_lossy(&req.uri).into_owned();
-        Box::pin(async move {
-            let page =
-                || Response::ok("pages-1").http_error_page(403, "Forbidden", "text/html", PAGE);
-            let full = ReplyBody::Full(Bytes::from_static(PAGE));
-            let (res, body) = match uri.rsplit('/').next().unwrap() {
-                "good" => (page(), full),
-                // The page's head, Content-Length and all, without its bytes.
-                "empty" => (page(), ReplyBody::Empty),
-                // A body for a response built without with_body().
-                "undeclared" => (
-                    Response::ok("pages-1").http_response_parts(
-                        403,
-                        "Forbidden",
-                        [("Content-Type", "text/html")],
-                    ),
-                    full,
-                ),
-                // Bytes other than the page the head was built for.
-                "length" => (page(), ReplyBody::Full(Bytes::from_static(b"short"))),
-                // The same through a reader, which cannot be measured before it is sent.
-                "reader" => (
-                    Response::ok("pages-1").http_response_parts(403, "Forbidden", [("A", "b")]),
-                    ReplyBody::Reader(Box::new(std::io::Cursor::new(PAGE))),
-                ),
-                other => panic!("{other}"),
-            };
-            Reply::Respond(res.build().unwrap(), body)
-        })
-    }
+fn pages_options() -> ServiceOptions {
+    ServiceOptions::default()
+        .with_methods(vec![Method::Reqmod])
+        .with_istag("\"pages-1\"")
 }
 
 #[tokio::test]
 async fn replies_whose_body_does_not_match_the_response_get_500_not_invalid_http() {
     let srv = net::start(
-        Server::default()
-            .route("good", Pages)
-            .route("empty", Pages)
-            .route("undeclared", Pages)
-            .route("length", Pages)
-            .route("reader", Pages),
+        ["good", "empty", "undeclared", "length", "reader"]
+            .into_iter()
+            .fold(Server::default(), |s, path| {
+                s.route(path, pages_options(), tower::service_fn(pages))
+            }),
     )
     .await;
     // The control: the page, whole, with the head it was built for.
@@ -173,32 +155,21 @@ async fn replies_whose_body_does_not_match_the_response_get_500_not_invalid_http
 /// Reads the whole body, notes its size and how many entries the spool directory has then
 /// (`usize::MAX` when it cannot be read), and lets the message through unmodified (an echo,
 /// as the requests do not allow 204).
+#[derive(Clone)]
 struct Looker {
     dir: PathBuf,
     seen: Arc<AtomicUsize>,
     read: Arc<AtomicUsize>,
 }
 
-impl Service for Looker {
-    fn options(&self) -> ServiceOptions {
-        ServiceOptions::default()
-            .with_methods(vec![Method::Reqmod])
-            .with_istag("\"look-1\"")
-    }
-
-    fn handle<'a>(
-        &'a self,
-        _req: &'a IncomingRequest,
-        body: &'a mut Body<'_, '_>,
-    ) -> BoxFuture<'a, Reply> {
-        Box::pin(async move {
-            while let Ok(Some(c)) = body.chunk().await {
-                self.read.fetch_add(c.len(), Ordering::SeqCst);
-            }
-            let n = std::fs::read_dir(&self.dir).map_or(usize::MAX, |d| d.count());
-            self.seen.store(n, Ordering::SeqCst);
-            Reply::unmodified()
-        })
+impl Looker {
+    async fn handle(self, mut req: IncomingRequest) -> Result<Reply, BoxError> {
+        while let Ok(Some(c)) = req.body.data().await {
+            self.read.fetch_add(c.len(), Ordering::SeqCst);
+        }
+        let n = std::fs::read_dir(&self.dir).map_or(usize::MAX, |d| d.count());
+        self.seen.store(n, Ordering::SeqCst);
+        Ok(Reply::unmodified())
     }
 }
 
@@ -227,17 +198,19 @@ async fn echo_3mib(addr: std::net::SocketAddr) {
 fn looker(dir: &Path, memory: usize) -> (Server, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let seen = Arc::new(AtomicUsize::new(0));
     let read = Arc::new(AtomicUsize::new(0));
-    let cfg = ServerConfig {
-        spool_memory: memory,
-        spool_dir: dir.to_path_buf(),
-        ..Default::default()
-    };
+    let cfg = ServerConfig::default()
+        .spool_memory(memory)
+        .spool_dir(dir.to_path_buf());
     let svc = Looker {
         dir: dir.to_path_buf(),
         seen: seen.clone(),
         read: read.clone(),
     };
-    (Server::new(cfg).route("look", svc), seen, read)
+    let options = ServiceOptions::default()
+        .with_methods(vec![Method::Reqmod])
+        .with_istag("\"look-1\"");
+    let svc = tower::service_fn(move |req| svc.clone().handle(req));
+    (Server::new(cfg).route("look", options, svc), seen, read)
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use icap::server::{MinRate, Server, ServerConfig, Stats};
-use net::{pki, Blocker};
+use net::{pki, Blocker, BlockerRoute};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -48,18 +48,16 @@ fn small_request() -> Vec<u8> {
 /// Short timeouts, limits that only deadlines and eviction can satisfy: one address may take
 /// every slot.
 fn config() -> ServerConfig {
-    ServerConfig {
-        max_connections: CLIENTS,
-        max_connections_per_ip: 10 * CLIENTS,
-        idle_timeout: Duration::from_secs(3),
-        head_timeout: Duration::from_secs(2),
-        read_timeout: Duration::from_secs(2),
-        body_timeout: None,
-        min_rate: None,
-        refusal_timeout: Duration::from_secs(2),
-        max_refusals: 2 * CLIENTS,
-        ..Default::default()
-    }
+    ServerConfig::default()
+        .max_connections(CLIENTS)
+        .max_connections_per_ip(10 * CLIENTS)
+        .idle_timeout(Duration::from_secs(3))
+        .head_timeout(Duration::from_secs(2))
+        .read_timeout(Duration::from_secs(2))
+        .body_timeout(None)
+        .min_rate(None)
+        .refusal_timeout(Duration::from_secs(2))
+        .max_refusals(2 * CLIENTS)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -210,7 +208,7 @@ async fn normal_client(addr: SocketAddr, until: Instant) -> Vec<Duration> {
 }
 
 async fn start(cfg: ServerConfig) -> net::Running {
-    serve(Server::new(cfg).route("blocker", Blocker::default())).await
+    serve(Server::new(cfg).route_blocker("blocker", Blocker::default())).await
 }
 
 /// Runs `server` on a listener whose accept queue holds every client of a scenario: with
@@ -326,14 +324,12 @@ async fn blank_line_clients_are_cut_at_the_head_deadline() {
 /// A head sent byte by byte falls below the minimum rate long before the head deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_byte_clients_are_cut_by_the_minimum_rate() {
-    let cfg = ServerConfig {
-        head_timeout: Duration::from_secs(20),
-        min_rate: Some(MinRate {
+    let cfg = config()
+        .head_timeout(Duration::from_secs(20))
+        .min_rate(Some(MinRate {
             bytes_per_sec: 64,
             grace: Duration::from_secs(1),
-        }),
-        ..config()
-    };
+        }));
     let out = scenario(cfg, Kind::HeadByte, ms(2500), ms(6000)).await;
     // grace 1 s + a few bytes at 64 B/s.
     assert_cuts(
@@ -350,10 +346,7 @@ async fn head_byte_clients_are_cut_by_the_minimum_rate() {
 /// was once read forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_byte_clients_are_cut_at_the_body_deadline() {
-    let cfg = ServerConfig {
-        body_timeout: Some(Duration::from_secs(2)),
-        ..config()
-    };
+    let cfg = config().body_timeout(Some(Duration::from_secs(2)));
     let out = scenario(cfg, Kind::BodyByte, ms(3500), ms(6000)).await;
     assert_cuts(
         Kind::BodyByte,
@@ -368,13 +361,10 @@ async fn body_byte_clients_are_cut_at_the_body_deadline() {
 /// ... and by the minimum rate, with no body deadline at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_byte_clients_are_cut_by_the_minimum_rate() {
-    let cfg = ServerConfig {
-        min_rate: Some(MinRate {
-            bytes_per_sec: 64,
-            grace: Duration::from_secs(1),
-        }),
-        ..config()
-    };
+    let cfg = config().min_rate(Some(MinRate {
+        bytes_per_sec: 64,
+        grace: Duration::from_secs(1),
+    }));
     let out = scenario(cfg, Kind::BodyByte, ms(2500), ms(6000)).await;
     assert_cuts(
         Kind::BodyByte,
@@ -451,11 +441,9 @@ async fn newcomers_while_full_read_503_and_are_closed_in_time() {
 /// at once throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_clients_of_one_address_leave_room_for_others() {
-    let cfg = ServerConfig {
-        max_connections_per_ip: CLIENTS - 50,
-        head_timeout: Duration::from_secs(1),
-        ..config()
-    };
+    let cfg = config()
+        .max_connections_per_ip(CLIENTS - 50)
+        .head_timeout(Duration::from_secs(1));
     let srv = start(cfg).await;
     let addr = srv.addr;
     let stop_at = Instant::now() + ms(4000);
@@ -490,13 +478,10 @@ async fn reconnecting_clients_of_one_address_leave_room_for_others() {
 /// rate of 1 KiB/s, is read to its end although it takes longer than the grace.
 #[tokio::test]
 async fn a_slow_but_steady_body_is_served() {
-    let cfg = ServerConfig {
-        min_rate: Some(MinRate {
-            bytes_per_sec: 1024,
-            grace: Duration::from_secs(1),
-        }),
-        ..config()
-    };
+    let cfg = config().min_rate(Some(MinRate {
+        bytes_per_sec: 1024,
+        grace: Duration::from_secs(1),
+    }));
     let srv = start(cfg).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     s.write_all(&head_with_body()).await.unwrap();
@@ -567,11 +552,7 @@ fn assert_503(got: &[u8]) {
 /// writes a large body before reading gets the 503 instead of a broken pipe.
 #[tokio::test]
 async fn refused_client_writing_a_large_body_reads_the_503() {
-    let srv = start(ServerConfig {
-        max_connections: 0,
-        ..Default::default()
-    })
-    .await;
+    let srv = start(ServerConfig::default().max_connections(0)).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let got = write_all_then_read(&mut s, 2 * 1024 * 1024).await;
     assert_503(&got);
@@ -588,12 +569,9 @@ async fn refused_tls_client_reads_the_503_after_the_handshake() {
         .build()
         .unwrap();
     let srv = serve(
-        Server::new(ServerConfig {
-            max_connections: 0,
-            ..Default::default()
-        })
-        .route("blocker", Blocker::default())
-        .tls(tls),
+        Server::new(ServerConfig::default().max_connections(0))
+            .route_blocker("blocker", Blocker::default())
+            .tls(tls),
     )
     .await;
     let client = icap::tls::ClientTls::default()

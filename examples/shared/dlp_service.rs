@@ -15,7 +15,7 @@
 //!
 //! Two services, `reqmod` and `respmod`, each offering its one method (as Symantec recommends:
 //! one service per direction). Bodies are streamed through a [`Scanner`]: memory per
-//! transaction is the scanner's fixed window, plus the server's echo spool (1 MiB, then a
+//! transaction is the scanner's fixed window, plus the server's echo spool (128 KiB, then a
 //! temporary file) when the client did not allow 204. Clean content gets
 //! [`Reply::unmodified`] (a 204, or a 200 echo where 204 is not allowed); a violation gets a
 //! 200 carrying an HTTP response in place of the message, shaped by the [`Profile`].
@@ -27,11 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use icap::server::{
-    Body, BoxFuture, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Service, Stats,
-};
+use icap::server::{BoxError, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Stats};
 use icap::tls::ServerTls;
-use icap::{Method, Response, ServiceOptions};
+use icap::{Method, ServiceOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -173,7 +171,7 @@ struct DlpService {
     stats: Arc<DlpStats>,
 }
 
-impl Service for DlpService {
+impl DlpService {
     fn options(&self) -> ServiceOptions {
         ServiceOptions::new([self.method.clone()], self.cfg.profile.istag())
             .with_service(format!(
@@ -196,63 +194,43 @@ impl Service for DlpService {
             .with_transfer_preview(["*"])
     }
 
-    // `preview` keeps its default (None = 100 Continue): a verdict needs the whole body, a
-    // card number may sit in its last bytes.
-
-    fn handle<'a>(
-        &'a self,
-        req: &'a IncomingRequest,
-        body: &'a mut Body<'_, '_>,
-    ) -> BoxFuture<'a, Reply> {
-        Box::pin(async move {
-            let mut scanner = Scanner::new(&self.cfg.rules);
-            let stream = match self.cfg.stream_over {
-                Some(limit) if !req.allows_204() => declared_len(req).is_none_or(|n| n > limit),
-                _ => false,
-            };
-            // Hold back what the scanner may still be deciding on: a match up to
-            // MAX_MATCH_LEN long, confirmed by the bytes after it.
-            let streaming = stream && body.start_echo(MAX_MATCH_LEN + 64).await.is_ok();
-            loop {
-                match body.chunk().await {
-                    Ok(Some(piece)) => {
-                        scanner.feed(&piece);
-                        if streaming && !scanner.findings().is_empty() {
-                            // Found while echoing: stop; the server cuts the answer.
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    // The server answers 400/408 (or closes) whatever is returned here.
-                    Err(_) => return Reply::unmodified(),
-                }
+    /// Scans the body; a verdict needs the whole of it (a card number may sit in its last
+    /// bytes), so every read past the preview is wanted (the server sends 100 Continue).
+    async fn handle(&self, mut req: IncomingRequest) -> Result<Reply, BoxError> {
+        let mut scanner = Scanner::new(&self.cfg.rules);
+        let stream = match self.cfg.stream_over {
+            Some(limit) if !req.allows_204() => declared_len(&req).is_none_or(|n| n > limit),
+            _ => false,
+        };
+        // Hold back what the scanner may still be deciding on: a match up to
+        // MAX_MATCH_LEN long, confirmed by the bytes after it.
+        let streaming = stream && req.body.start_echo(MAX_MATCH_LEN + 64).await.is_ok();
+        // A body that cannot be read is answered by the server (400/408, or a close).
+        while let Some(piece) = req.body.data().await? {
+            scanner.feed(&piece);
+            if streaming && !scanner.findings().is_empty() {
+                // Found while echoing: stop; the server cuts the answer.
+                break;
             }
-            let scanned = scanner.bytes_scanned();
-            let (findings, total) = scanner.finish_with_total();
-            self.stats.scanned.fetch_add(1, Ordering::Relaxed);
-            self.stats.bytes.fetch_add(scanned, Ordering::Relaxed);
-            let name = file_name(req);
-            if self.cfg.verbose {
-                log_line(req, &name, scanned, total, &findings);
-            }
-            if findings.is_empty() {
-                return Reply::unmodified();
-            }
-            self.stats.blocked.fetch_add(1, Ordering::Relaxed);
-            match block_reply(self.cfg.profile, &name, &findings, total) {
-                Ok(r) => r,
-                Err(e) => {
-                    // Only reachable through a bug in the page builder; a 500 is still a
-                    // "not allowed" to any sane client, never a silent pass.
-                    eprintln!("dlp-server: cannot build the block answer: {e}");
-                    let res =
-                        Response::error(icap::ErrorStatus::ServerError, self.cfg.profile.istag())
-                            .build()
-                            .expect("static error response");
-                    Reply::Respond(res, ReplyBody::Empty)
-                }
-            }
-        })
+        }
+        let scanned = scanner.bytes_scanned();
+        let (findings, total) = scanner.finish_with_total();
+        self.stats.scanned.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(scanned, Ordering::Relaxed);
+        let name = file_name(&req);
+        if self.cfg.verbose {
+            log_line(&req, &name, scanned, total, &findings);
+        }
+        if findings.is_empty() {
+            return Ok(Reply::unmodified());
+        }
+        self.stats.blocked.fetch_add(1, Ordering::Relaxed);
+        match block_reply(self.cfg.profile, &name, &findings, total) {
+            Ok(r) => Ok(r),
+            // Only reachable through a bug in the page builder; the server answers 500, still
+            // a "not allowed" to any sane client, never a silent pass.
+            Err(e) => Err(format!("cannot build the block answer: {e}").into()),
+        }
     }
 }
 
@@ -356,7 +334,7 @@ fn block_reply(
     };
     let page = Bytes::from(page);
     let len = page.len().to_string();
-    let mut b = Response::ok(profile.istag());
+    let mut b = Reply::ok();
     if profile == Profile::Generic {
         // One line each: the builder refuses obs-fold (CR LF TAB) in values, and a receiver
         // sees the same value once it unfolds.
@@ -389,14 +367,20 @@ pub fn dlp_server(
     tls: Option<&ServerTls>,
 ) -> Result<(Server, Arc<DlpStats>), icap::tls::TlsConfigError> {
     let stats = Arc::new(DlpStats::default());
-    let service = |method: Method| DlpService {
-        method,
-        cfg: cfg.clone(),
-        stats: stats.clone(),
-    };
-    let mut server = Server::new(cfg.server.clone())
-        .route("reqmod", service(Method::Reqmod))
-        .route("respmod", service(Method::Respmod));
+    let mut server = Server::new(cfg.server.clone());
+    for (path, method) in [("reqmod", Method::Reqmod), ("respmod", Method::Respmod)] {
+        let svc = Arc::new(DlpService {
+            method,
+            cfg: cfg.clone(),
+            stats: stats.clone(),
+        });
+        let options = svc.options();
+        let handler = tower::service_fn(move |req| {
+            let svc = svc.clone();
+            async move { svc.handle(req).await }
+        });
+        server = server.route(path, options, handler);
+    }
     if let Some(t) = tls {
         server = server.tls(t.build()?);
     }

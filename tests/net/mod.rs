@@ -8,10 +8,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use icap::server::{
-    Body, BoxFuture, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Service, Stats,
-};
-use icap::{Method, Response, ServiceOptions};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use icap::server::{BoxError, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Stats};
+use icap::{Method, ServiceOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -41,14 +43,14 @@ pub const PAGE: &[u8] = b"<html><body>Blocked by policy</body></html>";
 
 /// Blocks bodies containing "BLOCK" with a 403 page, answers "SKIP" previews at once, and
 /// is otherwise unmodified. Counts the body bytes it read.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Blocker {
     pub read: Arc<std::sync::atomic::AtomicU64>,
     pub max_connections: Option<u64>,
 }
 
-impl Service for Blocker {
-    fn options(&self) -> ServiceOptions {
+impl Blocker {
+    pub fn options(&self) -> ServiceOptions {
         ServiceOptions::default()
             .with_methods(vec![Method::Reqmod, Method::Respmod])
             .with_istag("\"blk-1\"")
@@ -61,43 +63,63 @@ impl Service for Blocker {
             .with_transfer_ignore(["ignored"])
     }
 
-    fn preview<'a>(
-        &'a self,
-        _req: &'a IncomingRequest,
-        preview: &'a [u8],
-    ) -> BoxFuture<'a, Option<Reply>> {
-        let skip = preview.starts_with(b"SKIP");
-        Box::pin(async move { skip.then(Reply::unmodified) })
+    async fn handle(self, mut req: IncomingRequest) -> Result<Reply, BoxError> {
+        if req
+            .body
+            .preview()
+            .await?
+            .is_some_and(|p| p.starts_with(b"SKIP"))
+        {
+            return Ok(Reply::unmodified());
+        }
+        // Stream: keep only a small tail so that "BLOCK" split across pieces is seen.
+        let mut tail: Vec<u8> = Vec::new();
+        let mut found = false;
+        while let Some(c) = req.body.data().await? {
+            self.read
+                .fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            tail.extend_from_slice(&c);
+            found |= tail.windows(5).any(|w| w == b"BLOCK");
+            let keep = tail.len().saturating_sub(4);
+            tail.drain(..keep);
+        }
+        if found {
+            let res = Reply::ok()
+                .header("X-Blocked-Reason", "keyword BLOCK")
+                .http_error_page(403, "Forbidden", "text/html", PAGE)
+                .build()?;
+            Ok(Reply::Respond(
+                res,
+                ReplyBody::Full(Bytes::from_static(PAGE)),
+            ))
+        } else {
+            Ok(Reply::unmodified())
+        }
+    }
+}
+
+impl tower::Service<IncomingRequest> for Blocker {
+    type Response = Reply;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Reply, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn handle<'a>(
-        &'a self,
-        _req: &'a IncomingRequest,
-        body: &'a mut Body<'_, '_>,
-    ) -> BoxFuture<'a, Reply> {
-        Box::pin(async move {
-            // Stream: keep only a small tail so that "BLOCK" split across pieces is seen.
-            let mut tail: Vec<u8> = Vec::new();
-            let mut found = false;
-            while let Ok(Some(c)) = body.chunk().await {
-                self.read
-                    .fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                tail.extend_from_slice(&c);
-                found |= tail.windows(5).any(|w| w == b"BLOCK");
-                let keep = tail.len().saturating_sub(4);
-                tail.drain(..keep);
-            }
-            if found {
-                let res = Response::ok("blk-1")
-                    .header("X-Blocked-Reason", "keyword BLOCK")
-                    .http_error_page(403, "Forbidden", "text/html", PAGE)
-                    .build()
-                    .unwrap();
-                Reply::Respond(res, ReplyBody::Full(Bytes::from_static(PAGE)))
-            } else {
-                Reply::unmodified()
-            }
-        })
+    fn call(&mut self, req: IncomingRequest) -> Self::Future {
+        Box::pin(self.clone().handle(req))
+    }
+}
+
+/// `server.route_blocker(path, blocker)`: the blocker with its own options.
+pub trait BlockerRoute {
+    fn route_blocker(self, path: &str, b: Blocker) -> Self;
+}
+
+impl BlockerRoute for Server {
+    fn route_blocker(self, path: &str, b: Blocker) -> Server {
+        self.route(path, b.options(), b)
     }
 }
 
@@ -135,7 +157,7 @@ pub fn start_on(listener: TcpListener, server: Server) -> Running {
 
 /// A plain server with a [`Blocker`] at `/blocker`.
 pub async fn blocker(cfg: ServerConfig) -> Running {
-    start(Server::new(cfg).route("blocker", Blocker::default())).await
+    start(Server::new(cfg).route_blocker("blocker", Blocker::default())).await
 }
 
 impl Running {

@@ -1,0 +1,276 @@
+//! One REQMOD or RESPMOD exchange: the service called with an owned [`Body`] fed from the
+//! connection as the service reads (paced by what it has taken), `100 Continue` sent when it
+//! reads past the preview, and the streaming echo it may ask for passed on as it moves
+//! through the body.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::body::{Body, BodyError, Control, Piece};
+use super::conn::{Conn, Got};
+use super::service::{IncomingRequest, PeerInfo, Reply, ReplyBody, Route};
+use super::spool::Spool;
+use super::Server;
+use crate::builder::ErrorStatus;
+use crate::headers::Headers;
+use crate::message::Request;
+use crate::transaction::{Reuse, ServerState, ServerTransaction};
+
+/// Body bytes read ahead of the service: the connection reads on while the service has
+/// taken all but this many of the bytes handed over (a preview is read whole regardless).
+const READ_AHEAD: u64 = 64 * 1024;
+
+/// A streaming echo under way: pieces handed to the service and not yet passed on.
+struct Echo {
+    holdback: u64,
+}
+
+/// The state of the body while the service runs.
+struct Feed {
+    /// Bytes handed to the service, and how many of them it has looked at.
+    sent: u64,
+    seen: u64,
+    /// Copies of the pieces handed over and not yet looked at (all of them while an echo may
+    /// still start; those not yet passed on once it has).
+    inflight: VecDeque<Bytes>,
+    inflight_start: u64,
+    /// An echo can still start (the service has read nothing yet).
+    echo_possible: bool,
+    /// Asked for during a preview: starts once the preview is read.
+    echo_asked: Option<(usize, tokio::sync::oneshot::Sender<Result<(), BodyError>>)>,
+    echo: Option<Echo>,
+    pieces: Option<mpsc::UnboundedSender<Piece>>,
+}
+
+impl Feed {
+    fn hand(&mut self, p: Piece) {
+        if let Piece::Data(d) = &p {
+            self.sent += d.len() as u64;
+            if self.echo_possible || self.echo.is_some() {
+                self.inflight.push_back(d.clone());
+            }
+        }
+        if let Some(tx) = &self.pieces {
+            let _ = tx.send(p);
+        }
+    }
+
+    /// Takes the front of `inflight` up to offset `upto`.
+    fn take_upto(&mut self, upto: u64) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while self.inflight_start < upto {
+            let Some(mut front) = self.inflight.pop_front() else {
+                break;
+            };
+            let want = (upto - self.inflight_start) as usize;
+            if front.len() > want {
+                let rest = front.split_off(want);
+                self.inflight.push_front(rest);
+            }
+            self.inflight_start += front.len() as u64;
+            out.push(front);
+        }
+        out
+    }
+}
+
+impl Server {
+    /// Runs the service on a REQMOD or RESPMOD and answers; true when the connection may
+    /// carry another transaction.
+    pub(crate) async fn exchange(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        route: &Route,
+        request: Request,
+        peer: PeerInfo,
+        istag: &str,
+    ) -> bool {
+        let head = request.clone();
+        let has_body = request.body.is_some();
+        let previewed = has_body && txn.state() == ServerState::Preview;
+        let (piece_tx, piece_rx) = mpsc::unbounded_channel();
+        let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel();
+        let body = Body::new(has_body.then_some(piece_rx), ctl_tx, previewed);
+        let mut spool = (!head.allows_204() && has_body)
+            .then(|| Spool::new(self.config.spool_memory, self.config.spool_dir.clone()));
+        let mut feed = Feed {
+            sent: 0,
+            seen: 0,
+            inflight: VecDeque::new(),
+            inflight_start: 0,
+            echo_possible: has_body,
+            echo_asked: None,
+            echo: None,
+            pieces: Some(piece_tx),
+        };
+        let mut call = route.call(IncomingRequest::new(request, peer, body));
+        let mut ctl_open = true;
+        let outcome = loop {
+            let in_preview = txn.state() == ServerState::Preview;
+            let can_read = feed.pieces.is_some()
+                && txn.receiving()
+                && (in_preview || feed.sent - feed.seen < READ_AHEAD);
+            tokio::select! {
+                biased;
+                c = ctl_rx.recv(), if ctl_open => match c {
+                    None => ctl_open = false,
+                    Some(Control::Seen(n)) => {
+                        feed.seen = n;
+                        if let Some(e) = &feed.echo {
+                            let upto = n.saturating_sub(e.holdback);
+                            for b in feed.take_upto(upto) {
+                                if forward(conn, txn, b).await.is_err() {
+                                    return false;
+                                }
+                            }
+                        } else if n > 0 && feed.echo_asked.is_none() {
+                            feed.echo_possible = false;
+                            feed.inflight.clear();
+                        }
+                    }
+                    Some(Control::Continue) => {
+                        if txn.state() == (ServerState::Decide { ieof: false })
+                            && (txn.send_continue().is_err()
+                                || conn.flush_out(txn).await.is_err())
+                        {
+                            return false;
+                        }
+                    }
+                    Some(Control::StartEcho { holdback, done }) => {
+                        if !feed.echo_possible {
+                            let _ = done.send(Err(BodyError::misuse(
+                                "start_echo must come before the body is read",
+                            )));
+                        } else {
+                            feed.echo_asked = Some((holdback, done));
+                        }
+                    }
+                },
+                r = &mut call => break r,
+                got = conn.next_piece(txn), if can_read => match got {
+                    Ok(Got::Data(d)) => {
+                        if let Some(s) = &mut spool {
+                            if let Err(e) = s.push(d.clone()).await {
+                                let e = BodyError::Io(Arc::new(e));
+                                feed.hand(Piece::Failed(e.clone()));
+                                self.body_error(conn, txn, e, istag).await;
+                                return false;
+                            }
+                        }
+                        feed.hand(Piece::Data(d));
+                    }
+                    Ok(Got::PreviewEnd) => feed.hand(Piece::PreviewEnd),
+                    Ok(Got::End) => feed.hand(Piece::End),
+                    Err(e) => {
+                        feed.hand(Piece::Failed(e.clone()));
+                        if feed.echo.is_none() {
+                            // The 200 of an echo is out: closing is the only signal left.
+                            self.body_error(conn, txn, e, istag).await;
+                        }
+                        return false;
+                    }
+                },
+            }
+            // An echo asked for starts once the preview is in (after 100 Continue where the
+            // client waits for one: an answer in the preview would end the body there).
+            if feed.echo_asked.is_some() && txn.state() != ServerState::Preview {
+                let (holdback, done) = feed.echo_asked.take().expect("checked");
+                let echo = self.echo_response(&head, istag, &Headers::new());
+                let mut started = Ok(());
+                if txn.state() == (ServerState::Decide { ieof: false }) {
+                    started = txn.send_continue();
+                }
+                let started = started
+                    .and_then(|()| txn.respond(echo))
+                    .map_err(BodyError::Protocol);
+                if let Err(e) = started {
+                    let _ = done.send(Err(e));
+                    continue;
+                }
+                if conn.flush_out(txn).await.is_err() {
+                    let _ = done.send(Err(BodyError::Closed));
+                    return false;
+                }
+                feed.echo = Some(Echo {
+                    holdback: holdback as u64,
+                });
+                // Nothing will be echoed from a spool any more.
+                spool = None;
+                let _ = done.send(Ok(()));
+            }
+        };
+        // The service has answered: the body it may still hold gets no more.
+        feed.pieces = None;
+        drop(call);
+        let reply = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(
+                    "{} {} from {peer} failed, answering 500: {e}",
+                    head.method,
+                    String::from_utf8_lossy(&head.uri)
+                );
+                if feed.echo.is_some() {
+                    return false;
+                }
+                let res = self.error_response(ErrorStatus::ServerError, istag);
+                return self
+                    .send(conn, txn, res, ReplyBody::Empty, None, istag)
+                    .await;
+            }
+        };
+        if feed.echo.is_some() {
+            return match reply {
+                Reply::Unmodified(_) => {
+                    // Forward what the service did not look at, then the rest as it comes.
+                    let rest: Vec<Bytes> = feed.inflight.drain(..).collect();
+                    for b in rest {
+                        if forward(conn, txn, b).await.is_err() {
+                            return false;
+                        }
+                    }
+                    while txn.receiving() {
+                        match conn.next_piece(txn).await {
+                            Ok(Got::Data(b)) => {
+                                if forward(conn, txn, b).await.is_err() {
+                                    return false;
+                                }
+                            }
+                            Ok(_) => break,
+                            Err(_) => return false,
+                        }
+                    }
+                    if txn.end_response().is_err() || conn.flush_out(txn).await.is_err() {
+                        return false;
+                    }
+                    txn.reuse() == Reuse::Keep
+                }
+                // A verdict other than "unmodified" after the echo began: the answer can
+                // no longer change, so the client must not get a complete one. Closing
+                // without the last chunk makes it an error on the client's side.
+                _ => false,
+            };
+        }
+        if txn.state() == ServerState::Preview {
+            // Answered in the preview: read it to its end (it is short), so that the answer
+            // comes where the client expects one and the connection stays usable.
+            if let Err(e) = conn.drain(txn, spool.as_mut()).await {
+                self.body_error(conn, txn, e, istag).await;
+                return false;
+            }
+        }
+        self.answer(conn, txn, &head, reply, spool, istag).await
+    }
+}
+
+/// Sends one piece of a streaming echo.
+async fn forward(conn: &mut Conn<'_>, txn: &mut ServerTransaction, b: Bytes) -> io::Result<()> {
+    txn.send_data(b)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    conn.flush_out(txn).await
+}

@@ -1,0 +1,218 @@
+//! The service model: what a service receives ([`IncomingRequest`], with its [`PeerInfo`])
+//! and returns ([`Reply`], [`ReplyBody`]), and how the server keeps a service with its
+//! declared [`ServiceOptions`].
+//!
+//! A service is any `tower::Service<IncomingRequest, Response = Reply>` whose error converts
+//! into a [`BoxError`]; an error is logged and answered `500 Server Error`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+use tower::util::BoxCloneService;
+use tower::ServiceExt;
+
+use super::body::Body;
+use crate::builder::{ErrorStatus, ResponseBuilder};
+use crate::headers::Headers;
+use crate::message::{Request, Response};
+use crate::options::ServiceOptions;
+
+/// The error type services are boxed into.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// The client's address, when there is one (not on a Unix socket).
+    pub addr: Option<SocketAddr>,
+    /// True on a TLS connection.
+    pub secure: bool,
+}
+
+impl PeerInfo {
+    /// A peer at `addr`, on a connection without TLS.
+    pub fn new(addr: SocketAddr) -> Self {
+        PeerInfo {
+            addr: Some(addr),
+            secure: false,
+        }
+    }
+
+    /// A peer without an address (a Unix socket, a pipe).
+    pub fn unknown() -> Self {
+        PeerInfo::default()
+    }
+
+    /// Says whether the connection is TLS.
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
+    }
+}
+
+impl std::fmt::Display for PeerInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("(unknown peer)"),
+        }
+    }
+}
+
+/// A REQMOD or RESPMOD as a service receives it: the heads, who sent it, and the body,
+/// owned (it may be moved, spawned or wrapped).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct IncomingRequest {
+    /// The ICAP request head and encapsulated HTTP heads.
+    pub head: Request,
+    /// The client.
+    pub peer: PeerInfo,
+    /// The encapsulated body (empty for `null-body`).
+    pub body: Body,
+}
+
+impl IncomingRequest {
+    /// A request as the server would hand it over: for testing a service without a server.
+    pub fn new(head: Request, peer: PeerInfo, body: Body) -> Self {
+        IncomingRequest { head, peer, body }
+    }
+
+    /// The body, to read it while keeping the heads at hand.
+    pub fn body_mut(&mut self) -> &mut Body {
+        &mut self.body
+    }
+
+    /// The heads and the body apart.
+    pub fn into_parts(self) -> (Request, PeerInfo, Body) {
+        (self.head, self.peer, self.body)
+    }
+}
+
+impl std::ops::Deref for IncomingRequest {
+    type Target = Request;
+    fn deref(&self) -> &Request {
+        &self.head
+    }
+}
+
+/// A response body the service hands back.
+pub enum ReplyBody {
+    /// No body.
+    Empty,
+    /// A body in memory.
+    Full(Bytes),
+    /// A body streamed from a reader, sent in chunks as it is read.
+    Reader(Box<dyn AsyncRead + Send + Unpin>),
+}
+
+impl std::fmt::Debug for ReplyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyBody::Empty => f.write_str("Empty"),
+            ReplyBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
+            ReplyBody::Reader(_) => f.write_str("Reader"),
+        }
+    }
+}
+
+/// A service's answer. The server writes the service's ISTag (from its [`ServiceOptions`])
+/// into every answer, replacing any the response carries.
+#[derive(Debug)]
+pub enum Reply {
+    /// The message needs no change: a 204 where the client allows it (or in answer to a
+    /// preview), else a 200 that echoes the original message. The headers are added to the
+    /// ICAP response (for instance `X-Infection-Found` in a monitoring mode).
+    Unmodified(Headers),
+    /// A final response (200 with a modified message or a block page, or an error status)
+    /// and its body; `response.body` must be `Some` exactly when a body is given (an empty
+    /// one is `ReplyBody::Full` of no bytes), and a `Full` body must have the length its
+    /// HTTP head's `Content-Length` says. A reply that breaks this is answered 500.
+    Respond(Response, ReplyBody),
+    /// A 206: `prefix` replaces the start of the body, and the original body continues it
+    /// from offset `original_from`. Needs `Allow: 206`.
+    Partial(Response, Bytes, u64),
+}
+
+/// The ISTag the answer builders start with; the server replaces it by the service's.
+const PLACEHOLDER_ISTAG: &str = "-";
+
+impl Reply {
+    /// The message stands as it is.
+    pub fn unmodified() -> Reply {
+        Reply::Unmodified(Headers::new())
+    }
+
+    /// A `200 OK` builder for a modified message (the server fills in the ISTag).
+    pub fn ok() -> ResponseBuilder {
+        Response::ok(PLACEHOLDER_ISTAG)
+    }
+
+    /// A `206 Partial Content` builder for [`Reply::Partial`] (the server fills in the ISTag).
+    pub fn partial_content() -> ResponseBuilder {
+        Response::partial_content(PLACEHOLDER_ISTAG)
+    }
+
+    /// An ICAP error answer (the connection closes after it).
+    pub fn error(status: ErrorStatus) -> Reply {
+        let res = Response::error(status, PLACEHOLDER_ISTAG)
+            .build()
+            .expect("an error response with a fixed ISTag is valid");
+        Reply::Respond(res, ReplyBody::Empty)
+    }
+
+    /// A 200 carrying an HTTP error page in place of the message (`status` 403 for a block
+    /// page), with `Content-Type`, `Content-Length` and the bytes of `page`. Fails only on a
+    /// reason or content type that is not a valid header value.
+    pub fn page(
+        status: u16,
+        reason: &str,
+        content_type: &str,
+        page: impl Into<Bytes>,
+    ) -> crate::Result<Reply> {
+        let page = page.into();
+        let res = Reply::ok()
+            .http_error_page(status, reason, content_type, &page)
+            .build()?;
+        Ok(Reply::Respond(res, ReplyBody::Full(page)))
+    }
+}
+
+/// The future a boxed service returns.
+pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Result<Reply, BoxError>> + Send>>;
+
+/// A service at a path, with the options it declares.
+pub(crate) struct Route {
+    pub(crate) options: ServiceOptions,
+    service: Mutex<BoxCloneService<IncomingRequest, Reply, BoxError>>,
+}
+
+impl Route {
+    pub(crate) fn new<S>(options: ServiceOptions, service: S) -> Self
+    where
+        S: tower::Service<IncomingRequest, Response = Reply> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        Route {
+            options,
+            service: Mutex::new(BoxCloneService::new(service.map_err(Into::into))),
+        }
+    }
+
+    /// Calls a clone of the service (tower's pattern for shared services: each call waits
+    /// for readiness on its own clone, so a concurrency limit counts calls).
+    pub(crate) fn call(&self, req: IncomingRequest) -> ReplyFuture {
+        let svc = self
+            .service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Box::pin(svc.oneshot(req))
+    }
+}
