@@ -1,11 +1,16 @@
 //! The streaming decoders: [`RequestDecoder`] (server role) and [`ResponseDecoder`] (client
 //! role).
 //!
-//! Push bytes in ([`Decoder::feed`], or read straight into [`Decoder::buffer_mut`]) and pull
-//! events ([`RequestEvent`], [`ResponseEvent`]) out with [`Decoder::decode`] until it returns `Ok(None)`. A message yields one
-//! `Head` (ICAP head plus encapsulated HTTP heads, once all have arrived), zero or more `Data`
-//! pieces of de-chunked body, each a `Bytes` view of the input, and `End`. Messages follow each
-//! other on one connection, so after `End` the next `Head` may come at once.
+//! Push bytes in ([`Decoder::feed`], [`Decoder::feed_bytes`] without a copy, or read straight
+//! into [`Decoder::buffer_mut`]) and pull events ([`RequestEvent`], [`ResponseEvent`]) out with
+//! [`Decoder::decode`] until it returns `Ok(None)`. A message yields one `Head` (ICAP head plus
+//! encapsulated HTTP heads, once all have arrived), zero or more `Data` pieces of de-chunked
+//! body, each a `Bytes` view of the input, and `End`. Messages follow each other on one
+//! connection, so after `End` the next `Head` may come at once.
+//!
+//! A decoder kept for a connection allocates nothing per message once warm (tests/alloc.rs):
+//! input, header offsets and events are slices of buffers it reclaims once the caller has
+//! dropped the previous messages.
 //!
 //! Preview (RFC 3507 4.5) needs one decision from outside: after a preview without `ieof`
 //! the decoder reports [`RequestEvent::PreviewEnd`] and waits; the server then calls
