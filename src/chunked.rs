@@ -501,17 +501,13 @@ fn parse_ext_in(ext: &[u8], at: u64) -> Result<LastChunk> {
         if name.eq_ignore_ascii_case(b"ieof") {
             out.ieof = true;
         } else if name.eq_ignore_ascii_case(b"use-original-body") {
-            let n = value
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::BadChunkExtension,
-                        at,
-                        "use-original-body needs a decimal offset",
-                    )
-                })?;
+            let n = value.and_then(crate::decode::decimal).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadChunkExtension,
+                    at,
+                    "use-original-body needs a decimal offset",
+                )
+            })?;
             out.use_original_body = Some(n);
         } else if !crate::headers::is_token(name) {
             return Err(Error::new(

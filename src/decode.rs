@@ -672,7 +672,9 @@ fn icap_fields(
     Ok((Some(enc), preview))
 }
 
-/// A non-empty run of ASCII digits that fits a `u64`: no sign, no spaces, no overflow.
+/// A non-empty run of ASCII digits that fits a `u64`: no sign, no spaces, no overflow. The
+/// crate's one parser of decimal numbers (Preview, Encapsulated offsets, use-original-body,
+/// OPTIONS numbers, Content-Length); status codes are their own 3-digit grammar.
 pub(crate) fn decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() {
         return None;
@@ -876,5 +878,29 @@ impl sealed::Sealed for Response {
     }
     fn end(l: LastChunk) -> ResponseEvent {
         ResponseEvent::End(l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_is_digits_that_fit_a_u64() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"00108"), Some(108));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1a",
+            b"0x10",
+        ] {
+            assert_eq!(decimal(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

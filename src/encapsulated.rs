@@ -116,16 +116,12 @@ fn entries(v: &[u8]) -> std::result::Result<Entries, usize> {
         }
         j += 1;
         let digits = j;
-        let mut offset = Some(0u64);
-        while let Some(&b) = v.get(j).filter(|b| b.is_ascii_digit()) {
-            offset = offset
-                .and_then(|o| o.checked_mul(10))
-                .and_then(|o| o.checked_add(u64::from(b - b'0')));
+        while v.get(j).is_some_and(u8::is_ascii_digit) {
             j += 1;
         }
-        match offset {
-            Some(o) if j > digits => Ok((section, o, j)),
-            _ => Err(digits),
+        match crate::decode::decimal(&v[digits..j]) {
+            Some(o) => Ok((section, o, j)),
+            None => Err(digits),
         }
     };
     let mut out = Entries {
