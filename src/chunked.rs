@@ -202,6 +202,12 @@ impl ChunkedDecoder {
                     if let Some(line) = size_line(&buf[i..], self.max_chunk_line) {
                         self.line_start = *base + i as u64;
                         self.size = line.size;
+                        if line.size > 0 && line.ext.0 == line.ext.1 {
+                            // The common data chunk: no extensions to read or check.
+                            i += line.len;
+                            self.start_data(self.line_start)?;
+                            continue;
+                        }
                         let ext = &buf[i + line.ext.0..i + line.ext.1];
                         let ext = parse_ext_in(ext, self.line_start)?;
                         i += line.len;
@@ -340,6 +346,12 @@ impl ChunkedDecoder {
                 "ieof and use-original-body belong on the last (zero-size) chunk",
             ));
         }
+        self.start_data(at)
+    }
+
+    /// A data chunk of `self.size` bytes whose size line (at `at`) is read: checks the budget
+    /// and moves on to its data.
+    fn start_data(&mut self, at: u64) -> Result<()> {
         if let Some((max, kind)) = self.budget {
             if self.total.saturating_add(self.size) > max {
                 let what = if kind == ErrorKind::PreviewOverrun {
@@ -489,17 +501,13 @@ fn parse_ext_in(ext: &[u8], at: u64) -> Result<LastChunk> {
         if name.eq_ignore_ascii_case(b"ieof") {
             out.ieof = true;
         } else if name.eq_ignore_ascii_case(b"use-original-body") {
-            let n = value
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::BadChunkExtension,
-                        at,
-                        "use-original-body needs a decimal offset",
-                    )
-                })?;
+            let n = value.and_then(crate::decode::decimal).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadChunkExtension,
+                    at,
+                    "use-original-body needs a decimal offset",
+                )
+            })?;
             out.use_original_body = Some(n);
         } else if !crate::headers::is_token(name) {
             return Err(Error::new(

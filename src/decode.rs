@@ -1,11 +1,16 @@
 //! The streaming decoders: [`RequestDecoder`] (server role) and [`ResponseDecoder`] (client
 //! role).
 //!
-//! Push bytes in ([`Decoder::feed`], or read straight into [`Decoder::buffer_mut`]) and pull
-//! events ([`RequestEvent`], [`ResponseEvent`]) out with [`Decoder::decode`] until it returns `Ok(None)`. A message yields one
-//! `Head` (ICAP head plus encapsulated HTTP heads, once all have arrived), zero or more `Data`
-//! pieces of de-chunked body, each a `Bytes` view of the input, and `End`. Messages follow each
-//! other on one connection, so after `End` the next `Head` may come at once.
+//! Push bytes in ([`Decoder::feed`], [`Decoder::feed_bytes`] without a copy, or read straight
+//! into [`Decoder::buffer_mut`]) and pull events ([`RequestEvent`], [`ResponseEvent`]) out with
+//! [`Decoder::decode`] until it returns `Ok(None)`. A message yields one `Head` (ICAP head plus
+//! encapsulated HTTP heads, once all have arrived), zero or more `Data` pieces of de-chunked
+//! body, each a `Bytes` view of the input, and `End`. Messages follow each other on one
+//! connection, so after `End` the next `Head` may come at once.
+//!
+//! A decoder kept for a connection allocates nothing per message once warm (tests/alloc.rs):
+//! input, header offsets and events are slices of buffers it reclaims once the caller has
+//! dropped the previous messages.
 //!
 //! Preview (RFC 3507 4.5) needs one decision from outside: after a preview without `ieof`
 //! the decoder reports [`RequestEvent::PreviewEnd`] and waits; the server then calls
@@ -667,7 +672,9 @@ fn icap_fields(
     Ok((Some(enc), preview))
 }
 
-/// A non-empty run of ASCII digits that fits a `u64`: no sign, no spaces, no overflow.
+/// A non-empty run of ASCII digits that fits a `u64`: no sign, no spaces, no overflow. The
+/// crate's one parser of decimal numbers (Preview, Encapsulated offsets, use-original-body,
+/// OPTIONS numbers, Content-Length); status codes are their own 3-digit grammar.
 pub(crate) fn decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() {
         return None;
@@ -871,5 +878,29 @@ impl sealed::Sealed for Response {
     }
     fn end(l: LastChunk) -> ResponseEvent {
         ResponseEvent::End(l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_is_digits_that_fit_a_u64() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"00108"), Some(108));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1a",
+            b"0x10",
+        ] {
+            assert_eq!(decimal(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

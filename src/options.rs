@@ -101,17 +101,12 @@ fn text(res: &Response, name: &str) -> Option<String> {
 fn number(res: &Response, name: &str) -> Result<Option<u64>> {
     match res.headers.get(name) {
         None => Ok(None),
-        Some(v) => std::str::from_utf8(v)
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                bad_header(format!(
-                    "{name}: {:?} is not a decimal number",
-                    String::from_utf8_lossy(v)
-                ))
-            }),
+        Some(v) => crate::decode::decimal(v).map(Some).ok_or_else(|| {
+            bad_header(format!(
+                "{name}: {:?} is not a decimal number",
+                String::from_utf8_lossy(v)
+            ))
+        }),
     }
 }
 
