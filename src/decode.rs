@@ -150,6 +150,27 @@ enum State<M> {
 }
 
 /// A streaming ICAP decoder for one direction of one connection.
+///
+/// Feed it bytes as they arrive, in pieces of any size, and take events out until it says it
+/// needs more (`Ok(None)`). Heads come whole; body pieces are views of the input.
+///
+/// ```
+/// use icap::{RequestDecoder, RequestEvent};
+///
+/// let mut dec = RequestDecoder::default();
+/// // A RESPMOD with a 4-byte preview, split where a socket might split it.
+/// dec.feed(b"RESPMOD icap://av.example/respmod ICAP/1.0\r\nHost: av.example\r\n");
+/// assert!(dec.decode()?.is_none()); // the head is not complete yet
+/// dec.feed(b"Preview: 4\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\n");
+/// dec.feed(b"HTTP/1.1 200 OK\r\n\r\n4\r\nwxyz\r\n0\r\n\r\n");
+/// let Some(RequestEvent::Head(req)) = dec.decode()? else { panic!() };
+/// assert_eq!((req.preview(), req.http_response.as_ref().map(|h| h.status)), (Some(4), Some(200)));
+/// assert!(matches!(dec.decode()?, Some(RequestEvent::Data(d)) if &d[..] == b"wxyz"));
+/// assert!(matches!(dec.decode()?, Some(RequestEvent::PreviewEnd)));
+/// // The server answers (100 Continue, 204 ...); the decoder waits for what comes next.
+/// assert!(dec.decode()?.is_none());
+/// # Ok::<(), icap::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Decoder<M: Message> {
     /// The decoder's own buffer: what `feed` copies in and `buffer_mut` reads into.
@@ -175,6 +196,20 @@ const FEED_ROOM: usize = 8 * 1024;
 /// Decodes ICAP requests: the server side of a connection.
 pub type RequestDecoder = Decoder<Request>;
 /// Decodes ICAP responses: the client side of a connection.
+///
+/// ```
+/// use icap::{ResponseDecoder, ResponseEvent};
+///
+/// let mut dec = ResponseDecoder::default();
+/// dec.feed(b"ICAP/1.0 200 OK\r\nISTag: \"x\"\r\nEncapsulated: res-hdr=0, res-body=45\r\n\r\n");
+/// dec.feed(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\n7\r\nblocked\r\n0\r\n\r\n");
+/// let Some(ResponseEvent::Head(res)) = dec.decode()? else { panic!() };
+/// assert_eq!((res.status, res.http_response.as_ref().unwrap().status), (200, 403));
+/// assert!(matches!(dec.decode()?, Some(ResponseEvent::Data(d)) if &d[..] == b"blocked"));
+/// assert!(matches!(dec.decode()?, Some(ResponseEvent::End(last)) if !last.ieof));
+/// assert!(dec.is_idle()); // ready for the next answer on a kept-alive connection
+/// # Ok::<(), icap::Error>(())
+/// ```
 pub type ResponseDecoder = Decoder<Response>;
 
 impl<M: Message> Default for Decoder<M> {

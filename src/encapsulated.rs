@@ -59,6 +59,16 @@ impl fmt::Display for Section {
 const MAX_ENTRIES: usize = 4;
 
 /// A parsed `Encapsulated` header value: sections with their offsets, in header order.
+///
+/// ```
+/// use icap::{Encapsulated, Section};
+///
+/// let e = Encapsulated::parse(b"req-hdr=0, res-hdr=137, res-body=296")?;
+/// assert_eq!(e.body(), Section::ResBody);
+/// assert_eq!((e.get(Section::ResHdr), e.heads_len()), (Some(137), 296));
+/// assert!(Encapsulated::parse(b"res-hdr=10, req-hdr=0").is_err()); // offsets must grow
+/// # Ok::<(), icap::Error>(())
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Encapsulated {
     entries: [(Section, u64); MAX_ENTRIES],

@@ -37,6 +37,25 @@ enum Phase {
 /// bytes without a head or after the body's end, a second head inside a body) with an
 /// [`ErrorKind::InvalidState`] error, queueing nothing: framed bytes in the wrong place would
 /// be read by the peer as the next message.
+///
+/// ```
+/// use bytes::{Buf, Bytes};
+/// use icap::{Encoder, IcapUri, Request};
+///
+/// let uri = IcapUri::parse("icap://dlp.example/reqmod")?;
+/// let req = Request::reqmod(&uri)
+///     .http_request_parts("POST", "http://up.example/f", [("Host", "up.example")])
+///     .with_body()
+///     .build()?;
+/// let mut enc = Encoder::new();
+/// enc.request_head(&req)?; // Encapsulated computed from the real head sizes
+/// enc.data(Bytes::from_static(b"hello"))?; // framed as a chunk, the bytes not copied
+/// enc.end(false)?;
+/// assert!(enc.data(Bytes::from_static(b"late")).is_err()); // the body has ended
+/// let wire = enc.copy_to_bytes(enc.remaining());
+/// assert!(wire.ends_with(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct Encoder {
     parts: VecDeque<Bytes>,

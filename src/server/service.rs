@@ -66,6 +66,33 @@ impl std::fmt::Display for PeerInfo {
 
 /// A REQMOD or RESPMOD as a service receives it: the heads, who sent it, and the body,
 /// owned (it may be moved, spawned or wrapped).
+///
+/// A service is a plain function of it, so it can be tested without a server:
+///
+/// ```
+/// use icap::server::{Body, BoxError, IncomingRequest, PeerInfo, Reply};
+/// use icap::{IcapUri, Request};
+/// use tower::{service_fn, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
+/// let blocker = service_fn(|mut req: IncomingRequest| async move {
+///     while let Some(piece) = req.body.data().await? {
+///         if piece.windows(6).any(|w| w == b"secret") {
+///             return Ok::<_, BoxError>(Reply::page(403, "Forbidden", "text/plain", "no\n")?);
+///         }
+///     }
+///     Ok(Reply::unmodified())
+/// });
+/// let uri = IcapUri::parse("icap://dlp.example/reqmod")?;
+/// let head = Request::reqmod(&uri)
+///     .http_request_parts("POST", "http://up.example/f", [("Host", "up.example")])
+///     .with_body()
+///     .build()?;
+/// let req = IncomingRequest::new(head, PeerInfo::unknown(), Body::from_bytes("top secret"));
+/// let reply = blocker.oneshot(req).await?;
+/// assert!(matches!(reply, Reply::Respond(ref res, _) if res.http_response.as_ref().unwrap().status == 403));
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct IncomingRequest {

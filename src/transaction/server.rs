@@ -86,6 +86,24 @@ pub enum ServerEvent {
 /// ([`ServerEvent::End`]) the connection stays reusable; if it will not, it calls
 /// [`Self::abandon_request`] (before responding, so that `Connection: close` goes into the
 /// answer) and the connection is closed.
+///
+/// ```
+/// use icap::transaction::{ServerEvent, ServerTransaction, Reuse};
+/// use icap::{RequestDecoder, Response};
+///
+/// let mut tx = ServerTransaction::new(RequestDecoder::default());
+/// tx.feed(b"REQMOD icap://dlp.example/reqmod ICAP/1.0\r\nHost: dlp.example\r\nAllow: 204\r\n\
+///           Preview: 0\r\nEncapsulated: req-hdr=0, req-body=38\r\n\r\n\
+///           POST /f HTTP/1.1\r\nHost: up.example\r\n\r\n0\r\n\r\n");
+/// assert!(matches!(tx.poll_event()?, Some(ServerEvent::Request(_))));
+/// assert!(matches!(tx.poll_event()?, Some(ServerEvent::PreviewEnd { ieof: false })));
+/// // Decide on the (empty) preview: unmodified, so 204, allowed in a preview.
+/// tx.respond(Response::no_content("dlp-1").build()?)?;
+/// let wire = tx.outgoing().to_bytes();
+/// assert!(wire.starts_with(b"ICAP/1.0 204 "));
+/// assert_eq!(tx.reuse(), Reuse::Keep);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct ServerTransaction {
     recv: SRecv,
