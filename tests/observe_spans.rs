@@ -15,6 +15,7 @@ use icap::client::{BodySource, Client, ClientConfig};
 use icap::scan::{Mode, ScanRequest};
 use icap::server::ServerConfig;
 use net::blocker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
@@ -102,6 +103,21 @@ async fn one_span_per_transaction_on_each_side_with_its_outcome_and_no_event_per
     no_retry.retries = 0;
     let unreachable = Client::new(&[format!("icap://{dead}/blocker")], no_retry).unwrap();
     assert!(unreachable.scan(scan(b"x")).await.is_err());
+    // A partner that answers HTTP instead of ICAP.
+    let liar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let liar_addr = liar.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = liar.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .await;
+    });
+    let mut once = ClientConfig::default();
+    once.retries = 0;
+    let lied_to = Client::new(&[format!("icap://{liar_addr}/blocker")], once).unwrap();
+    assert!(lied_to.scan(scan(b"x")).await.is_err());
     drop(client);
     srv.stop().await;
 
@@ -114,7 +130,9 @@ async fn one_span_per_transaction_on_each_side_with_its_outcome_and_no_event_per
             .collect()
     };
     let server = spans("icap.server.transaction");
-    let client = spans("icap.client.transaction");
+    let (client, lied): (Vec<_>, Vec<_>) = spans("icap.client.transaction")
+        .into_iter()
+        .partition(|f| f["server"] != format!("icap://{liar_addr}/blocker"));
     let methods = |v: &[BTreeMap<String, String>]| -> Vec<(String, String, String)> {
         v.iter()
             .map(|f| {
@@ -149,11 +167,22 @@ async fn one_span_per_transaction_on_each_side_with_its_outcome_and_no_event_per
     }
     let clean_sent: u64 = client[1]["bytes_sent"].parse().unwrap();
     assert!(clean_sent > 4 << 20, "{clean_sent}");
+    // The transaction with the liar: its span carries the error's kind, no status.
+    assert_eq!(lied.len(), 1, "{lied:?}");
+    assert_eq!(lied[0]["method"], "OPTIONS");
+    assert_eq!(lied[0]["error"], "protocol", "{lied:?}");
+    assert_eq!(lied[0]["status"], "0");
+    assert_eq!(lied[0]["verdict"], "none");
     let events = cap.events.lock().unwrap().clone();
-    // The failure is an event with its kind, and the only one: the hundreds of chunks
+    // The failures are events with their kind, and the only ones: the hundreds of chunks
     // made none.
-    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events.len(), 2, "{events:#?}");
     assert_eq!(events[0]["kind"], "connect", "{events:?}");
+    assert_eq!(events[1]["kind"], "protocol", "{events:?}");
+    assert!(
+        events[1]["message"].starts_with("ICAP transaction failed: "),
+        "{events:?}"
+    );
     assert!(
         events[0]["message"].starts_with(&format!(
             "ICAP connection failed: icap://{dead}/blocker: cannot connect"
