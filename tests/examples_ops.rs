@@ -258,3 +258,19 @@ fn dlp_server_serves_metrics_and_reloads_its_certificate_on_sighup() {
     let st = proc.0.wait().unwrap();
     assert_eq!(st.code(), Some(0));
 }
+
+#[test]
+fn dlp_server_names_a_metrics_address_it_cannot_bind_and_exits_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = Command::new(example("dlp-server"))
+        .args(["--listen", "127.0.0.1:0", "--metrics", &addr.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!("dlp-server: --metrics {addr}: ")),
+        "{err}"
+    );
+}
