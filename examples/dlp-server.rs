@@ -5,6 +5,7 @@
 //!     --listen 127.0.0.1:1344 [--listen [::1]:1344] \
 //!     [--tls-cert server.pem --tls-key server.key [--client-ca ca.pem]] \
 //!     [--rules rules.txt] [--profile symantec|forcepoint|generic] [--verbose] \
+//!     [--metrics 127.0.0.1:9344] \
 //!     [--max-connections N] [--max-per-ip N] [--idle-timeout S] [--head-timeout S] ...
 //! ```
 //!
@@ -14,7 +15,10 @@
 //! (or a 200 echo when the client does not allow 204); a violation gets a 200 carrying a
 //! block page, shaped like the chosen vendor's (`--profile`, default `generic`). With `--tls-cert` and `--tls-key` it
 //! speaks ICAPS; `--client-ca` then requires client certificates issued by that CA.
-//! SIGINT / SIGTERM stop accepting and let transactions in flight finish.
+//! SIGINT / SIGTERM stop accepting and let transactions in flight finish; SIGHUP reads the
+//! certificate and key files again (renewed certificates without a restart; connections
+//! open keep theirs). `--metrics ADDR` serves the client and server metrics (see
+//! `icap::metrics`) in Prometheus text at `http://ADDR/metrics`.
 //!
 //! The defaults work behind squid for bodies of any size (larger ones are echoed while being
 //! scanned, see `--stream-over`) and bound what slow or idle clients can hold: connection
@@ -25,6 +29,8 @@
 #[path = "shared/dlp_service.rs"]
 #[allow(dead_code)]
 mod dlp_service;
+#[path = "shared/ops.rs"]
+mod ops;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,11 +42,15 @@ use std::time::Duration;
 use clap::Parser;
 use dlp_service::{DlpConfig, Profile};
 use icap::server::{MinRate, ServerConfig};
-use icap::tls::ServerTls;
+use icap::tls::ReloadableServerTls;
 use icap_dlp_engine::Rules;
 use tokio::net::{TcpListener, TcpSocket};
 
-const EXIT_STATUS: &str = "Exit status:
+const EXIT_STATUS: &str = "Signals:
+  SIGINT, SIGTERM  stop accepting, finish the transactions in flight, exit
+  SIGHUP           read --tls-cert and --tls-key again (kept as they were when unusable)
+
+Exit status:
   0  stopped by SIGINT or SIGTERM after finishing the transactions in flight
   2  bad arguments, or the server cannot start (an unreadable rules, certificate or key
      file, an address that cannot be bound); the message names the file or address";
@@ -85,6 +95,9 @@ struct Args {
     /// One line per scanned message on stderr.
     #[arg(short, long)]
     verbose: bool,
+    /// Serve metrics in Prometheus text at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Connections served at once; when full, the longest idle one is closed to make room,
     /// else 503 [default: 256].
     #[arg(long, value_name = "N", help_heading = LIMITS)]
@@ -230,21 +243,26 @@ async fn run(args: Args) -> Result<(), String> {
         None => Rules::default(),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => {
-            let mut t = ServerTls::from_pem_files(c, k).map_err(|e| e.to_string())?;
-            if let Some(ca) = &args.client_ca {
-                t = t.require_client_certs(ca).map_err(|e| e.to_string())?;
-            }
-            Some(t)
-        }
+        (Some(c), Some(k)) => Some(
+            ReloadableServerTls::new(c, k, args.client_ca.as_deref()).map_err(|e| e.to_string())?,
+        ),
         _ => None,
     };
+    if let Some(addr) = args.metrics {
+        let bound = ops::serve_metrics(addr).await?;
+        // On stdout, like the listeners, for scripts that pass port 0.
+        println!("dlp-server: metrics at http://{bound}/metrics");
+    }
     let mut cfg = DlpConfig::new(rules, args.profile);
     cfg.preview = args.preview;
     cfg.stream_over = args.stream_over.0;
     cfg.verbose = args.verbose;
     cfg.server = args.server_config();
-    let (server, stats) = dlp_service::dlp_server(&cfg, tls.as_ref()).map_err(|e| e.to_string())?;
+    let (mut server, stats) = dlp_service::dlp_server(&cfg, None).map_err(|e| e.to_string())?;
+    if let Some(t) = &tls {
+        server = server.tls(t.config());
+        ops::reload_on_sighup("dlp-server", t.clone())?;
+    }
     let mut listeners = Vec::new();
     let default = [SocketAddr::from(([127, 0, 0, 1], 1344))];
     let addrs = if args.listen.is_empty() {

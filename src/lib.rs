@@ -50,6 +50,11 @@ pub mod head;
 pub mod headers;
 pub mod limits;
 pub mod message;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+#[cfg(any(feature = "client", feature = "server"))]
+mod observe;
 pub mod options;
 #[cfg(feature = "scan")]
 #[cfg_attr(docsrs, doc(cfg(feature = "scan")))]

@@ -186,27 +186,146 @@ impl ServerTls {
 
     /// Builds the rustls configuration.
     pub fn build(&self) -> Result<Arc<rustls::ServerConfig>> {
-        let builder = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| config_error(e.to_string()))?;
-        let builder = match &self.client_ca {
-            None => builder.with_no_client_auth(),
-            Some(cas) => {
-                let roots = roots_from(cas.clone(), "client CA")?;
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider(),
-                )
-                .build()
-                .map_err(|e| config_error(format!("client CA: {e}")))?;
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let cfg = builder
+        let cfg = server_builder(self.client_ca.as_deref())?
             .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
             .map_err(|e| config_error(format!("server certificate and key: {e}")))?;
         Ok(Arc::new(cfg))
     }
+}
+
+/// A server configuration up to its certificate: protocol versions and client
+/// authentication.
+fn server_builder(
+    client_ca: Option<&[CertificateDer<'static>]>,
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| config_error(e.to_string()))?;
+    Ok(match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(cas) => {
+            let roots = roots_from(cas.to_vec(), "client CA")?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| config_error(format!("client CA: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    })
+}
+
+/// A server certificate and key that can be replaced while the server runs: the files are
+/// read again on [`reload`](Self::reload) (on SIGHUP, say), and every handshake from then
+/// on presents the new certificate. Connections already established keep the session they
+/// have; nothing is restarted, no listener closed.
+///
+/// The rustls configuration from [`config`](Self::config) is made once and given to the
+/// server ([`Server::tls`](crate::server::Server::tls) or a `tokio_rustls::TlsAcceptor`);
+/// it picks the certificate in force at each handshake. The client CA (when client
+/// certificates are required) is read once, at creation.
+///
+/// ```no_run
+/// use icap::tls::ReloadableServerTls;
+///
+/// let tls = ReloadableServerTls::new("/etc/icap/server.pem", "/etc/icap/server.key", None)?;
+/// let rustls_config = tls.config(); // for `Server::tls`, once
+/// // Later, when the files were renewed (the old certificate stays if they are unusable):
+/// tls.reload()?;
+/// # Ok::<(), icap::tls::TlsConfigError>(())
+/// ```
+///
+/// A file that cannot be used is named in the error, at creation as on reload:
+///
+/// ```
+/// let err = icap::tls::ReloadableServerTls::new("missing.pem", "missing.key", None).unwrap_err();
+/// assert_eq!(err.to_string(), "TLS configuration: missing.pem: no such file");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ReloadableServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    slot: Arc<CertSlot>,
+    config: Arc<rustls::ServerConfig>,
+}
+
+/// The certificate in force, read by every handshake.
+#[derive(Debug)]
+struct CertSlot(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl rustls::server::ResolvesServerCert for CertSlot {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        // A poisoned lock still holds a complete certificate: the swap is one assignment.
+        Some(match self.0.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        })
+    }
+}
+
+impl ReloadableServerTls {
+    /// Reads the certificate chain and key (PEM), and the client CA when given (client
+    /// certificates are then required).
+    pub fn new(
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+        client_ca: Option<&Path>,
+    ) -> Result<Self> {
+        let (cert, key) = (cert.as_ref().to_path_buf(), key.as_ref().to_path_buf());
+        let certified = certified_key(&cert, &key)?;
+        let ca = client_ca.map(load_certs).transpose()?;
+        let slot = Arc::new(CertSlot(std::sync::RwLock::new(Arc::new(certified))));
+        let config = server_builder(ca.as_deref())?.with_cert_resolver(slot.clone());
+        Ok(ReloadableServerTls {
+            cert,
+            key,
+            slot,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The rustls configuration, for [`Server::tls`](crate::server::Server::tls). The same
+    /// one after every reload.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
+    }
+
+    /// Reads the certificate and key files again and presents them from the next
+    /// handshake on. When they cannot be read, or the key does not match the certificate,
+    /// the error says which and the certificate in force stays.
+    pub fn reload(&self) -> Result<()> {
+        let certified = Arc::new(certified_key(&self.cert, &self.key)?);
+        match self.slot.0.write() {
+            Ok(mut c) => *c = certified,
+            Err(p) => *p.into_inner() = certified,
+        }
+        Ok(())
+    }
+
+    /// The end-entity certificate presented now.
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        let c = match self.slot.0.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        c.cert[0].clone()
+    }
+}
+
+/// A certificate chain and its key, checked to belong together.
+fn certified_key(cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey> {
+    let chain = load_certs(cert)?;
+    let key_der = load_key(key)?;
+    rustls::sign::CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
+        TlsConfigError::file(
+            key,
+            format!("unusable with the certificate {}: {e}", cert.display()),
+        )
+    })
 }
 
 /// Which server certificates a client accepts.

@@ -154,11 +154,27 @@ impl Endpoint {
     }
 
     fn go_down(&self, h: &mut Health, cfg: &ClientConfig, now: Instant) {
+        let was_down = h.down;
         h.down = true;
         h.since = now;
         h.next_probe = after(now, cfg.revival_delay);
         // Pooled connections to a failing server are not to be trusted after it comes back.
         self.idle.lock().expect("not poisoned").clear();
+        if !was_down {
+            crate::observe::client_health_event(&self.name(), "marked_down");
+        }
+        self.observe(true);
+    }
+
+    /// Sets the metrics' view of this server (health and pool) to what it is now;
+    /// `down` is passed by callers that hold the health lock.
+    pub(crate) fn observe(&self, down: bool) {
+        #[cfg(not(feature = "metrics"))]
+        let _ = down;
+        #[cfg(feature = "metrics")]
+        let idle = self.idle.lock().expect("not poisoned").len();
+        #[cfg(feature = "metrics")]
+        crate::observe::client_server_state(&self.name(), !down, self.in_use(), idle);
     }
 
     /// An OPTIONS answer (probe or connectivity test) decides, as in squid: good brings the
@@ -171,11 +187,22 @@ impl Endpoint {
     ) {
         let now = Instant::now();
         let mut h = self.health();
+        let name = self.name();
+        crate::observe::client_health_event(
+            &name,
+            if r.is_ok() {
+                "probe_ok"
+            } else {
+                "probe_failed"
+            },
+        );
         match r {
             Ok(_) => {
                 if h.down {
                     h.down = false;
                     h.since = now;
+                    crate::observe::client_health_event(&name, "revived");
+                    self.observe(false);
                 }
                 h.recent.clear();
                 h.avoid_until = None;

@@ -26,6 +26,8 @@ use crate::verdict::BodyHash;
 use super::body::{Piece, PieceSender, Source, READ_SIZE};
 use super::pool::{tls_failure, Conn, Endpoint};
 use super::Inner;
+use crate::observe;
+use tracing::Instrument;
 
 /// Bytes queued in the encoder below which more body is read first: at most about two
 /// reads' worth wait to be written.
@@ -99,16 +101,80 @@ pub(crate) struct Done {
 
 /// What the wait for the socket brought.
 enum Step {
-    Wrote,
+    Wrote(usize),
     WriteFailed,
     Read(io::Result<usize>),
 }
 
+/// What one transaction did on the wire, for its span and metrics.
+#[derive(Default)]
+struct Seen {
+    status: u16,
+    verdict: &'static str,
+    sent: u64,
+    received: u64,
+}
+
 impl Inner {
-    /// Runs one transaction on `conn`, within `until`. On failure, says whether no byte of
-    /// an answer had arrived (a stale pooled connection).
+    /// Runs one transaction on `conn`, within `until`, in a span of its own
+    /// (`icap.client.transaction`: server, service, method, status, verdict, bytes each
+    /// way, duration, the error's kind), and records it in the metrics. On failure, says
+    /// whether no byte of an answer had arrived (a stale pooled connection).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run(
+        &self,
+        ep: &Endpoint,
+        conn: Conn,
+        req: &Request,
+        reader: Option<Source>,
+        rb: RequestBody,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+        out: &mut Out,
+        until: Instant,
+    ) -> Result<Done, (ClientError, bool)> {
+        let method = observe::method_label(&req.method);
+        let span = tracing::info_span!(
+            "icap.client.transaction",
+            server = %ep.uri,
+            service = ep.uri.path().trim_start_matches('/'),
+            method,
+            status = tracing::field::Empty,
+            verdict = tracing::field::Empty,
+            bytes_sent = tracing::field::Empty,
+            bytes_received = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let start = Instant::now();
+        let mut seen = Seen {
+            verdict: "none",
+            ..Seen::default()
+        };
+        let r = self
+            .run_transaction(ep, conn, req, reader, rb, progress, out, until, &mut seen)
+            .instrument(span.clone())
+            .await;
+        let error = r.as_ref().err().map(|(e, _)| observe::client_error_kind(e));
+        if let Err((e, _)) = &r {
+            span.in_scope(|| tracing::warn!(kind = error, "ICAP transaction failed: {e}"));
+        }
+        let done = observe::Finished {
+            method,
+            status: seen.status,
+            verdict: seen.verdict,
+            sent: seen.sent,
+            received: seen.received,
+            duration: start.elapsed(),
+            error,
+        };
+        done.record_span(&span);
+        done.record_client();
+        ep.observe(ep.is_down());
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_transaction(
         &self,
         ep: &Endpoint,
         conn: Conn,
@@ -118,6 +184,7 @@ impl Inner {
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
         out: &mut Out,
         until: Instant,
+        seen: &mut Seen,
     ) -> Result<Done, (ClientError, bool)> {
         let server = ep.name();
         let Conn {
@@ -130,7 +197,6 @@ impl Inner {
         let mut tx =
             ClientTransaction::new(req, rb, decoder).map_err(|e| (ClientError::Config(e), true))?;
         let start = Instant::now();
-        let mut received = 0u64;
         let max_answer = self.cfg.max_answer;
         let had_identity = self.cfg.tls.identity.is_some();
         let io_err = |e: io::Error| match tls_failure(&e, had_identity) {
@@ -165,18 +231,25 @@ impl Inner {
             let mut body_sent = 0u64;
             loop {
                 // Answers first: they may stop the sending.
-                while let Some(ev) = tx.poll_event().map_err(|e| (proto(e), received == 0))? {
+                while let Some(ev) = tx
+                    .poll_event()
+                    .map_err(|e| (proto(e), seen.received == 0))?
+                {
                     match ev {
                         ClientEvent::Continue => {}
-                        ClientEvent::Unmodified(r) | ClientEvent::Response(r) => match out {
-                            Out::Collect(c) => c.response = Some(r),
-                            Out::Stream(s) => {
-                                if let Some(h) = s.head.take() {
-                                    // A caller that gave up on the head gets no body either.
-                                    h.send(Ok(r)).map_err(|_| (dropped(), false))?;
+                        ClientEvent::Unmodified(r) | ClientEvent::Response(r) => {
+                            seen.status = r.status;
+                            seen.verdict = observe::verdict(&req.method, &r);
+                            match out {
+                                Out::Collect(c) => c.response = Some(r),
+                                Out::Stream(s) => {
+                                    if let Some(h) = s.head.take() {
+                                        // A caller that gave up on the head gets no body either.
+                                        h.send(Ok(r)).map_err(|_| (dropped(), false))?;
+                                    }
                                 }
                             }
-                        },
+                        }
                         ClientEvent::Data(d) => match out {
                             Out::Collect(c) => {
                                 c.got_any = true;
@@ -207,12 +280,12 @@ impl Inner {
                         match r
                             .next()
                             .await
-                            .map_err(|e| (ClientError::Body(e), received == 0))?
+                            .map_err(|e| (ClientError::Body(e), seen.received == 0))?
                         {
                             None => {
                                 source_done = true;
                                 tx.end_body()
-                                    .map_err(|e| (body_changed(e), received == 0))?;
+                                    .map_err(|e| (body_changed(e), seen.received == 0))?;
                             }
                             Some(chunk) => {
                                 body_sent += chunk.len() as u64;
@@ -220,7 +293,7 @@ impl Inner {
                                     c.sent.update(&chunk);
                                 }
                                 tx.send_body(chunk)
-                                    .map_err(|e| (body_changed(e), received == 0))?;
+                                    .map_err(|e| (body_changed(e), seen.received == 0))?;
                                 if let Some(p) = progress {
                                     p(body_sent);
                                 }
@@ -232,7 +305,7 @@ impl Inner {
                         // Everything queued is written: push it out before waiting.
                         poll_fn(|cx| Pin::new(&mut io).poll_flush(cx))
                             .await
-                            .map_err(|e| (io_err(e), received == 0))?;
+                            .map_err(|e| (io_err(e), seen.received == 0))?;
                     }
                 }
                 let step = poll_fn(|cx| {
@@ -243,7 +316,7 @@ impl Inner {
                         match Pin::new(&mut io).poll_write_vectored(cx, &iov[..k]) {
                             Poll::Ready(Ok(n)) if n > 0 => {
                                 enc.advance(n);
-                                return Poll::Ready(Step::Wrote);
+                                return Poll::Ready(Step::Wrote(n));
                             }
                             Poll::Ready(_) => return Poll::Ready(Step::WriteFailed),
                             Poll::Pending => {}
@@ -256,7 +329,7 @@ impl Inner {
                 })
                 .await;
                 match step {
-                    Step::Wrote => {}
+                    Step::Wrote(n) => seen.sent += n as u64,
                     // The server may have answered and closed (c-icap does after a 404):
                     // stop writing, keep reading its answer.
                     Step::WriteFailed => {
@@ -265,22 +338,22 @@ impl Inner {
                         tx.outgoing().advance(n);
                     }
                     Step::Read(Ok(0)) => {
-                        tx.on_eof().map_err(|e| (proto(e), received == 0))?;
+                        tx.on_eof().map_err(|e| (proto(e), seen.received == 0))?;
                     }
                     Step::Read(Ok(n)) => {
-                        received += n as u64;
+                        seen.received += n as u64;
                         // Relative to what was sent, so an echo of any file fits.
                         let limit = max_answer.saturating_add(body_sent);
-                        if received > limit {
+                        if seen.received > limit {
                             let e = ClientError::AnswerTooLarge {
                                 server: server.clone(),
                                 limit,
-                                read: received,
+                                read: seen.received,
                             };
                             return Err((e, false));
                         }
                     }
-                    Step::Read(Err(e)) => return Err((io_err(e), received == 0)),
+                    Step::Read(Err(e)) => return Err((io_err(e), seen.received == 0)),
                 }
             }
         };

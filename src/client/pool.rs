@@ -111,7 +111,17 @@ pub(crate) fn tls_failure(e: &io::Error, had_identity: bool) -> Option<(TlsFailu
 }
 
 impl Inner {
+    /// A new connection (TLS handshake included); a failure is told as an event with its
+    /// kind and counted, as no transaction span exists yet.
     pub(crate) async fn connect(&self, ep: &Endpoint, until: Instant) -> Result<Conn, ClientError> {
+        let r = self.open(ep, until).await;
+        if let Err(e) = &r {
+            crate::observe::client_connect_failed(e);
+        }
+        r
+    }
+
+    async fn open(&self, ep: &Endpoint, until: Instant) -> Result<Conn, ClientError> {
         let server = ep.name();
         let permit = timeout_at(until.into(), ep.permits.clone().acquire_owned())
             .await
@@ -211,5 +221,6 @@ impl Inner {
     pub(crate) fn checkin(&self, ep: &Endpoint, mut c: Conn) {
         c.idle_since = Instant::now();
         ep.idle.lock().expect("not poisoned").push(c);
+        ep.observe(ep.is_down());
     }
 }

@@ -46,7 +46,7 @@ impl Server {
         status: ErrorStatus,
         istag: &str,
     ) -> Option<RequestDecoder> {
-        let _ = txn.respond(self.error_response(status, istag));
+        let _ = conn.respond(txn, self.error_response(status, istag));
         let _ = conn.flush_out(txn).await;
         None
     }
@@ -59,12 +59,18 @@ impl Server {
         e: BodyError,
         istag: &str,
     ) {
+        conn.failed(match e {
+            BodyError::Timeout => "timeout",
+            BodyError::Protocol(_) => "bad_request",
+            BodyError::Eof => "eof",
+            _ => "io",
+        });
         let status = match e {
             BodyError::Timeout => ErrorStatus::RequestTimeout,
             BodyError::Protocol(_) => ErrorStatus::BadRequest,
             _ => return,
         };
-        let _ = txn.respond(self.error_response(status, istag));
+        let _ = conn.respond(txn, self.error_response(status, istag));
         let _ = conn.flush_out(txn).await;
     }
 
@@ -180,12 +186,13 @@ impl Server {
             }
             None => Ok(res),
         };
-        if let Err(e) = checked.and_then(|res| txn.respond(res)) {
+        if let Err(e) = checked.and_then(|res| conn.respond(txn, res)) {
             // The service broke a rule (a 206 without Allow: 206, sections that do not suit
             // the method, a body that does not match its head ...): a server error is all
             // that can be said.
             tracing::debug!("refused response: {e}");
-            let _ = txn.respond(self.error_response(ErrorStatus::ServerError, istag));
+            conn.failed("refused_reply");
+            let _ = conn.respond(txn, self.error_response(ErrorStatus::ServerError, istag));
             let _ = conn.flush_out(txn).await;
             return false;
         }

@@ -25,8 +25,10 @@ use crate::builder::ErrorStatus;
 use crate::decode::{RequestDecoder, RequestEvent};
 use crate::error::Error;
 use crate::head::Method;
+use crate::observe;
 use crate::transaction::{ServerEvent, ServerTransaction};
 use crate::uri::IcapUri;
+use tracing::Instrument;
 
 /// A connection: TCP, TLS, or whatever the user accepted.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -46,6 +48,22 @@ pub(crate) struct Conn<'s> {
     /// When the read under way began: a read given up while the service acts (its future
     /// dropped, the bytes left in the socket) goes on at the next call, still charged.
     reading_since: Option<Instant>,
+    /// What the transaction under way did, for its span and metrics.
+    pub(crate) seen: Seen,
+}
+
+/// One transaction as seen on the wire: reset before each, reported after.
+#[derive(Default)]
+pub(crate) struct Seen {
+    /// The first byte of the head.
+    started: Option<Instant>,
+    method: Option<Method>,
+    status: u16,
+    verdict: &'static str,
+    sent: u64,
+    received: u64,
+    pub(crate) error: Option<&'static str>,
+    span: Option<tracing::Span>,
 }
 
 /// Why a timed read failed.
@@ -114,7 +132,68 @@ impl Conn<'_> {
     async fn read(&mut self, txn: &mut ServerTransaction) -> io::Result<usize> {
         let buf = txn.decoder_mut().buffer_mut();
         buf.reserve(16 * 1024);
-        self.io.read_buf(buf).await
+        let n = self.io.read_buf(buf).await?;
+        if n > 0 {
+            self.seen.received += n as u64;
+            self.seen.started.get_or_insert_with(Instant::now);
+        }
+        Ok(n)
+    }
+
+    /// Hands the answer's head to the transaction, remembering its status and verdict.
+    pub(crate) fn respond(
+        &mut self,
+        txn: &mut ServerTransaction,
+        res: crate::message::Response,
+    ) -> Result<(), Error> {
+        let status = res.status;
+        let verdict = match &self.seen.method {
+            Some(m) => observe::verdict(m, &res),
+            None if status >= 400 => "error",
+            None => "none",
+        };
+        txn.respond(res)?;
+        self.seen.status = status;
+        self.seen.verdict = verdict;
+        Ok(())
+    }
+
+    /// The first error of the transaction is the one counted.
+    pub(crate) fn failed(&mut self, kind: &'static str) {
+        self.seen.error.get_or_insert(kind);
+    }
+
+    /// Records the transaction that just ended (when one began) in its span and the
+    /// metrics, and resets for the next.
+    fn finish(&mut self) {
+        let seen = std::mem::take(&mut self.seen);
+        let Some(started) = seen.started else { return };
+        let done = observe::Finished {
+            method: seen.method.as_ref().map_or("OTHER", observe::method_label),
+            status: seen.status,
+            verdict: if seen.status == 0 {
+                "none"
+            } else {
+                seen.verdict
+            },
+            sent: seen.sent,
+            received: seen.received,
+            duration: started.elapsed(),
+            error: seen.error,
+        };
+        if let Some(span) = &seen.span {
+            done.record_span(span);
+            if let Some(kind) = seen.error {
+                span.in_scope(|| tracing::debug!(kind, "ICAP transaction failed"));
+            }
+        } else if let Some(kind) = seen.error {
+            tracing::debug!(
+                kind,
+                status = seen.status,
+                "ICAP request refused before its head was read"
+            );
+        }
+        done.record_server();
     }
 
     /// Reads within what the clock allows (and `per_read`), and charges the wait to it.
@@ -154,14 +233,20 @@ impl Conn<'_> {
 
     pub(crate) async fn flush_out(&mut self, txn: &mut ServerTransaction) -> io::Result<()> {
         let out = txn.outgoing();
+        let pending = bytes::Buf::remaining(out) as u64;
         let write = async {
             self.io.write_all_buf(out).await?;
             self.io.flush().await
         };
-        match timeout(self.cfg.write_timeout, write).await {
+        let r = match timeout(self.cfg.write_timeout, write).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+        };
+        match &r {
+            Ok(()) => self.seen.sent += pending,
+            Err(_) => self.failed("io"),
         }
+        r
     }
 
     /// The next piece of a body from the wire. Cancel-safe: what was read stays in the
@@ -305,10 +390,21 @@ impl Server {
                 match timeout(self.config.tls_handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => (Box::new(tls), true),
                     Ok(Err(e)) => {
-                        tracing::debug!("TLS handshake with {peer} failed: {e}");
+                        tracing::debug!(
+                            kind = "tls_handshake",
+                            "TLS handshake with {peer} failed: {e}"
+                        );
+                        observe::server_error("tls_handshake");
                         return;
                     }
-                    Err(_) => return,
+                    Err(_) => {
+                        tracing::debug!(
+                            kind = "tls_handshake",
+                            "TLS handshake with {peer} timed out"
+                        );
+                        observe::server_error("tls_handshake");
+                        return;
+                    }
                 }
             }
         };
@@ -331,15 +427,20 @@ impl Server {
             slot,
             clock: None,
             reading_since: None,
+            seen: Seen::default(),
         };
+        observe::server_connections(1.0);
         let mut decoder = RequestDecoder::new(self.config.limits);
         loop {
             let txn = ServerTransaction::new(decoder);
-            match self.transaction(&mut conn, txn, peer, stop.clone()).await {
+            let next = self.transaction(&mut conn, txn, peer, stop.clone()).await;
+            conn.finish();
+            match next {
                 Some(d) => decoder = d,
                 None => break,
             }
         }
+        observe::server_connections(-1.0);
         let _ = timeout(Duration::from_secs(1), conn.io.shutdown()).await;
     }
 
@@ -369,9 +470,10 @@ impl Server {
                 }
                 Ok(None) => {}
                 Err(_) => {
+                    conn.failed("bad_request");
                     return self
                         .fail_with(conn, &mut txn, ErrorStatus::BadRequest, istag)
-                        .await
+                        .await;
                 }
             }
             if conn.clock.is_none() && txn.decoder_mut().buffered().is_empty() {
@@ -410,6 +512,7 @@ impl Server {
                 continue;
             }
             if conn.clock.is_none() {
+                conn.seen.started.get_or_insert_with(Instant::now);
                 // Pipelined: the next head is already (partly) here.
                 conn.clock = Some(ReadClock::new(
                     Some(self.config.head_timeout),
@@ -422,11 +525,15 @@ impl Server {
                     return None;
                 }
                 Ok(_) => {}
-                Err(ReadFail::Io(_)) => return None,
+                Err(ReadFail::Io(_)) => {
+                    conn.failed("io");
+                    return None;
+                }
                 Err(ReadFail::Timeout) => {
+                    conn.failed("timeout");
                     return self
                         .fail_with(conn, &mut txn, ErrorStatus::RequestTimeout, istag)
-                        .await
+                        .await;
                 }
             }
         };
@@ -436,11 +543,42 @@ impl Server {
             self.config.min_rate,
         ));
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-
-        // 2. Routing and the checks that need no service code.
         let path = IcapUri::parse(&String::from_utf8_lossy(&request.uri))
             .ok()
             .map(|u| u.path().trim_start_matches('/').to_string());
+        let span = tracing::info_span!(
+            "icap.server.transaction",
+            peer = %peer,
+            service = path.as_deref().unwrap_or(""),
+            method = observe::method_label(&request.method),
+            status = tracing::field::Empty,
+            verdict = tracing::field::Empty,
+            bytes_sent = tracing::field::Empty,
+            bytes_received = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        conn.seen.method = Some(request.method.clone());
+        conn.seen.span = Some(span.clone());
+        let keep = self
+            .after_head(conn, &mut txn, request, path, peer)
+            .instrument(span)
+            .await;
+        keep.then(|| txn.into_decoder())
+    }
+
+    /// A transaction from its head on: routing, the checks that need no service, OPTIONS,
+    /// or the service. True when the connection may carry another transaction.
+    async fn after_head(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        request: crate::message::Request,
+        path: Option<String>,
+        peer: PeerInfo,
+    ) -> bool {
+        let istag = &self.config.istag;
+        // 2. Routing and the checks that need no service code.
         let route = path.as_ref().and_then(|p| self.routes.get(p)).cloned();
         let istag = route
             .as_ref()
@@ -465,16 +603,17 @@ impl Server {
         };
         if let Some(status) = refusal {
             // Answered before the body was read: the transaction closes the connection.
-            return self.fail_with(conn, &mut txn, status, istag).await;
+            self.fail_with(conn, txn, status, istag).await;
+            return false;
         }
         let route = route.expect("refused above when missing");
 
         // 3. OPTIONS is answered from the declared options.
         if request.method == Method::Options {
             // An OPTIONS body (rare) is read and dropped before answering.
-            if let Err(e) = conn.drain(&mut txn, None).await {
-                self.body_error(conn, &mut txn, e, istag).await;
-                return None;
+            if let Err(e) = conn.drain(txn, None).await {
+                self.body_error(conn, txn, e, istag).await;
+                return false;
             }
             let res = route
                 .options
@@ -482,17 +621,13 @@ impl Server {
                 .map(|b| self.server_header(b))
                 .and_then(|b| b.build())
                 .unwrap_or_else(|_| self.error_response(ErrorStatus::ServerError, istag));
-            let keep = self
-                .send(conn, &mut txn, res, ReplyBody::Empty, None, istag)
+            return self
+                .send(conn, txn, res, ReplyBody::Empty, None, istag)
                 .await;
-            return keep.then(|| txn.into_decoder());
         }
 
         // 4. REQMOD / RESPMOD: the service, with the body fed as it reads.
-        let keep = self
-            .exchange(conn, &mut txn, &route, request, peer, istag)
-            .await;
-        keep.then(|| txn.into_decoder())
+        self.exchange(conn, txn, &route, request, peer, istag).await
     }
 }
 

@@ -186,7 +186,7 @@ impl Server {
                     started = txn.send_continue();
                 }
                 let started = started
-                    .and_then(|()| txn.respond(echo))
+                    .and_then(|()| conn.respond(txn, echo))
                     .map_err(BodyError::Protocol);
                 if let Err(e) = started {
                     let _ = done.send(Err(e));
@@ -210,6 +210,7 @@ impl Server {
         let reply = match outcome {
             Ok(r) => r,
             Err(e) => {
+                conn.failed("service");
                 tracing::error!(
                     "{} {} from {peer} failed, answering 500: {e}",
                     head.method,

@@ -390,6 +390,7 @@ impl Server {
                         }
                         Admission::Refused => {
                             stats.refused.fetch_add(1, Ordering::Relaxed);
+                            crate::observe::server_refused();
                             tracing::debug!("connection from {peer} refused: connection limit");
                             if let Some(r) = slots.refusing(server.config.max_refusals) {
                                 tasks.spawn(async move {
