@@ -1,0 +1,294 @@
+//! A secure ICAP gateway: the stunnel of a DLP setup, but ICAP-aware.
+//!
+//! ```text
+//! cargo run --features gateway,tls --example icap-gateway -- \
+//!     --listen 0.0.0.0:11344 --tls-cert gw.pem --tls-key gw.key --client-ca cloud-ca.pem \
+//!     [--client-cert-sha256 HEX]... \
+//!     --upstream icap://10.0.0.5:1344/reqmod [--upstream icap://10.0.0.6:1344/reqmod]
+//! ```
+//!
+//! Terminates TLS (1.2 and 1.3) and requires a client certificate issued by `--client-ca`
+//! (and, with `--client-cert-sha256`, one of those exact certificates), refusing every other
+//! client during the handshake, before any ICAP byte is read. Each ICAP transaction then goes
+//! to one of the plain ICAP upstreams (round robin per transaction, keep-alive connections,
+//! `OPTIONS` health probes with squid's failure limit and revival delay, failover of
+//! transactions not answered yet, `503` when no upstream is up), relayed byte for byte both
+//! ways (`icap::gateway`). One access-log line per transaction goes to stdout; refusals and
+//! errors to stderr. SIGINT / SIGTERM stop it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use icap::gateway::{Gateway, GatewayConfig, TransactionLog};
+use icap::tls::ServerTls;
+use icap::IcapUri;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+const EXIT_STATUS: &str = "Exit status:
+  0  stopped by SIGINT or SIGTERM
+  2  bad arguments, or the gateway cannot start (an unreadable certificate, key or CA
+     file, a malformed fingerprint or upstream URI, an address that cannot be bound);
+     the message names the file, value or address
+
+Access log (stdout), one line per transaction, fields separated by spaces:
+  time client=\"SUBJECT\" METHOD URI upstream=HOST:PORT status=N infection=\"..\"
+  violations=\"..\" http=N in=BYTES out=BYTES ms=N [failovers=N] [error=\"..\"]";
+
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "icap-gateway",
+    about = "Secure ICAP gateway: TLS with client certificates in front of plain ICAP servers",
+    after_help = EXIT_STATUS
+)]
+struct Args {
+    /// Address to listen on (TLS).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:11344")]
+    listen: SocketAddr,
+    /// The gateway's certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "PEM")]
+    tls_cert: PathBuf,
+    /// The gateway's private key (PEM).
+    #[arg(long, value_name = "PEM")]
+    tls_key: PathBuf,
+    /// CA(s) that client certificates must chain to (PEM), like stunnel's CAfile.
+    #[arg(long, value_name = "PEM")]
+    client_ca: PathBuf,
+    /// SHA-256 of an accepted client certificate (DER, hex, colons allowed); repeatable.
+    /// When given, only these certificates (still issued by --client-ca) are accepted.
+    #[arg(long = "client-cert-sha256", value_name = "HEX")]
+    pins: Vec<String>,
+    /// Upstream plain ICAP service, `icap://HOST:PORT/SERVICE`; repeat to balance. The
+    /// service is what health probes ask with OPTIONS; requests keep their own URI.
+    #[arg(long = "upstream", value_name = "URI", required = true)]
+    upstreams: Vec<String>,
+    /// Consecutive failures that mark an upstream down (0: never).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    failure_limit: u32,
+    /// Seconds a down upstream waits before an OPTIONS probe may revive it.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    revival_delay: f64,
+    /// Seconds between OPTIONS health probes.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    probe_interval: f64,
+    /// Seconds an upstream may stay silent while an answer is awaited.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    upstream_timeout: f64,
+    /// Request bytes kept for replaying a transaction on another upstream.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    replay_limit: usize,
+    /// Seconds a TLS handshake may take.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    handshake_timeout: f64,
+}
+
+fn secs(s: f64, flag: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s).map_err(|_| format!("--{flag}: not a number of seconds: {s}"))
+}
+
+fn parse_pin(s: &str) -> Result<[u8; 32], String> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    let bad = || format!("--client-cert-sha256: not 64 hex digits: {s}");
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// A DER element: (tag, contents, rest).
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The subject of a certificate as `CN=..,O=..` (the attributes a log reader needs).
+fn subject(cert: &[u8]) -> Option<String> {
+    let (_, cert, _) = der(cert)?;
+    let (_, mut tbs, _) = der(cert)?;
+    if tbs.first() == Some(&0xa0) {
+        tbs = der(tbs)?.2; // explicit version
+    }
+    // serial, signature algorithm, issuer, validity, then the subject.
+    for _ in 0..4 {
+        tbs = der(tbs)?.2;
+    }
+    let (_, mut name, _) = der(tbs)?;
+    let mut parts = Vec::new();
+    while let Some((_, set, rest)) = der(name) {
+        name = rest;
+        let (_, atv, _) = der(set)?;
+        let (_, oid, rest) = der(atv)?;
+        let (_, value, _) = der(rest)?;
+        let key = match oid {
+            [0x55, 0x04, 0x03] => "CN",
+            [0x55, 0x04, 0x0a] => "O",
+            [0x55, 0x04, 0x0b] => "OU",
+            [0x55, 0x04, 0x06] => "C",
+            _ => continue,
+        };
+        parts.push(format!("{key}={}", String::from_utf8_lossy(value)));
+    }
+    Some(parts.join(","))
+}
+
+fn access_line(client: &str, t: &TransactionLog) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let opt = |v: &Option<String>| v.as_deref().unwrap_or("-").replace('"', "'");
+    let mut line = format!(
+        "{}.{:03} client=\"{}\" {} {} upstream={} status={} infection=\"{}\" violations=\"{}\" http={} in={} out={} ms={}",
+        now.as_secs(),
+        now.subsec_millis(),
+        client.replace('"', "'"),
+        t.method,
+        t.uri,
+        if t.upstream.is_empty() { "-" } else { &t.upstream },
+        t.status,
+        opt(&t.infection),
+        opt(&t.violations),
+        t.http_status.map_or("-".into(), |s| s.to_string()),
+        t.bytes_in,
+        t.bytes_out,
+        t.duration.as_millis(),
+    );
+    if t.failovers > 0 {
+        line.push_str(&format!(" failovers={}", t.failovers));
+    }
+    if let Some(e) = &t.error {
+        line.push_str(&format!(" error=\"{}\"", e.replace('"', "'")));
+    }
+    line
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let pins = args
+        .pins
+        .iter()
+        .map(|p| parse_pin(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let upstreams = args
+        .upstreams
+        .iter()
+        .map(|u| IcapUri::parse(u).map_err(|e| format!("--upstream {u}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(u) = upstreams.iter().find(|u| u.is_tls()) {
+        return Err(format!(
+            "--upstream {u}: upstreams speak plain ICAP (icap://)"
+        ));
+    }
+    let tls = ServerTls::from_pem_files(&args.tls_cert, &args.tls_key)
+        .and_then(|t| t.require_client_certs(&args.client_ca))
+        .and_then(|t| t.build())
+        .map_err(|e| e.to_string())?;
+    let acceptor = TlsAcceptor::from(tls);
+    let cfg = GatewayConfig::default()
+        .failure_limit(args.failure_limit)
+        .revival_delay(secs(args.revival_delay, "revival-delay")?)
+        .probe_interval(secs(args.probe_interval, "probe-interval")?)
+        .upstream_timeout(secs(args.upstream_timeout, "upstream-timeout")?)
+        .replay_limit(args.replay_limit);
+    let handshake_timeout = secs(args.handshake_timeout, "handshake-timeout")?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+    let gw = Gateway::new(upstreams, cfg);
+    tokio::spawn(gw.clone().probe_forever());
+    eprintln!("icap-gateway: listening on {}", args.listen);
+    let pins = Arc::new(pins);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("icap-gateway: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, gw, pins) = (acceptor.clone(), gw.clone(), pins.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return eprintln!("icap-gateway: refused {peer}: {e}"),
+                Err(_) => return eprintln!("icap-gateway: refused {peer}: handshake timed out"),
+            };
+            let leaf = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec());
+            let Some(leaf) = leaf else {
+                return eprintln!("icap-gateway: refused {peer}: no client certificate");
+            };
+            let client = subject(&leaf).unwrap_or_else(|| "?".into());
+            if !pins.is_empty() {
+                let digest: [u8; 32] = Sha256::digest(&leaf).into();
+                if !pins.contains(&digest) {
+                    // Dropping the stream closes it before any ICAP byte is read.
+                    return eprintln!(
+                        "icap-gateway: refused {peer}: certificate {client} is not pinned"
+                    );
+                }
+            }
+            let label = format!("{client}@{peer}");
+            let r = gw
+                .serve_connection(tls, |t| println!("{}", access_line(&label, t)))
+                .await;
+            if let Err(e) = r {
+                eprintln!("icap-gateway: {peer}: {e}");
+            }
+        });
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let stop = async {
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tokio::select! {
+        r = run(args) => match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("icap-gateway: {e}");
+                ExitCode::from(2)
+            }
+        },
+        _ = stop => ExitCode::SUCCESS,
+    }
+}
