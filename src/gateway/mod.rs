@@ -342,6 +342,8 @@ impl Gateway {
             raw_pos: 0,
             in_body: false,
             timeout: self.inner.cfg.client_timeout,
+            rbuf: BytesMut::new(),
+            ubuf: BytesMut::new(),
         };
         loop {
             let start = Instant::now();
@@ -545,13 +547,26 @@ struct Downstream<R> {
     raw_pos: u64,
     in_body: bool,
     timeout: Duration,
+    /// Read buffers of this connection and of its answers, reused: pieces split off them
+    /// are handed on, and the space comes back once those are dropped.
+    rbuf: BytesMut,
+    ubuf: BytesMut,
+}
+
+/// Makes room for a read, reclaiming the buffer's space when the pieces split off it are
+/// gone (the usual case between small transactions), allocating otherwise.
+fn refill(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
 }
 
 impl<R: AsyncRead + Unpin> Downstream<R> {
     /// Reads more; `Ok(false)` on end of stream.
     async fn read(&mut self) -> Result<bool, String> {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        match tokio::time::timeout(self.timeout, self.r.read_buf(&mut buf)).await {
+        let buf = &mut self.rbuf;
+        refill(buf);
+        match tokio::time::timeout(self.timeout, self.r.read_buf(buf)).await {
             Err(_) => Err("timed out".into()),
             // TLS clients often close without close_notify; between messages that is a
             // close like any other (`decode_eof` still catches a message cut short).
@@ -559,7 +574,7 @@ impl<R: AsyncRead + Unpin> Downstream<R> {
             Ok(Err(e)) => Err(format!("read: {e}")),
             Ok(Ok(0)) => Ok(false),
             Ok(Ok(_)) => {
-                let b = buf.freeze();
+                let b = buf.split().freeze();
                 self.dec.feed_bytes(b.clone());
                 self.raw.push_back(b);
                 Ok(true)
@@ -717,8 +732,10 @@ async fn drain<R: AsyncRead + Unpin>(down: &mut Downstream<R>) -> Result<(), Str
 }
 
 /// Relays the answer from `up` to `w`. Errors say whether answer bytes already went out.
+#[allow(clippy::too_many_arguments)]
 async fn pump_response<R, W>(
     up: &mut R,
+    buf: &mut BytesMut,
     w: &mut W,
     method: Method,
     mut decision: Option<oneshot::Sender<bool>>,
@@ -769,13 +786,13 @@ where
             Some(_) => false,
             None => {
                 relay_decoded(&mut raw, &mut raw_pos, dec.position(), w, rec, true).await?;
-                let mut buf = BytesMut::with_capacity(READ_CHUNK);
-                match tokio::time::timeout(timeout, up.read_buf(&mut buf)).await {
+                refill(buf);
+                match tokio::time::timeout(timeout, up.read_buf(buf)).await {
                     Err(_) => return Err(up_err("no answer in time".into(), rec)),
                     Ok(Err(e)) => return Err(up_err(format!("read: {e}"), rec)),
                     Ok(Ok(0)) => return Err(up_err("closed before the answer ended".into(), rec)),
                     Ok(Ok(_)) => {
-                        let b = buf.freeze();
+                        let b = buf.split().freeze();
                         dec.feed_bytes(b.clone());
                         raw.push_back(b);
                     }
@@ -851,42 +868,49 @@ where
     }
     let (tx, rx) = oneshot::channel();
     let request_done = !down.in_body && down.dec.position() == down.raw_pos;
-    let req = pump_request(down, Some(&mut uw), replay, Some(rx));
-    let res = pump_response(
-        &mut ur,
-        w,
-        method,
-        Some(tx),
-        rec,
-        cfg.upstream_timeout,
-        &cfg.limits,
-    );
-    tokio::pin!(req);
-    tokio::pin!(res);
-    let mut req_done = request_done;
-    loop {
-        tokio::select! {
-            r = &mut req, if !req_done => match r {
-                Ok(()) => req_done = true,
-                Err(PumpError::Client(why)) => return Err(Failure::Client(why)),
-                Err(PumpError::Upstream(why)) => {
-                    return Err(Failure::Upstream { why, answered: false });
+    let mut ubuf = std::mem::take(&mut down.ubuf);
+    let result = async {
+        let req = pump_request(down, Some(&mut uw), replay, Some(rx));
+        let res = pump_response(
+            &mut ur,
+            &mut ubuf,
+            w,
+            method,
+            Some(tx),
+            rec,
+            cfg.upstream_timeout,
+            &cfg.limits,
+        );
+        tokio::pin!(req);
+        tokio::pin!(res);
+        let mut req_done = request_done;
+        loop {
+            tokio::select! {
+                r = &mut req, if !req_done => match r {
+                    Ok(()) => req_done = true,
+                    Err(PumpError::Client(why)) => return Err(Failure::Client(why)),
+                    Err(PumpError::Upstream(why)) => {
+                        return Err(Failure::Upstream { why, answered: false });
+                    }
+                },
+                r = &mut res => {
+                    let reusable = r?;
+                    if !req_done {
+                        // Answered before the request ended (no preview): the rest of the
+                        // request still goes to the upstream, which reads it as RFC 3507
+                        // expects; a failure now only costs the connection.
+                        return match (&mut req).await {
+                            Ok(()) => Ok(reusable),
+                            Err(PumpError::Upstream(_)) => Ok(false),
+                            Err(PumpError::Client(why)) => Err(Failure::Client(why)),
+                        };
+                    }
+                    return Ok(reusable);
                 }
-            },
-            r = &mut res => {
-                let reusable = r?;
-                if !req_done {
-                    // Answered before the request ended (no preview): the rest of the
-                    // request still goes to the upstream, which reads it as RFC 3507
-                    // expects; a failure now only costs the connection.
-                    return match (&mut req).await {
-                        Ok(()) => Ok(reusable),
-                        Err(PumpError::Upstream(_)) => Ok(false),
-                        Err(PumpError::Client(why)) => Err(Failure::Client(why)),
-                    };
-                }
-                return Ok(reusable);
             }
         }
     }
+    .await;
+    down.ubuf = ubuf;
+    result
 }
