@@ -14,12 +14,13 @@
 //! `OPTIONS` health probes with squid's failure limit and revival delay, failover of
 //! transactions not answered yet, `503` when no upstream is up), relayed byte for byte both
 //! ways (`icap::gateway`). One access-log line per transaction goes to stdout; refusals and
-//! errors to stderr. SIGINT / SIGTERM stop it.
+//! errors to stderr. SIGHUP reads the certificate, key and client CA files again (new
+//! handshakes use them; if one cannot be used the old set stays). SIGINT / SIGTERM stop it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -182,6 +183,39 @@ fn access_line(client: &str, t: &TransactionLog) -> String {
     line
 }
 
+type TlsFiles = (PathBuf, PathBuf, PathBuf);
+
+fn load_tls(
+    (cert, key, ca): &TlsFiles,
+) -> Result<Arc<rustls::ServerConfig>, icap::tls::TlsConfigError> {
+    ServerTls::from_pem_files(cert, key)?
+        .require_client_certs(ca)?
+        .build()
+}
+
+/// On SIGHUP, reads the certificate, key and client CA again; new handshakes use them,
+/// connections already open keep theirs. A file that cannot be used keeps the old set.
+fn reload_on_sighup(acceptor: Arc<RwLock<TlsAcceptor>>, files: TlsFiles) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return eprintln!("icap-gateway: no SIGHUP handler: reload disabled");
+        };
+        while hup.recv().await.is_some() {
+            match load_tls(&files) {
+                Ok(cfg) => {
+                    *acceptor.write().expect("acceptor lock") = TlsAcceptor::from(cfg);
+                    eprintln!("icap-gateway: reloaded TLS certificate, key and client CA");
+                }
+                Err(e) => eprintln!("icap-gateway: TLS reload failed, keeping the old ones: {e}"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (acceptor, files);
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let pins = args
         .pins
@@ -198,11 +232,15 @@ async fn run(args: Args) -> Result<(), String> {
             "--upstream {u}: upstreams speak plain ICAP (icap://)"
         ));
     }
-    let tls = ServerTls::from_pem_files(&args.tls_cert, &args.tls_key)
-        .and_then(|t| t.require_client_certs(&args.client_ca))
-        .and_then(|t| t.build())
-        .map_err(|e| e.to_string())?;
-    let acceptor = TlsAcceptor::from(tls);
+    let files = (
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        args.client_ca.clone(),
+    );
+    let acceptor = Arc::new(RwLock::new(TlsAcceptor::from(
+        load_tls(&files).map_err(|e| e.to_string())?,
+    )));
+    reload_on_sighup(acceptor.clone(), files);
     let cfg = GatewayConfig::default()
         .failure_limit(args.failure_limit)
         .revival_delay(secs(args.revival_delay, "revival-delay")?)
@@ -227,7 +265,8 @@ async fn run(args: Args) -> Result<(), String> {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, gw, pins) = (acceptor.clone(), gw.clone(), pins.clone());
+        let acceptor = acceptor.read().expect("acceptor lock").clone();
+        let (gw, pins) = (gw.clone(), pins.clone());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,

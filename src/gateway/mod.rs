@@ -660,32 +660,38 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let up_err = |e: io::Error| PumpError::Upstream(format!("write: {e}"));
     loop {
+        // Decode all that was read before writing: a small request goes out in one write.
+        let mut need_read = false;
+        while down.in_body && !down.dec.awaiting_preview_decision() {
+            match down.dec.decode() {
+                Ok(Some(RequestEvent::End(_))) => down.in_body = false,
+                Ok(Some(RequestEvent::Data(_) | RequestEvent::PreviewEnd)) => {}
+                Ok(Some(_)) => return Err(PumpError::Client("unexpected head".into())),
+                Ok(None) => {
+                    need_read = true;
+                    break;
+                }
+                Err(e) => return Err(PumpError::Client(e.to_string())),
+            }
+        }
         let pieces = down.take_decoded();
         if let Some(up) = up.as_deref_mut() {
             for p in &pieces {
                 replay.keep(p);
             }
             for p in &pieces {
-                up.write_all(p)
-                    .await
-                    .map_err(|e| PumpError::Upstream(format!("write: {e}")))?;
+                up.write_all(p).await.map_err(up_err)?;
             }
-            if !pieces.is_empty() && !down.in_body {
-                up.flush()
-                    .await
-                    .map_err(|e| PumpError::Upstream(format!("write: {e}")))?;
+            if !pieces.is_empty() {
+                up.flush().await.map_err(up_err)?;
             }
         }
         if !down.in_body {
             return Ok(());
         }
         if down.dec.awaiting_preview_decision() {
-            if let Some(up) = up.as_deref_mut() {
-                up.flush()
-                    .await
-                    .map_err(|e| PumpError::Upstream(format!("write: {e}")))?;
-            }
             let go_on = match decision.take() {
                 Some(rx) => rx.await.unwrap_or(false),
                 None => false,
@@ -699,21 +705,8 @@ where
             r.map_err(|e| PumpError::Client(e.to_string()))?;
             continue;
         }
-        match down.dec.decode() {
-            Ok(Some(RequestEvent::End(_))) => down.in_body = false,
-            Ok(Some(RequestEvent::Data(_) | RequestEvent::PreviewEnd)) => {}
-            Ok(Some(_)) => return Err(PumpError::Client("unexpected head".into())),
-            Ok(None) => {
-                if let Some(up) = up.as_deref_mut() {
-                    up.flush()
-                        .await
-                        .map_err(|e| PumpError::Upstream(format!("write: {e}")))?;
-                }
-                if !down.read().await.map_err(PumpError::Client)? {
-                    return Err(PumpError::Client("closed inside a request".into()));
-                }
-            }
-            Err(e) => return Err(PumpError::Client(e.to_string())),
+        if need_read && !down.read().await.map_err(PumpError::Client)? {
+            return Err(PumpError::Client("closed inside a request".into()));
         }
     }
 }
