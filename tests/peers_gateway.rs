@@ -323,6 +323,55 @@ fn clients_without_a_valid_pinned_certificate_are_refused_before_any_icap_byte()
 }
 
 #[test]
+fn sighup_reloads_the_client_ca_and_a_broken_file_keeps_the_old_one() {
+    let _serial = serial();
+    let dir = TempDir::new("gateway-reload");
+    let pki = Pki::new();
+    let (dlp_port, _dlp) = dlp_server(&dir);
+    let ca = dir.join("client-ca.pem");
+    std::fs::copy(pki.file("ca.pem"), &ca).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(example("icap-gateway"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-cert", &pki.file("server.pem")])
+        .args(["--tls-key", &pki.file("server.key")])
+        .args(["--client-ca", &ca.display().to_string()])
+        .args(["--upstream", &format!("icap://127.0.0.1:{dlp_port}/reqmod")]);
+    let mut process = Process::spawn("icap-gateway", cmd, dir.join("gw.log"));
+    process.wait_port(port, Duration::from_secs(10));
+    let gw = Gateway { port, process };
+    let url = gw.url("reqmod");
+    let file = data("meeting-notes.md");
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &gw.process.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let scan = |cert: &str| {
+        dlp_scan(&pki, &dir, Some(cert), &["--server", &url, &file])
+            .status
+            .code()
+    };
+    assert_eq!(scan("client"), Some(0));
+    assert_eq!(scan("wrong-client"), Some(2));
+
+    // The client CA file now holds the other CA.
+    std::fs::copy(pki.file("wrong-ca.pem"), &ca).unwrap();
+    hup();
+    gw.wait_log("reloaded TLS certificate, key and client CA");
+    assert_eq!(scan("wrong-client"), Some(0));
+    assert_eq!(scan("client"), Some(2));
+
+    // A file that cannot be used: the old set stays.
+    write_file(&ca, b"not a certificate\n");
+    hup();
+    gw.wait_log("TLS reload failed, keeping the old ones");
+    assert_eq!(scan("wrong-client"), Some(0));
+}
+
+#[test]
 fn an_upstream_killed_mid_run_fails_over_and_every_file_gets_its_verdict() {
     let _serial = serial();
     let dir = TempDir::new("gateway-failover");
