@@ -1,9 +1,9 @@
 //! A secure ICAP gateway: the stunnel of a DLP setup, but ICAP-aware.
 //!
 //! ```text
-//! cargo run --features gateway,tls --example icap-gateway -- \
+//! cargo run --features gateway,tls,metrics --example icap-gateway -- \
 //!     --listen 0.0.0.0:11344 --tls-cert gw.pem --tls-key gw.key --client-ca cloud-ca.pem \
-//!     [--client-cert-sha256 HEX]... \
+//!     [--client-cert-sha256 HEX]... [--metrics 127.0.0.1:9344] \
 //!     --upstream icap://10.0.0.5:1344/reqmod [--upstream icap://10.0.0.6:1344/reqmod]
 //! ```
 //!
@@ -14,7 +14,7 @@
 //! `OPTIONS` health probes with squid's failure limit and revival delay, failover of
 //! transactions not answered yet, `503` when no upstream is up), relayed byte for byte both
 //! ways (`icap::gateway`). One access-log line per transaction goes to stdout; refusals and
-//! errors to stderr. SIGHUP reads the certificate, key and client CA files again (new
+//! errors to stderr; with `--metrics`, counters and upstream health in Prometheus text. SIGHUP reads the certificate, key and client CA files again (new
 //! handshakes use them; if one cannot be used the old set stays). SIGINT / SIGTERM stop it.
 
 use std::net::SocketAddr;
@@ -84,6 +84,9 @@ struct Args {
     /// Request bytes kept for replaying a transaction on another upstream.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     replay_limit: usize,
+    /// Serve metrics in Prometheus text on this address (any path, plain HTTP).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Seconds a TLS handshake may take.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     handshake_timeout: f64,
@@ -216,6 +219,75 @@ fn reload_on_sighup(acceptor: Arc<RwLock<TlsAcceptor>>, files: TlsFiles) {
     let _ = (acceptor, files);
 }
 
+/// Counts a transaction (the `metrics` facade; exported only with `--metrics`).
+fn record(t: &TransactionLog) {
+    let upstream = if t.upstream.is_empty() {
+        "-".to_string()
+    } else {
+        t.upstream.clone()
+    };
+    metrics::counter!("icap_gateway_transactions_total",
+        "method" => t.method.clone(), "status" => t.status.to_string(), "upstream" => upstream)
+    .increment(1);
+    metrics::counter!("icap_gateway_bytes_total", "direction" => "in").increment(t.bytes_in);
+    metrics::counter!("icap_gateway_bytes_total", "direction" => "out").increment(t.bytes_out);
+    metrics::histogram!("icap_gateway_transaction_seconds").record(t.duration.as_secs_f64());
+    if t.failovers > 0 {
+        metrics::counter!("icap_gateway_failovers_total").increment(t.failovers.into());
+    }
+    if t.infection.is_some() {
+        metrics::counter!("icap_gateway_verdicts_total", "kind" => "infection").increment(1);
+    }
+    if t.violations.is_some() {
+        metrics::counter!("icap_gateway_verdicts_total", "kind" => "violations").increment(1);
+    }
+    if t.error.is_some() {
+        metrics::counter!("icap_gateway_errors_total").increment(1);
+    }
+}
+
+/// Installs the Prometheus recorder and answers every connection on `addr` with the
+/// metrics, upstream health read at scrape time.
+async fn serve_metrics(addr: SocketAddr, gw: Gateway) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("--metrics: {e}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("--metrics {addr}: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = listener.accept().await else {
+                continue;
+            };
+            for h in gw.health() {
+                let up = h.uri.clone();
+                metrics::gauge!("icap_gateway_upstream_up", "upstream" => up.clone())
+                    .set(if h.up { 1.0 } else { 0.0 });
+                metrics::gauge!("icap_gateway_upstream_failures", "upstream" => up.clone())
+                    .set(h.failures);
+                metrics::gauge!("icap_gateway_upstream_idle_connections", "upstream" => up)
+                    .set(h.idle as f64);
+            }
+            let body = handle.render();
+            tokio::spawn(async move {
+                // The request itself does not matter: read what came, answer, close.
+                let mut buf = [0u8; 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = c.write_all(head.as_bytes()).await;
+                let _ = c.write_all(body.as_bytes()).await;
+                let _ = c.shutdown().await;
+            });
+        }
+    });
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let pins = args
         .pins
@@ -252,6 +324,9 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("--listen {}: {e}", args.listen))?;
     let gw = Gateway::new(upstreams, cfg);
+    if let Some(addr) = args.metrics {
+        serve_metrics(addr, gw.clone()).await?;
+    }
     tokio::spawn(gw.clone().probe_forever());
     eprintln!("icap-gateway: listening on {}", args.listen);
     let pins = Arc::new(pins);
@@ -270,8 +345,16 @@ async fn run(args: Args) -> Result<(), String> {
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return eprintln!("icap-gateway: refused {peer}: {e}"),
-                Err(_) => return eprintln!("icap-gateway: refused {peer}: handshake timed out"),
+                Ok(Err(e)) => {
+                    metrics::counter!("icap_gateway_refused_total", "reason" => "handshake")
+                        .increment(1);
+                    return eprintln!("icap-gateway: refused {peer}: {e}");
+                }
+                Err(_) => {
+                    metrics::counter!("icap_gateway_refused_total", "reason" => "timeout")
+                        .increment(1);
+                    return eprintln!("icap-gateway: refused {peer}: handshake timed out");
+                }
             };
             let leaf = tls
                 .get_ref()
@@ -286,6 +369,8 @@ async fn run(args: Args) -> Result<(), String> {
             if !pins.is_empty() {
                 let digest: [u8; 32] = Sha256::digest(&leaf).into();
                 if !pins.contains(&digest) {
+                    metrics::counter!("icap_gateway_refused_total", "reason" => "not_pinned")
+                        .increment(1);
                     // Dropping the stream closes it before any ICAP byte is read.
                     return eprintln!(
                         "icap-gateway: refused {peer}: certificate {client} is not pinned"
@@ -294,7 +379,10 @@ async fn run(args: Args) -> Result<(), String> {
             }
             let label = format!("{client}@{peer}");
             let r = gw
-                .serve_connection(tls, |t| println!("{}", access_line(&label, t)))
+                .serve_connection(tls, |t| {
+                    record(t);
+                    println!("{}", access_line(&label, t))
+                })
                 .await;
             if let Err(e) = r {
                 eprintln!("icap-gateway: {peer}: {e}");

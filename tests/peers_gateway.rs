@@ -10,6 +10,7 @@
 #![cfg(all(
     feature = "gateway",
     feature = "tls",
+    feature = "metrics",
     feature = "scan",
     feature = "server"
 ))]
@@ -180,10 +181,11 @@ fn dlp_scan_with_a_client_certificate_through_the_gateway_to_dlp_server_and_c_ic
     let dir = TempDir::new("gateway-relay");
     let pki = Pki::new();
     let (dlp_port, _dlp) = dlp_server(&dir);
+    let metrics_port = free_port();
     let gw = Gateway::start(
         &pki,
         &[format!("icap://127.0.0.1:{dlp_port}/reqmod")],
-        &[],
+        &["--metrics", &format!("127.0.0.1:{metrics_port}")],
         &dir,
     );
     let out = dlp_scan(
@@ -226,6 +228,22 @@ fn dlp_scan_with_a_client_certificate_through_the_gateway_to_dlp_server_and_c_ic
         reqmods[0]
     );
     assert!(reqmods[1].contains(" status=204 "), "{}", reqmods[1]);
+
+    // The same, counted, in Prometheus text on --metrics.
+    let mut c = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    for want in [
+        format!("icap_gateway_transactions_total{{method=\"REQMOD\",status=\"200\",upstream=\"127.0.0.1:{dlp_port}\"}} 1\n"),
+        format!("icap_gateway_transactions_total{{method=\"REQMOD\",status=\"204\",upstream=\"127.0.0.1:{dlp_port}\"}} 1\n"),
+        "icap_gateway_verdicts_total{kind=\"violations\"} 1\n".to_string(),
+        format!("icap_gateway_upstream_up{{upstream=\"icap://127.0.0.1:{dlp_port}/reqmod\"}} 1\n"),
+    ] {
+        assert!(text.contains(&want), "no {want:?} in:\n{text}");
+    }
 
     // c-icap behind the same kind of gateway: its echo allows, content_filtering edits.
     if !available(&["c-icap"]) {
