@@ -358,7 +358,9 @@ impl Gateway {
                 ..TransactionLog::default()
             };
             let client_close = wants_close(head.headers.get("connection"));
-            let keep = self.relay(&mut down, &mut w, head.method, &mut rec).await;
+            let keep = self
+                .relay(&mut down, &mut w, head.method, client_close, &mut rec)
+                .await;
             rec.bytes_in = down.raw_pos - rec.bytes_in;
             rec.duration = start.elapsed();
             log(&rec);
@@ -376,6 +378,7 @@ impl Gateway {
         down: &mut Downstream<R>,
         w: &mut W,
         method: Method,
+        client_close: bool,
         rec: &mut TransactionLog,
     ) -> bool
     where
@@ -410,7 +413,9 @@ impl Gateway {
             match relay_once(down, w, &mut conn, &mut replay, method.clone(), rec, cfg).await {
                 Ok(reusable) => {
                     u.success();
-                    if reusable {
+                    // The client's `Connection: close` went upstream too, which closes
+                    // after answering even when its answer does not say so.
+                    if reusable && !client_close {
                         let mut idle = u.idle.lock().expect("idle lock");
                         if idle.len() < cfg.max_idle_per_upstream {
                             idle.push(conn);
