@@ -3,7 +3,9 @@
 //! -> dlp-server; clients without a certificate, with one from a foreign CA, an expired
 //! one or an unpinned one refused during the handshake; an upstream killed mid-run (every
 //! file still gets its verdict); the bytes on both sides of the gateway compared on a
-//! capture (preview, `100 Continue`, keep-alive); `503` when no upstream is up.
+//! capture (preview, `100 Continue`, keep-alive); `503` when no upstream is up; `OPTIONS`
+//! probes marking a dead upstream down and reviving it after the delay; `--metrics`;
+//! certificate reload on SIGHUP.
 //!
 //! Needs c-icap and its modules (`bash .ci/install-peers.sh`): without them the c-icap
 //! tests are skipped with a message, or fail under `CI=true`.
@@ -156,7 +158,10 @@ impl Gateway {
 
 /// dlp-server (plain ICAP) on a free port.
 fn dlp_server(dir: &TempDir) -> (u16, Process) {
-    let port = free_port();
+    dlp_server_on(dir, free_port())
+}
+
+fn dlp_server_on(dir: &TempDir, port: u16) -> (u16, Process) {
     let mut cmd = Command::new(example("dlp-server"));
     cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
     let mut p = Process::spawn("dlp-server", cmd, dir.join(format!("dlp-{port}.log")));
@@ -387,6 +392,89 @@ fn sighup_reloads_the_client_ca_and_a_broken_file_keeps_the_old_one() {
     hup();
     gw.wait_log("TLS reload failed, keeping the old ones");
     assert_eq!(scan("wrong-client"), Some(0));
+}
+
+/// The gateway's metrics text.
+fn scrape(port: u16) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn options_probes_mark_a_dead_upstream_down_and_revive_it_after_the_delay() {
+    let _serial = serial();
+    let dir = TempDir::new("gateway-health");
+    let pki = Pki::new();
+    let (a_port, mut a) = dlp_server(&dir);
+    let (b_port, _b) = dlp_server(&dir);
+    let metrics_port = free_port();
+    let gw = Gateway::start(
+        &pki,
+        &[
+            format!("icap://127.0.0.1:{a_port}/reqmod"),
+            format!("icap://127.0.0.1:{b_port}/reqmod"),
+        ],
+        &[
+            "--failure-limit",
+            "2",
+            "--revival-delay",
+            "2",
+            "--probe-interval",
+            "0.1",
+            "--metrics",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+        &dir,
+    );
+    let up = |p: u16, v: u8| {
+        format!("icap_gateway_upstream_up{{upstream=\"icap://127.0.0.1:{p}/reqmod\"}} {v}\n")
+    };
+    let wait_for = |want: &str, limit: Duration| {
+        let end = Instant::now() + limit;
+        loop {
+            let text = scrape(metrics_port);
+            if text.contains(want) {
+                return Instant::now();
+            }
+            assert!(Instant::now() < end, "no {want:?} in:\n{text}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    };
+    wait_for(&up(a_port, 1), Duration::from_secs(5));
+    // No traffic at all: the probes alone find the dead upstream.
+    a.stop();
+    let down_at = wait_for(&up(a_port, 0), Duration::from_secs(5));
+    let (_, _a2) = dlp_server_on(&dir, a_port);
+    // Up again at once, but the gateway waits for the revival delay and a good probe.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(scrape(metrics_port).contains(&up(a_port, 0)));
+    let up_at = wait_for(&up(a_port, 1), Duration::from_secs(10));
+    assert!(
+        up_at - down_at >= Duration::from_secs(2),
+        "{:?}",
+        up_at - down_at
+    );
+    assert!(scrape(metrics_port).contains(&up(b_port, 1)));
+    // Both take transactions again.
+    let files: Vec<String> = (0..6).map(|_| data("meeting-notes.md")).collect();
+    let mut args = vec!["--server".to_string(), gw.url("reqmod")];
+    args.extend(files);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = dlp_scan(&pki, &dir, Some("client"), &args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let log = gw.wait_matching(" REQMOD ", 6);
+    for p in [a_port, b_port] {
+        let on = format!("upstream=127.0.0.1:{p} ");
+        assert!(
+            log.iter()
+                .any(|l| l.contains(" REQMOD ") && l.contains(&on)),
+            "{log:#?}"
+        );
+    }
 }
 
 #[test]
