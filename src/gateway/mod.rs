@@ -363,6 +363,19 @@ impl Gateway {
                 .await;
             rec.bytes_in = down.raw_pos - rec.bytes_in;
             rec.duration = start.elapsed();
+            // One event per transaction, none per body piece.
+            tracing::debug!(
+                method = %rec.method,
+                uri = %rec.uri,
+                upstream = %rec.upstream,
+                status = rec.status,
+                bytes_in = rec.bytes_in,
+                bytes_out = rec.bytes_out,
+                failovers = rec.failovers,
+                duration_ms = rec.duration.as_millis() as u64,
+                error = rec.error.as_deref(),
+                "gateway transaction"
+            );
             log(&rec);
             if !keep || client_close {
                 let _ = w.shutdown().await;
