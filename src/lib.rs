@@ -46,6 +46,9 @@ pub mod decode;
 pub mod encapsulated;
 pub mod encode;
 pub mod error;
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
+pub mod gateway;
 pub mod head;
 pub mod headers;
 pub mod limits;

@@ -1,0 +1,828 @@
+//! The secure ICAP gateway (`examples/icap-gateway.rs`, `icap::gateway`) with real
+//! processes on loopback: dlp-scan presenting a client certificate -> gateway -> c-icap and
+//! -> dlp-server; clients without a certificate, with one from a foreign CA, an expired
+//! one or an unpinned one refused during the handshake; an upstream killed mid-run (every
+//! file still gets its verdict); the bytes on both sides of the gateway compared on a
+//! capture (preview, `100 Continue`, keep-alive); `503` when no upstream is up; `OPTIONS`
+//! probes marking a dead upstream down and reviving it after the delay; `--metrics`;
+//! certificate reload on SIGHUP.
+//!
+//! Needs c-icap and its modules (`bash .ci/install-peers.sh`): without them the c-icap
+//! tests are skipped with a message, or fail under `CI=true`.
+#![cfg(all(
+    feature = "gateway",
+    feature = "tls",
+    feature = "metrics",
+    feature = "scan",
+    feature = "server"
+))]
+
+mod peers_support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use icap::{ResponseDecoder, ResponseEvent};
+use peers_support::{
+    available, free_port, gen_certs, run_tool, serial, write_file, CIcap, Process, TempDir,
+    ToolOutput,
+};
+use sha2::{Digest, Sha256};
+
+fn example(name: &str) -> PathBuf {
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    p.pop();
+    p.push("examples");
+    p.push(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        p.exists(),
+        "{} not built (cargo test --all-features builds it)",
+        p.display()
+    );
+    p
+}
+
+fn data(name: &str) -> String {
+    format!("{}/examples/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test PKI (`tests/peers/gen-certs.sh`) in a temporary directory.
+struct Pki {
+    dir: TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = TempDir::new("gateway-pki");
+        gen_certs(dir.path());
+        Pki { dir }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// SHA-256 of the DER of a certificate file, hex.
+    fn sha256(&self, name: &str) -> String {
+        let certs = icap::tls::load_certs(self.dir.join(name)).unwrap();
+        Sha256::digest(certs[0].as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// The gateway example on a free port.
+struct Gateway {
+    port: u16,
+    process: Process,
+}
+
+impl Gateway {
+    fn start(pki: &Pki, upstreams: &[String], extra: &[&str], dir: &TempDir) -> Gateway {
+        let port = free_port();
+        let mut cmd = Command::new(example("icap-gateway"));
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--tls-cert", &pki.file("server.pem")])
+            .args(["--tls-key", &pki.file("server.key")])
+            .args(["--client-ca", &pki.file("ca.pem")])
+            .args(extra);
+        for u in upstreams {
+            cmd.args(["--upstream", u]);
+        }
+        let mut process = Process::spawn("icap-gateway", cmd, dir.join(format!("gw-{port}.log")));
+        process.wait_port(port, Duration::from_secs(10));
+        Gateway { port, process }
+    }
+
+    fn url(&self, service: &str) -> String {
+        format!("icaps://127.0.0.1:{}/{service}", self.port)
+    }
+
+    /// Waits (the gateway logs a refusal after its alert went out) until the log says
+    /// `needle`.
+    fn wait_log(&self, needle: &str) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !self.process.log().contains(needle) {
+            assert!(
+                Instant::now() < end,
+                "no {needle:?} in: {}",
+                self.process.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The access log once it has `n` lines (written after each answer went out).
+    fn wait_access(&self, n: usize) -> Vec<String> {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.access();
+            if log.len() >= n {
+                assert_eq!(log.len(), n, "{log:#?}");
+                return log;
+            }
+            assert!(Instant::now() < end, "{log:#?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The access log once at least `n` of its lines contain `needle`.
+    fn wait_matching(&self, needle: &str, n: usize) -> Vec<String> {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.access();
+            if log.iter().filter(|l| l.contains(needle)).count() >= n {
+                return log;
+            }
+            assert!(Instant::now() < end, "{log:#?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The access-log lines so far.
+    fn access(&self) -> Vec<String> {
+        self.process
+            .log()
+            .lines()
+            .filter(|l| l.contains(" client=\""))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// dlp-server (plain ICAP) on a free port.
+fn dlp_server(dir: &TempDir) -> (u16, Process) {
+    dlp_server_on(dir, free_port())
+}
+
+fn dlp_server_on(dir: &TempDir, port: u16) -> (u16, Process) {
+    let mut cmd = Command::new(example("dlp-server"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    let mut p = Process::spawn("dlp-server", cmd, dir.join(format!("dlp-{port}.log")));
+    p.wait_port(port, Duration::from_secs(10));
+    (port, p)
+}
+
+fn dlp_scan(pki: &Pki, dir: &TempDir, cert: Option<&str>, args: &[&str]) -> ToolOutput {
+    let mut cmd = Command::new(example("dlp-scan"));
+    cmd.args(["--ca", &pki.file("ca.pem"), "--timeout", "20"]);
+    if let Some(c) = cert {
+        cmd.args(["--client-cert", &pki.file(&format!("{c}.pem"))])
+            .args(["--client-key", &pki.file(&format!("{c}.key"))]);
+    }
+    cmd.args(args);
+    run_tool(dir.path(), &mut cmd, Duration::from_secs(60))
+}
+
+#[test]
+fn dlp_scan_with_a_client_certificate_through_the_gateway_to_dlp_server_and_c_icap() {
+    let _serial = serial();
+    let dir = TempDir::new("gateway-relay");
+    let pki = Pki::new();
+    let (dlp_port, _dlp) = dlp_server(&dir);
+    let metrics_port = free_port();
+    let gw = Gateway::start(
+        &pki,
+        &[format!("icap://127.0.0.1:{dlp_port}/reqmod")],
+        &["--metrics", &format!("127.0.0.1:{metrics_port}")],
+        &dir,
+    );
+    let out = dlp_scan(
+        &pki,
+        &dir,
+        Some("client"),
+        &[
+            "--json",
+            "--server",
+            &gw.url("reqmod"),
+            &data("customer-export.csv"),
+            &data("meeting-notes.md"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let verdicts: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("\"file\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(verdicts.len(), 2, "{out:?}");
+    assert_eq!(verdicts[0]["verdict"], "blocked");
+    assert_eq!(verdicts[0]["icap_status"], 200);
+    assert_eq!(verdicts[1]["verdict"], "allowed");
+    assert_eq!(verdicts[1]["icap_status"], 204);
+    let log = gw.wait_matching(" REQMOD ", 2);
+    let reqmods: Vec<&String> = log.iter().filter(|l| l.contains(" REQMOD ")).collect();
+    assert_eq!(reqmods.len(), 2, "{log:#?}");
+    let upstream = format!("upstream=127.0.0.1:{dlp_port} ");
+    for l in &reqmods {
+        assert!(l.contains("client=\"CN=icap-test-client@127.0.0.1:"), "{l}");
+        assert!(l.contains(&upstream), "{l}");
+    }
+    assert!(reqmods[0].contains(" status=200 "), "{}", reqmods[0]);
+    assert!(reqmods[0].contains(" http=403 "), "{}", reqmods[0]);
+    assert!(
+        reqmods[0].contains("violations=\"4 customer-export.csv DLP.PaymentCard"),
+        "{}",
+        reqmods[0]
+    );
+    assert!(reqmods[1].contains(" status=204 "), "{}", reqmods[1]);
+
+    // The same, counted, in Prometheus text on --metrics.
+    let mut c = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    for want in [
+        format!("icap_gateway_transactions_total{{method=\"REQMOD\",status=\"200\",upstream=\"127.0.0.1:{dlp_port}\"}} 1\n"),
+        format!("icap_gateway_transactions_total{{method=\"REQMOD\",status=\"204\",upstream=\"127.0.0.1:{dlp_port}\"}} 1\n"),
+        "icap_gateway_verdicts_total{kind=\"violations\"} 1\n".to_string(),
+        format!("icap_gateway_upstream_up{{upstream=\"icap://127.0.0.1:{dlp_port}/reqmod\"}} 1\n"),
+    ] {
+        assert!(text.contains(&want), "no {want:?} in:\n{text}");
+    }
+
+    // c-icap behind the same kind of gateway: its echo allows, content_filtering edits.
+    if !available(&["c-icap"]) {
+        return;
+    }
+    let cicap = CIcap::start("");
+    let gw2 = Gateway::start(
+        &pki,
+        &[format!("icap://127.0.0.1:{}/echo", cicap.port)],
+        &[],
+        &dir,
+    );
+    let bad = dir.join("bad.txt");
+    write_file(&bad, b"a line with badword in it\n");
+    let out = dlp_scan(
+        &pki,
+        &dir,
+        Some("client"),
+        &[
+            "--json",
+            "--mode",
+            "respmod",
+            "--server",
+            &gw2.url("echo"),
+            &data("meeting-notes.md"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("\"verdict\":\"allowed\""), "{out:?}");
+    let out = dlp_scan(
+        &pki,
+        &dir,
+        Some("client"),
+        &[
+            "--json",
+            "--mode",
+            "respmod",
+            "--server",
+            &gw2.url("content_filtering"),
+            &bad.display().to_string(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let log = gw2.wait_matching("/content_filtering ", 1);
+    let edited = log
+        .iter()
+        .find(|l| l.contains("/content_filtering "))
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert!(edited.contains(" status=200 "), "{edited}");
+    assert!(
+        edited.contains(&format!("upstream=127.0.0.1:{} ", cicap.port)),
+        "{edited}"
+    );
+}
+
+#[test]
+fn clients_without_a_valid_pinned_certificate_are_refused_before_any_icap_byte() {
+    let _serial = serial();
+    let dir = TempDir::new("gateway-refusals");
+    let pki = Pki::new();
+    let (dlp_port, _dlp) = dlp_server(&dir);
+    let upstream = [format!("icap://127.0.0.1:{dlp_port}/reqmod")];
+    let pin = pki.sha256("client.pem");
+    let gw = Gateway::start(&pki, &upstream, &["--client-cert-sha256", &pin], &dir);
+    let file = data("meeting-notes.md");
+    let url = gw.url("reqmod");
+    for (cert, refusal) in [
+        (None, "peer sent no certificates"),
+        (Some("wrong-client"), "UnknownIssuer"),
+        (Some("expired"), "certificate expired"),
+    ] {
+        let out = dlp_scan(&pki, &dir, cert, &["--server", &url, &file]);
+        assert_eq!(out.status.code(), Some(2), "{cert:?}: {out:?}");
+        gw.wait_log(refusal);
+    }
+    assert_eq!(gw.access(), Vec::<String>::new());
+    // The pinned certificate passes.
+    let out = dlp_scan(&pki, &dir, Some("client"), &["--server", &url, &file]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    gw.wait_matching(" REQMOD ", 1);
+
+    // The same certificate when another one is pinned: refused after the handshake,
+    // before the gateway reads anything.
+    let other = pki.sha256("selfsigned.pem");
+    let gw2 = Gateway::start(&pki, &upstream, &["--client-cert-sha256", &other], &dir);
+    let out = dlp_scan(
+        &pki,
+        &dir,
+        Some("client"),
+        &["--server", &gw2.url("reqmod"), &file],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    gw2.wait_log("certificate CN=icap-test-client is not pinned");
+    assert_eq!(gw2.access(), Vec::<String>::new());
+}
+
+#[test]
+fn sighup_reloads_the_client_ca_and_a_broken_file_keeps_the_old_one() {
+    let _serial = serial();
+    let dir = TempDir::new("gateway-reload");
+    let pki = Pki::new();
+    let (dlp_port, _dlp) = dlp_server(&dir);
+    let ca = dir.join("client-ca.pem");
+    std::fs::copy(pki.file("ca.pem"), &ca).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(example("icap-gateway"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-cert", &pki.file("server.pem")])
+        .args(["--tls-key", &pki.file("server.key")])
+        .args(["--client-ca", &ca.display().to_string()])
+        .args(["--upstream", &format!("icap://127.0.0.1:{dlp_port}/reqmod")]);
+    let mut process = Process::spawn("icap-gateway", cmd, dir.join("gw.log"));
+    process.wait_port(port, Duration::from_secs(10));
+    let gw = Gateway { port, process };
+    let url = gw.url("reqmod");
+    let file = data("meeting-notes.md");
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &gw.process.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let scan = |cert: &str| {
+        dlp_scan(&pki, &dir, Some(cert), &["--server", &url, &file])
+            .status
+            .code()
+    };
+    assert_eq!(scan("client"), Some(0));
+    assert_eq!(scan("wrong-client"), Some(2));
+
+    // The client CA file now holds the other CA.
+    std::fs::copy(pki.file("wrong-ca.pem"), &ca).unwrap();
+    hup();
+    gw.wait_log("reloaded TLS certificate, key and client CA");
+    assert_eq!(scan("wrong-client"), Some(0));
+    assert_eq!(scan("client"), Some(2));
+
+    // A file that cannot be used: the old set stays.
+    write_file(&ca, b"not a certificate\n");
+    hup();
+    gw.wait_log("TLS reload failed, keeping the old ones");
+    assert_eq!(scan("wrong-client"), Some(0));
+}
+
+/// The gateway's metrics text.
+fn scrape(port: u16) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn options_probes_mark_a_dead_upstream_down_and_revive_it_after_the_delay() {
+    let _serial = serial();
+    let dir = TempDir::new("gateway-health");
+    let pki = Pki::new();
+    let (a_port, mut a) = dlp_server(&dir);
+    let (b_port, _b) = dlp_server(&dir);
+    let metrics_port = free_port();
+    let gw = Gateway::start(
+        &pki,
+        &[
+            format!("icap://127.0.0.1:{a_port}/reqmod"),
+            format!("icap://127.0.0.1:{b_port}/reqmod"),
+        ],
+        &[
+            "--failure-limit",
+            "2",
+            "--revival-delay",
+            "2",
+            "--probe-interval",
+            "0.1",
+            "--metrics",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+        &dir,
+    );
+    let up = |p: u16, v: u8| {
+        format!("icap_gateway_upstream_up{{upstream=\"icap://127.0.0.1:{p}/reqmod\"}} {v}\n")
+    };
+    let wait_for = |want: &str, limit: Duration| {
+        let end = Instant::now() + limit;
+        loop {
+            let text = scrape(metrics_port);
+            if text.contains(want) {
+                return Instant::now();
+            }
+            assert!(Instant::now() < end, "no {want:?} in:\n{text}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    };
+    wait_for(&up(a_port, 1), Duration::from_secs(5));
+    // No traffic at all: the probes alone find the dead upstream.
+    a.stop();
+    let down_at = wait_for(&up(a_port, 0), Duration::from_secs(5));
+    let (_, _a2) = dlp_server_on(&dir, a_port);
+    // Up again at once, but the gateway waits for the revival delay and a good probe.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(scrape(metrics_port).contains(&up(a_port, 0)));
+    let up_at = wait_for(&up(a_port, 1), Duration::from_secs(10));
+    assert!(
+        up_at - down_at >= Duration::from_secs(2),
+        "{:?}",
+        up_at - down_at
+    );
+    assert!(scrape(metrics_port).contains(&up(b_port, 1)));
+    // Both take transactions again.
+    let files: Vec<String> = (0..6).map(|_| data("meeting-notes.md")).collect();
+    let mut args = vec!["--server".to_string(), gw.url("reqmod")];
+    args.extend(files);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = dlp_scan(&pki, &dir, Some("client"), &args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let log = gw.wait_matching(" REQMOD ", 6);
+    for p in [a_port, b_port] {
+        let on = format!("upstream=127.0.0.1:{p} ");
+        assert!(
+            log.iter()
+                .any(|l| l.contains(" REQMOD ") && l.contains(&on)),
+            "{log:#?}"
+        );
+    }
+}
+
+#[test]
+fn an_upstream_killed_mid_run_fails_over_and_every_file_gets_its_verdict() {
+    let _serial = serial();
+    let dir = TempDir::new("gateway-failover");
+    let pki = Pki::new();
+    let (a_port, mut a) = dlp_server(&dir);
+    let (b_port, _b) = dlp_server(&dir);
+    let gw = Gateway::start(
+        &pki,
+        &[
+            format!("icap://127.0.0.1:{a_port}/reqmod"),
+            format!("icap://127.0.0.1:{b_port}/reqmod"),
+        ],
+        &["--failure-limit", "1", "--revival-delay", "600"],
+        &dir,
+    );
+    // 120 files, every third one with card numbers.
+    let mut files = Vec::new();
+    for i in 0..120 {
+        let (src, name) = if i % 3 == 0 {
+            ("customer-export.csv", format!("export-{i:03}.csv"))
+        } else {
+            ("meeting-notes.md", format!("notes-{i:03}.md"))
+        };
+        let p = dir.join(&name);
+        std::fs::copy(data(src), &p).unwrap();
+        files.push(p.display().to_string());
+    }
+    let mut cmd = Command::new(example("dlp-scan"));
+    cmd.args(["--ca", &pki.file("ca.pem"), "--timeout", "20", "--json"])
+        .args(["--client-cert", &pki.file("client.pem")])
+        .args(["--client-key", &pki.file("client.key")])
+        .args(["--server", &gw.url("reqmod")])
+        .args(&files);
+    let scan_out = dir.join("scan.out");
+    cmd.stdout(std::fs::File::create(&scan_out).unwrap())
+        .stderr(std::process::Stdio::null());
+    let mut scan = cmd.spawn().unwrap();
+    // Kill one upstream once both have answered some transactions.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = gw.access();
+        let on = |p: u16| {
+            log.iter()
+                .filter(|l| {
+                    l.contains(" REQMOD ") && l.contains(&format!("upstream=127.0.0.1:{p} "))
+                })
+                .count()
+        };
+        if on(a_port) >= 5 && on(b_port) >= 5 {
+            break;
+        }
+        assert!(Instant::now() < end, "no progress: {log:#?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed_at = gw.access().len();
+    Command::new("kill")
+        .args(["-KILL", &a.pid().to_string()])
+        .status()
+        .unwrap();
+    a.stop();
+    let status = {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = scan.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > end {
+                let _ = scan.kill();
+                panic!("dlp-scan did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let out = std::fs::read_to_string(&scan_out).unwrap();
+    let verdicts: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.contains("\"file\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(verdicts.len(), 120, "{out}");
+    for v in &verdicts {
+        let file = v["file"].as_str().unwrap();
+        let want = if file.ends_with(".csv") {
+            "blocked"
+        } else {
+            "allowed"
+        };
+        assert_eq!(v["verdict"], want, "{v}");
+    }
+    assert_eq!(status.code(), Some(1), "{out}");
+    // After the kill every transaction was answered by the survivor.
+    let log = gw.wait_matching(" REQMOD ", 120);
+    let after: Vec<&String> = log[killed_at..]
+        .iter()
+        .filter(|l| l.contains(" REQMOD "))
+        .collect();
+    assert!(!after.is_empty());
+    let b = format!("upstream=127.0.0.1:{b_port} ");
+    // Transactions that completed on the victim between the snapshot and the kill are
+    // fine; one in flight at the kill may have had part of its answer relayed, and is then
+    // the only one that can break off (dlp-scan sends it again).
+    let lost: Vec<&&String> = after.iter().filter(|l| l.contains(" error=")).collect();
+    assert!(lost.len() <= 1, "{lost:#?}");
+    // The kill was found out by a transaction (replayed on the survivor, or the broken
+    // one); from then on the survivor answers everything.
+    let found = after
+        .iter()
+        .position(|l| l.contains(" failovers=") || l.contains(" error="))
+        .unwrap_or_else(|| panic!("{after:#?}"));
+    for l in &after[found + 1..] {
+        assert!(l.contains(&b), "{l}");
+    }
+}
+
+/// One tapped connection: the bytes to the upstream and the bytes from it.
+type Recorded = Arc<Mutex<(Vec<u8>, Vec<u8>)>>;
+
+/// A TCP relay that records, per connection, the bytes each way.
+struct Tap {
+    port: u16,
+    conns: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Tap {
+    fn start(backend: u16) -> Tap {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let list = conns.clone();
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                let Ok(c) = c else { return };
+                let Ok(b) = TcpStream::connect(("127.0.0.1", backend)) else {
+                    return;
+                };
+                let rec = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+                list.lock().unwrap().push(rec.clone());
+                for (mut from, mut to, up) in [
+                    (c.try_clone().unwrap(), b.try_clone().unwrap(), true),
+                    (b, c, false),
+                ] {
+                    let rec = rec.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            {
+                                let mut r = rec.lock().unwrap();
+                                let side = if up { &mut r.0 } else { &mut r.1 };
+                                side.extend_from_slice(&buf[..n]);
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Tap { port, conns }
+    }
+
+    /// The recorded connections, `(to upstream, from upstream)`, probes left out.
+    fn transactions(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.lock().unwrap().clone())
+            .filter(|(up, _)| !up.starts_with(b"OPTIONS "))
+            .collect()
+    }
+}
+
+/// A TLS client presenting `client.pem`, speaking raw bytes.
+fn tls_client(pki: &Pki, port: u16) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let cfg = icap::tls::ClientTls::default()
+        .with_ca_file(pki.file("ca.pem"))
+        .unwrap()
+        .with_client_cert_files(pki.file("client.pem"), pki.file("client.key"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(cfg, name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Reads one whole ICAP response (through any `100 Continue` when `through_100`), returning
+/// its raw bytes and status.
+fn read_answer(s: &mut impl Read, through_100: bool) -> (Vec<u8>, u16) {
+    let mut dec = ResponseDecoder::default();
+    let mut raw = Vec::new();
+    let mut status = 0;
+    let mut buf = [0u8; 16384];
+    loop {
+        match dec.decode().unwrap() {
+            Some(ResponseEvent::Head(h)) => status = h.status,
+            Some(ResponseEvent::End(_)) if status == 100 && through_100 => {}
+            Some(ResponseEvent::End(_)) => {
+                // Only what the decoder used: nothing follows a complete answer anyway.
+                assert!(dec.buffered().is_empty());
+                return (raw, status);
+            }
+            Some(_) => {}
+            None => {
+                let n = s.read(&mut buf).unwrap();
+                assert!(
+                    n > 0,
+                    "closed inside an answer: {}",
+                    String::from_utf8_lossy(&raw)
+                );
+                raw.extend_from_slice(&buf[..n]);
+                dec.feed(&buf[..n]);
+            }
+        }
+    }
+}
+
+fn respmod(path: &str, port: u16, body: &[u8], preview: Option<usize>) -> (Vec<u8>, Vec<u8>) {
+    let http = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Odd-Case: KeEp Me\r\n\r\n";
+    let mut head = format!(
+        "RESPMOD icap://127.0.0.1:{port}/{path} ICAP/1.0\r\nHost: 127.0.0.1:{port}\r\nAllow: 204\r\nX-Custom:   spaced value \r\nEncapsulated: res-hdr=0, res-body={}\r\n",
+        http.len()
+    );
+    let split = preview.map_or(0, |p| p.min(body.len()));
+    if let Some(p) = preview {
+        head.push_str(&format!("Preview: {p}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.push_str(http);
+    let mut first = head.into_bytes();
+    let mut rest = Vec::new();
+    let chunk = |out: &mut Vec<u8>, data: &[u8]| {
+        for c in data.chunks(7000) {
+            out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            out.extend_from_slice(c);
+            out.extend_from_slice(b"\r\n");
+        }
+    };
+    if preview.is_some() {
+        chunk(&mut first, &body[..split]);
+        first.extend_from_slice(b"0\r\n\r\n");
+        chunk(&mut rest, &body[split..]);
+        rest.extend_from_slice(b"0\r\n\r\n");
+    } else {
+        chunk(&mut first, body);
+        first.extend_from_slice(b"0\r\n\r\n");
+    }
+    (first, rest)
+}
+
+#[test]
+fn bytes_reach_c_icap_and_come_back_identical_with_preview_and_keep_alive() {
+    let _serial = serial();
+    if !available(&["c-icap"]) {
+        return;
+    }
+    let dir = TempDir::new("gateway-bytes");
+    let pki = Pki::new();
+    let cicap = CIcap::start("");
+    let tap = Tap::start(cicap.port);
+    let gw = Gateway::start(
+        &pki,
+        &[format!("icap://127.0.0.1:{}/echo", tap.port)],
+        &["--probe-interval", "600"],
+        &dir,
+    );
+    let mut s = tls_client(&pki, gw.port);
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    // 1: preview of 1024, the upstream asks for the rest with 100 Continue.
+    let (first, rest) = respmod("echo", gw.port, &body, Some(1024));
+    s.write_all(&first).unwrap();
+    s.flush().unwrap();
+    sent.extend_from_slice(&first);
+    let (cont, status) = read_answer(&mut s, false);
+    assert_eq!(status, 100, "{}", String::from_utf8_lossy(&cont));
+    got.extend_from_slice(&cont);
+    s.write_all(&rest).unwrap();
+    s.flush().unwrap();
+    sent.extend_from_slice(&rest);
+    let (answer, status) = read_answer(&mut s, false);
+    assert_eq!(status, 200);
+    got.extend_from_slice(&answer);
+    // 2: on the same connections, no preview, the whole body.
+    let (whole, _) = respmod("echo", gw.port, &body[..5000], None);
+    s.write_all(&whole).unwrap();
+    s.flush().unwrap();
+    sent.extend_from_slice(&whole);
+    let (answer, status) = read_answer(&mut s, false);
+    assert!(status == 200 || status == 204, "{status}");
+    got.extend_from_slice(&answer);
+    drop(s);
+
+    let t = tap.transactions();
+    assert_eq!(t.len(), 1, "one upstream connection, kept alive");
+    assert!(
+        t[0].0 == sent,
+        "the upstream got other bytes than the client sent"
+    );
+    assert!(
+        t[0].1 == got,
+        "the client got other bytes than the upstream answered"
+    );
+    assert!(got.len() > body.len(), "the echo came back whole");
+    let log = gw.wait_access(2);
+    assert!(
+        log[0].contains(&format!(" in={} ", first.len() + rest.len())),
+        "{}",
+        log[0]
+    );
+}
+
+#[test]
+fn no_upstream_up_gets_503_and_the_connection_stays_usable() {
+    let _serial = serial();
+    let dir = TempDir::new("gateway-503");
+    let pki = Pki::new();
+    let dead = free_port();
+    let gw = Gateway::start(
+        &pki,
+        &[format!("icap://127.0.0.1:{dead}/reqmod")],
+        &["--failure-limit", "1"],
+        &dir,
+    );
+    let mut s = tls_client(&pki, gw.port);
+    let body = vec![b'x'; 100_000];
+    for _ in 0..2 {
+        let (whole, _) = respmod("reqmod", gw.port, &body, None);
+        s.write_all(&whole).unwrap();
+        s.flush().unwrap();
+        let (answer, status) = read_answer(&mut s, false);
+        assert_eq!(status, 503, "{}", String::from_utf8_lossy(&answer));
+        assert!(answer.starts_with(b"ICAP/1.0 503 Service Unavailable\r\n"));
+    }
+    let log = gw.wait_access(2);
+    assert!(log
+        .iter()
+        .all(|l| l.contains(" status=503 ") && l.contains("upstream=- ")));
+}
