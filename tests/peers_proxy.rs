@@ -109,3 +109,41 @@ fn content_filtering_replaces_the_body() {
     assert_eq!(status, 200);
     assert_eq!(body, b"all clean here\n");
 }
+
+/// url_check decides on the URL alone, right after the preview: a 3 MiB upload (past the
+/// held bound, so no `Allow: 204` outside the preview) gets a 204 in the preview, and the
+/// origin receives the held preview followed by the rest, byte for byte. A denied host gets
+/// c-icap's block page from REQMOD and no origin is asked.
+#[test]
+fn url_check_204_in_preview_replays_the_upload_and_blocks_denied_hosts() {
+    if !available(&["c-icap", "curl"]) {
+        return;
+    }
+    let _g = serial();
+    let cicap = CIcap::start("");
+    let origin = Origin::start();
+    let proxy = Proxy::start(&service(&cicap, "reqmod", "url_check"));
+    let data: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(31) >> 3) as u8)
+        .collect();
+    let dir = peers_support::TempDir::new("url-check-upload");
+    let file = dir.join("up.bin");
+    std::fs::write(&file, &data).unwrap();
+    let url = origin.url("/big-upload");
+    let (status, body) = curl(
+        proxy.port,
+        &["--data-binary", &format!("@{}", file.display())],
+        &url,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(verdicts(&proxy.log_line(&url)), "unmodified/-");
+    let ups = origin.uploads.lock().unwrap().clone();
+    assert_eq!(ups.len(), 1);
+    assert_eq!(ups[0].len, data.len());
+    assert_eq!(ups[0].sha, sha(&data));
+
+    let url = "http://blocked.example/page".to_string();
+    let (status, body) = curl(proxy.port, &[], &url);
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(verdicts(&proxy.log_line(&url)), "blocked/-");
+}

@@ -81,7 +81,7 @@ fn a_download_with_a_card_number_gets_the_block_page() {
 }
 
 /// An upload with a card number is blocked and never reaches the origin; a clean 1 MiB
-/// upload reaches it byte for byte.
+/// upload reaches it byte for byte. dlp-server is told the client's address (X-Client-IP).
 #[test]
 fn uploads_are_scanned_before_the_origin() {
     if !available(&["curl"]) {
@@ -98,6 +98,8 @@ fn uploads_are_scanned_before_the_origin() {
     assert!(String::from_utf8_lossy(&body).contains("Blocked by data loss prevention"));
     assert_eq!(verdicts(&proxy.log_line(&url)), "blocked/-");
     assert!(origin.uploads.lock().unwrap().is_empty());
+    let log = dlp.process.log();
+    assert!(log.contains("client=127.0.0.1 upload-card"), "{log}");
 
     let dir = peers_support::TempDir::new("upload");
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();

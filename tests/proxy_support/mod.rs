@@ -186,7 +186,7 @@ pub fn example(name: &str) -> PathBuf {
     p
 }
 
-/// dlp-server on a free loopback port.
+/// dlp-server on a free loopback port, `--verbose` (one line per scan, with X-Client-IP).
 pub struct Dlp {
     pub port: u16,
     pub process: Process,
@@ -198,7 +198,7 @@ impl Dlp {
         let dir = TempDir::new("dlp-server");
         let port = free_port();
         let mut cmd = Command::new(example("dlp-server"));
-        cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--verbose"]);
         let mut process = Process::spawn("dlp-server", cmd, dir.join("log"));
         process.wait_port(port, Duration::from_secs(10));
         Dlp {
