@@ -20,6 +20,8 @@ use crate::client::AnswerBody;
 pub(crate) struct Returned<B> {
     held: Option<VecDeque<Bytes>>,
     read: u64,
+    /// Taken from the body but not yet handed to the client: it comes before `rest`.
+    pending: Bytes,
     rest: Option<Pin<Box<B>>>,
     failed: bool,
 }
@@ -30,11 +32,14 @@ impl<B> Returned<B> {
         if self.failed {
             return None;
         }
-        let (held, skip) = match self.held {
+        let (mut held, skip) = match self.held {
             Some(h) => (h, offset),
             None if offset >= self.read => (VecDeque::new(), offset - self.read),
             None => return None,
         };
+        if !self.pending.is_empty() {
+            held.push_back(self.pending);
+        }
         Some(AdaptBody {
             kind: Kind::Replay {
                 held,
@@ -54,9 +59,16 @@ pub(crate) struct Tee<B> {
     held_len: usize,
     max: usize,
     read: u64,
+    /// The unsent rest of a frame larger than [`PIECE`].
+    pending: Bytes,
     failed: bool,
     back: Option<oneshot::Sender<Returned<B>>>,
 }
+
+/// Most bytes handed to the client at once: a body made of one huge frame (a `Full` of
+/// megabytes) is cut so that what the client takes, and so what must be held, follows what
+/// it sends rather than the frame size.
+const PIECE: usize = 64 * 1024;
 
 impl<B> Tee<B> {
     pub(crate) fn new(body: B, max: usize, back: oneshot::Sender<Returned<B>>) -> Self {
@@ -66,9 +78,26 @@ impl<B> Tee<B> {
             held_len: 0,
             max,
             read: 0,
+            pending: Bytes::new(),
             failed: false,
             back: Some(back),
         }
+    }
+}
+
+impl<B> Tee<B> {
+    /// Counts `d` as read and keeps a copy while the held bound allows.
+    fn hold(&mut self, d: Bytes) -> Bytes {
+        self.read += d.len() as u64;
+        if let Some(h) = self.held.as_mut() {
+            if self.held_len + d.len() <= self.max {
+                self.held_len += d.len();
+                h.push_back(d.clone());
+            } else {
+                self.held = None;
+            }
+        }
+        d
     }
 }
 
@@ -78,6 +107,7 @@ impl<B> Drop for Tee<B> {
             let _ = tx.send(Returned {
                 held: self.held.take(),
                 read: self.read,
+                pending: std::mem::take(&mut self.pending),
                 rest: self.body.take(),
                 failed: self.failed,
             });
@@ -99,6 +129,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(PIECE);
+                let d = this.pending.split_to(n);
+                return Poll::Ready(Some(Ok(Frame::data(this.hold(d)))));
+            }
             let Some(body) = this.body.as_mut() else {
                 return Poll::Ready(None);
             };
@@ -115,20 +150,8 @@ where
                 Some(Ok(f)) => {
                     // Trailers are not sent to ICAP.
                     let Ok(mut d) = f.into_data() else { continue };
-                    let d = d.copy_to_bytes(d.remaining());
-                    if d.is_empty() {
-                        continue;
-                    }
-                    this.read += d.len() as u64;
-                    if let Some(h) = this.held.as_mut() {
-                        if this.held_len + d.len() <= this.max {
-                            this.held_len += d.len();
-                            h.push_back(d.clone());
-                        } else {
-                            this.held = None;
-                        }
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                    this.pending = d.copy_to_bytes(d.remaining());
+                    continue;
                 }
             }
         }

@@ -30,6 +30,7 @@ use crate::builder::{
 use crate::client::{BodySource, Client, ClientRequest, ClientResponse};
 use crate::error::ClientError;
 use crate::message::Response as IcapResponse;
+use crate::options::Transfer;
 
 pub use body::AdaptBody;
 use body::{Returned, Tee};
@@ -293,7 +294,7 @@ where
 
 async fn adapt<S, B, RB>(
     cfg: Arc<AdaptConfig>,
-    mut inner: S,
+    inner: S,
     req: http::Request<B>,
 ) -> Result<Resp<RB>, S::Error>
 where
@@ -309,6 +310,7 @@ where
     let who = parts.extensions.get::<ClientInfo>().cloned();
     let method_bypassed = cfg.bypass_methods.contains(&parts.method);
     let req_head = http_request_head_from(&parts);
+    let name = file_name(&parts.uri);
     let mut verdicts = Verdicts::default();
 
     // REQMOD
@@ -326,7 +328,16 @@ where
                     verdict = tracing::field::Empty
                 );
                 let has_body = !(body.is_end_stream() || len == Some(0));
+                if has_body && ignored(client, name.as_deref()).await {
+                    verdicts.reqmod = Some(Verdict::Bypassed);
+                    span.record("verdict", Verdict::Bypassed.as_str());
+                    let req = http::Request::from_parts(parts, AdaptBody::original(body));
+                    return respond(&cfg, inner, req, req_head, who, name, verdicts).await;
+                }
                 let mut icap = ClientRequest::reqmod(req_head.clone());
+                if let Some(n) = &name {
+                    icap = icap.file_name(n.clone());
+                }
                 icap = with_client(icap, who.as_ref());
                 let (icap, back) = with_body(icap, body, has_body, len, cfg.max_hold);
                 let r = client.send(icap).instrument(span.clone()).await;
@@ -349,6 +360,26 @@ where
         None => http::Request::from_parts(parts, AdaptBody::original(body)),
     };
 
+    respond(&cfg, inner, req_out, req_head, who, name, verdicts).await
+}
+
+/// Calls the inner service and sends its response to RESPMOD.
+async fn respond<S, B, RB>(
+    cfg: &AdaptConfig,
+    mut inner: S,
+    req_out: http::Request<AdaptBody<B>>,
+    req_head: crate::head::HttpRequestHead,
+    who: Option<ClientInfo>,
+    name: Option<String>,
+    mut verdicts: Verdicts,
+) -> Result<Resp<RB>, S::Error>
+where
+    S: tower::Service<http::Request<AdaptBody<B>>, Response = http::Response<RB>>,
+    RB: http_body::Body + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
+    let method_bypassed = cfg.bypass_methods.contains(req_out.method());
     let resp = inner.call(req_out).await?;
 
     // RESPMOD
@@ -372,15 +403,39 @@ where
         verdict = tracing::field::Empty
     );
     let has_body = !(rbody.is_end_stream() || len == Some(0));
+    if has_body && ignored(client, name.as_deref()).await {
+        span.record("verdict", Verdict::Bypassed.as_str());
+        verdicts.respmod = Some(Verdict::Bypassed);
+        let mut resp = http::Response::from_parts(rparts, AdaptBody::original(rbody));
+        resp.extensions_mut().insert(verdicts);
+        return Ok(resp);
+    }
     let mut icap = ClientRequest::respmod(http_response_head_from(&rparts)).http_request(req_head);
+    if let Some(n) = &name {
+        icap = icap.file_name(n.clone());
+    }
     icap = with_client(icap, who.as_ref());
     let (icap, back) = with_body(icap, rbody, has_body, len, cfg.max_hold);
     let r = client.send(icap).instrument(span.clone()).await;
-    let (mut resp, v) = respmod_outcome(&cfg, r, back, rparts).await;
+    let (mut resp, v) = respmod_outcome(cfg, r, back, rparts).await;
     span.record("verdict", v.as_str());
     verdicts.respmod = Some(v);
     resp.extensions_mut().insert(verdicts);
     Ok(resp)
+}
+
+/// The last segment of the URL's path, for the service's `Transfer-*` lists.
+fn file_name(uri: &http::Uri) -> Option<String> {
+    let last = uri.path().rsplit('/').next()?;
+    (!last.is_empty()).then(|| last.to_string())
+}
+
+/// Whether the service's OPTIONS (cached by the client) say `Transfer-Ignore` for this
+/// name: such bodies are not sent at all. Options that cannot be had decide nothing here;
+/// the call itself then fails and the fail policy applies.
+async fn ignored(client: &Client, name: Option<&str>) -> bool {
+    let Some(n) = name else { return false };
+    matches!(client.options().await, Ok(o) if o.transfer_for(n) == Transfer::Ignore)
 }
 
 fn with_client(mut icap: ClientRequest, who: Option<&ClientInfo>) -> ClientRequest {
