@@ -6,6 +6,8 @@
 #
 #   bash benches/proxy_vs_squid.sh [ROUNDS] [N_SMALL] [N_BIG]   (defaults 3 2000 4)
 #
+# The origin is python3's http.server speaking HTTP/1.0 (a connection per request: its
+# HTTP/1.1 mode writes head and body apart and waits out delayed ACKs, 40 ms a request).
 # Needs squid, curl and python3 (`bash .ci/install-peers.sh`); squid runs as root here and
 # drops to user "proxy" as in tests/peers_support.
 set -euo pipefail
@@ -23,21 +25,25 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+wait_port() {
+  for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done
+  echo "$2 did not open port $1" >&2; cat "$dir"/*.log "$dir"/squid/cache.log >&2 2>/dev/null; exit 1
+}
 
 mkdir -p "$dir/www"
 head -c 1024 /dev/urandom > "$dir/www/1k.bin"
 head -c 64M /dev/urandom > "$dir/www/64m.bin"
 origin=$(free_port); icap=$(free_port); ours=$(free_port); squid=$(free_port)
-python3 -m http.server "$origin" --bind 127.0.0.1 --protocol HTTP/1.1 -d "$dir/www" >/dev/null 2>&1 & pids+=($!)
-target/release/examples/dlp-server --listen "127.0.0.1:$icap" >/dev/null 2>&1 & pids+=($!)
-target/release/examples/icap-proxy --listen "127.0.0.1:$ours" --respmod "icap://127.0.0.1:$icap/respmod" >/dev/null 2>&1 & pids+=($!)
+python3 -m http.server "$origin" --bind 127.0.0.1 -d "$dir/www" >"$dir/origin.log" 2>&1 & pids+=($!)
+target/release/examples/dlp-server --listen "127.0.0.1:$icap" >"$dir/dlp.log" 2>&1 & pids+=($!)
+target/release/examples/icap-proxy --listen "127.0.0.1:$ours" --respmod "icap://127.0.0.1:$icap/respmod" >"$dir/proxy.log" 2>&1 & pids+=($!)
 sed -e "s|@PORT@|$squid|; s|@DIR@|$dir/squid|g; s|@ICAP_PORT@|$icap|g; s|@RESPMOD_SERVICE@|respmod|; s|@PERSISTENT@|on|; s|@EXTRA@||" \
     -e '/svc_req/d' -e '/@REQMOD_SERVICE@/d' tests/peers/squid/squid.conf.in > "$dir/squid.conf"
 mkdir -p "$dir/squid"
+chmod 755 "$dir"
 chown proxy:proxy "$dir/squid" 2>/dev/null || true
 squid -N -f "$dir/squid.conf" >"$dir/squid.log" 2>&1 & pids+=($!)
-for p in $origin $icap $ours $squid; do wait_port "$p"; done
+wait_port "$origin" origin; wait_port "$icap" dlp-server; wait_port "$ours" icap-proxy; wait_port "$squid" squid
 
 url() { echo "http://127.0.0.1:$origin/$1"; }
 # seconds for: curl [proxy] fetching URL n times on one connection
