@@ -37,6 +37,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
+#[cfg(feature = "adapt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "adapt")))]
+pub mod adapt;
 pub mod builder;
 pub mod chunked;
 #[cfg(feature = "client")]

@@ -1,0 +1,424 @@
+//! icap-proxy: a forward HTTP proxy on hyper that adapts every `http://` request and
+//! response through ICAP (the `icap::adapt` layer).
+//!
+//! ```text
+//! cargo run --features adapt --example icap-proxy -- [OPTIONS]
+//!   --listen ADDR           where to listen (default 127.0.0.1:3128)
+//!   --reqmod URL            REQMOD service for uploads (icap:// or icaps://)
+//!   --respmod URL           RESPMOD service for downloads
+//!   --fail-open             let the original pass when ICAP fails (default: a 503 page)
+//!   --max-hold BYTES        bytes of a body held for a 204 (default 1 MiB)
+//!   --ca FILE / --pin-cert FILE / --client-cert FILE --client-key FILE   TLS for icaps://
+//! ```
+//!
+//! With neither `--reqmod` nor `--respmod` it uses `icap://127.0.0.1:1344/reqmod` and
+//! `/respmod`, dlp-server's defaults. `CONNECT` is tunnelled untouched (no interception).
+//! One access-log line per request goes to stdout:
+//! `METHOD URL STATUS REQMOD-VERDICT/RESPMOD-VERDICT BYTES MS`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use icap::adapt::{AdaptBody, AdaptConfig, AdaptLayer, ClientInfo, Verdict, Verdicts};
+use icap::client::Client;
+use icap::tls::ClientTls;
+use tokio::net::{TcpListener, TcpStream};
+use tower::{Layer, Service, ServiceExt};
+
+const EXIT_STATUS: &str = "Exit status:
+  0  never (runs until killed)
+  2  bad arguments, or the proxy cannot start (an address that cannot be bound, an unreadable
+     certificate file, a bad ICAP URL); the message names it";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type OriginBody = BoxBody<Bytes, BoxError>;
+type UpBody = AdaptBody<Incoming>;
+
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "icap-proxy",
+    about = "A forward HTTP proxy adapting requests (REQMOD) and responses (RESPMOD) through ICAP",
+    after_help = EXIT_STATUS
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3128")]
+    listen: SocketAddr,
+    /// REQMOD service URL (uploads).
+    #[arg(long, value_name = "ICAP_URL")]
+    reqmod: Option<String>,
+    /// RESPMOD service URL (downloads).
+    #[arg(long, value_name = "ICAP_URL")]
+    respmod: Option<String>,
+    /// Let the original pass when the ICAP service fails (default: answer 503).
+    #[arg(long = "fail-open")]
+    fail_open: bool,
+    /// Bytes of a body held while the ICAP server decides (204 outside the preview is
+    /// offered only for bodies up to this).
+    #[arg(long = "max-hold", value_name = "BYTES", default_value_t = 1024 * 1024)]
+    max_hold: usize,
+    /// CA certificate file (PEM) to trust for icaps://.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Server certificate (PEM) to pin.
+    #[arg(long = "pin-cert", value_name = "FILE")]
+    pin_cert: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long = "client-cert", value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long = "client-key", value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("icap-proxy: {msg}");
+    ExitCode::from(2)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let (reqmod, respmod) = match (&args.reqmod, &args.respmod) {
+        (None, None) => (
+            Some("icap://127.0.0.1:1344/reqmod".to_string()),
+            Some("icap://127.0.0.1:1344/respmod".to_string()),
+        ),
+        (a, b) => (a.clone(), b.clone()),
+    };
+    let mut tls = ClientTls::default();
+    if let Some(ca) = &args.ca {
+        tls = match tls.with_ca_file(ca) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+    }
+    if let Some(pin) = &args.pin_cert {
+        tls = match tls.with_pinned_cert_file(pin) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+    }
+    if let (Some(c), Some(k)) = (&args.client_cert, &args.client_key) {
+        tls = match tls.with_client_cert_files(c, k) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+    }
+    let client = |url: &str| Client::builder().server(url).tls(tls.clone()).build();
+    let mut cfg = AdaptConfig::default()
+        .fail_open(args.fail_open)
+        .max_hold(args.max_hold);
+    for (url, req) in [(&reqmod, true), (&respmod, false)] {
+        if let Some(u) = url {
+            match client(u) {
+                Ok(c) if req => cfg = cfg.reqmod(c),
+                Ok(c) => cfg = cfg.respmod(c),
+                Err(e) => return fail(format!("{u}: {e}")),
+            }
+        }
+    }
+    let listener = match TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(format!("{}: {e}", args.listen)),
+    };
+    eprintln!(
+        "icap-proxy: listening on {}; reqmod {}; respmod {}; fail-{}",
+        listener.local_addr().map_or(args.listen, |a| a),
+        reqmod.as_deref().unwrap_or("off"),
+        respmod.as_deref().unwrap_or("off"),
+        if args.fail_open { "open" } else { "closed" }
+    );
+    let pool = Pool::default();
+    let forward = tower::service_fn(move |req| forward(pool.clone(), req));
+    let svc = AdaptLayer::new(cfg).layer(forward);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let handler = hyper::service::service_fn(move |req| handle(svc.clone(), peer, req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), handler)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+/// Fields that concern one connection only (RFC 9110 7.6.1), dropped on the way through.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    for n in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        h.remove(n);
+    }
+}
+
+fn page(status: StatusCode, text: &str) -> Response<AdaptBody<OriginBody>> {
+    let mut r = Response::new(AdaptBody::full(Bytes::from(text.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// One client request: CONNECT is tunnelled, anything else adapted and forwarded.
+async fn handle<S>(
+    mut svc: S,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<LogBody>, Infallible>
+where
+    S: Service<Request<Incoming>, Response = Response<AdaptBody<OriginBody>>, Error = Infallible>,
+{
+    let start = Instant::now();
+    let line = format!("{} {}", req.method(), req.uri());
+    if req.method() == http::Method::CONNECT {
+        let resp = tunnel(req);
+        return Ok(LogBody::wrap(resp.map(Full::new), line, "tunnel", start));
+    }
+    let resp = if req.uri().scheme_str() != Some("http") || req.uri().authority().is_none() {
+        page(
+            StatusCode::BAD_REQUEST,
+            "icap-proxy: only absolute http:// URLs and CONNECT are proxied\n",
+        )
+    } else {
+        strip_hop_by_hop(req.headers_mut());
+        req.extensions_mut().insert(ClientInfo::new(peer.ip()));
+        match svc.ready().await {
+            Ok(s) => match s.call(req).await {
+                Ok(r) => r,
+                Err(e) => match e {},
+            },
+            Err(e) => match e {},
+        }
+    };
+    let v = resp
+        .extensions()
+        .get::<Verdicts>()
+        .copied()
+        .unwrap_or_default();
+    let name = |v: Option<Verdict>| v.map_or("-", Verdict::as_str);
+    let verdict = format!("{}/{}", name(v.reqmod), name(v.respmod));
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(LogBody::wrap(
+        Response::from_parts(parts, body),
+        line,
+        &verdict,
+        start,
+    ))
+}
+
+/// CONNECT: 200 at once, then bytes both ways untouched once hyper hands the connection over.
+fn tunnel(req: Request<Incoming>) -> Response<Bytes> {
+    let Some(target) = req.uri().authority().map(|a| a.to_string()) else {
+        let mut r = Response::new(Bytes::from_static(b"CONNECT needs host:port\n"));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    tokio::spawn(async move {
+        let Ok(up) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        if let Ok(mut origin) = TcpStream::connect(&target).await {
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(up), &mut origin).await;
+        }
+    });
+    Response::new(Bytes::new())
+}
+
+/// Idle origin connections per `host:port`, given back once their answer is read.
+#[derive(Clone, Default)]
+struct Pool(Arc<Mutex<HashMap<String, Vec<SendRequest<UpBody>>>>>);
+
+impl Pool {
+    fn take(&self, key: &str) -> Option<SendRequest<UpBody>> {
+        let mut map = self.0.lock().expect("not poisoned");
+        let list = map.get_mut(key)?;
+        while let Some(s) = list.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put_back_when_ready(&self, key: String, mut s: SendRequest<UpBody>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if s.ready().await.is_ok() {
+                pool.0
+                    .lock()
+                    .expect("not poisoned")
+                    .entry(key)
+                    .or_default()
+                    .push(s);
+            }
+        });
+    }
+}
+
+/// The inner service: sends the (adapted) request to the origin, origin-form.
+async fn forward(pool: Pool, mut req: Request<UpBody>) -> Result<Response<OriginBody>, Infallible> {
+    let bad_gateway = |msg: String| {
+        let mut r = Response::new(
+            Full::new(Bytes::from(msg))
+                .map_err(|e: Infallible| match e {})
+                .boxed(),
+        );
+        *r.status_mut() = StatusCode::BAD_GATEWAY;
+        Ok(r)
+    };
+    let Some(auth) = req.uri().authority().cloned() else {
+        return bad_gateway("icap-proxy: no host in the URL\n".into());
+    };
+    let key = format!("{}:{}", auth.host(), auth.port_u16().unwrap_or(80));
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *req.uri_mut() = match pq.parse() {
+        Ok(u) => u,
+        Err(_) => return bad_gateway("icap-proxy: bad path\n".into()),
+    };
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let mut sender = match pool.take(&key) {
+        Some(s) => s,
+        None => {
+            let stream = match TcpStream::connect(&key).await {
+                Ok(s) => s,
+                Err(e) => return bad_gateway(format!("icap-proxy: {key}: {e}\n")),
+            };
+            let _ = stream.set_nodelay(true);
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok((s, conn)) => {
+                    tokio::spawn(conn);
+                    s
+                }
+                Err(e) => return bad_gateway(format!("icap-proxy: {key}: {e}\n")),
+            }
+        }
+    };
+    let fut = sender.send_request(req);
+    pool.put_back_when_ready(key.clone(), sender);
+    match fut.await {
+        Ok(r) => Ok(r.map(|b| b.map_err(BoxError::from).boxed())),
+        Err(e) => bad_gateway(format!("icap-proxy: {key}: {e}\n")),
+    }
+}
+
+/// The response body on its way to the client, counted; the access-log line is written
+/// when it is done (or dropped by a client that went away).
+struct LogBody {
+    inner: Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>,
+    line: String,
+    status: u16,
+    verdict: String,
+    bytes: u64,
+    start: Instant,
+}
+
+impl LogBody {
+    fn wrap<B>(resp: Response<B>, line: String, verdict: &str, start: Instant) -> Response<LogBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let status = resp.status().as_u16();
+        resp.map(|b| LogBody {
+            inner: Box::pin(b.map_err(Into::into)),
+            line,
+            status,
+            verdict: verdict.to_string(),
+            bytes: 0,
+            start,
+        })
+    }
+}
+
+impl Drop for LogBody {
+    fn drop(&mut self) {
+        println!(
+            "{} {} {} {} {}",
+            self.line,
+            self.status,
+            self.verdict,
+            self.bytes,
+            self.start.elapsed().as_millis()
+        );
+    }
+}
+
+impl Body for LogBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = self.inner.as_mut().poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.bytes += d.len() as u64;
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
