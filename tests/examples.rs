@@ -4,29 +4,13 @@
 #![cfg(all(feature = "client", feature = "server"))]
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn example(name: &str) -> PathBuf {
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    p.pop();
-    p.push("examples");
-    p.push(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        p.exists(),
-        "{} not built (cargo test --all-features builds it)",
-        p.display()
-    );
-    p
-}
-
-fn data(name: &str) -> String {
-    format!("{}/examples/data/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+mod example_bins;
+use example_bins::{data, example};
 
 #[test]
 fn dlp_scan_main_job_blocks_the_export_and_allows_the_rest() {

@@ -8,7 +8,6 @@ mod tls_pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -16,19 +15,8 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tls_pki::Pki;
 
-fn example(name: &str) -> PathBuf {
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    p.pop();
-    p.push("examples");
-    p.push(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        p.exists(),
-        "{} not built (cargo test --all-features builds it)",
-        p.display()
-    );
-    p
-}
+mod example_bins;
+use example_bins::example;
 
 /// The process, killed and reaped on drop.
 struct Proc(Child);

@@ -21,7 +21,6 @@ mod peers_support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,23 +32,8 @@ use peers_support::{
 };
 use sha2::{Digest, Sha256};
 
-fn example(name: &str) -> PathBuf {
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    p.pop();
-    p.push("examples");
-    p.push(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        p.exists(),
-        "{} not built (cargo test --all-features builds it)",
-        p.display()
-    );
-    p
-}
-
-fn data(name: &str) -> String {
-    format!("{}/examples/data/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+mod example_bins;
+use example_bins::{data, example};
 
 /// The test PKI (`tests/peers/gen-certs.sh`) in a temporary directory.
 struct Pki {
