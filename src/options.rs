@@ -36,13 +36,16 @@ pub enum Transfer {
 ///     .with_allow_204(true)
 ///     .with_options_ttl(Some(3600))
 ///     .with_transfer_preview(["*"])
-///     .with_transfer_ignore(["jpg", "mp4"]);
+///     .with_transfer_ignore(["jpg", "mp4"])
+///     .with_include(["X-Client-IP", "X-Authenticated-User"]);
 /// let res = opts.to_response()?;
+/// assert_eq!(res.headers.get_str("X-Include"), Some("x-client-ip, x-authenticated-user"));
 /// assert_eq!(res.headers.get_str("Preview"), Some("4096"));
 /// // A client reads it back from the answer it decoded.
 /// let seen = ServiceOptions::from_response(&res)?;
 /// assert_eq!(seen, opts);
 /// assert_eq!(seen.transfer_for("holiday.JPG"), Transfer::Ignore);
+/// assert!(seen.includes("X-Client-IP") && !seen.includes("X-Client-Username"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,6 +80,9 @@ pub struct ServiceOptions {
     pub transfer_ignore: Vec<String>,
     /// `Transfer-Complete` extensions, lower-cased.
     pub transfer_complete: Vec<String>,
+    /// `X-Include`: the headers the service wants with each request when the client knows
+    /// them (`X-Client-IP`, `X-Authenticated-User` ...), lower-cased (RFC 3507 4.10.2).
+    pub include: Vec<String>,
 }
 
 fn bad_header(msg: String) -> Error {
@@ -245,6 +251,21 @@ impl ServiceOptions {
         self
     }
 
+    /// Sets [`ServiceOptions::include`]; names are lower-cased as `from_response` does.
+    #[must_use]
+    pub fn with_include<S: AsRef<str>>(mut self, headers: impl IntoIterator<Item = S>) -> Self {
+        self.include = headers
+            .into_iter()
+            .map(|h| h.as_ref().to_ascii_lowercase())
+            .collect();
+        self
+    }
+
+    /// True when `X-Include` names `header` (any case).
+    pub fn includes(&self, header: &str) -> bool {
+        self.include.iter().any(|h| h.eq_ignore_ascii_case(header))
+    }
+
     /// Reads a `200` OPTIONS answer. `Methods` and `ISTag` are required (RFC 3507 4.10.2);
     /// numbers must be decimal; unknown headers are ignored.
     pub fn from_response(res: &Response) -> Result<ServiceOptions> {
@@ -287,6 +308,7 @@ impl ServiceOptions {
             transfer_preview: list(res, "Transfer-Preview"),
             transfer_ignore: list(res, "Transfer-Ignore"),
             transfer_complete: list(res, "Transfer-Complete"),
+            include: list(res, "X-Include"),
         })
     }
 
@@ -327,13 +349,13 @@ impl ServiceOptions {
 
     /// The OPTIONS answer carrying these options, headers in the order c-icap sends them
     /// (Methods, Service, ISTag, Service-ID, Transfer-*, Options-TTL, Max-Connections, Date,
-    /// Preview, Allow), `Encapsulated: null-body=0` last.
+    /// Preview, Allow), then `X-Include`, `Encapsulated: null-body=0` last.
     pub fn to_response(&self) -> Result<Response, BuildError> {
         self.response_builder()?.build()
     }
 
-    /// Like [`Self::to_response`], returning the builder so that more headers (`Server`,
-    /// `X-Include` ...) can be added.
+    /// Like [`Self::to_response`], returning the builder so that more headers (`Server` ...)
+    /// can be added.
     pub fn response_builder(&self) -> Result<ResponseBuilder, BuildError> {
         if self.methods.is_empty() || self.methods.contains(&Method::Options) {
             return Err(BuildError::new(
@@ -381,6 +403,9 @@ impl ServiceOptions {
         .collect();
         if !allow.is_empty() {
             b = b.header("Allow", allow.join(", "));
+        }
+        if !self.include.is_empty() {
+            b = b.header("X-Include", join(&self.include));
         }
         Ok(b)
     }

@@ -151,3 +151,60 @@ async fn transfer_ignore_and_bypass_rules_skip_icap() {
     assert_eq!(got, body(3000));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// Who the client is goes only where the service asks for it: with `X-Include:
+/// X-Client-IP` the REQMOD carries the address and not the user; with no `X-Include`,
+/// neither (RFC 3507 4.10.2).
+#[tokio::test]
+async fn client_headers_follow_the_services_x_include() {
+    use icap::adapt::ClientInfo;
+    use std::sync::Mutex;
+
+    // (X-Client-IP, X-Authenticated-User) of each request the service saw.
+    type Seen = Vec<(Option<String>, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let record = {
+        let seen = seen.clone();
+        tower::service_fn(move |req: IncomingRequest| {
+            let seen = seen.clone();
+            async move {
+                let get = |n: &str| req.head.headers.get_str(n).map(str::to_string);
+                seen.lock()
+                    .unwrap()
+                    .push((get("X-Client-IP"), get("X-Authenticated-User")));
+                Ok::<_, BoxError>(Reply::unmodified())
+            }
+        })
+    };
+    let with = options().with_include(["X-Client-IP"]);
+    let srv = net::start(Server::default().route("with", with, record.clone()).route(
+        "without",
+        options(),
+        record,
+    ))
+    .await;
+    for path in ["with", "without"] {
+        let client = Client::builder()
+            .server(srv.uri("icap", path))
+            .build()
+            .unwrap();
+        let origin = tower::service_fn(|_req: http::Request<AdaptBody<Full<Bytes>>>| async {
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let svc = AdaptLayer::new(AdaptConfig::default().reqmod(client)).layer(origin);
+        let mut req = http::Request::post("http://origin.test/up")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        let who = ClientInfo::new("192.0.2.9".parse().unwrap()).user("alice");
+        req.extensions_mut().insert(who);
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![(Some("192.0.2.9".to_string()), None), (None, None)],
+        "with X-Include: X-Client-IP, then without X-Include"
+    );
+    srv.stop().await;
+}

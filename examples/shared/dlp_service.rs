@@ -192,6 +192,8 @@ impl DlpService {
             .with_preview(Some(self.cfg.preview))
             // Every file type is content-scanned: a preview of each, never Transfer-Ignore.
             .with_transfer_preview(["*"])
+            // Who sent a file goes into the incident, as DLP appliances ask for it.
+            .with_include(["X-Client-IP", "X-Client-Username", "X-Authenticated-User"])
     }
 
     /// Scans the body; a verdict needs the whole of it (a card number may sit in its last

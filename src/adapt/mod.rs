@@ -85,7 +85,8 @@ pub struct Verdicts {
 }
 
 /// Who sent the request, when the proxy knows: put it in the request's extensions and the
-/// layer sends `X-Client-IP`, `X-Client-Username` and `X-Authenticated-User`.
+/// layer sends `X-Client-IP`, `X-Client-Username` and `X-Authenticated-User`, each where the
+/// service's OPTIONS lists it in `X-Include`.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ClientInfo {
@@ -338,7 +339,7 @@ where
                 if let Some(n) = &name {
                     icap = icap.file_name(n.clone());
                 }
-                icap = with_client(icap, who.as_ref());
+                icap = with_client(icap, who.as_ref(), client).await;
                 let (icap, back) = with_body(icap, body, has_body, len, cfg.max_hold);
                 let r = client.send(icap).instrument(span.clone()).await;
                 match reqmod_outcome(&cfg, r, back, parts).await {
@@ -414,7 +415,7 @@ where
     if let Some(n) = &name {
         icap = icap.file_name(n.clone());
     }
-    icap = with_client(icap, who.as_ref());
+    icap = with_client(icap, who.as_ref(), client).await;
     let (icap, back) = with_body(icap, rbody, has_body, len, cfg.max_hold);
     let r = client.send(icap).instrument(span.clone()).await;
     let (mut resp, v) = respmod_outcome(cfg, r, back, rparts).await;
@@ -438,13 +439,25 @@ async fn ignored(client: &Client, name: Option<&str>) -> bool {
     matches!(client.options().await, Ok(o) if o.transfer_for(n) == Transfer::Ignore)
 }
 
-fn with_client(mut icap: ClientRequest, who: Option<&ClientInfo>) -> ClientRequest {
-    if let Some(w) = who {
-        if let Some(ip) = w.ip {
-            icap = icap.client_ip(ip);
-        }
-        if let Some(u) = &w.user {
+/// Adds what is known of the client, each header only when the service's `X-Include` asks
+/// for it (RFC 3507 4.10.2): who browsed is personal data, sent where it is wanted only.
+async fn with_client(
+    mut icap: ClientRequest,
+    who: Option<&ClientInfo>,
+    client: &Client,
+) -> ClientRequest {
+    let Some(w) = who else { return icap };
+    let Ok(opts) = client.options().await else {
+        return icap;
+    };
+    if let Some(ip) = w.ip.filter(|_| opts.includes("X-Client-IP")) {
+        icap = icap.client_ip(ip);
+    }
+    if let Some(u) = &w.user {
+        if opts.includes("X-Client-Username") {
             icap = icap.header("X-Client-Username", u.as_bytes());
+        }
+        if opts.includes("X-Authenticated-User") {
             icap = icap.authenticated_user(u);
         }
     }
