@@ -9,6 +9,8 @@
 //!   --fail-open             let the original pass when ICAP fails (default: a 503 page)
 //!   --max-hold BYTES        bytes of a body held for a 204 (default 1 MiB)
 //!   --ca FILE / --pin-cert FILE / --client-cert FILE --client-key FILE   TLS for icaps://
+//!   --header-timeout SECS   longest time a request head may take (default 30)
+//!   --max-connections N     client connections at once; more are closed (default 1024)
 //! ```
 //!
 //! With neither `--reqmod` nor `--respmod` it uses `icap://127.0.0.1:1344/reqmod` and
@@ -24,7 +26,7 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
@@ -34,7 +36,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use icap::adapt::{AdaptBody, AdaptConfig, AdaptLayer, ClientInfo, Verdict, Verdicts};
 use icap::client::Client;
 use icap::tls::ClientTls;
@@ -86,6 +88,13 @@ struct Args {
     /// Client private key (PEM).
     #[arg(long = "client-key", value_name = "FILE", requires = "client_cert")]
     client_key: Option<PathBuf>,
+    /// Seconds a request head may take from its first byte (and an idle kept-alive
+    /// connection may wait for one): a client that trickles its head is cut.
+    #[arg(long = "header-timeout", value_name = "SECS", default_value_t = 30.0)]
+    header_timeout: f64,
+    /// Client connections served at once; a connection over the limit is closed at once.
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -146,19 +155,43 @@ async fn main() -> ExitCode {
         respmod.as_deref().unwrap_or("off"),
         if args.fail_open { "open" } else { "closed" }
     );
+    let header_timeout = match Duration::try_from_secs_f64(args.header_timeout) {
+        Ok(t) if !t.is_zero() => t,
+        _ => {
+            return fail(format!(
+                "--header-timeout {}: not a positive number of seconds",
+                args.header_timeout
+            ))
+        }
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.max_connections));
     let pool = Pool::default();
     let forward = tower::service_fn(move |req| forward(pool.clone(), req));
     let svc = AdaptLayer::new(cfg).layer(forward);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
-            Err(_) => continue,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                eprintln!("icap-proxy: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let svc = svc.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let handler = hyper::service::service_fn(move |req| handle(svc.clone(), peer, req));
+            // Without a timer hyper waits for a head forever: a client sending a byte now
+            // and then would hold its connection (and a slot) for good.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), handler)
                 .with_upgrades()
                 .await;

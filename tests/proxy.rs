@@ -162,3 +162,79 @@ fn connect_is_tunnelled() {
     assert!(line.starts_with("CONNECT "), "{line}");
     assert_eq!(verdicts(&line), "tunnel");
 }
+
+/// Slow clients cannot hold the proxy: 200 clients trickling a request head are cut at
+/// `--header-timeout` (2 s: 408 or a close), a client over `--max-connections`
+/// is closed at once, and a normal request is served throughout.
+#[test]
+fn slow_heads_are_cut_and_connections_are_capped() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    if !available(&["curl"]) {
+        return;
+    }
+    let _g = serial();
+    let origin = Origin::start();
+    let dead = free_port();
+    let proxy = Proxy::start(&[
+        "--respmod".into(),
+        format!("icap://127.0.0.1:{dead}/respmod"),
+        "--fail-open".into(),
+        "--header-timeout".into(),
+        "2".into(),
+        "--max-connections".into(),
+        "201".into(),
+    ]);
+    let mut slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+            s.write_all(b"GET http://x/ HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    // Every slot but one is taken: one more is served, a second one over is closed.
+    std::thread::sleep(Duration::from_millis(300));
+    let url = origin.url("/bytes/100");
+    let (status, body) = curl(proxy.port, &[], &url);
+    assert_eq!((status, sha(&body)), (200, pattern_sha(100)));
+    // curl's slot is free once it has gone; one more connection fills the last slot, the
+    // next is over the limit and closed without an answer.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut filler = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    filler.write_all(b"GET http://x/ HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut over = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    over.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let _ = over.write_all(b"GET http://x/ HTTP/1.1\r\n\r\n");
+    let mut one = [0u8; 1];
+    match over.read(&mut one) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a connection over --max-connections is closed, got {other:?}"),
+    }
+    slow.push(filler);
+    let start = Instant::now();
+    // Keep trickling: per-read activity must not renew the head's deadline.
+    for s in &mut slow {
+        s.write_all(b"X").unwrap();
+    }
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => assert!(buf[..n].starts_with(b"HTTP/1.1 408"), "{:?}", &buf[..n]),
+        }
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "slow heads cut after {took:?}"
+    );
+    // The slots are free again.
+    let (status, _) = curl(proxy.port, &[], &url);
+    assert_eq!(status, 200);
+}
