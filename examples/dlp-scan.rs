@@ -27,6 +27,9 @@
 //! loopback, with TLS and client-certificate verification as a real appliance behind stunnel
 //! would have, and scans against them as load-balancing partners.
 
+#[path = "shared/tls_args.rs"]
+mod tls_args;
+use tls_args::TlsArgs;
 #[path = "shared/dlp_service.rs"]
 #[allow(dead_code)]
 mod dlp_service;
@@ -71,18 +74,8 @@ struct Args {
         value_parser = ["generic-reqmod", "generic-respmod", "symantec", "forcepoint"]
     )]
     connection_type: Option<String>,
-    /// CA certificate file (PEM) to trust for icaps://.
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// Server certificate (PEM) to pin.
-    #[arg(long = "pin-cert")]
-    pin_cert: Option<PathBuf>,
-    /// Client certificate (PEM).
-    #[arg(long = "client-cert", requires = "client_key")]
-    client_cert: Option<PathBuf>,
-    /// Client private key (PEM).
-    #[arg(long = "client-key", requires = "client_cert")]
-    client_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Preview size in bytes (default: from the server's OPTIONS).
     #[arg(long)]
     preview: Option<u64>,
@@ -242,7 +235,7 @@ async fn main() -> ExitCode {
         }
     };
 
-    let mut tls = ClientTls::default();
+    let tls;
     let mut embedded = Vec::new();
     let servers = if args.servers.is_empty() {
         // No server given: two example DLP servers on loopback, TLS with client
@@ -276,24 +269,10 @@ async fn main() -> ExitCode {
         tls = pki.client;
         urls
     } else {
-        if let Some(ca) = &args.ca {
-            tls = match tls.with_ca_file(ca) {
-                Ok(t) => t,
-                Err(e) => return fail(e),
-            };
-        }
-        if let Some(pin) = &args.pin_cert {
-            tls = match tls.with_pinned_cert_file(pin) {
-                Ok(t) => t,
-                Err(e) => return fail(e),
-            };
-        }
-        if let (Some(c), Some(k)) = (&args.client_cert, &args.client_key) {
-            tls = match tls.with_client_cert_files(c, k) {
-                Ok(t) => t,
-                Err(e) => return fail(e),
-            };
-        }
+        tls = match args.tls.client_tls() {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
         args.servers.clone()
     };
 

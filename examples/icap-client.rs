@@ -12,14 +12,16 @@
 //! a returned body with `--output`. `--verbose` also prints the request head as sent.
 //! The method defaults to OPTIONS, or REQMOD with `--req`, RESPMOD with `--resp`.
 
+#[path = "shared/tls_args.rs"]
+mod tls_args;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use tls_args::TlsArgs;
 
 use bytes::BytesMut;
 use clap::Parser;
 use icap::client::{BodySource, Client, ClientRequest, PreviewPolicy};
-use icap::tls::ClientTls;
 use icap::{Encoder, Headers, HttpRequestHead, HttpResponseHead};
 use tokio::io::AsyncWriteExt;
 
@@ -72,18 +74,8 @@ struct Args {
     /// Print the request head as sent.
     #[arg(long)]
     verbose: bool,
-    /// CA file for icaps://.
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// Pinned server certificate.
-    #[arg(long = "pin-cert")]
-    pin_cert: Option<PathBuf>,
-    /// Client certificate.
-    #[arg(long = "client-cert", requires = "client_key")]
-    client_cert: Option<PathBuf>,
-    /// Client key.
-    #[arg(long = "client-key", requires = "client_cert")]
-    client_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Most seconds for the whole exchange (connect, OPTIONS, request, answer).
     #[arg(long, value_name = "SECS", default_value = "120", value_parser = seconds)]
     timeout: Duration,
@@ -112,18 +104,7 @@ fn show(bytes: &[u8]) -> String {
 }
 
 async fn run(args: Args) -> Result<u8, String> {
-    let mut tls = ClientTls::default();
-    if let Some(ca) = &args.ca {
-        tls = tls.with_ca_file(ca).map_err(|e| e.to_string())?;
-    }
-    if let Some(pin) = &args.pin_cert {
-        tls = tls.with_pinned_cert_file(pin).map_err(|e| e.to_string())?;
-    }
-    if let (Some(c), Some(k)) = (&args.client_cert, &args.client_key) {
-        tls = tls
-            .with_client_cert_files(c, k)
-            .map_err(|e| e.to_string())?;
-    }
+    let tls = args.tls.client_tls().map_err(|e| e.to_string())?;
     let method = match (args.method.as_deref(), &args.req, &args.resp) {
         (Some(m), _, _) => m.to_ascii_uppercase(),
         (None, Some(_), _) => "REQMOD".into(),

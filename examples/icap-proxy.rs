@@ -18,15 +18,17 @@
 //! One access-log line per request goes to stdout:
 //! `METHOD URL STATUS REQMOD-VERDICT/RESPMOD-VERDICT BYTES MS`.
 
+#[path = "shared/tls_args.rs"]
+mod tls_args;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tls_args::TlsArgs;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -39,7 +41,6 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use icap::adapt::{AdaptBody, AdaptConfig, AdaptLayer, ClientInfo, Verdict, Verdicts};
 use icap::client::Client;
-use icap::tls::ClientTls;
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, Service, ServiceExt};
 
@@ -76,18 +77,8 @@ struct Args {
     /// offered only for bodies up to this).
     #[arg(long = "max-hold", value_name = "BYTES", default_value_t = 1024 * 1024)]
     max_hold: usize,
-    /// CA certificate file (PEM) to trust for icaps://.
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// Server certificate (PEM) to pin.
-    #[arg(long = "pin-cert", value_name = "FILE")]
-    pin_cert: Option<PathBuf>,
-    /// Client certificate (PEM).
-    #[arg(long = "client-cert", value_name = "FILE", requires = "client_key")]
-    client_cert: Option<PathBuf>,
-    /// Client private key (PEM).
-    #[arg(long = "client-key", value_name = "FILE", requires = "client_cert")]
-    client_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Seconds a request head may take from its first byte (and an idle kept-alive
     /// connection may wait for one): a client that trickles its head is cut.
     #[arg(long = "header-timeout", value_name = "SECS", default_value_t = 30.0)]
@@ -112,25 +103,10 @@ async fn main() -> ExitCode {
         ),
         (a, b) => (a.clone(), b.clone()),
     };
-    let mut tls = ClientTls::default();
-    if let Some(ca) = &args.ca {
-        tls = match tls.with_ca_file(ca) {
-            Ok(t) => t,
-            Err(e) => return fail(e),
-        };
-    }
-    if let Some(pin) = &args.pin_cert {
-        tls = match tls.with_pinned_cert_file(pin) {
-            Ok(t) => t,
-            Err(e) => return fail(e),
-        };
-    }
-    if let (Some(c), Some(k)) = (&args.client_cert, &args.client_key) {
-        tls = match tls.with_client_cert_files(c, k) {
-            Ok(t) => t,
-            Err(e) => return fail(e),
-        };
-    }
+    let tls = match args.tls.client_tls() {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
     let client = |url: &str| Client::builder().server(url).tls(tls.clone()).build();
     let mut cfg = AdaptConfig::default()
         .fail_open(args.fail_open)
