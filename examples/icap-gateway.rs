@@ -14,7 +14,9 @@
 //! `OPTIONS` health probes with squid's failure limit and revival delay, failover of
 //! transactions not answered yet, `503` when no upstream is up), relayed byte for byte both
 //! ways (`icap::gateway`). One access-log line per transaction goes to stdout; refusals and
-//! errors to stderr; with `--metrics`, counters and upstream health in Prometheus text. SIGHUP reads the certificate, key and client CA files again (new
+//! errors to stderr; with `--metrics`, counters and upstream health in Prometheus text.
+//! `--max-connections` caps client connections (handshakes included; one more is closed at
+//! once), `--handshake-timeout` bounds how long an unauthenticated one holds its place. SIGHUP reads the certificate, key and client CA files again (new
 //! handshakes use them; if one cannot be used the old set stays). SIGINT / SIGTERM stop it.
 
 use std::net::SocketAddr;
@@ -90,6 +92,10 @@ struct Args {
     /// Seconds a TLS handshake may take.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     handshake_timeout: f64,
+    /// Most client connections at once, handshakes included; one more is closed at once
+    /// (logged, counted as refused with reason "capacity") so that its client can fail over.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
 }
 
 fn secs(s: f64, flag: &str) -> Result<Duration, String> {
@@ -320,6 +326,9 @@ async fn run(args: Args) -> Result<(), String> {
         .upstream_timeout(secs(args.upstream_timeout, "upstream-timeout")?)
         .replay_limit(args.replay_limit);
     let handshake_timeout = secs(args.handshake_timeout, "handshake-timeout")?;
+    if args.max_connections == 0 {
+        return Err("--max-connections: must be at least 1".into());
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", args.listen))?;
@@ -330,6 +339,9 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn(gw.clone().probe_forever());
     eprintln!("icap-gateway: listening on {}", args.listen);
     let pins = Arc::new(pins);
+    // Each connection holds a permit from accept to close: the handshake timeout bounds how
+    // long an unauthenticated one holds it, the client timeout an idle authenticated one.
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.max_connections));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -339,10 +351,20 @@ async fn run(args: Args) -> Result<(), String> {
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("icap_gateway_refused_total", "reason" => "capacity").increment(1);
+            eprintln!(
+                "icap-gateway: refused {peer}: {} connections open (--max-connections)",
+                args.max_connections
+            );
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.read().expect("acceptor lock").clone();
         let (gw, pins) = (gw.clone(), pins.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

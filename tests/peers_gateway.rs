@@ -5,7 +5,7 @@
 //! file still gets its verdict); the bytes on both sides of the gateway compared on a
 //! capture (preview, `100 Continue`, keep-alive); `503` when no upstream is up; `OPTIONS`
 //! probes marking a dead upstream down and reviving it after the delay; `--metrics`;
-//! certificate reload on SIGHUP.
+//! certificate reload on SIGHUP; the connection cap.
 //!
 //! Needs c-icap and its modules (`bash .ci/install-peers.sh`): without them the c-icap
 //! tests are skipped with a message, or fail under `CI=true`.
@@ -327,6 +327,46 @@ fn clients_without_a_valid_pinned_certificate_are_refused_before_any_icap_byte()
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     gw2.wait_log("certificate CN=icap-test-client is not pinned");
     assert_eq!(gw2.access(), Vec::<String>::new());
+}
+
+#[test]
+fn connections_over_the_cap_are_closed_at_once_and_silent_ones_free_their_place() {
+    let _serial = serial();
+    let dir = TempDir::new("gateway-cap");
+    let pki = Pki::new();
+    let (dlp_port, _dlp) = dlp_server(&dir);
+    let upstream = [format!("icap://127.0.0.1:{dlp_port}/reqmod")];
+    let extra = ["--max-connections", "2", "--handshake-timeout", "2"];
+    let gw = Gateway::start(&pki, &upstream, &extra, &dir);
+    let file = data("meeting-notes.md");
+    let url = gw.url("reqmod");
+    // Two clients that connect and never start a handshake fill the gateway.
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", gw.port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A third is closed at once: end of stream well before any timeout.
+    let mut third = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = third.read(&mut buf).unwrap_or(usize::MAX);
+    assert_eq!(n, 0, "the connection over the cap was not closed");
+    assert!(started.elapsed() < Duration::from_millis(900));
+    gw.wait_log("2 connections open (--max-connections)");
+    // A real client over the cap fails the same way (its exit code 2: no verdict).
+    let out = dlp_scan(&pki, &dir, Some("client"), &["--server", &url, &file]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(gw.access(), Vec::<String>::new());
+    // The silent ones lose their place at the handshake timeout; the client is then served.
+    gw.wait_log("handshake timed out");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = dlp_scan(&pki, &dir, Some("client"), &["--server", &url, &file]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    gw.wait_matching(" REQMOD ", 1);
+    drop(silent);
 }
 
 #[test]
