@@ -11,6 +11,10 @@
 //!   --ca FILE / --pin-cert FILE / --client-cert FILE --client-key FILE   TLS for icaps://
 //!   --header-timeout SECS   longest time a request head may take (default 30)
 //!   --max-connections N     client connections at once; more are closed (default 1024)
+//!   --body-idle-timeout SECS   longest silence inside a request body (default 30)
+//!   --min-body-rate BYTES   least average request-body rate once --rate-grace has passed
+//!                           (bytes/s, default 1024; 0: none)
+//!   --rate-grace SECS       time a body may take before its rate is checked (default 10)
 //! ```
 //!
 //! With neither `--reqmod` nor `--respmod` it uses `icap://127.0.0.1:1344/reqmod` and
@@ -22,6 +26,7 @@
 mod tls_args;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -51,7 +56,7 @@ const EXIT_STATUS: &str = "Exit status:
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type OriginBody = BoxBody<Bytes, BoxError>;
-type UpBody = AdaptBody<Incoming>;
+type UpBody = AdaptBody<GuardedBody<Incoming>>;
 
 /// The command line.
 #[derive(Parser, Debug)]
@@ -86,6 +91,43 @@ struct Args {
     /// Client connections served at once; a connection over the limit is closed at once.
     #[arg(long = "max-connections", value_name = "N", default_value_t = 1024)]
     max_connections: usize,
+    /// Seconds a request body may stay silent; a body that does is cut and its connection
+    /// closed (it would otherwise hold an ICAP connection to the scanner too).
+    #[arg(
+        long = "body-idle-timeout",
+        value_name = "SECS",
+        default_value_t = 30.0
+    )]
+    body_idle_timeout: f64,
+    /// Least average request-body rate in bytes/s, checked once --rate-grace has passed: a
+    /// client sending a byte now and then is cut. 0 checks no rate.
+    #[arg(long = "min-body-rate", value_name = "BYTES", default_value_t = 1024)]
+    min_body_rate: u64,
+    /// Seconds a request body may take before its average rate is checked.
+    #[arg(long = "rate-grace", value_name = "SECS", default_value_t = 10.0)]
+    rate_grace: f64,
+}
+
+/// The time side of request bodies (`--body-idle-timeout`, `--min-body-rate`, `--rate-grace`).
+#[derive(Clone, Copy, Debug)]
+struct BodyPace {
+    idle: Duration,
+    min_rate: u64,
+    grace: Duration,
+}
+
+impl BodyPace {
+    fn from_args(args: &Args) -> Result<BodyPace, String> {
+        let secs = |v: f64, flag: &str| match Duration::try_from_secs_f64(v) {
+            Ok(t) if !t.is_zero() => Ok(t),
+            _ => Err(format!("--{flag} {v}: not a positive number of seconds")),
+        };
+        Ok(BodyPace {
+            idle: secs(args.body_idle_timeout, "body-idle-timeout")?,
+            min_rate: args.min_body_rate,
+            grace: secs(args.rate_grace, "rate-grace")?,
+        })
+    }
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -140,6 +182,10 @@ async fn main() -> ExitCode {
             ))
         }
     };
+    let pace = match BodyPace::from_args(&args) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
     let slots = Arc::new(tokio::sync::Semaphore::new(args.max_connections));
     let pool = Pool::default();
     let forward = tower::service_fn(move |req| forward(pool.clone(), req));
@@ -162,7 +208,9 @@ async fn main() -> ExitCode {
         let svc = svc.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let handler = hyper::service::service_fn(move |req| handle(svc.clone(), peer, req));
+            let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
+                handle(svc.clone(), peer, req.map(|b| GuardedBody::new(b, pace)))
+            });
             // Without a timer hyper waits for a head forever: a client sending a byte now
             // and then would hold its connection (and a slot) for good.
             let _ = hyper::server::conn::http1::Builder::new()
@@ -217,10 +265,14 @@ fn page(status: StatusCode, text: &str) -> Response<AdaptBody<OriginBody>> {
 async fn handle<S>(
     mut svc: S,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<GuardedBody<Incoming>>,
 ) -> Result<Response<LogBody>, Infallible>
 where
-    S: Service<Request<Incoming>, Response = Response<AdaptBody<OriginBody>>, Error = Infallible>,
+    S: Service<
+        Request<GuardedBody<Incoming>>,
+        Response = Response<AdaptBody<OriginBody>>,
+        Error = Infallible,
+    >,
 {
     let start = Instant::now();
     let line = format!("{} {}", req.method(), req.uri());
@@ -262,7 +314,7 @@ where
 }
 
 /// CONNECT: 200 at once, then bytes both ways untouched once hyper hands the connection over.
-fn tunnel(req: Request<Incoming>) -> Response<Bytes> {
+fn tunnel(req: Request<GuardedBody<Incoming>>) -> Response<Bytes> {
     let Some(target) = req.uri().authority().map(|a| a.to_string()) else {
         let mut r = Response::new(Bytes::from_static(b"CONNECT needs host:port\n"));
         *r.status_mut() = StatusCode::BAD_REQUEST;
@@ -421,6 +473,104 @@ impl Body for LogBody {
             }
         }
         r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body with a time side: cut (an error, which makes hyper close the connection)
+/// when it stays silent for `idle`, or when, past `grace`, its average rate is below
+/// `min_rate`. The one timer is set to whichever of the two comes first, so a stalled body is
+/// cut on time even though nothing polls it in between. The clocks start at the first read:
+/// a request waiting for a free ICAP connection is not the client's delay.
+struct GuardedBody<B> {
+    inner: B,
+    pace: BodyPace,
+    /// Time of the first read, and of the last byte.
+    clock: Option<(Instant, Instant)>,
+    bytes: u64,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> GuardedBody<B> {
+    fn new(inner: B, pace: BodyPace) -> Self {
+        GuardedBody {
+            inner,
+            pace,
+            clock: None,
+            bytes: 0,
+            timer: Box::pin(tokio::time::sleep(pace.idle)),
+        }
+    }
+
+    /// When the body is cut if nothing more arrives: silence, or the average rate falling
+    /// under the minimum (the bytes so far cover `bytes / min_rate` seconds).
+    fn deadline(&self, start: Instant, last: Instant) -> Instant {
+        let idle = last + self.pace.idle;
+        if self.pace.min_rate == 0 {
+            return idle;
+        }
+        let covered = Duration::from_secs_f64(self.bytes as f64 / self.pace.min_rate as f64);
+        idle.min(start + self.pace.grace.max(covered))
+    }
+
+    fn cut(&self, start: Instant) -> BoxError {
+        let secs = start.elapsed().as_secs_f64();
+        format!(
+            "request body too slow: {} bytes in {secs:.1} s (--body-idle-timeout {:?}, --min-body-rate {} after {:?})",
+            self.bytes, self.pace.idle, self.pace.min_rate, self.pace.grace
+        )
+        .into()
+    }
+}
+
+impl<B> Body for GuardedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let (start, last) = *self.clock.get_or_insert_with(|| {
+            let now = Instant::now();
+            (now, now)
+        });
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                    self.clock = Some((start, Instant::now()));
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let at = tokio::time::Instant::from_std(self.deadline(start, last));
+                if self.timer.deadline() != at {
+                    self.timer.as_mut().reset(at);
+                }
+                match self.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        let e = self.cut(start);
+                        eprintln!("icap-proxy: {e}");
+                        Poll::Ready(Some(Err(e)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -238,3 +238,113 @@ fn slow_heads_are_cut_and_connections_are_capped() {
     let (status, _) = curl(proxy.port, &[], &url);
     assert_eq!(status, 200);
 }
+
+/// Slow uploads cannot hold the proxy, nor through it the ICAP server (the REQMOD body
+/// streams to dlp-server as it arrives): 15 clients trickling a request body (a byte every
+/// 300 ms) are cut once `--rate-grace` has passed with their average under `--min-body-rate`,
+/// and 15 that stop sending are cut at `--body-idle-timeout`; a normal upload is served
+/// throughout. 15 + 1 fill the ICAP client's 16 connections, so every body is read at once
+/// (a request waiting for an ICAP connection is not being read, and its clocks wait too).
+#[test]
+fn slow_request_bodies_are_cut_by_rate_and_by_silence() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    if !available(&["curl"]) {
+        return;
+    }
+    let _g = serial();
+    let origin = Origin::start();
+    let dlp = Dlp::start();
+    let upload = |port: u16, n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let head = format!(
+                    "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+                    origin.url("/upload")
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                s.write_all(&[b'a'; 100]).unwrap();
+                s
+            })
+            .collect()
+    };
+    // A cut connection answers (an error status) and closes, or just closes.
+    let cut = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        match s.read_to_end(&mut got) {
+            Ok(_) => {}
+            Err(e) => assert!(
+                e.kind() == std::io::ErrorKind::ConnectionReset,
+                "not closed: {e}"
+            ),
+        }
+        if !got.is_empty() {
+            let text = String::from_utf8_lossy(&got);
+            assert!(
+                text.starts_with("HTTP/1.1 5") || text.starts_with("HTTP/1.1 4"),
+                "{text}"
+            );
+        }
+    };
+
+    let mut args = both(&dlp);
+    args.extend(["--min-body-rate", "1000", "--rate-grace", "1"].map(String::from));
+    let proxy = Proxy::start(&args);
+    let mut slow = upload(proxy.port, 15);
+    let start = Instant::now();
+    // Trickle from another thread (for longer than the cut takes) while this one checks that
+    // a normal upload gets through and then that the trickling ones are cut.
+    let mut writers: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().unwrap()).collect();
+    let trickler = std::thread::spawn(move || {
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(300));
+            for s in &mut writers {
+                let _ = s.write_all(b"a");
+            }
+        }
+    });
+    let body = vec![b'x'; 20_000];
+    let path = std::env::temp_dir().join(format!("icap-proxy-slow-{}", std::process::id()));
+    std::fs::write(&path, &body).unwrap();
+    let data = format!("@{}", path.display());
+    let (status, _) = curl(
+        proxy.port,
+        &["--data-binary", &data],
+        &origin.url("/upload"),
+    );
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(status, 200);
+    for s in &mut slow {
+        cut(s);
+    }
+    let took = start.elapsed();
+    trickler.join().unwrap();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "trickled bodies cut after {took:?}"
+    );
+    assert!(
+        proxy.process.log().matches("request body too slow").count() >= 15,
+        "{}",
+        proxy.process.log()
+    );
+
+    // Silence: no rate check, a 1 s idle timeout.
+    let mut args = both(&dlp);
+    args.extend(["--min-body-rate", "0", "--body-idle-timeout", "1"].map(String::from));
+    let proxy = Proxy::start(&args);
+    let mut silent = upload(proxy.port, 15);
+    let start = Instant::now();
+    for s in &mut silent {
+        cut(s);
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "silent bodies cut after {took:?}"
+    );
+}
