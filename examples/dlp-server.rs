@@ -16,7 +16,7 @@
 //! block page, shaped like the chosen vendor's (`--profile`, default `generic`). With `--tls-cert` and `--tls-key` it
 //! speaks ICAPS; `--client-ca` then requires client certificates issued by that CA.
 //! SIGINT / SIGTERM stop accepting and let transactions in flight finish; SIGHUP reads the
-//! certificate and key files again (renewed certificates without a restart; connections
+//! certificate, key and client CA files again (renewals without a restart; connections
 //! open keep theirs). `--metrics ADDR` serves the client and server metrics (see
 //! `icap::metrics`) in Prometheus text at `http://ADDR/metrics`.
 //!
@@ -48,7 +48,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 const EXIT_STATUS: &str = "Signals:
   SIGINT, SIGTERM  stop accepting, finish the transactions in flight, exit
-  SIGHUP           read --tls-cert and --tls-key again (kept as they were when unusable)
+  SIGHUP           read --tls-cert, --tls-key and --client-ca again (kept when unusable)
 
 Exit status:
   0  stopped by SIGINT or SIGTERM after finishing the transactions in flight
@@ -260,7 +260,7 @@ async fn run(args: Args) -> Result<(), String> {
     cfg.server = args.server_config();
     let (mut server, stats) = dlp_service::dlp_server(&cfg, None).map_err(|e| e.to_string())?;
     if let Some(t) = &tls {
-        server = server.tls(t.config());
+        server = server.reloadable_tls(t);
         ops::reload_on_sighup("dlp-server", t.clone())?;
     }
     let mut listeners = Vec::new();

@@ -216,22 +216,24 @@ fn server_builder(
     })
 }
 
-/// A server certificate and key that can be replaced while the server runs: the files are
-/// read again on [`reload`](Self::reload) (on SIGHUP, say), and every handshake from then
-/// on presents the new certificate. Connections already established keep the session they
-/// have; nothing is restarted, no listener closed.
+/// A server certificate and key, and the client CA, that can be replaced while the server
+/// runs: the files are read again on [`reload`](Self::reload) (on SIGHUP, say), and every
+/// handshake from then on presents the new certificate and checks client certificates
+/// against the new CA. Connections already established keep the session they have; nothing
+/// is restarted, no listener closed.
 ///
-/// The rustls configuration from [`config`](Self::config) is made once and given to the
-/// server ([`Server::tls`](crate::server::Server::tls) or a `tokio_rustls::TlsAcceptor`);
-/// it picks the certificate in force at each handshake. The client CA (when client
-/// certificates are required) is read once, at creation.
+/// Give it to the server with [`Server::reloadable_tls`](crate::server::Server::reloadable_tls),
+/// which takes the configuration in force at each handshake. A configuration taken once
+/// with [`config`](Self::config) (for a `tokio_rustls::TlsAcceptor` of your own) follows
+/// certificate reloads too, as it picks the certificate at each handshake, but keeps the
+/// client CA it was made with: call `config()` again after a reload for the new CA.
 ///
 /// ```no_run
 /// use icap::tls::ReloadableServerTls;
 ///
 /// let tls = ReloadableServerTls::new("/etc/icap/server.pem", "/etc/icap/server.key", None)?;
-/// let rustls_config = tls.config(); // for `Server::tls`, once
-/// // Later, when the files were renewed (the old certificate stays if they are unusable):
+/// let server = icap::server::Server::default().reloadable_tls(&tls);
+/// // Later, when the files were renewed (the old set stays if they are unusable):
 /// tls.reload()?;
 /// # Ok::<(), icap::tls::TlsConfigError>(())
 /// ```
@@ -246,8 +248,11 @@ fn server_builder(
 pub struct ReloadableServerTls {
     cert: PathBuf,
     key: PathBuf,
+    client_ca: Option<PathBuf>,
     slot: Arc<CertSlot>,
-    config: Arc<rustls::ServerConfig>,
+    /// The configuration in force: replaced whole on reload, since the client-certificate
+    /// verifier (and the CA names rustls sends from it) is fixed inside a configuration.
+    config: Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>,
 }
 
 /// The certificate in force, read by every handshake.
@@ -259,11 +264,22 @@ impl rustls::server::ResolvesServerCert for CertSlot {
         &self,
         _hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        // A poisoned lock still holds a complete certificate: the swap is one assignment.
-        Some(match self.0.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        })
+        Some(read_lock(&self.0).clone())
+    }
+}
+
+/// A poisoned lock still holds a complete value: every write is one assignment.
+fn read_lock<T: Clone>(l: &std::sync::RwLock<T>) -> T {
+    match l.read() {
+        Ok(c) => c.clone(),
+        Err(p) => p.into_inner().clone(),
+    }
+}
+
+fn write_lock<T>(l: &std::sync::RwLock<T>, v: T) {
+    match l.write() {
+        Ok(mut c) => *c = v,
+        Err(p) => *p.into_inner() = v,
     }
 }
 
@@ -277,42 +293,51 @@ impl ReloadableServerTls {
     ) -> Result<Self> {
         let (cert, key) = (cert.as_ref().to_path_buf(), key.as_ref().to_path_buf());
         let certified = certified_key(&cert, &key)?;
-        let ca = client_ca.map(load_certs).transpose()?;
         let slot = Arc::new(CertSlot(std::sync::RwLock::new(Arc::new(certified))));
-        let config = server_builder(ca.as_deref())?.with_cert_resolver(slot.clone());
+        let client_ca = client_ca.map(Path::to_path_buf);
+        let config = Self::build(client_ca.as_deref(), &slot)?;
         Ok(ReloadableServerTls {
             cert,
             key,
+            client_ca,
             slot,
-            config: Arc::new(config),
+            config: Arc::new(std::sync::RwLock::new(config)),
         })
     }
 
-    /// The rustls configuration, for [`Server::tls`](crate::server::Server::tls). The same
-    /// one after every reload.
-    pub fn config(&self) -> Arc<rustls::ServerConfig> {
-        self.config.clone()
+    fn build(client_ca: Option<&Path>, slot: &Arc<CertSlot>) -> Result<Arc<rustls::ServerConfig>> {
+        let ca = client_ca.map(load_certs).transpose()?;
+        Ok(Arc::new(
+            server_builder(ca.as_deref())?.with_cert_resolver(slot.clone()),
+        ))
     }
 
-    /// Reads the certificate and key files again and presents them from the next
-    /// handshake on. When they cannot be read, or the key does not match the certificate,
-    /// the error says which and the certificate in force stays.
+    /// The rustls configuration in force (see the type's documentation for how long it
+    /// follows reloads).
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        read_lock(&self.config)
+    }
+
+    /// Reads the certificate, key and client CA files again and uses them from the next
+    /// handshake on. When one cannot be read, the key does not match the certificate or the
+    /// CA is unusable, the error says which and everything in force stays.
     pub fn reload(&self) -> Result<()> {
         let certified = Arc::new(certified_key(&self.cert, &self.key)?);
-        match self.slot.0.write() {
-            Ok(mut c) => *c = certified,
-            Err(p) => *p.into_inner() = certified,
+        let config = match &self.client_ca {
+            // Without client certificates the configuration never changes.
+            None => None,
+            Some(ca) => Some(Self::build(Some(ca), &self.slot)?),
+        };
+        write_lock(&self.slot.0, certified);
+        if let Some(c) = config {
+            write_lock(&self.config, c);
         }
         Ok(())
     }
 
     /// The end-entity certificate presented now.
     pub fn certificate(&self) -> CertificateDer<'static> {
-        let c = match self.slot.0.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        c.cert[0].clone()
+        read_lock(&self.slot.0).cert[0].clone()
     }
 }
 

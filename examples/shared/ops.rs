@@ -1,6 +1,6 @@
 //! Operations shared by the example servers (dlp-server, icap-gateway): the Prometheus
-//! scrape endpoint of `--metrics ADDR`, and the reload of the TLS certificate and key on
-//! SIGHUP.
+//! scrape endpoint of `--metrics ADDR`, and the reload of the TLS certificate, key and
+//! client CA on SIGHUP.
 //!
 //! Use from an example with `#[path = "shared/ops.rs"] mod ops;`.
 
@@ -105,7 +105,8 @@ async fn scrape(
 
 /// Reloads `tls` from its files on every SIGHUP, saying on stderr whether it worked
 /// (`NAME: reloaded the TLS certificate and key` or `NAME: TLS reload failed, keeping the
-/// current certificate: ...`). Handshakes after a good reload present the new certificate;
+/// current certificate: ...`). Handshakes after a good reload present the new certificate
+/// (and check client certificates against the new CA);
 /// connections already open are left alone.
 pub fn reload_on_sighup(name: &'static str, tls: ReloadableServerTls) -> Result<(), String> {
     #[cfg(unix)]

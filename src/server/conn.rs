@@ -317,7 +317,7 @@ impl Server {
     /// [`ServerConfig::refusal_drain`].
     pub(crate) async fn refuse(&self, tcp: TcpStream) {
         let deadline = Instant::now() + self.config.refusal_timeout;
-        let mut io: Box<dyn Io> = match &self.tls {
+        let mut io: Box<dyn Io> = match self.tls_acceptor() {
             None => Box::new(tcp),
             Some(acceptor) => {
                 let limit = deadline.min(Instant::now() + self.config.tls_handshake_timeout);
@@ -384,7 +384,7 @@ impl Server {
         if !matches!(first, Ok(Ok(n)) if n > 0) || !slot.busy() {
             return;
         }
-        let (io, secure): (Box<dyn Io>, bool) = match &self.tls {
+        let (io, secure): (Box<dyn Io>, bool) = match self.tls_acceptor() {
             None => (Box::new(tcp), false),
             Some(acceptor) => {
                 match timeout(self.config.tls_handshake_timeout, acceptor.accept(tcp)).await {

@@ -140,8 +140,17 @@ use slots::{Admission, Slots};
 pub struct Server {
     routes: HashMap<String, Arc<Route>>,
     config: ServerConfig,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<TlsSource>,
     stats: Arc<Stats>,
+}
+
+/// Where each handshake takes its rustls configuration from.
+#[derive(Clone)]
+enum TlsSource {
+    Fixed(tokio_rustls::TlsAcceptor),
+    /// Read at each handshake, so that a reload of the client CA (which needs a new
+    /// configuration, not only a new certificate) reaches new connections.
+    Reloadable(crate::tls::ReloadableServerTls),
 }
 
 impl std::fmt::Debug for Server {
@@ -263,8 +272,27 @@ impl Server {
     /// # }
     /// ```
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
-        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self.tls = Some(TlsSource::Fixed(tokio_rustls::TlsAcceptor::from(config)));
         self
+    }
+
+    /// Speaks TLS (ICAPS) with the configuration `tls` holds at each handshake: after
+    /// [`ReloadableServerTls::reload`](crate::tls::ReloadableServerTls::reload), new
+    /// connections get the new certificate and key and are checked against the new client
+    /// CA; connections already open keep what they were accepted with. (With
+    /// [`tls`](Self::tls)`(tls.config())` certificates are reloaded too, but the client CA in
+    /// force stays the one of that configuration.)
+    pub fn reloadable_tls(mut self, tls: &crate::tls::ReloadableServerTls) -> Self {
+        self.tls = Some(TlsSource::Reloadable(tls.clone()));
+        self
+    }
+
+    /// The acceptor for the next handshake, when TLS is on.
+    pub(crate) fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref().map(|t| match t {
+            TlsSource::Fixed(a) => a.clone(),
+            TlsSource::Reloadable(r) => tokio_rustls::TlsAcceptor::from(r.config()),
+        })
     }
 
     /// The configuration.

@@ -82,6 +82,28 @@ impl Pki {
         cfg.resumption = rustls::client::Resumption::disabled();
         Arc::new(cfg)
     }
+
+    /// A client configuration that trusts `server_ca` and presents `leaf` (issued by this
+    /// PKI's CA) as its client certificate.
+    pub fn client_with_cert(
+        server_ca: &CertificateDer<'static>,
+        leaf: &Leaf,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server_ca.clone()).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let ring = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(ring)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![leaf.der.clone()], key)
+            .unwrap();
+        cfg.resumption = rustls::client::Resumption::disabled();
+        Arc::new(cfg)
+    }
 }
 
 fn write_atomic(path: &Path, text: &str) {
