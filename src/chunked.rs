@@ -1,11 +1,14 @@
 //! Chunked framing of encapsulated bodies (RFC 7230 4.1 as used by RFC 3507 4.4): decoding,
 //! with the ICAP chunk extensions `ieof` and `use-original-body=N`, and encoding.
 //!
-//! The decoder is a byte-level state machine that can stop after any byte and resume, so a
-//! body fed one byte at a time decodes exactly like one fed whole, and it never holds bytes
-//! back: chunk data leaves as `Bytes` views split off the input buffer (no copy), and a
-//! partial chunk-size line is remembered as state, not as buffered text. Only the rare parts
-//! that must be seen whole (extensions on a size line, trailers) are gathered, under limits.
+//! One parser reads the framing (`ChunkedDecoder::next`): it runs over a complete size line
+//! in one pass and can stop after any byte and resume where it stopped, so a body fed one
+//! byte at a time decodes exactly like one fed whole, each byte looked at once, and every
+//! error (kind and offset) is found at the byte that shows it, limits included, before the
+//! line completes. It never holds bytes back: chunk data leaves as views of the input (a
+//! `Bytes` split off it, or a borrowed slice), and a partial size line is remembered as
+//! state. Only the rare parts that must be seen whole are gathered, under limits: the
+//! extension text of a size line split between reads, and trailers.
 //! Which chunk ends a preview, and what that means, is the decoder's concern one layer up.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -42,7 +45,7 @@ enum State {
     Size,
     /// Whitespace after the digits.
     SizeWs,
-    /// Inside `;ext...`, gathered into `ext`.
+    /// Inside `;ext...`.
     Ext,
     /// Saw CR of the size line.
     SizeLf,
@@ -56,6 +59,9 @@ enum State {
     Trailer,
     /// The body is complete.
     Done,
+    /// An error found while data before it was still to be handed out (coalescing); the
+    /// next call reports it.
+    Deferred,
 }
 
 /// A resumable decoder for one chunked body.
@@ -64,14 +70,21 @@ pub struct ChunkedDecoder {
     state: State,
     size: u64,
     remaining: u64,
+    /// Bytes of the current size line before its CR read by earlier calls: with the line
+    /// limit, where the next call must stop looking.
     line_len: usize,
+    /// Extension text of a size line split across calls (the part read so far). A line read
+    /// in one call is checked where it lies in the input, never copied here.
     ext: Vec<u8>,
     total: u64,
-    budget: Option<(u64, ErrorKind)>,
+    /// Most de-chunked bytes allowed (`u64::MAX`: no limit), and the error for passing it.
+    limit: u64,
+    limit_kind: ErrorKind,
     trailer_scanned: usize,
     /// Stream offset where the current size line began, for errors about its content.
     line_start: u64,
     pending_last: Option<LastChunk>,
+    deferred: Option<Error>,
     max_chunk_line: usize,
     max_trailer: usize,
     max_headers: usize,
@@ -95,6 +108,16 @@ impl Input for Bytes {
     }
 }
 
+/// What [`ChunkedDecoder::next`] found at the front of a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// `skip` bytes of framing (consumed), then `len` bytes of chunk data (consumed too).
+    Data { skip: usize, len: usize },
+    /// `skip` bytes of framing consumed and nothing more to hand out from this slice: it is
+    /// used up, or the last-chunk line has been read (trailers next) or the body is done.
+    More { skip: usize },
+}
+
 fn hex(b: u8) -> Option<u64> {
     match b {
         b'0'..=b'9' => Some((b - b'0') as u64),
@@ -102,6 +125,11 @@ fn hex(b: u8) -> Option<u64> {
         b'A'..=b'F' => Some((b - b'A' + 10) as u64),
         _ => None,
     }
+}
+
+/// Bytes that may not appear in a chunk extension (HTAB aside, the controls).
+fn ext_ctl(b: u8) -> bool {
+    b < 0x20 && b != b'\t' || b == 0x7f
 }
 
 impl ChunkedDecoder {
@@ -114,10 +142,12 @@ impl ChunkedDecoder {
             line_len: 0,
             ext: Vec::new(),
             total: 0,
-            budget: limits.max_body.map(|m| (m, ErrorKind::BodyTooLarge)),
+            limit: limits.max_body.unwrap_or(u64::MAX),
+            limit_kind: ErrorKind::BodyTooLarge,
             trailer_scanned: 0,
             line_start: 0,
             pending_last: None,
+            deferred: None,
             max_chunk_line: limits.max_chunk_line,
             max_trailer: limits.max_trailer,
             max_headers: limits.max_headers,
@@ -128,10 +158,11 @@ impl ChunkedDecoder {
     /// (used for previews: [`ErrorKind::PreviewOverrun`]). Checked at the size line, before
     /// any byte of the offending chunk is accepted.
     pub fn with_budget(mut self, max: u64, kind: ErrorKind) -> Self {
-        self.budget = Some(match self.budget {
-            Some((m, k)) if m - self.total.min(m) < max => (m, k),
-            _ => (self.total + max, kind),
-        });
+        // A tighter limit already in force stays (with its own error kind).
+        if self.limit == u64::MAX || self.limit - self.total.min(self.limit) >= max {
+            self.limit = self.total.saturating_add(max);
+            self.limit_kind = kind;
+        }
         self
     }
 
@@ -155,183 +186,410 @@ impl ChunkedDecoder {
 
     /// [`ChunkedDecoder::decode`] from either kind of input buffer: the decoder's own, or a
     /// caller's `Bytes` decoded in place.
+    #[inline]
     pub(crate) fn decode_from<I: Input>(
         &mut self,
         buf: &mut I,
         base: &mut u64,
     ) -> Result<Option<Chunk>> {
+        match self.next(buf, *base, usize::MAX)? {
+            Step::Data { skip, len } => {
+                buf.advance(skip);
+                *base += (skip + len) as u64;
+                Ok(Some(Chunk::Data(buf.take(len))))
+            }
+            Step::More { skip } => {
+                buf.advance(skip);
+                *base += skip as u64;
+                self.after_more(buf, base)
+            }
+        }
+    }
+
+    /// What follows a [`Step::More`] once its framing is consumed: the trailers, when the
+    /// last-chunk line has been read.
+    pub(crate) fn after_more<I: Input>(
+        &mut self,
+        buf: &mut I,
+        base: &mut u64,
+    ) -> Result<Option<Chunk>> {
+        match self.state {
+            State::Trailer => self.trailer(buf, base),
+            _ => Ok(None),
+        }
+    }
+
+    /// Decodes every chunk whole or partly in `buf` (stream offset `base`), handing each
+    /// piece of data to `f` as a slice of `buf`: no `Bytes` made, nothing copied. Consumed
+    /// bytes are removed from `buf` once, at the end. `Some` after the last chunk and its
+    /// trailers; `None` when `buf` is used up. On an error, `f` has had every piece before it.
+    #[inline]
+    pub(crate) fn decode_slices<I: Input>(
+        &mut self,
+        buf: &mut I,
+        base: &mut u64,
+        f: &mut impl FnMut(&[u8]),
+    ) -> Result<Option<LastChunk>> {
+        let mut pos = 0;
+        let mut failed = None;
+        loop {
+            match self.next(&buf[pos..], *base + pos as u64, usize::MAX) {
+                Ok(Step::Data { skip, len }) => {
+                    f(&buf[pos + skip..pos + skip + len]);
+                    pos += skip + len;
+                }
+                Ok(Step::More { skip }) => {
+                    pos += skip;
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        buf.advance(pos);
+        *base += pos as u64;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match self.after_more(buf, base)? {
+            Some(Chunk::Last(last)) => Ok(Some(last)),
+            _ => Ok(None),
+        }
+    }
+
+    /// [`ChunkedDecoder::decode_from`], but a piece shorter than `up_to` that does not end
+    /// the buffered bytes is handed out as a copy joined with the data of the chunks after
+    /// it (up to `up_to` bytes in all), made in `scratch`.
+    pub(crate) fn decode_coalesced<I: Input>(
+        &mut self,
+        buf: &mut I,
+        base: &mut u64,
+        scratch: &mut BytesMut,
+        up_to: usize,
+    ) -> Result<Option<Chunk>> {
+        match self.next(buf, *base, usize::MAX)? {
+            Step::Data { skip, len } if len >= up_to || skip + len == buf.len() => {
+                buf.advance(skip);
+                *base += (skip + len) as u64;
+                Ok(Some(Chunk::Data(buf.take(len))))
+            }
+            Step::Data { skip, len } => {
+                // Reclaimed in place once the caller has dropped the previous pieces.
+                scratch.reserve(up_to);
+                scratch.extend_from_slice(&buf[skip..skip + len]);
+                buf.advance(skip + len);
+                *base += (skip + len) as u64;
+                self.gather(buf, base, scratch, up_to - len);
+                Ok(Some(Chunk::Data(scratch.split().freeze())))
+            }
+            Step::More { skip } => {
+                buf.advance(skip);
+                *base += skip as u64;
+                self.after_more(buf, base)
+            }
+        }
+    }
+
+    /// Copies the data of the chunks buffered after a piece into `out` (at most `room` bytes
+    /// more), consuming their framing; stops before the last chunk's trailers. An error met
+    /// after some data was copied waits for the next call, so that data goes out first.
+    pub(crate) fn gather<I: Input>(
+        &mut self,
+        buf: &mut I,
+        base: &mut u64,
+        out: &mut BytesMut,
+        mut room: usize,
+    ) {
+        let mut pos = 0;
+        while room > 0 {
+            match self.next(&buf[pos..], *base + pos as u64, room) {
+                Ok(Step::Data { skip, len }) => {
+                    out.extend_from_slice(&buf[pos + skip..pos + skip + len]);
+                    pos += skip + len;
+                    room -= len;
+                }
+                Ok(Step::More { skip }) => {
+                    pos += skip;
+                    break;
+                }
+                Err(e) => {
+                    self.deferred = Some(e);
+                    self.state = State::Deferred;
+                    break;
+                }
+            }
+        }
+        buf.advance(pos);
+        *base += pos as u64;
+    }
+
+    /// The one chunk-framing parser: reads framing from the front of `buf` (stream offset
+    /// `base`) up to the next piece of data (at most `max_data` bytes of it), resuming
+    /// wherever the previous call stopped, even inside a size line. Each byte is looked at
+    /// once: a line arriving a byte at a time costs what it costs whole.
+    #[inline]
+    pub(crate) fn next(&mut self, buf: &[u8], base: u64, max_data: usize) -> Result<Step> {
         let mut i = 0;
-        let err = |kind, at: usize, msg: String| Err(Error::new(kind, *base + at as u64, msg));
         loop {
             match self.state {
                 State::Data => {
-                    // Anything consumed before the data is framing; drop it first.
-                    if i > 0 {
-                        buf.advance(i);
-                        *base += i as u64;
+                    if i == buf.len() {
+                        return Ok(Step::More { skip: i });
                     }
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let n = (self.remaining.min(buf.len() as u64)) as usize;
+                    let n = (self.remaining.min((buf.len() - i) as u64) as usize).min(max_data);
                     self.remaining -= n as u64;
                     if self.remaining == 0 {
                         self.state = State::DataCr;
                     }
-                    *base += n as u64;
-                    return Ok(Some(Chunk::Data(buf.take(n))));
+                    return Ok(Step::Data { skip: i, len: n });
                 }
-                State::Trailer => {
-                    if i > 0 {
-                        buf.advance(i);
-                        *base += i as u64;
+                State::DataCr => match buf.get(i..i + 2) {
+                    Some(b"\r\n") => {
+                        i += 2;
+                        self.state = State::Start;
                     }
-                    return self.trailer(buf, base);
-                }
-                State::Done => {
-                    if i > 0 {
-                        buf.advance(i);
-                        *base += i as u64;
-                    }
-                    return Ok(None);
-                }
-                // Whole, well-formed framing at the front: taken in one step. Anything else
-                // (a line cut short, bad bytes, limits) goes byte by byte below, which finds
-                // the same values or reports the error at its byte.
-                State::Start if self.line_len == 0 => {
-                    if let Some(line) = size_line(&buf[i..], self.max_chunk_line) {
-                        self.line_start = *base + i as u64;
-                        self.size = line.size;
-                        if line.size > 0 && line.ext.0 == line.ext.1 {
-                            // The common data chunk: no extensions to read or check.
-                            i += line.len;
-                            self.start_data(self.line_start)?;
-                            continue;
+                    _ => match buf.get(i) {
+                        None => return Ok(Step::More { skip: i }),
+                        Some(b'\r') => {
+                            i += 1;
+                            self.state = State::DataLf;
                         }
-                        let ext = &buf[i + line.ext.0..i + line.ext.1];
-                        let ext = parse_ext_in(ext, self.line_start)?;
-                        i += line.len;
-                        self.after_size_line(ext, self.line_start)?;
-                        continue;
+                        Some(&b) => return Err(Self::missing_crlf(base + i as u64, b)),
+                    },
+                },
+                State::DataLf => match buf.get(i) {
+                    None => return Ok(Step::More { skip: i }),
+                    Some(b'\n') => {
+                        i += 1;
+                        self.state = State::Start;
+                    }
+                    Some(&b) => return Err(Self::missing_crlf(base + i as u64, b)),
+                },
+                State::Trailer | State::Done => return Ok(Step::More { skip: i }),
+                State::Deferred => {
+                    return Err(self.deferred.take().expect("a deferred error is kept"))
+                }
+                State::Start | State::Size | State::SizeWs | State::Ext | State::SizeLf => {
+                    i = self.size_line(buf, i, base)?;
+                    if self.in_line() {
+                        // Out of input inside the line.
+                        return Ok(Step::More { skip: i });
                     }
                 }
-                State::DataCr if buf.get(i..i + 2) == Some(b"\r\n") => {
-                    i += 2;
-                    self.state = State::Start;
-                    continue;
-                }
-                _ => {}
             }
-            let Some(&b) = buf.get(i) else {
-                buf.advance(i);
-                *base += i as u64;
-                return Ok(None);
-            };
+        }
+    }
+
+    fn missing_crlf(at: u64, b: u8) -> Error {
+        Error::new(
+            ErrorKind::MissingChunkCrlf,
+            at,
+            format!("chunk data is not followed by CRLF (found 0x{b:02x})"),
+        )
+    }
+
+    /// Reads a size line, or as much of it as `buf[i..]` holds, from where the last call
+    /// stopped. Returns where it stopped: after the line's LF (the state then says what
+    /// follows), or at the end of `buf` (the state remembers where in the line).
+    ///
+    /// Errors are reported at the byte that shows them, as bytes arrive: a line longer than
+    /// `max_chunk_line` (CRLF not counted) at its first byte past the limit, whatever that
+    /// byte is; extension names and values once the line is complete, at the line's start.
+    #[inline]
+    fn size_line(&mut self, buf: &[u8], mut i: usize, base: u64) -> Result<usize> {
+        let from = i;
+        // Index of the first byte past the line limit.
+        let over = from.saturating_add(self.max_chunk_line - self.line_len);
+        let err = |kind, at: usize, msg: String| Err(Error::new(kind, base + at as u64, msg));
+        let too_long = |at: usize, max: usize| {
+            err(
+                ErrorKind::ChunkLineTooLong,
+                at,
+                format!("chunk-size line longer than {max} bytes"),
+            )
+        };
+        // The extension text read by this call: from after `;` (or `from`, resumed inside it).
+        let mut ext_from = (self.state == State::Ext).then_some(from);
+        let mut ext_to = from;
+        loop {
+            let Some(&b) = buf.get(i) else { break };
             match self.state {
-                // The limit is on the line without its CRLF.
-                State::Start | State::Size | State::SizeWs | State::Ext if b != b'\r' => {
-                    self.line_len += 1;
-                    if self.line_len > self.max_chunk_line {
-                        return err(
-                            ErrorKind::ChunkLineTooLong,
-                            i,
-                            format!("chunk-size line longer than {} bytes", self.max_chunk_line),
-                        );
+                State::Start => {
+                    if b != b'\r' && i >= over {
+                        return too_long(i, self.max_chunk_line);
                     }
-                }
-                _ => {}
-            }
-            match (self.state, b) {
-                (State::Start, _) => match hex(b) {
-                    Some(d) => {
-                        self.line_start = *base + i as u64;
-                        self.size = d;
-                        self.state = State::Size;
-                    }
-                    None => {
+                    let Some(d) = hex(b) else {
                         return err(
                             ErrorKind::BadChunkSize,
                             i,
                             format!("chunk size must start with a hex digit, found 0x{b:02x}"),
-                        )
-                    }
-                },
-                (State::Size, _) if hex(b).is_some() => {
-                    let d = hex(b).expect("checked");
-                    self.size = match self.size.checked_mul(16) {
-                        Some(s) => s + d,
-                        None => {
+                        );
+                    };
+                    self.line_start = base + i as u64;
+                    self.size = d;
+                    self.state = State::Size;
+                    i += 1;
+                }
+                State::Size => {
+                    let mut size = self.size;
+                    while let Some(d) = buf.get(i).and_then(|&b| hex(b)) {
+                        if i >= over {
+                            return too_long(i, self.max_chunk_line);
+                        }
+                        if size >> 60 != 0 {
                             return err(
                                 ErrorKind::ChunkSizeOverflow,
                                 i,
                                 "chunk size does not fit in 64 bits".into(),
+                            );
+                        }
+                        size = size << 4 | d;
+                        i += 1;
+                    }
+                    self.size = size;
+                    let Some(&b) = buf.get(i) else { break };
+                    i = self.after_size(b, i, over, base)?;
+                    if self.state == State::Ext {
+                        ext_from = Some(i);
+                    }
+                }
+                State::SizeWs => {
+                    i = self.after_size(b, i, over, base)?;
+                    if self.state == State::Ext {
+                        ext_from = Some(i);
+                    }
+                }
+                State::Ext => {
+                    // Run to the CR, the limit, or the end of what is here.
+                    let end = buf.len().min(over);
+                    while i < end && !ext_ctl(buf[i]) {
+                        i += 1;
+                    }
+                    ext_to = i;
+                    let Some(&b) = buf.get(i) else { break };
+                    match b {
+                        b'\r' => {
+                            self.state = State::SizeLf;
+                            i += 1;
+                        }
+                        _ if i >= over => return too_long(i, self.max_chunk_line),
+                        b'\n' => {
+                            return err(
+                                ErrorKind::BareLf,
+                                i,
+                                "chunk-size line ends in a bare LF".into(),
                             )
                         }
-                    };
+                        _ => {
+                            return err(
+                                ErrorKind::BadChunkExtension,
+                                i,
+                                format!("control byte 0x{b:02x} in a chunk extension"),
+                            )
+                        }
+                    }
                 }
-                (State::Size | State::SizeWs, b' ' | b'\t') => self.state = State::SizeWs,
-                (State::Size | State::SizeWs, b';') => {
-                    self.ext.clear();
-                    self.state = State::Ext;
-                }
-                (State::Size | State::SizeWs | State::Ext, b'\r') => self.state = State::SizeLf,
-                (State::Size | State::SizeWs | State::Ext, b'\n') => {
-                    return err(
-                        ErrorKind::BareLf,
-                        i,
-                        "chunk-size line ends in a bare LF".into(),
-                    )
-                }
-                (State::Size | State::SizeWs, _) => {
-                    return err(
-                        ErrorKind::BadChunkSize,
-                        i,
-                        format!("unexpected byte 0x{b:02x} in chunk size"),
-                    )
-                }
-                (State::Ext, _) => {
-                    if b < 0x20 && b != b'\t' || b == 0x7f {
+                State::SizeLf => {
+                    if b != b'\n' {
                         return err(
-                            ErrorKind::BadChunkExtension,
+                            ErrorKind::MissingChunkCrlf,
                             i,
-                            format!("control byte 0x{b:02x} in a chunk extension"),
+                            "CR not followed by LF after chunk size".into(),
                         );
                     }
-                    self.ext.push(b);
-                }
-                (State::SizeLf, b'\n') => {
+                    i += 1;
                     self.line_len = 0;
-                    self.end_size_line(self.line_start)?;
+                    let at = self.line_start;
+                    match ext_from {
+                        None if self.ext.is_empty() => {
+                            if self.size > 0 {
+                                self.start_data(at)?;
+                            } else {
+                                self.after_size_line(LastChunk::default(), at)?;
+                            }
+                        }
+                        None => {
+                            let ext = parse_ext_in(&self.ext, at)?;
+                            self.ext.clear();
+                            self.after_size_line(ext, at)?;
+                        }
+                        Some(e) if self.ext.is_empty() => {
+                            let ext = parse_ext_in(&buf[e..ext_to], at)?;
+                            self.after_size_line(ext, at)?;
+                        }
+                        Some(e) => {
+                            self.ext.extend_from_slice(&buf[e..ext_to]);
+                            let ext = parse_ext_in(&self.ext, at)?;
+                            self.ext.clear();
+                            self.after_size_line(ext, at)?;
+                        }
+                    }
+                    return Ok(i);
                 }
-                (State::SizeLf, _) => {
-                    return err(
-                        ErrorKind::MissingChunkCrlf,
-                        i,
-                        "CR not followed by LF after chunk size".into(),
-                    )
-                }
-                (State::DataCr, b'\r') => self.state = State::DataLf,
-                (State::DataLf, b'\n') => self.state = State::Start,
-                (State::DataCr | State::DataLf, _) => {
-                    return err(
-                        ErrorKind::MissingChunkCrlf,
-                        i,
-                        format!("chunk data is not followed by CRLF (found 0x{b:02x})"),
-                    )
-                }
-                (State::Data | State::Trailer | State::Done, _) => unreachable!("handled above"),
+                _ => unreachable!("size_line is only called inside a size line"),
             }
-            i += 1;
         }
+        // Out of input inside the line: remember how much of it was read, and its extension
+        // text so far (bounded by the line limit).
+        let crlf = match self.state {
+            State::SizeLf => 1,
+            _ => {
+                ext_to = i;
+                0
+            }
+        };
+        self.line_len += i - from - crlf.min(i - from);
+        if let Some(e) = ext_from {
+            self.ext.extend_from_slice(&buf[e..ext_to]);
+        }
+        Ok(i)
+    }
+}
+
+impl ChunkedDecoder {
+    fn in_line(&self) -> bool {
+        matches!(
+            self.state,
+            State::Start | State::Size | State::SizeWs | State::Ext | State::SizeLf
+        )
     }
 
-    /// Acts on a complete size line: checks extensions and limits, picks the next state.
-    fn end_size_line(&mut self, at: u64) -> Result<()> {
-        let ext = self.parse_ext(at)?;
-        self.after_size_line(ext, at)
+    /// The byte after a size's digits (or after whitespace following them), at `i`.
+    fn after_size(&mut self, b: u8, i: usize, over: usize, base: u64) -> Result<usize> {
+        let at = base + i as u64;
+        if b != b'\r' && i >= over {
+            return Err(Error::new(
+                ErrorKind::ChunkLineTooLong,
+                at,
+                format!("chunk-size line longer than {} bytes", self.max_chunk_line),
+            ));
+        }
+        self.state = match b {
+            b' ' | b'\t' => State::SizeWs,
+            b';' => State::Ext,
+            b'\r' => State::SizeLf,
+            b'\n' => {
+                return Err(Error::new(
+                    ErrorKind::BareLf,
+                    at,
+                    "chunk-size line ends in a bare LF",
+                ))
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::BadChunkSize,
+                    at,
+                    format!("unexpected byte 0x{b:02x} in chunk size"),
+                ))
+            }
+        };
+        Ok(i + 1)
     }
 
-    /// [`Self::end_size_line`] once the extensions are read.
+    /// Acts on a complete size line (at `at`) once its extensions are read: picks the next
+    /// state.
     fn after_size_line(&mut self, ext: LastChunk, at: u64) -> Result<()> {
         if self.size == 0 {
             self.pending_last = Some(ext);
@@ -351,23 +609,11 @@ impl ChunkedDecoder {
 
     /// A data chunk of `self.size` bytes whose size line (at `at`) is read: checks the budget
     /// and moves on to its data.
+    #[inline]
     fn start_data(&mut self, at: u64) -> Result<()> {
-        if let Some((max, kind)) = self.budget {
-            if self.total.saturating_add(self.size) > max {
-                let what = if kind == ErrorKind::PreviewOverrun {
-                    "the preview announced"
-                } else {
-                    "the body limit of"
-                };
-                return Err(Error::new(
-                    kind,
-                    at,
-                    format!(
-                        "a {}-byte chunk after {} bytes passes {what} {max} bytes",
-                        self.size, self.total
-                    ),
-                ));
-            }
+        // `total <= limit` always: a chunk is only accepted within it.
+        if self.size > self.limit - self.total {
+            return Err(self.over_limit(at));
         }
         self.total += self.size;
         self.remaining = self.size;
@@ -375,10 +621,21 @@ impl ChunkedDecoder {
         Ok(())
     }
 
-    fn parse_ext(&mut self, at: u64) -> Result<LastChunk> {
-        let out = parse_ext_in(&self.ext, at)?;
-        self.ext.clear();
-        Ok(out)
+    #[cold]
+    fn over_limit(&self, at: u64) -> Error {
+        let what = if self.limit_kind == ErrorKind::PreviewOverrun {
+            "the preview announced"
+        } else {
+            "the body limit of"
+        };
+        Error::new(
+            self.limit_kind,
+            at,
+            format!(
+                "a {}-byte chunk after {} bytes passes {what} {} bytes",
+                self.size, self.total, self.limit
+            ),
+        )
     }
 
     fn trailer<I: Input>(&mut self, buf: &mut I, base: &mut u64) -> Result<Option<Chunk>> {
@@ -426,61 +683,6 @@ impl ChunkedDecoder {
         last.trailers = trailers;
         Chunk::Last(last)
     }
-}
-
-/// A size line whole at the front of a buffer, as [`size_line`] finds it.
-struct SizeLine {
-    size: u64,
-    /// The extension text after `;`, without it (empty when none).
-    ext: (usize, usize),
-    /// Bytes through the CRLF.
-    len: usize,
-}
-
-/// A well-formed size line complete at the front of `rest`: 1 to 16 hex digits, optional
-/// SP/HTAB, optional `;` and extension text without control bytes, CRLF; at most `max_line`
-/// bytes before the CR. `None` for anything else, which the byte-wise machine then handles.
-fn size_line(rest: &[u8], max_line: usize) -> Option<SizeLine> {
-    let mut size = 0u64;
-    let mut k = 0;
-    while let Some(d) = rest.get(k).and_then(|&b| hex(b)) {
-        if k == 16 {
-            return None;
-        }
-        size = size << 4 | d;
-        k += 1;
-    }
-    if k == 0 {
-        return None;
-    }
-    while matches!(rest.get(k), Some(b' ' | b'\t')) {
-        k += 1;
-    }
-    let mut ext = (k, k);
-    if rest.get(k) == Some(&b';') {
-        let from = k + 1;
-        let cr = from
-            + rest
-                .get(from..)?
-                .iter()
-                .position(|&b| b == b'\r' || b == b'\n')?;
-        if rest[from..cr]
-            .iter()
-            .any(|&b| b < 0x20 && b != b'\t' || b == 0x7f)
-        {
-            return None;
-        }
-        ext = (from, cr);
-        k = cr;
-    }
-    if k > max_line || rest.get(k..k + 2) != Some(b"\r\n") {
-        return None;
-    }
-    Some(SizeLine {
-        size,
-        ext,
-        len: k + 2,
-    })
 }
 
 /// Reads chunk extensions (the text after the first `;` of a size line).
