@@ -38,6 +38,7 @@ pub struct LastChunk {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum State {
     /// Before the first hex digit of a size line.
     Start,
@@ -118,14 +119,22 @@ pub(crate) enum Step {
     More { skip: usize },
 }
 
-fn hex(b: u8) -> Option<u64> {
-    match b {
-        b'0'..=b'9' => Some((b - b'0') as u64),
-        b'a'..=b'f' => Some((b - b'a' + 10) as u64),
-        b'A'..=b'F' => Some((b - b'A' + 10) as u64),
-        _ => None,
+/// Hex digit values, 0xff for bytes that are not hex digits.
+static HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Bytes that may not appear in a chunk extension (HTAB aside, the controls).
 fn ext_ctl(b: u8) -> bool {
@@ -192,7 +201,7 @@ impl ChunkedDecoder {
         buf: &mut I,
         base: &mut u64,
     ) -> Result<Option<Chunk>> {
-        match self.next(buf, *base, usize::MAX)? {
+        match self.next(buf, *base)? {
             Step::Data { skip, len } => {
                 buf.advance(skip);
                 *base += (skip + len) as u64;
@@ -233,7 +242,7 @@ impl ChunkedDecoder {
         let mut pos = 0;
         let mut failed = None;
         loop {
-            match self.next(&buf[pos..], *base + pos as u64, usize::MAX) {
+            match self.next(&buf[pos..], *base + pos as u64) {
                 Ok(Step::Data { skip, len }) => {
                     f(&buf[pos + skip..pos + skip + len]);
                     pos += skip + len;
@@ -260,8 +269,8 @@ impl ChunkedDecoder {
     }
 
     /// [`ChunkedDecoder::decode_from`], but a piece shorter than `up_to` that does not end
-    /// the buffered bytes is handed out as a copy joined with the data of the chunks after
-    /// it (up to `up_to` bytes in all), made in `scratch`.
+    /// the buffered bytes is handed out as a copy joined with the data of the whole chunks
+    /// after it that fit (up to `up_to` bytes in all), made in `scratch`.
     pub(crate) fn decode_coalesced<I: Input>(
         &mut self,
         buf: &mut I,
@@ -269,7 +278,7 @@ impl ChunkedDecoder {
         scratch: &mut BytesMut,
         up_to: usize,
     ) -> Result<Option<Chunk>> {
-        match self.next(buf, *base, usize::MAX)? {
+        match self.next(buf, *base)? {
             Step::Data { skip, len } if len >= up_to || skip + len == buf.len() => {
                 buf.advance(skip);
                 *base += (skip + len) as u64;
@@ -292,9 +301,11 @@ impl ChunkedDecoder {
         }
     }
 
-    /// Copies the data of the chunks buffered after a piece into `out` (at most `room` bytes
-    /// more), consuming their framing; stops before the last chunk's trailers. An error met
-    /// after some data was copied waits for the next call, so that data goes out first.
+    /// Copies the data of the chunks buffered after a piece that ended a chunk into `out`,
+    /// whole chunks while they fit in `room` bytes, consuming their framing; stops at a chunk
+    /// that does not fit (its data left for the next piece) and before the last chunk's
+    /// trailers. An error met after some data was copied waits for the next call, so that
+    /// data goes out first.
     pub(crate) fn gather<I: Input>(
         &mut self,
         buf: &mut I,
@@ -303,8 +314,15 @@ impl ChunkedDecoder {
         mut room: usize,
     ) {
         let mut pos = 0;
-        while room > 0 {
-            match self.next(&buf[pos..], *base + pos as u64, room) {
+        loop {
+            match self.next(&buf[pos..], *base + pos as u64) {
+                Ok(Step::Data { skip, len }) if self.size > room as u64 => {
+                    // A chunk just begun that does not fit: give its data back.
+                    self.remaining += len as u64;
+                    self.state = State::Data;
+                    pos += skip;
+                    break;
+                }
                 Ok(Step::Data { skip, len }) => {
                     out.extend_from_slice(&buf[pos + skip..pos + skip + len]);
                     pos += skip + len;
@@ -326,11 +344,50 @@ impl ChunkedDecoder {
     }
 
     /// The one chunk-framing parser: reads framing from the front of `buf` (stream offset
-    /// `base`) up to the next piece of data (at most `max_data` bytes of it), resuming
+    /// `base`) up to the next piece of data, resuming
     /// wherever the previous call stopped, even inside a size line. Each byte is looked at
     /// once: a line arriving a byte at a time costs what it costs whole.
-    #[inline]
-    pub(crate) fn next(&mut self, buf: &[u8], base: u64, max_data: usize) -> Result<Step> {
+    #[inline(always)]
+    pub(crate) fn next(&mut self, buf: &[u8], base: u64) -> Result<Step> {
+        // The common sequence (the CRLF after a chunk's data, the next size line, its data)
+        // runs straight through; anything else (a CRLF cut short, the end of the body)
+        // takes `next_state`, one state at a time.
+        let mut i = 0;
+        if self.state == State::DataCr {
+            if buf.get(..2) != Some(b"\r\n") {
+                return self.next_state(buf, base);
+            }
+            i = 2;
+            self.state = State::Start;
+        }
+        if self.in_line() {
+            i = self.size_line(buf, i, base)?;
+            if self.in_line() {
+                // Out of input inside the line.
+                return Ok(Step::More { skip: i });
+            }
+        }
+        if self.state == State::Data && i < buf.len() {
+            let n = self.remaining.min((buf.len() - i) as u64) as usize;
+            self.remaining -= n as u64;
+            if self.remaining == 0 {
+                self.state = State::DataCr;
+            }
+            return Ok(Step::Data { skip: i, len: n });
+        }
+        let rest = self.next_state(&buf[i..], base + i as u64)?;
+        Ok(match rest {
+            Step::Data { skip, len } => Step::Data {
+                skip: i + skip,
+                len,
+            },
+            Step::More { skip } => Step::More { skip: i + skip },
+        })
+    }
+
+    /// [`Self::next`] one state at a time, for whatever its straight path does not take.
+    #[inline(never)]
+    fn next_state(&mut self, buf: &[u8], base: u64) -> Result<Step> {
         let mut i = 0;
         loop {
             match self.state {
@@ -338,7 +395,7 @@ impl ChunkedDecoder {
                     if i == buf.len() {
                         return Ok(Step::More { skip: i });
                     }
-                    let n = (self.remaining.min((buf.len() - i) as u64) as usize).min(max_data);
+                    let n = self.remaining.min((buf.len() - i) as u64) as usize;
                     self.remaining -= n as u64;
                     if self.remaining == 0 {
                         self.state = State::DataCr;
@@ -374,7 +431,6 @@ impl ChunkedDecoder {
                 State::Start | State::Size | State::SizeWs | State::Ext | State::SizeLf => {
                     i = self.size_line(buf, i, base)?;
                     if self.in_line() {
-                        // Out of input inside the line.
                         return Ok(Step::More { skip: i });
                     }
                 }
@@ -382,6 +438,7 @@ impl ChunkedDecoder {
         }
     }
 
+    #[cold]
     fn missing_crlf(at: u64, b: u8) -> Error {
         Error::new(
             ErrorKind::MissingChunkCrlf,
@@ -394,198 +451,220 @@ impl ChunkedDecoder {
     /// stopped. Returns where it stopped: after the line's LF (the state then says what
     /// follows), or at the end of `buf` (the state remembers where in the line).
     ///
-    /// Errors are reported at the byte that shows them, as bytes arrive: a line longer than
-    /// `max_chunk_line` (CRLF not counted) at its first byte past the limit, whatever that
-    /// byte is; extension names and values once the line is complete, at the line's start.
-    #[inline]
+    /// The parts of the line follow each other in the code as on the wire, so a whole line
+    /// runs straight through (the state is only looked at to resume). Errors are reported at
+    /// the byte that shows them, as bytes arrive: a line longer than `max_chunk_line` (CRLF
+    /// not counted) at its first byte past the limit, whatever that byte is; extension names
+    /// and values once the line is complete, at the line's start.
+    #[inline(always)]
     fn size_line(&mut self, buf: &[u8], mut i: usize, base: u64) -> Result<usize> {
         let from = i;
         // Index of the first byte past the line limit.
         let over = from.saturating_add(self.max_chunk_line - self.line_len);
-        let err = |kind, at: usize, msg: String| Err(Error::new(kind, base + at as u64, msg));
-        let too_long = |at: usize, max: usize| {
-            err(
-                ErrorKind::ChunkLineTooLong,
-                at,
-                format!("chunk-size line longer than {max} bytes"),
-            )
-        };
+        let mut state = self.state;
         // The extension text read by this call: from after `;` (or `from`, resumed inside it).
-        let mut ext_from = (self.state == State::Ext).then_some(from);
+        let mut ext_from = (state == State::Ext).then_some(from);
         let mut ext_to = from;
-        loop {
-            let Some(&b) = buf.get(i) else { break };
-            match self.state {
-                State::Start => {
-                    if b != b'\r' && i >= over {
-                        return too_long(i, self.max_chunk_line);
-                    }
-                    let Some(d) = hex(b) else {
-                        return err(
-                            ErrorKind::BadChunkSize,
-                            i,
-                            format!("chunk size must start with a hex digit, found 0x{b:02x}"),
-                        );
+        'line: {
+            if state == State::Start {
+                let Some(&b) = buf.get(i) else {
+                    break 'line;
+                };
+                let d = HEX[b as usize];
+                if d > 15 || i >= over {
+                    return Err(self.bad_start(base, i, b, over));
+                }
+                self.line_start = base + i as u64;
+                self.size = u64::from(d);
+                i += 1;
+                state = State::Size;
+            }
+            if state == State::Size {
+                let mut size = self.size;
+                let b = loop {
+                    let Some(&b) = buf.get(i) else {
+                        self.size = size;
+                        break 'line;
                     };
-                    self.line_start = base + i as u64;
-                    self.size = d;
-                    self.state = State::Size;
+                    let d = HEX[b as usize];
+                    if d > 15 {
+                        break b;
+                    }
+                    if i >= over || size >> 60 != 0 {
+                        return Err(self.bad_digit(base, i, over));
+                    }
+                    size = size << 4 | u64::from(d);
                     i += 1;
-                }
-                State::Size => {
-                    let mut size = self.size;
-                    while let Some(d) = buf.get(i).and_then(|&b| hex(b)) {
-                        if i >= over {
-                            return too_long(i, self.max_chunk_line);
-                        }
-                        if size >> 60 != 0 {
-                            return err(
-                                ErrorKind::ChunkSizeOverflow,
-                                i,
-                                "chunk size does not fit in 64 bits".into(),
-                            );
-                        }
-                        size = size << 4 | d;
-                        i += 1;
-                    }
-                    self.size = size;
-                    let Some(&b) = buf.get(i) else { break };
-                    i = self.after_size(b, i, over, base)?;
-                    if self.state == State::Ext {
-                        ext_from = Some(i);
-                    }
-                }
-                State::SizeWs => {
-                    i = self.after_size(b, i, over, base)?;
-                    if self.state == State::Ext {
-                        ext_from = Some(i);
-                    }
-                }
-                State::Ext => {
-                    // Run to the CR, the limit, or the end of what is here.
-                    let end = buf.len().min(over);
-                    while i < end && !ext_ctl(buf[i]) {
-                        i += 1;
-                    }
-                    ext_to = i;
-                    let Some(&b) = buf.get(i) else { break };
-                    match b {
-                        b'\r' => {
-                            self.state = State::SizeLf;
-                            i += 1;
-                        }
-                        _ if i >= over => return too_long(i, self.max_chunk_line),
-                        b'\n' => {
-                            return err(
-                                ErrorKind::BareLf,
-                                i,
-                                "chunk-size line ends in a bare LF".into(),
-                            )
-                        }
-                        _ => {
-                            return err(
-                                ErrorKind::BadChunkExtension,
-                                i,
-                                format!("control byte 0x{b:02x} in a chunk extension"),
-                            )
-                        }
-                    }
-                }
-                State::SizeLf => {
-                    if b != b'\n' {
-                        return err(
-                            ErrorKind::MissingChunkCrlf,
-                            i,
-                            "CR not followed by LF after chunk size".into(),
-                        );
-                    }
-                    i += 1;
-                    self.line_len = 0;
-                    let at = self.line_start;
-                    match ext_from {
-                        None if self.ext.is_empty() => {
-                            if self.size > 0 {
-                                self.start_data(at)?;
-                            } else {
-                                self.after_size_line(LastChunk::default(), at)?;
-                            }
-                        }
-                        None => {
-                            let ext = parse_ext_in(&self.ext, at)?;
-                            self.ext.clear();
-                            self.after_size_line(ext, at)?;
-                        }
-                        Some(e) if self.ext.is_empty() => {
-                            let ext = parse_ext_in(&buf[e..ext_to], at)?;
-                            self.after_size_line(ext, at)?;
-                        }
-                        Some(e) => {
-                            self.ext.extend_from_slice(&buf[e..ext_to]);
-                            let ext = parse_ext_in(&self.ext, at)?;
-                            self.ext.clear();
-                            self.after_size_line(ext, at)?;
-                        }
-                    }
-                    return Ok(i);
-                }
-                _ => unreachable!("size_line is only called inside a size line"),
+                };
+                self.size = size;
+                state = if b == b'\r' {
+                    State::SizeLf
+                } else {
+                    self.after_size(b, i, over, base)?
+                };
+                i += 1;
             }
-        }
-        // Out of input inside the line: remember how much of it was read, and its extension
-        // text so far (bounded by the line limit).
-        let crlf = match self.state {
-            State::SizeLf => 1,
-            _ => {
+            while state == State::SizeWs {
+                let Some(&b) = buf.get(i) else {
+                    break 'line;
+                };
+                state = self.after_size(b, i, over, base)?;
+                i += 1;
+            }
+            if state == State::Ext {
+                if ext_from.is_none() {
+                    ext_from = Some(i);
+                }
+                // Run to the CR, the limit, or the end of what is here.
+                let end = buf.len().min(over);
+                while i < end && !ext_ctl(buf[i]) {
+                    i += 1;
+                }
                 ext_to = i;
-                0
+                let Some(&b) = buf.get(i) else {
+                    break 'line;
+                };
+                match b {
+                    b'\r' => {
+                        state = State::SizeLf;
+                        i += 1;
+                    }
+                    _ if i >= over => return Err(self.too_long(base, i)),
+                    b'\n' => {
+                        return Err(Error::new(
+                            ErrorKind::BareLf,
+                            base + i as u64,
+                            "chunk-size line ends in a bare LF",
+                        ))
+                    }
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::BadChunkExtension,
+                            base + i as u64,
+                            format!("control byte 0x{b:02x} in a chunk extension"),
+                        ))
+                    }
+                }
             }
-        };
-        self.line_len += i - from - crlf.min(i - from);
+            debug_assert_eq!(state, State::SizeLf);
+            let Some(&b) = buf.get(i) else {
+                break 'line;
+            };
+            if b != b'\n' {
+                return Err(Self::no_lf(base + i as u64));
+            }
+            i += 1;
+            self.line_len = 0;
+            let at = self.line_start;
+            match ext_from {
+                None if self.ext.is_empty() => {
+                    if self.size > 0 {
+                        self.start_data(at)?;
+                    } else {
+                        self.after_size_line(LastChunk::default(), at)?;
+                    }
+                }
+                None => {
+                    let ext = parse_ext_in(&self.ext, at)?;
+                    self.ext.clear();
+                    self.after_size_line(ext, at)?;
+                }
+                Some(e) if self.ext.is_empty() => {
+                    let ext = parse_ext_in(&buf[e..ext_to], at)?;
+                    self.after_size_line(ext, at)?;
+                }
+                Some(e) => {
+                    self.ext.extend_from_slice(&buf[e..ext_to]);
+                    let ext = parse_ext_in(&self.ext, at)?;
+                    self.ext.clear();
+                    self.after_size_line(ext, at)?;
+                }
+            }
+            return Ok(i);
+        }
+        // Out of input inside the line: remember where, how much of it was read (its CR not
+        // counted), and its extension text so far (bounded by the line limit).
+        self.state = state;
+        let cr = usize::from(state == State::SizeLf).min(i - from);
+        self.line_len += i - from - cr;
         if let Some(e) = ext_from {
             self.ext.extend_from_slice(&buf[e..ext_to]);
         }
         Ok(i)
     }
-}
 
-impl ChunkedDecoder {
-    fn in_line(&self) -> bool {
-        matches!(
-            self.state,
-            State::Start | State::Size | State::SizeWs | State::Ext | State::SizeLf
+    #[cold]
+    fn bad_start(&self, base: u64, i: usize, b: u8, over: usize) -> Error {
+        if b != b'\r' && i >= over {
+            return self.too_long(base, i);
+        }
+        Error::new(
+            ErrorKind::BadChunkSize,
+            base + i as u64,
+            format!("chunk size must start with a hex digit, found 0x{b:02x}"),
         )
     }
 
-    /// The byte after a size's digits (or after whitespace following them), at `i`.
-    fn after_size(&mut self, b: u8, i: usize, over: usize, base: u64) -> Result<usize> {
-        let at = base + i as u64;
-        if b != b'\r' && i >= over {
-            return Err(Error::new(
-                ErrorKind::ChunkLineTooLong,
-                at,
-                format!("chunk-size line longer than {} bytes", self.max_chunk_line),
-            ));
+    #[cold]
+    fn bad_digit(&self, base: u64, i: usize, over: usize) -> Error {
+        if i >= over {
+            return self.too_long(base, i);
         }
-        self.state = match b {
-            b' ' | b'\t' => State::SizeWs,
-            b';' => State::Ext,
-            b'\r' => State::SizeLf,
-            b'\n' => {
-                return Err(Error::new(
-                    ErrorKind::BareLf,
-                    at,
-                    "chunk-size line ends in a bare LF",
-                ))
-            }
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::BadChunkSize,
-                    at,
-                    format!("unexpected byte 0x{b:02x} in chunk size"),
-                ))
-            }
-        };
-        Ok(i + 1)
+        Error::new(
+            ErrorKind::ChunkSizeOverflow,
+            base + i as u64,
+            "chunk size does not fit in 64 bits",
+        )
+    }
+
+    #[cold]
+    fn no_lf(at: u64) -> Error {
+        Error::new(
+            ErrorKind::MissingChunkCrlf,
+            at,
+            "CR not followed by LF after chunk size",
+        )
+    }
+
+    #[cold]
+    fn too_long(&self, base: u64, i: usize) -> Error {
+        Error::new(
+            ErrorKind::ChunkLineTooLong,
+            base + i as u64,
+            format!("chunk-size line longer than {} bytes", self.max_chunk_line),
+        )
+    }
+}
+
+impl ChunkedDecoder {
+    /// Inside a size line (the first five states: one compare).
+    #[inline(always)]
+    fn in_line(&self) -> bool {
+        self.state as u8 <= State::SizeLf as u8
+    }
+
+    /// The state after the byte `b` at `i`, which follows a size's digits (or whitespace
+    /// after them). Not CR after digits, the common case, which the caller takes.
+    #[inline(never)]
+    fn after_size(&self, b: u8, i: usize, over: usize, base: u64) -> Result<State> {
+        if b != b'\r' && i >= over {
+            return Err(self.too_long(base, i));
+        }
+        match b {
+            b'\r' => Ok(State::SizeLf),
+            b' ' | b'\t' => Ok(State::SizeWs),
+            b';' => Ok(State::Ext),
+            b'\n' => Err(Error::new(
+                ErrorKind::BareLf,
+                base + i as u64,
+                "chunk-size line ends in a bare LF",
+            )),
+            _ => Err(Error::new(
+                ErrorKind::BadChunkSize,
+                base + i as u64,
+                format!("unexpected byte 0x{b:02x} in chunk size"),
+            )),
+        }
     }
 
     /// Acts on a complete size line (at `at`) once its extensions are read: picks the next
@@ -819,5 +898,144 @@ mod tests {
             assert_eq!(whole, run(wire, 1), "{:?}", String::from_utf8_lossy(wire));
         }
         assert!(run(b"3\r\nabc\r\n0; ieof\r\n\r\n", 64).1.unwrap().ieof);
+    }
+
+    /// `run` through the borrowed-slice core (`decode_slices`) or the joining one
+    /// (`decode_coalesced` with pieces joined up to `join` bytes): the same data, last chunk,
+    /// error and offset; joined pieces never longer than `join` unless a view.
+    fn run_other(
+        wire: &[u8],
+        step: usize,
+        join: Option<usize>,
+    ) -> (Vec<u8>, Option<LastChunk>, Option<(ErrorKind, u64)>) {
+        let limits = Limits {
+            max_chunk_line: 12,
+            ..Limits::default()
+        };
+        let mut dec = ChunkedDecoder::new(&limits).with_budget(40, ErrorKind::PreviewOverrun);
+        let (mut buf, mut base, mut data) = (BytesMut::new(), 0u64, Vec::new());
+        let mut joined = BytesMut::new();
+        for piece in wire.chunks(step) {
+            buf.extend_from_slice(piece);
+            loop {
+                let got = match join {
+                    None => dec
+                        .decode_slices(&mut buf, &mut base, &mut |d| {
+                            assert!(!d.is_empty());
+                            data.extend_from_slice(d)
+                        })
+                        .map(|l| l.map(Chunk::Last)),
+                    Some(n) => dec.decode_coalesced(&mut buf, &mut base, &mut joined, n),
+                };
+                match got {
+                    Ok(Some(Chunk::Data(d))) => {
+                        assert!(!d.is_empty());
+                        data.extend_from_slice(&d)
+                    }
+                    Ok(Some(Chunk::Last(l))) => return (data, Some(l), None),
+                    Ok(None) => break,
+                    Err(e) => return (data, None, Some((e.kind(), e.offset()))),
+                }
+            }
+        }
+        (data, None, None)
+    }
+
+    #[test]
+    fn borrowed_and_joined_pieces_are_the_same_bytes_and_errors() {
+        for wire in [
+            &b"3\r\nabc\r\n0\r\n\r\n"[..],
+            b"1\r\na\r\n2\r\nbc\r\n3\r\ndef\r\n4\r\nghij\r\n0; ieof\r\n\r\n",
+            b"3;x=1;y\r\nabc\r\n0;use-original-body=7\r\n\r\n",
+            b"A\r\n0123456789\r\n1\r\nx\r\n0\r\nT: 1\r\n\r\n",
+            b"3\r\nabc\r\n3\r\ndef\r\nZ\r\n",
+            b"3\r\nabc\r\n3\r\ndef\r\n20\r\n",
+            b"3\r\nabc\r\n3\r\ndefX",
+            b"3\r\nabc\r\n3;0123456789ab\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0;bad name\r\n\r\n",
+            b"2\r\nab\r\n1\r\nc\r\n0\r\nbad\r\n\r\n",
+        ] {
+            for step in [1, 2, 5, wire.len()] {
+                let want = run(wire, step);
+                let text = String::from_utf8_lossy(wire);
+                assert_eq!(run_other(wire, step, None), want, "slices {step} {text:?}");
+                for join in [1, 2, 4, 64] {
+                    assert_eq!(
+                        run_other(wire, step, Some(join)),
+                        want,
+                        "join {join} {text:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_joined_piece_holds_whole_consecutive_chunks_and_an_error_after_it_waits() {
+        let mut dec = ChunkedDecoder::new(&Limits::default());
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n3\r\ndef\r\n2\r\ngh\r\nZ"[..]);
+        let (mut base, mut joined) = (0, BytesMut::new());
+        let got = dec.decode_coalesced(&mut buf, &mut base, &mut joined, 7);
+        // Whole chunks up to 7 bytes: the third does not fit and starts the next piece.
+        assert_eq!(got, Ok(Some(Chunk::Data(Bytes::from_static(b"abcdef")))));
+        // The third chunk's size line is read; its data waits.
+        assert_eq!(base, 19);
+        let got = dec.decode_coalesced(&mut buf, &mut base, &mut joined, 7);
+        assert_eq!(got, Ok(Some(Chunk::Data(Bytes::from_static(b"gh")))));
+        let e = dec
+            .decode_coalesced(&mut buf, &mut base, &mut joined, 7)
+            .unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::BadChunkSize, 23));
+        // The same with the error found while joining: the data goes out first.
+        let mut dec = ChunkedDecoder::new(&Limits::default());
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n3\r\ndef\r\nZ"[..]);
+        let mut base = 0;
+        let got = dec.decode_coalesced(&mut buf, &mut base, &mut joined, 64);
+        assert_eq!(got, Ok(Some(Chunk::Data(Bytes::from_static(b"abcdef")))));
+        let e = dec
+            .decode_coalesced(&mut buf, &mut base, &mut joined, 64)
+            .unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::BadChunkSize, 16));
+    }
+
+    /// A slow client's size line: every byte is consumed as it arrives (nothing is left in
+    /// the buffer to look at again), only extension text is kept aside, and the limit is
+    /// enforced at the byte that passes it, before the line ends.
+    #[test]
+    fn a_line_arriving_a_byte_at_a_time_is_read_once() {
+        let limits = Limits::default().with_max_chunk_line(600);
+        let mut line = b"00000a ;x=".to_vec();
+        line.resize(500, b'v');
+        line.extend_from_slice(b"\r\n0123456789\r\n");
+        let mut dec = ChunkedDecoder::new(&limits);
+        let (mut buf, mut base) = (BytesMut::new(), 0u64);
+        let mut data = Vec::new();
+        for &b in &line {
+            buf.extend_from_slice(&[b]);
+            match dec.decode(&mut buf, &mut base).unwrap() {
+                Some(Chunk::Data(d)) => data.extend_from_slice(&d),
+                Some(Chunk::Last(_)) => unreachable!(),
+                None => {}
+            }
+            assert!(buf.is_empty(), "a byte was left for a second look");
+            assert!(dec.ext.len() <= 500);
+        }
+        assert_eq!(data, b"0123456789");
+        assert!(dec.ext.is_empty());
+
+        let mut dec = ChunkedDecoder::new(&limits);
+        let (mut buf, mut base) = (BytesMut::new(), 0u64);
+        let mut at = None;
+        for b in std::iter::once(b'1')
+            .chain(std::iter::repeat(b' '))
+            .take(10_000)
+        {
+            buf.extend_from_slice(&[b]);
+            if let Err(e) = dec.decode(&mut buf, &mut base) {
+                at = Some((e.kind(), e.offset()));
+                break;
+            }
+        }
+        assert_eq!(at, Some((ErrorKind::ChunkLineTooLong, 600)));
     }
 }

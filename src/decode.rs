@@ -329,6 +329,9 @@ impl<M: Message> Decoder<M> {
     /// Decodes the next event from buffered bytes; `Ok(None)` means more input is needed
     /// (or, after [`RequestEvent::PreviewEnd`], a decision). After an error every call fails again.
     pub fn decode(&mut self) -> Result<Option<M::Event>> {
+        if let State::Body { .. } = self.state {
+            return self.body_step();
+        }
         // Returned as it came: re-wrapping would copy the (large) event once more.
         let r = self.step();
         if r.is_err() {
@@ -568,39 +571,7 @@ impl<M: Message> Decoder<M> {
                     };
                     return self.finish_heads(msg, enc, at, preview);
                 }
-                State::Body { chunked, preview } => {
-                    let preview = *preview;
-                    let got = if self.shared.is_empty() {
-                        body_piece(
-                            chunked,
-                            &mut self.buf,
-                            &mut self.consumed,
-                            &mut self.joined,
-                            self.coalesce,
-                        )?
-                    } else {
-                        let got = body_piece(
-                            chunked,
-                            &mut self.shared,
-                            &mut self.consumed,
-                            &mut self.joined,
-                            self.coalesce,
-                        )?;
-                        // Inline `release_shared` (`chunked` borrows the state).
-                        if self.shared.is_empty() {
-                            self.shared = Bytes::new();
-                        }
-                        got
-                    };
-                    match got {
-                        None => return Ok(None),
-                        Some(Chunk::Data(d)) => return Ok(Some(M::data(d))),
-                        Some(Chunk::Last(last)) => {
-                            let total = chunked.total();
-                            return Ok(Some(self.body_end(last, preview, total)));
-                        }
-                    }
-                }
+                State::Body { .. } => return self.body_step(),
                 State::EndPending => {
                     self.release_shared();
                     self.state = State::Icap { scanned: 0 };
@@ -685,10 +656,11 @@ impl<M: Message> Decoder<M> {
 
     /// Joins small body pieces: from now on a `Data` event from [`Decoder::decode`] that
     /// would carry fewer than `up_to` bytes, while more chunks are buffered behind it, carries
-    /// the data of those chunks too (up to `up_to` bytes in all), copied into one buffer the
-    /// decoder reuses once the caller has dropped earlier pieces. Pieces of `up_to` bytes or
-    /// more, and a piece that ends what is buffered, stay views of the input (no copy); no
-    /// piece waits for more input. `0` (the default) turns it off.
+    /// the data of the whole chunks after it that fit too (up to `up_to` bytes in all), copied
+    /// into one buffer the decoder reuses once the caller has dropped earlier pieces. Pieces
+    /// of `up_to` bytes or more, and a piece that ends what is buffered, stay views of the
+    /// input (no copy); a chunk that does not fit starts the next piece; no piece waits for
+    /// more input. `0` (the default) turns it off.
     ///
     /// For bodies sent in many small chunks (1 KiB and below), when the consumer pays per
     /// piece (a write, a channel send, a scanner call): the copy costs about what a `memcpy`
@@ -714,6 +686,48 @@ impl<M: Message> Decoder<M> {
     /// The setting of [`Decoder::set_coalesce`].
     pub fn coalesce(&self) -> usize {
         self.coalesce
+    }
+
+    /// [`Decoder::decode`] inside a body. Marks the decoder failed on an error itself, so
+    /// that `decode` can return its result as it is (a result kept to be looked at is copied
+    /// whole, as large as a head, once per body piece).
+    #[inline(always)]
+    fn body_step(&mut self) -> Result<Option<M::Event>> {
+        let State::Body { chunked, preview } = &mut self.state else {
+            unreachable!("only called in a body")
+        };
+        let preview = *preview;
+        let got = if self.shared.is_empty() {
+            body_piece(
+                chunked,
+                &mut self.buf,
+                &mut self.consumed,
+                &mut self.joined,
+                self.coalesce,
+            )
+        } else {
+            let got = body_piece(
+                chunked,
+                &mut self.shared,
+                &mut self.consumed,
+                &mut self.joined,
+                self.coalesce,
+            );
+            // Inline `release_shared` (`chunked` borrows the state).
+            if self.shared.is_empty() {
+                self.shared = Bytes::new();
+            }
+            got
+        };
+        match got {
+            Ok(Some(Chunk::Data(d))) => Ok(Some(M::data(d))),
+            Ok(None) => Ok(None),
+            Ok(Some(Chunk::Last(last))) => {
+                let total = chunked.total();
+                Ok(Some(self.body_end(last, preview, total)))
+            }
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     /// The event for the end of a body: `PreviewEnd` for a preview without `ieof` (waiting
