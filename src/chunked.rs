@@ -215,6 +215,28 @@ impl ChunkedDecoder {
         }
     }
 
+    /// The next piece of data in `buf` as a view, its framing consumed; `None` when there is
+    /// none to take now (more input needed, or the body's end: then [`Self::decode_from`]).
+    #[inline(always)]
+    pub(crate) fn data_piece<I: Input>(
+        &mut self,
+        buf: &mut I,
+        base: &mut u64,
+    ) -> Result<Option<Bytes>> {
+        match self.next(buf, *base)? {
+            Step::Data { skip, len } => {
+                buf.advance(skip);
+                *base += (skip + len) as u64;
+                Ok(Some(buf.take(len)))
+            }
+            Step::More { skip } => {
+                buf.advance(skip);
+                *base += skip as u64;
+                Ok(None)
+            }
+        }
+    }
+
     /// What follows a [`Step::More`] once its framing is consumed: the trailers, when the
     /// last-chunk line has been read.
     pub(crate) fn after_more<I: Input>(

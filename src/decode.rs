@@ -470,6 +470,9 @@ impl<M: Message> Decoder<M> {
         Ok(Some(M::head(msg)))
     }
 
+    // Not inlined into `decode`: body pieces take a short path there, which should not pay
+    // for the registers the head path needs.
+    #[inline(never)]
     fn step(&mut self) -> Result<Option<M::Event>> {
         loop {
             match &mut self.state {
@@ -697,6 +700,25 @@ impl<M: Message> Decoder<M> {
             unreachable!("only called in a body")
         };
         let preview = *preview;
+        if self.coalesce == 0 {
+            // The common piece, taken without building a `Chunk`.
+            let got = if self.shared.is_empty() {
+                chunked.data_piece(&mut self.buf, &mut self.consumed)
+            } else {
+                chunked.data_piece(&mut self.shared, &mut self.consumed)
+            };
+            match got {
+                Ok(Some(d)) => {
+                    self.release_shared();
+                    return Ok(Some(M::data(d)));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        let State::Body { chunked, .. } = &mut self.state else {
+            unreachable!("only called in a body")
+        };
         let got = if self.shared.is_empty() {
             body_piece(
                 chunked,
