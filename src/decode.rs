@@ -6,7 +6,10 @@
 //! [`Decoder::decode`] until it returns `Ok(None)`. A message yields one `Head` (ICAP head plus
 //! encapsulated HTTP heads, once all have arrived), zero or more `Data` pieces of de-chunked
 //! body, each a `Bytes` view of the input, and `End`. Messages follow each other on one
-//! connection, so after `End` the next `Head` may come at once.
+//! connection, so after `End` the next `Head` may come at once. Body data can also be taken
+//! as borrowed slices without events ([`Decoder::decode_with`]: the cheapest way, for a
+//! consumer that scans or copies it), or with small chunks joined into larger `Data` pieces
+//! ([`Decoder::set_coalesce`]: a copy, for a consumer that pays per piece).
 //!
 //! A decoder kept for a connection allocates nothing per message once warm (tests/alloc.rs):
 //! input, header offsets and events are slices of buffers it reclaims once the caller has
