@@ -474,12 +474,70 @@ impl ChunkedDecoder {
     /// follows), or at the end of `buf` (the state remembers where in the line).
     ///
     /// The parts of the line follow each other in the code as on the wire, so a whole line
-    /// runs straight through (the state is only looked at to resume). Errors are reported at
-    /// the byte that shows them, as bytes arrive: a line longer than `max_chunk_line` (CRLF
-    /// not counted) at its first byte past the limit, whatever that byte is; extension names
-    /// and values once the line is complete, at the line's start.
+    /// runs straight through (the state is only looked at to resume): its digits and CRLF
+    /// here, inlined where pieces are taken, and what else may follow the digits (BWS, an
+    /// extension, a line cut at its CR, errors) in [`Self::line_rest`], from that byte on.
+    /// Errors are reported at the byte that shows them, as bytes arrive: a line longer than
+    /// `max_chunk_line` (CRLF not counted) at its first byte past the limit, whatever that
+    /// byte is; extension names and values once the line is complete, at the line's start.
     #[inline(always)]
     fn size_line(&mut self, buf: &[u8], mut i: usize, base: u64) -> Result<usize> {
+        if self.state as u8 > State::Size as u8 {
+            return self.line_rest(buf, i, base);
+        }
+        let from = i;
+        // Index of the first byte past the line limit.
+        let over = from.saturating_add(self.max_chunk_line - self.line_len);
+        if self.state == State::Start {
+            let Some(&b) = buf.get(i) else {
+                return Ok(i);
+            };
+            let d = HEX[b as usize];
+            if d > 15 || i >= over {
+                return Err(self.bad_start(base, i, b, over));
+            }
+            self.line_start = base + i as u64;
+            self.size = u64::from(d);
+            self.state = State::Size;
+            i += 1;
+        }
+        let mut size = self.size;
+        let b = loop {
+            let Some(&b) = buf.get(i) else {
+                self.size = size;
+                self.line_len += i - from;
+                return Ok(i);
+            };
+            let d = HEX[b as usize];
+            if d > 15 {
+                break b;
+            }
+            if i >= over || size >> 60 != 0 {
+                return Err(self.bad_digit(base, i, over));
+            }
+            size = size << 4 | u64::from(d);
+            i += 1;
+        };
+        self.size = size;
+        if b == b'\r' && buf.get(i + 1) == Some(&b'\n') {
+            self.line_len = 0;
+            let at = self.line_start;
+            if size > 0 {
+                self.start_data(at)?;
+            } else {
+                self.after_size_line(LastChunk::default(), at)?;
+            }
+            return Ok(i + 2);
+        }
+        self.line_len += i - from;
+        self.line_rest(buf, i, base)
+    }
+
+    /// [`Self::size_line`] after the digits: the byte that follows them (state `Size`), BWS,
+    /// the extension text, the CR and LF, and the line's end; or where the last call stopped
+    /// among these.
+    #[inline(never)]
+    fn line_rest(&mut self, buf: &[u8], mut i: usize, base: u64) -> Result<usize> {
         let from = i;
         // Index of the first byte past the line limit.
         let over = from.saturating_add(self.max_chunk_line - self.line_len);
@@ -488,37 +546,10 @@ impl ChunkedDecoder {
         let mut ext_from = (state == State::Ext).then_some(from);
         let mut ext_to = from;
         'line: {
-            if state == State::Start {
+            if state == State::Size {
                 let Some(&b) = buf.get(i) else {
                     break 'line;
                 };
-                let d = HEX[b as usize];
-                if d > 15 || i >= over {
-                    return Err(self.bad_start(base, i, b, over));
-                }
-                self.line_start = base + i as u64;
-                self.size = u64::from(d);
-                i += 1;
-                state = State::Size;
-            }
-            if state == State::Size {
-                let mut size = self.size;
-                let b = loop {
-                    let Some(&b) = buf.get(i) else {
-                        self.size = size;
-                        break 'line;
-                    };
-                    let d = HEX[b as usize];
-                    if d > 15 {
-                        break b;
-                    }
-                    if i >= over || size >> 60 != 0 {
-                        return Err(self.bad_digit(base, i, over));
-                    }
-                    size = size << 4 | u64::from(d);
-                    i += 1;
-                };
-                self.size = size;
                 state = if b == b'\r' {
                     State::SizeLf
                 } else {
