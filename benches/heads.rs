@@ -59,7 +59,8 @@ fn heads(c: &mut Criterion) {
     }
 }
 
-/// `ICAP_CALLGRIND=<fixture>:<what>:<n>` (what: `icap`, `all-heads`, `embedded`) runs that
+/// `ICAP_CALLGRIND=<fixture>:<what>:<n>` (what: `icap`, `all-heads`, `embedded`; or
+/// `body-<chunk>:<shared|with|coalesce|feed>:<n>`, see below) runs that
 /// figure `n` times and exits, for instruction counts that do not move with load:
 /// `valgrind --tool=callgrind target/release/deps/heads-*` with n and 2n, difference / n.
 fn callgrind(spec: &str) {
@@ -67,14 +68,25 @@ fn callgrind(spec: &str) {
     let (name, what, n) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
     let n: usize = n.parse().unwrap();
     if let Some(chunk) = name.strip_prefix("body-") {
-        // `body-<chunk>:shared:<n>`: 1 MiB in `chunk`-byte chunks, fed as a shared Bytes.
+        // `body-<chunk>:<how>:<n>`: 1 MiB in `chunk`-byte chunks, fed as a shared Bytes and
+        // taken out as `Data` events (`shared`), through `decode_with` (`with`), or as `Data`
+        // events joined up to 16 KiB (`coalesce`); or copied in with `feed` (`feed`).
         let (wire, _) = support::body_message(1 << 20, chunk.parse().unwrap());
         let wire = bytes::Bytes::from(wire);
         let mut dec = ResponseDecoder::default();
+        if what == "coalesce" {
+            dec.set_coalesce(16 * 1024);
+        }
         let mut sum = 0;
         for _ in 0..n {
-            dec.feed_bytes(wire.clone());
-            sum += drain_response(&mut dec);
+            match what {
+                "feed" => dec.feed(&wire),
+                _ => dec.feed_bytes(wire.clone()),
+            }
+            sum += match what {
+                "with" => support::drain_response_with(&mut dec),
+                _ => drain_response(&mut dec),
+            };
         }
         std::hint::black_box(sum);
         return;

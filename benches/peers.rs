@@ -95,6 +95,22 @@ fn peers(c: &mut Criterion) {
                 drain_response(&mut dec)
             })
         });
+        // The same, body data as borrowed slices (`decode_with`).
+        g.bench_function("icap/decode_with-shared", |b| {
+            b.iter(|| {
+                dec.feed_bytes(shared.clone());
+                support::drain_response_with(&mut dec)
+            })
+        });
+        // The same, `Data` events with small chunks joined up to 16 KiB (a copy).
+        let mut joining = ResponseDecoder::default();
+        joining.set_coalesce(16 * 1024);
+        g.bench_function("icap/coalesce-16KiB-shared", |b| {
+            b.iter(|| {
+                joining.feed_bytes(shared.clone());
+                drain_response(&mut joining)
+            })
+        });
         g.bench_function("icap-rs", |b| {
             b.iter(|| {
                 icap_rs::ParsedResponse::from_raw(std::hint::black_box(&wire)).expect("icap-rs")

@@ -1,11 +1,14 @@
 //! Chunked framing of encapsulated bodies (RFC 7230 4.1 as used by RFC 3507 4.4): decoding,
 //! with the ICAP chunk extensions `ieof` and `use-original-body=N`, and encoding.
 //!
-//! The decoder is a byte-level state machine that can stop after any byte and resume, so a
-//! body fed one byte at a time decodes exactly like one fed whole, and it never holds bytes
-//! back: chunk data leaves as `Bytes` views split off the input buffer (no copy), and a
-//! partial chunk-size line is remembered as state, not as buffered text. Only the rare parts
-//! that must be seen whole (extensions on a size line, trailers) are gathered, under limits.
+//! One parser reads the framing (`ChunkedDecoder::next`): it runs over a complete size line
+//! in one pass and can stop after any byte and resume where it stopped, so a body fed one
+//! byte at a time decodes exactly like one fed whole, each byte looked at once, and every
+//! error (kind and offset) is found at the byte that shows it, limits included, before the
+//! line completes. It never holds bytes back: chunk data leaves as views of the input (a
+//! `Bytes` split off it, or a borrowed slice), and a partial size line is remembered as
+//! state. Only the rare parts that must be seen whole are gathered, under limits: the
+//! extension text of a size line split between reads, and trailers.
 //! Which chunk ends a preview, and what that means, is the decoder's concern one layer up.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -35,6 +38,7 @@ pub struct LastChunk {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum State {
     /// Before the first hex digit of a size line.
     Start,
@@ -42,7 +46,7 @@ enum State {
     Size,
     /// Whitespace after the digits.
     SizeWs,
-    /// Inside `;ext...`, gathered into `ext`.
+    /// Inside `;ext...`.
     Ext,
     /// Saw CR of the size line.
     SizeLf,
@@ -56,6 +60,9 @@ enum State {
     Trailer,
     /// The body is complete.
     Done,
+    /// An error found while data before it was still to be handed out (coalescing); the
+    /// next call reports it.
+    Deferred,
 }
 
 /// A resumable decoder for one chunked body.
@@ -64,14 +71,21 @@ pub struct ChunkedDecoder {
     state: State,
     size: u64,
     remaining: u64,
+    /// Bytes of the current size line before its CR read by earlier calls: with the line
+    /// limit, where the next call must stop looking.
     line_len: usize,
+    /// Extension text of a size line split across calls (the part read so far). A line read
+    /// in one call is checked where it lies in the input, never copied here.
     ext: Vec<u8>,
     total: u64,
-    budget: Option<(u64, ErrorKind)>,
+    /// Most de-chunked bytes allowed (`u64::MAX`: no limit), and the error for passing it.
+    limit: u64,
+    limit_kind: ErrorKind,
     trailer_scanned: usize,
     /// Stream offset where the current size line began, for errors about its content.
     line_start: u64,
     pending_last: Option<LastChunk>,
+    deferred: Option<Error>,
     max_chunk_line: usize,
     max_trailer: usize,
     max_headers: usize,
@@ -95,13 +109,36 @@ impl Input for Bytes {
     }
 }
 
-fn hex(b: u8) -> Option<u64> {
-    match b {
-        b'0'..=b'9' => Some((b - b'0') as u64),
-        b'a'..=b'f' => Some((b - b'a' + 10) as u64),
-        b'A'..=b'F' => Some((b - b'A' + 10) as u64),
-        _ => None,
+/// What [`ChunkedDecoder::next`] found at the front of a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// `skip` bytes of framing (consumed), then `len` bytes of chunk data (consumed too).
+    Data { skip: usize, len: usize },
+    /// `skip` bytes of framing consumed and nothing more to hand out from this slice: it is
+    /// used up, or the last-chunk line has been read (trailers next) or the body is done.
+    More { skip: usize },
+}
+
+/// Hex digit values, 0xff for bytes that are not hex digits.
+static HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Bytes that may not appear in a chunk extension (HTAB aside, the controls).
+fn ext_ctl(b: u8) -> bool {
+    b < 0x20 && b != b'\t' || b == 0x7f
 }
 
 impl ChunkedDecoder {
@@ -114,10 +151,12 @@ impl ChunkedDecoder {
             line_len: 0,
             ext: Vec::new(),
             total: 0,
-            budget: limits.max_body.map(|m| (m, ErrorKind::BodyTooLarge)),
+            limit: limits.max_body.unwrap_or(u64::MAX),
+            limit_kind: ErrorKind::BodyTooLarge,
             trailer_scanned: 0,
             line_start: 0,
             pending_last: None,
+            deferred: None,
             max_chunk_line: limits.max_chunk_line,
             max_trailer: limits.max_trailer,
             max_headers: limits.max_headers,
@@ -128,10 +167,11 @@ impl ChunkedDecoder {
     /// (used for previews: [`ErrorKind::PreviewOverrun`]). Checked at the size line, before
     /// any byte of the offending chunk is accepted.
     pub fn with_budget(mut self, max: u64, kind: ErrorKind) -> Self {
-        self.budget = Some(match self.budget {
-            Some((m, k)) if m - self.total.min(m) < max => (m, k),
-            _ => (self.total + max, kind),
-        });
+        // A tighter limit already in force stays (with its own error kind).
+        if self.limit == u64::MAX || self.limit - self.total.min(self.limit) >= max {
+            self.limit = self.total.saturating_add(max);
+            self.limit_kind = kind;
+        }
         self
     }
 
@@ -155,183 +195,533 @@ impl ChunkedDecoder {
 
     /// [`ChunkedDecoder::decode`] from either kind of input buffer: the decoder's own, or a
     /// caller's `Bytes` decoded in place.
+    #[inline]
     pub(crate) fn decode_from<I: Input>(
         &mut self,
         buf: &mut I,
         base: &mut u64,
     ) -> Result<Option<Chunk>> {
+        match self.next(buf, *base)? {
+            Step::Data { skip, len } => {
+                buf.advance(skip);
+                *base += (skip + len) as u64;
+                Ok(Some(Chunk::Data(buf.take(len))))
+            }
+            Step::More { skip } => {
+                buf.advance(skip);
+                *base += skip as u64;
+                self.after_more(buf, base)
+            }
+        }
+    }
+
+    /// The next piece of data in `buf` as a view, its framing consumed; `None` when there is
+    /// none to take now (more input needed, or the body's end: then [`Self::decode_from`]).
+    #[inline(always)]
+    pub(crate) fn data_piece<I: Input>(
+        &mut self,
+        buf: &mut I,
+        base: &mut u64,
+    ) -> Result<Option<Bytes>> {
+        match self.next(buf, *base)? {
+            Step::Data { skip, len } => {
+                buf.advance(skip);
+                *base += (skip + len) as u64;
+                Ok(Some(buf.take(len)))
+            }
+            Step::More { skip } => {
+                buf.advance(skip);
+                *base += skip as u64;
+                Ok(None)
+            }
+        }
+    }
+
+    /// What follows a [`Step::More`] once its framing is consumed: the trailers, when the
+    /// last-chunk line has been read.
+    pub(crate) fn after_more<I: Input>(
+        &mut self,
+        buf: &mut I,
+        base: &mut u64,
+    ) -> Result<Option<Chunk>> {
+        match self.state {
+            State::Trailer => self.trailer(buf, base),
+            _ => Ok(None),
+        }
+    }
+
+    /// Decodes every chunk whole or partly in `buf` (stream offset `base`), handing each
+    /// piece of data to `f` as a slice of `buf`: no `Bytes` made, nothing copied. Consumed
+    /// bytes are removed from `buf` once, at the end. `Some` after the last chunk and its
+    /// trailers; `None` when `buf` is used up. On an error, `f` has had every piece before it.
+    #[inline]
+    pub(crate) fn decode_slices<I: Input>(
+        &mut self,
+        buf: &mut I,
+        base: &mut u64,
+        f: &mut impl FnMut(&[u8]),
+    ) -> Result<Option<LastChunk>> {
+        let mut pos = 0;
+        let mut failed = None;
+        loop {
+            match self.next(&buf[pos..], *base + pos as u64) {
+                Ok(Step::Data { skip, len }) => {
+                    f(&buf[pos + skip..pos + skip + len]);
+                    pos += skip + len;
+                }
+                Ok(Step::More { skip }) => {
+                    pos += skip;
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        buf.advance(pos);
+        *base += pos as u64;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match self.after_more(buf, base)? {
+            Some(Chunk::Last(last)) => Ok(Some(last)),
+            _ => Ok(None),
+        }
+    }
+
+    /// [`ChunkedDecoder::decode_from`], but a piece shorter than `up_to` that does not end
+    /// the buffered bytes is handed out as a copy joined with the data of the whole chunks
+    /// after it that fit (up to `up_to` bytes in all), made in `scratch`.
+    pub(crate) fn decode_coalesced<I: Input>(
+        &mut self,
+        buf: &mut I,
+        base: &mut u64,
+        scratch: &mut BytesMut,
+        up_to: usize,
+    ) -> Result<Option<Chunk>> {
+        match self.next(buf, *base)? {
+            Step::Data { skip, len } if len >= up_to || skip + len == buf.len() => {
+                buf.advance(skip);
+                *base += (skip + len) as u64;
+                Ok(Some(Chunk::Data(buf.take(len))))
+            }
+            Step::Data { skip, len } => {
+                // Reclaimed in place once the caller has dropped the previous pieces.
+                scratch.reserve(up_to);
+                scratch.extend_from_slice(&buf[skip..skip + len]);
+                buf.advance(skip + len);
+                *base += (skip + len) as u64;
+                self.gather(buf, base, scratch, up_to - len);
+                Ok(Some(Chunk::Data(scratch.split().freeze())))
+            }
+            Step::More { skip } => {
+                buf.advance(skip);
+                *base += skip as u64;
+                self.after_more(buf, base)
+            }
+        }
+    }
+
+    /// Copies the data of the chunks buffered after a piece that ended a chunk into `out`,
+    /// whole chunks while they fit in `room` bytes, consuming their framing; stops at a chunk
+    /// that does not fit (its data left for the next piece) and before the last chunk's
+    /// trailers. An error met after some data was copied waits for the next call, so that
+    /// data goes out first.
+    pub(crate) fn gather<I: Input>(
+        &mut self,
+        buf: &mut I,
+        base: &mut u64,
+        out: &mut BytesMut,
+        mut room: usize,
+    ) {
+        let mut pos = 0;
+        loop {
+            match self.next(&buf[pos..], *base + pos as u64) {
+                Ok(Step::Data { skip, len }) if self.size > room as u64 => {
+                    // A chunk just begun that does not fit: give its data back.
+                    self.remaining += len as u64;
+                    self.state = State::Data;
+                    pos += skip;
+                    break;
+                }
+                Ok(Step::Data { skip, len }) => {
+                    out.extend_from_slice(&buf[pos + skip..pos + skip + len]);
+                    pos += skip + len;
+                    room -= len;
+                }
+                Ok(Step::More { skip }) => {
+                    pos += skip;
+                    break;
+                }
+                Err(e) => {
+                    self.deferred = Some(e);
+                    self.state = State::Deferred;
+                    break;
+                }
+            }
+        }
+        buf.advance(pos);
+        *base += pos as u64;
+    }
+
+    /// The one chunk-framing parser: reads framing from the front of `buf` (stream offset
+    /// `base`) up to the next piece of data, resuming
+    /// wherever the previous call stopped, even inside a size line. Each byte is looked at
+    /// once: a line arriving a byte at a time costs what it costs whole.
+    #[inline(always)]
+    pub(crate) fn next(&mut self, buf: &[u8], base: u64) -> Result<Step> {
+        // The common sequence (the CRLF after a chunk's data, the next size line, its data)
+        // runs straight through; anything else (a CRLF cut short, the end of the body)
+        // takes `next_state`, one state at a time.
         let mut i = 0;
-        let err = |kind, at: usize, msg: String| Err(Error::new(kind, *base + at as u64, msg));
+        if self.state == State::DataCr {
+            if buf.get(..2) != Some(b"\r\n") {
+                return self.next_state(buf, base);
+            }
+            i = 2;
+            self.state = State::Start;
+        }
+        if self.in_line() {
+            i = self.size_line(buf, i, base)?;
+            if self.in_line() {
+                // Out of input inside the line.
+                return Ok(Step::More { skip: i });
+            }
+        }
+        if self.state == State::Data && i < buf.len() {
+            let n = self.remaining.min((buf.len() - i) as u64) as usize;
+            self.remaining -= n as u64;
+            if self.remaining == 0 {
+                self.state = State::DataCr;
+            }
+            return Ok(Step::Data { skip: i, len: n });
+        }
+        let rest = self.next_state(&buf[i..], base + i as u64)?;
+        Ok(match rest {
+            Step::Data { skip, len } => Step::Data {
+                skip: i + skip,
+                len,
+            },
+            Step::More { skip } => Step::More { skip: i + skip },
+        })
+    }
+
+    /// [`Self::next`] one state at a time, for whatever its straight path does not take.
+    #[inline(never)]
+    fn next_state(&mut self, buf: &[u8], base: u64) -> Result<Step> {
+        let mut i = 0;
         loop {
             match self.state {
                 State::Data => {
-                    // Anything consumed before the data is framing; drop it first.
-                    if i > 0 {
-                        buf.advance(i);
-                        *base += i as u64;
+                    if i == buf.len() {
+                        return Ok(Step::More { skip: i });
                     }
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let n = (self.remaining.min(buf.len() as u64)) as usize;
+                    let n = self.remaining.min((buf.len() - i) as u64) as usize;
                     self.remaining -= n as u64;
                     if self.remaining == 0 {
                         self.state = State::DataCr;
                     }
-                    *base += n as u64;
-                    return Ok(Some(Chunk::Data(buf.take(n))));
+                    return Ok(Step::Data { skip: i, len: n });
                 }
-                State::Trailer => {
-                    if i > 0 {
-                        buf.advance(i);
-                        *base += i as u64;
+                State::DataCr => match buf.get(i..i + 2) {
+                    Some(b"\r\n") => {
+                        i += 2;
+                        self.state = State::Start;
                     }
-                    return self.trailer(buf, base);
-                }
-                State::Done => {
-                    if i > 0 {
-                        buf.advance(i);
-                        *base += i as u64;
-                    }
-                    return Ok(None);
-                }
-                // Whole, well-formed framing at the front: taken in one step. Anything else
-                // (a line cut short, bad bytes, limits) goes byte by byte below, which finds
-                // the same values or reports the error at its byte.
-                State::Start if self.line_len == 0 => {
-                    if let Some(line) = size_line(&buf[i..], self.max_chunk_line) {
-                        self.line_start = *base + i as u64;
-                        self.size = line.size;
-                        if line.size > 0 && line.ext.0 == line.ext.1 {
-                            // The common data chunk: no extensions to read or check.
-                            i += line.len;
-                            self.start_data(self.line_start)?;
-                            continue;
+                    _ => match buf.get(i) {
+                        None => return Ok(Step::More { skip: i }),
+                        Some(b'\r') => {
+                            i += 1;
+                            self.state = State::DataLf;
                         }
-                        let ext = &buf[i + line.ext.0..i + line.ext.1];
-                        let ext = parse_ext_in(ext, self.line_start)?;
-                        i += line.len;
-                        self.after_size_line(ext, self.line_start)?;
-                        continue;
-                    }
-                }
-                State::DataCr if buf.get(i..i + 2) == Some(b"\r\n") => {
-                    i += 2;
-                    self.state = State::Start;
-                    continue;
-                }
-                _ => {}
-            }
-            let Some(&b) = buf.get(i) else {
-                buf.advance(i);
-                *base += i as u64;
-                return Ok(None);
-            };
-            match self.state {
-                // The limit is on the line without its CRLF.
-                State::Start | State::Size | State::SizeWs | State::Ext if b != b'\r' => {
-                    self.line_len += 1;
-                    if self.line_len > self.max_chunk_line {
-                        return err(
-                            ErrorKind::ChunkLineTooLong,
-                            i,
-                            format!("chunk-size line longer than {} bytes", self.max_chunk_line),
-                        );
-                    }
-                }
-                _ => {}
-            }
-            match (self.state, b) {
-                (State::Start, _) => match hex(b) {
-                    Some(d) => {
-                        self.line_start = *base + i as u64;
-                        self.size = d;
-                        self.state = State::Size;
-                    }
-                    None => {
-                        return err(
-                            ErrorKind::BadChunkSize,
-                            i,
-                            format!("chunk size must start with a hex digit, found 0x{b:02x}"),
-                        )
-                    }
+                        Some(&b) => return Err(Self::missing_crlf(base + i as u64, b)),
+                    },
                 },
-                (State::Size, _) if hex(b).is_some() => {
-                    let d = hex(b).expect("checked");
-                    self.size = match self.size.checked_mul(16) {
-                        Some(s) => s + d,
-                        None => {
-                            return err(
-                                ErrorKind::ChunkSizeOverflow,
-                                i,
-                                "chunk size does not fit in 64 bits".into(),
-                            )
-                        }
-                    };
-                }
-                (State::Size | State::SizeWs, b' ' | b'\t') => self.state = State::SizeWs,
-                (State::Size | State::SizeWs, b';') => {
-                    self.ext.clear();
-                    self.state = State::Ext;
-                }
-                (State::Size | State::SizeWs | State::Ext, b'\r') => self.state = State::SizeLf,
-                (State::Size | State::SizeWs | State::Ext, b'\n') => {
-                    return err(
-                        ErrorKind::BareLf,
-                        i,
-                        "chunk-size line ends in a bare LF".into(),
-                    )
-                }
-                (State::Size | State::SizeWs, _) => {
-                    return err(
-                        ErrorKind::BadChunkSize,
-                        i,
-                        format!("unexpected byte 0x{b:02x} in chunk size"),
-                    )
-                }
-                (State::Ext, _) => {
-                    if b < 0x20 && b != b'\t' || b == 0x7f {
-                        return err(
-                            ErrorKind::BadChunkExtension,
-                            i,
-                            format!("control byte 0x{b:02x} in a chunk extension"),
-                        );
+                State::DataLf => match buf.get(i) {
+                    None => return Ok(Step::More { skip: i }),
+                    Some(b'\n') => {
+                        i += 1;
+                        self.state = State::Start;
                     }
-                    self.ext.push(b);
+                    Some(&b) => return Err(Self::missing_crlf(base + i as u64, b)),
+                },
+                State::Trailer | State::Done => return Ok(Step::More { skip: i }),
+                State::Deferred => {
+                    return Err(self.deferred.take().expect("a deferred error is kept"))
                 }
-                (State::SizeLf, b'\n') => {
-                    self.line_len = 0;
-                    self.end_size_line(self.line_start)?;
+                State::Start | State::Size | State::SizeWs | State::Ext | State::SizeLf => {
+                    i = self.size_line(buf, i, base)?;
+                    if self.in_line() {
+                        return Ok(Step::More { skip: i });
+                    }
                 }
-                (State::SizeLf, _) => {
-                    return err(
-                        ErrorKind::MissingChunkCrlf,
-                        i,
-                        "CR not followed by LF after chunk size".into(),
-                    )
-                }
-                (State::DataCr, b'\r') => self.state = State::DataLf,
-                (State::DataLf, b'\n') => self.state = State::Start,
-                (State::DataCr | State::DataLf, _) => {
-                    return err(
-                        ErrorKind::MissingChunkCrlf,
-                        i,
-                        format!("chunk data is not followed by CRLF (found 0x{b:02x})"),
-                    )
-                }
-                (State::Data | State::Trailer | State::Done, _) => unreachable!("handled above"),
             }
-            i += 1;
         }
     }
 
-    /// Acts on a complete size line: checks extensions and limits, picks the next state.
-    fn end_size_line(&mut self, at: u64) -> Result<()> {
-        let ext = self.parse_ext(at)?;
-        self.after_size_line(ext, at)
+    #[cold]
+    fn missing_crlf(at: u64, b: u8) -> Error {
+        Error::new(
+            ErrorKind::MissingChunkCrlf,
+            at,
+            format!("chunk data is not followed by CRLF (found 0x{b:02x})"),
+        )
     }
 
-    /// [`Self::end_size_line`] once the extensions are read.
+    /// Reads a size line, or as much of it as `buf[i..]` holds, from where the last call
+    /// stopped. Returns where it stopped: after the line's LF (the state then says what
+    /// follows), or at the end of `buf` (the state remembers where in the line).
+    ///
+    /// The parts of the line follow each other in the code as on the wire, so a whole line
+    /// runs straight through (the state is only looked at to resume): its digits and CRLF
+    /// here, inlined where pieces are taken, and what else may follow the digits (BWS, an
+    /// extension, a line cut at its CR, errors) in [`Self::line_rest`], from that byte on.
+    /// Errors are reported at the byte that shows them, as bytes arrive: a line longer than
+    /// `max_chunk_line` (CRLF not counted) at its first byte past the limit, whatever that
+    /// byte is; extension names and values once the line is complete, at the line's start.
+    #[inline(always)]
+    fn size_line(&mut self, buf: &[u8], mut i: usize, base: u64) -> Result<usize> {
+        if self.state as u8 > State::Size as u8 {
+            return self.line_rest(buf, i, base);
+        }
+        let from = i;
+        // Index of the first byte past the line limit.
+        let over = from.saturating_add(self.max_chunk_line - self.line_len);
+        if self.state == State::Start {
+            let Some(&b) = buf.get(i) else {
+                return Ok(i);
+            };
+            let d = HEX[b as usize];
+            if d > 15 || i >= over {
+                return Err(self.bad_start(base, i, b, over));
+            }
+            self.line_start = base + i as u64;
+            self.size = u64::from(d);
+            self.state = State::Size;
+            i += 1;
+        }
+        let mut size = self.size;
+        let b = loop {
+            let Some(&b) = buf.get(i) else {
+                self.size = size;
+                self.line_len += i - from;
+                return Ok(i);
+            };
+            let d = HEX[b as usize];
+            if d > 15 {
+                break b;
+            }
+            if i >= over || size >> 60 != 0 {
+                return Err(self.bad_digit(base, i, over));
+            }
+            size = size << 4 | u64::from(d);
+            i += 1;
+        };
+        self.size = size;
+        if b == b'\r' && buf.get(i + 1) == Some(&b'\n') {
+            self.line_len = 0;
+            let at = self.line_start;
+            if size > 0 {
+                self.start_data(at)?;
+            } else {
+                self.after_size_line(LastChunk::default(), at)?;
+            }
+            return Ok(i + 2);
+        }
+        self.line_len += i - from;
+        self.line_rest(buf, i, base)
+    }
+
+    /// [`Self::size_line`] after the digits: the byte that follows them (state `Size`), BWS,
+    /// the extension text, the CR and LF, and the line's end; or where the last call stopped
+    /// among these.
+    #[inline(never)]
+    fn line_rest(&mut self, buf: &[u8], mut i: usize, base: u64) -> Result<usize> {
+        let from = i;
+        // Index of the first byte past the line limit.
+        let over = from.saturating_add(self.max_chunk_line - self.line_len);
+        let mut state = self.state;
+        // The extension text read by this call: from after `;` (or `from`, resumed inside it).
+        let mut ext_from = (state == State::Ext).then_some(from);
+        let mut ext_to = from;
+        'line: {
+            if state == State::Size {
+                let Some(&b) = buf.get(i) else {
+                    break 'line;
+                };
+                state = if b == b'\r' {
+                    State::SizeLf
+                } else {
+                    self.after_size(b, i, over, base)?
+                };
+                i += 1;
+            }
+            while state == State::SizeWs {
+                let Some(&b) = buf.get(i) else {
+                    break 'line;
+                };
+                state = self.after_size(b, i, over, base)?;
+                i += 1;
+            }
+            if state == State::Ext {
+                if ext_from.is_none() {
+                    ext_from = Some(i);
+                }
+                // Run to the CR, the limit, or the end of what is here.
+                let end = buf.len().min(over);
+                while i < end && !ext_ctl(buf[i]) {
+                    i += 1;
+                }
+                ext_to = i;
+                let Some(&b) = buf.get(i) else {
+                    break 'line;
+                };
+                match b {
+                    b'\r' => {
+                        state = State::SizeLf;
+                        i += 1;
+                    }
+                    _ if i >= over => return Err(self.too_long(base, i)),
+                    b'\n' => {
+                        return Err(Error::new(
+                            ErrorKind::BareLf,
+                            base + i as u64,
+                            "chunk-size line ends in a bare LF",
+                        ))
+                    }
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::BadChunkExtension,
+                            base + i as u64,
+                            format!("control byte 0x{b:02x} in a chunk extension"),
+                        ))
+                    }
+                }
+            }
+            debug_assert_eq!(state, State::SizeLf);
+            let Some(&b) = buf.get(i) else {
+                break 'line;
+            };
+            if b != b'\n' {
+                return Err(Self::no_lf(base + i as u64));
+            }
+            i += 1;
+            self.line_len = 0;
+            let at = self.line_start;
+            match ext_from {
+                None if self.ext.is_empty() => {
+                    if self.size > 0 {
+                        self.start_data(at)?;
+                    } else {
+                        self.after_size_line(LastChunk::default(), at)?;
+                    }
+                }
+                None => {
+                    let ext = parse_ext_in(&self.ext, at)?;
+                    self.ext.clear();
+                    self.after_size_line(ext, at)?;
+                }
+                Some(e) if self.ext.is_empty() => {
+                    let ext = parse_ext_in(&buf[e..ext_to], at)?;
+                    self.after_size_line(ext, at)?;
+                }
+                Some(e) => {
+                    self.ext.extend_from_slice(&buf[e..ext_to]);
+                    let ext = parse_ext_in(&self.ext, at)?;
+                    self.ext.clear();
+                    self.after_size_line(ext, at)?;
+                }
+            }
+            return Ok(i);
+        }
+        // Out of input inside the line: remember where, how much of it was read (its CR not
+        // counted), and its extension text so far (bounded by the line limit).
+        self.state = state;
+        let cr = usize::from(state == State::SizeLf).min(i - from);
+        self.line_len += i - from - cr;
+        if let Some(e) = ext_from {
+            self.ext.extend_from_slice(&buf[e..ext_to]);
+        }
+        Ok(i)
+    }
+
+    #[cold]
+    fn bad_start(&self, base: u64, i: usize, b: u8, over: usize) -> Error {
+        if b != b'\r' && i >= over {
+            return self.too_long(base, i);
+        }
+        Error::new(
+            ErrorKind::BadChunkSize,
+            base + i as u64,
+            format!("chunk size must start with a hex digit, found 0x{b:02x}"),
+        )
+    }
+
+    #[cold]
+    fn bad_digit(&self, base: u64, i: usize, over: usize) -> Error {
+        if i >= over {
+            return self.too_long(base, i);
+        }
+        Error::new(
+            ErrorKind::ChunkSizeOverflow,
+            base + i as u64,
+            "chunk size does not fit in 64 bits",
+        )
+    }
+
+    #[cold]
+    fn no_lf(at: u64) -> Error {
+        Error::new(
+            ErrorKind::MissingChunkCrlf,
+            at,
+            "CR not followed by LF after chunk size",
+        )
+    }
+
+    #[cold]
+    fn too_long(&self, base: u64, i: usize) -> Error {
+        Error::new(
+            ErrorKind::ChunkLineTooLong,
+            base + i as u64,
+            format!("chunk-size line longer than {} bytes", self.max_chunk_line),
+        )
+    }
+}
+
+impl ChunkedDecoder {
+    /// Inside a size line (the first five states: one compare).
+    #[inline(always)]
+    fn in_line(&self) -> bool {
+        self.state as u8 <= State::SizeLf as u8
+    }
+
+    /// The state after the byte `b` at `i`, which follows a size's digits (or whitespace
+    /// after them). Not CR after digits, the common case, which the caller takes.
+    #[inline(never)]
+    fn after_size(&self, b: u8, i: usize, over: usize, base: u64) -> Result<State> {
+        if b != b'\r' && i >= over {
+            return Err(self.too_long(base, i));
+        }
+        match b {
+            b'\r' => Ok(State::SizeLf),
+            b' ' | b'\t' => Ok(State::SizeWs),
+            b';' => Ok(State::Ext),
+            b'\n' => Err(Error::new(
+                ErrorKind::BareLf,
+                base + i as u64,
+                "chunk-size line ends in a bare LF",
+            )),
+            _ => Err(Error::new(
+                ErrorKind::BadChunkSize,
+                base + i as u64,
+                format!("unexpected byte 0x{b:02x} in chunk size"),
+            )),
+        }
+    }
+
+    /// Acts on a complete size line (at `at`) once its extensions are read: picks the next
+    /// state.
     fn after_size_line(&mut self, ext: LastChunk, at: u64) -> Result<()> {
         if self.size == 0 {
             self.pending_last = Some(ext);
@@ -351,23 +741,11 @@ impl ChunkedDecoder {
 
     /// A data chunk of `self.size` bytes whose size line (at `at`) is read: checks the budget
     /// and moves on to its data.
+    #[inline]
     fn start_data(&mut self, at: u64) -> Result<()> {
-        if let Some((max, kind)) = self.budget {
-            if self.total.saturating_add(self.size) > max {
-                let what = if kind == ErrorKind::PreviewOverrun {
-                    "the preview announced"
-                } else {
-                    "the body limit of"
-                };
-                return Err(Error::new(
-                    kind,
-                    at,
-                    format!(
-                        "a {}-byte chunk after {} bytes passes {what} {max} bytes",
-                        self.size, self.total
-                    ),
-                ));
-            }
+        // `total <= limit` always: a chunk is only accepted within it.
+        if self.size > self.limit - self.total {
+            return Err(self.over_limit(at));
         }
         self.total += self.size;
         self.remaining = self.size;
@@ -375,10 +753,21 @@ impl ChunkedDecoder {
         Ok(())
     }
 
-    fn parse_ext(&mut self, at: u64) -> Result<LastChunk> {
-        let out = parse_ext_in(&self.ext, at)?;
-        self.ext.clear();
-        Ok(out)
+    #[cold]
+    fn over_limit(&self, at: u64) -> Error {
+        let what = if self.limit_kind == ErrorKind::PreviewOverrun {
+            "the preview announced"
+        } else {
+            "the body limit of"
+        };
+        Error::new(
+            self.limit_kind,
+            at,
+            format!(
+                "a {}-byte chunk after {} bytes passes {what} {} bytes",
+                self.size, self.total, self.limit
+            ),
+        )
     }
 
     fn trailer<I: Input>(&mut self, buf: &mut I, base: &mut u64) -> Result<Option<Chunk>> {
@@ -426,61 +815,6 @@ impl ChunkedDecoder {
         last.trailers = trailers;
         Chunk::Last(last)
     }
-}
-
-/// A size line whole at the front of a buffer, as [`size_line`] finds it.
-struct SizeLine {
-    size: u64,
-    /// The extension text after `;`, without it (empty when none).
-    ext: (usize, usize),
-    /// Bytes through the CRLF.
-    len: usize,
-}
-
-/// A well-formed size line complete at the front of `rest`: 1 to 16 hex digits, optional
-/// SP/HTAB, optional `;` and extension text without control bytes, CRLF; at most `max_line`
-/// bytes before the CR. `None` for anything else, which the byte-wise machine then handles.
-fn size_line(rest: &[u8], max_line: usize) -> Option<SizeLine> {
-    let mut size = 0u64;
-    let mut k = 0;
-    while let Some(d) = rest.get(k).and_then(|&b| hex(b)) {
-        if k == 16 {
-            return None;
-        }
-        size = size << 4 | d;
-        k += 1;
-    }
-    if k == 0 {
-        return None;
-    }
-    while matches!(rest.get(k), Some(b' ' | b'\t')) {
-        k += 1;
-    }
-    let mut ext = (k, k);
-    if rest.get(k) == Some(&b';') {
-        let from = k + 1;
-        let cr = from
-            + rest
-                .get(from..)?
-                .iter()
-                .position(|&b| b == b'\r' || b == b'\n')?;
-        if rest[from..cr]
-            .iter()
-            .any(|&b| b < 0x20 && b != b'\t' || b == 0x7f)
-        {
-            return None;
-        }
-        ext = (from, cr);
-        k = cr;
-    }
-    if k > max_line || rest.get(k..k + 2) != Some(b"\r\n") {
-        return None;
-    }
-    Some(SizeLine {
-        size,
-        ext,
-        len: k + 2,
-    })
 }
 
 /// Reads chunk extensions (the text after the first `;` of a size line).
@@ -617,5 +951,144 @@ mod tests {
             assert_eq!(whole, run(wire, 1), "{:?}", String::from_utf8_lossy(wire));
         }
         assert!(run(b"3\r\nabc\r\n0; ieof\r\n\r\n", 64).1.unwrap().ieof);
+    }
+
+    /// `run` through the borrowed-slice core (`decode_slices`) or the joining one
+    /// (`decode_coalesced` with pieces joined up to `join` bytes): the same data, last chunk,
+    /// error and offset; joined pieces never longer than `join` unless a view.
+    fn run_other(
+        wire: &[u8],
+        step: usize,
+        join: Option<usize>,
+    ) -> (Vec<u8>, Option<LastChunk>, Option<(ErrorKind, u64)>) {
+        let limits = Limits {
+            max_chunk_line: 12,
+            ..Limits::default()
+        };
+        let mut dec = ChunkedDecoder::new(&limits).with_budget(40, ErrorKind::PreviewOverrun);
+        let (mut buf, mut base, mut data) = (BytesMut::new(), 0u64, Vec::new());
+        let mut joined = BytesMut::new();
+        for piece in wire.chunks(step) {
+            buf.extend_from_slice(piece);
+            loop {
+                let got = match join {
+                    None => dec
+                        .decode_slices(&mut buf, &mut base, &mut |d| {
+                            assert!(!d.is_empty());
+                            data.extend_from_slice(d)
+                        })
+                        .map(|l| l.map(Chunk::Last)),
+                    Some(n) => dec.decode_coalesced(&mut buf, &mut base, &mut joined, n),
+                };
+                match got {
+                    Ok(Some(Chunk::Data(d))) => {
+                        assert!(!d.is_empty());
+                        data.extend_from_slice(&d)
+                    }
+                    Ok(Some(Chunk::Last(l))) => return (data, Some(l), None),
+                    Ok(None) => break,
+                    Err(e) => return (data, None, Some((e.kind(), e.offset()))),
+                }
+            }
+        }
+        (data, None, None)
+    }
+
+    #[test]
+    fn borrowed_and_joined_pieces_are_the_same_bytes_and_errors() {
+        for wire in [
+            &b"3\r\nabc\r\n0\r\n\r\n"[..],
+            b"1\r\na\r\n2\r\nbc\r\n3\r\ndef\r\n4\r\nghij\r\n0; ieof\r\n\r\n",
+            b"3;x=1;y\r\nabc\r\n0;use-original-body=7\r\n\r\n",
+            b"A\r\n0123456789\r\n1\r\nx\r\n0\r\nT: 1\r\n\r\n",
+            b"3\r\nabc\r\n3\r\ndef\r\nZ\r\n",
+            b"3\r\nabc\r\n3\r\ndef\r\n20\r\n",
+            b"3\r\nabc\r\n3\r\ndefX",
+            b"3\r\nabc\r\n3;0123456789ab\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0;bad name\r\n\r\n",
+            b"2\r\nab\r\n1\r\nc\r\n0\r\nbad\r\n\r\n",
+        ] {
+            for step in [1, 2, 5, wire.len()] {
+                let want = run(wire, step);
+                let text = String::from_utf8_lossy(wire);
+                assert_eq!(run_other(wire, step, None), want, "slices {step} {text:?}");
+                for join in [1, 2, 4, 64] {
+                    assert_eq!(
+                        run_other(wire, step, Some(join)),
+                        want,
+                        "join {join} {text:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_joined_piece_holds_whole_consecutive_chunks_and_an_error_after_it_waits() {
+        let mut dec = ChunkedDecoder::new(&Limits::default());
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n3\r\ndef\r\n2\r\ngh\r\nZ"[..]);
+        let (mut base, mut joined) = (0, BytesMut::new());
+        let got = dec.decode_coalesced(&mut buf, &mut base, &mut joined, 7);
+        // Whole chunks up to 7 bytes: the third does not fit and starts the next piece.
+        assert_eq!(got, Ok(Some(Chunk::Data(Bytes::from_static(b"abcdef")))));
+        // The third chunk's size line is read; its data waits.
+        assert_eq!(base, 19);
+        let got = dec.decode_coalesced(&mut buf, &mut base, &mut joined, 7);
+        assert_eq!(got, Ok(Some(Chunk::Data(Bytes::from_static(b"gh")))));
+        let e = dec
+            .decode_coalesced(&mut buf, &mut base, &mut joined, 7)
+            .unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::BadChunkSize, 23));
+        // The same with the error found while joining: the data goes out first.
+        let mut dec = ChunkedDecoder::new(&Limits::default());
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n3\r\ndef\r\nZ"[..]);
+        let mut base = 0;
+        let got = dec.decode_coalesced(&mut buf, &mut base, &mut joined, 64);
+        assert_eq!(got, Ok(Some(Chunk::Data(Bytes::from_static(b"abcdef")))));
+        let e = dec
+            .decode_coalesced(&mut buf, &mut base, &mut joined, 64)
+            .unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::BadChunkSize, 16));
+    }
+
+    /// A slow client's size line: every byte is consumed as it arrives (nothing is left in
+    /// the buffer to look at again), only extension text is kept aside, and the limit is
+    /// enforced at the byte that passes it, before the line ends.
+    #[test]
+    fn a_line_arriving_a_byte_at_a_time_is_read_once() {
+        let limits = Limits::default().with_max_chunk_line(600);
+        let mut line = b"00000a ;x=".to_vec();
+        line.resize(500, b'v');
+        line.extend_from_slice(b"\r\n0123456789\r\n");
+        let mut dec = ChunkedDecoder::new(&limits);
+        let (mut buf, mut base) = (BytesMut::new(), 0u64);
+        let mut data = Vec::new();
+        for &b in &line {
+            buf.extend_from_slice(&[b]);
+            match dec.decode(&mut buf, &mut base).unwrap() {
+                Some(Chunk::Data(d)) => data.extend_from_slice(&d),
+                Some(Chunk::Last(_)) => unreachable!(),
+                None => {}
+            }
+            assert!(buf.is_empty(), "a byte was left for a second look");
+            assert!(dec.ext.len() <= 500);
+        }
+        assert_eq!(data, b"0123456789");
+        assert!(dec.ext.is_empty());
+
+        let mut dec = ChunkedDecoder::new(&limits);
+        let (mut buf, mut base) = (BytesMut::new(), 0u64);
+        let mut at = None;
+        for b in std::iter::once(b'1')
+            .chain(std::iter::repeat(b' '))
+            .take(10_000)
+        {
+            buf.extend_from_slice(&[b]);
+            if let Err(e) = dec.decode(&mut buf, &mut base) {
+                at = Some((e.kind(), e.offset()));
+                break;
+            }
+        }
+        assert_eq!(at, Some((ErrorKind::ChunkLineTooLong, 600)));
     }
 }

@@ -6,7 +6,10 @@
 //! [`Decoder::decode`] until it returns `Ok(None)`. A message yields one `Head` (ICAP head plus
 //! encapsulated HTTP heads, once all have arrived), zero or more `Data` pieces of de-chunked
 //! body, each a `Bytes` view of the input, and `End`. Messages follow each other on one
-//! connection, so after `End` the next `Head` may come at once.
+//! connection, so after `End` the next `Head` may come at once. Body data can also be taken
+//! as borrowed slices without events ([`Decoder::decode_with`]: the cheapest way, for a
+//! consumer that scans or copies it), or with small chunks joined into larger `Data` pieces
+//! ([`Decoder::set_coalesce`]: a copy, for a consumer that pays per piece).
 //!
 //! A decoder kept for a connection allocates nothing per message once warm (tests/alloc.rs):
 //! input, header offsets and events are slices of buffers it reclaims once the caller has
@@ -20,7 +23,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::chunked::{Chunk, ChunkedDecoder, LastChunk};
+use crate::chunked::{Chunk, ChunkedDecoder, Input, LastChunk};
 use crate::encapsulated::Encapsulated;
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::{
@@ -188,6 +191,11 @@ pub struct Decoder<M: Message> {
     /// Where parsed header fields' offsets are packed: one shared buffer, reclaimed once the
     /// heads that point into it are dropped, so a steady stream of messages allocates nothing.
     spans: BytesMut,
+    /// Body pieces shorter than this are joined with the chunks after them (0: never); see
+    /// [`Decoder::set_coalesce`].
+    coalesce: usize,
+    /// Where joined pieces are copied: reclaimed in place like `spans`.
+    joined: BytesMut,
 }
 
 /// Bytes [`Decoder::feed`] makes room for when it must grow the buffer.
@@ -229,6 +237,8 @@ impl<M: Message> Decoder<M> {
             state: State::Icap { scanned: 0 },
             expect: None,
             spans: BytesMut::new(),
+            coalesce: 0,
+            joined: BytesMut::new(),
         }
     }
 
@@ -322,6 +332,9 @@ impl<M: Message> Decoder<M> {
     /// Decodes the next event from buffered bytes; `Ok(None)` means more input is needed
     /// (or, after [`RequestEvent::PreviewEnd`], a decision). After an error every call fails again.
     pub fn decode(&mut self) -> Result<Option<M::Event>> {
+        if let State::Body { .. } = self.state {
+            return self.body_step();
+        }
         // Returned as it came: re-wrapping would copy the (large) event once more.
         let r = self.step();
         if r.is_err() {
@@ -460,6 +473,9 @@ impl<M: Message> Decoder<M> {
         Ok(Some(M::head(msg)))
     }
 
+    // Not inlined into `decode`: body pieces take a short path there, which should not pay
+    // for the registers the head path needs.
+    #[inline(never)]
     fn step(&mut self) -> Result<Option<M::Event>> {
         loop {
             match &mut self.state {
@@ -561,32 +577,7 @@ impl<M: Message> Decoder<M> {
                     };
                     return self.finish_heads(msg, enc, at, preview);
                 }
-                State::Body { chunked, preview } => {
-                    let preview = *preview;
-                    let got = if self.shared.is_empty() {
-                        chunked.decode_from(&mut self.buf, &mut self.consumed)?
-                    } else {
-                        let got = chunked.decode_from(&mut self.shared, &mut self.consumed)?;
-                        // Inline `release_shared` (`chunked` borrows the state).
-                        if self.shared.is_empty() {
-                            self.shared = Bytes::new();
-                        }
-                        got
-                    };
-                    match got {
-                        None => return Ok(None),
-                        Some(Chunk::Data(d)) => return Ok(Some(M::data(d))),
-                        Some(Chunk::Last(last)) => {
-                            if preview && !last.ieof {
-                                let total = chunked.total();
-                                self.state = State::AwaitPreview { total };
-                                return Ok(Some(M::preview_end()));
-                            }
-                            self.state = State::Icap { scanned: 0 };
-                            return Ok(Some(M::end(last)));
-                        }
-                    }
-                }
+                State::Body { .. } => return self.body_step(),
                 State::EndPending => {
                     self.release_shared();
                     self.state = State::Icap { scanned: 0 };
@@ -602,6 +593,177 @@ impl<M: Message> Decoder<M> {
                 }
             }
         }
+    }
+}
+
+/// The next body piece from `buf`: a view, or with `coalesce` a joined copy of small ones.
+#[inline(always)]
+fn body_piece<I: Input>(
+    chunked: &mut ChunkedDecoder,
+    buf: &mut I,
+    base: &mut u64,
+    joined: &mut BytesMut,
+    coalesce: usize,
+) -> Result<Option<Chunk>> {
+    if coalesce == 0 {
+        chunked.decode_from(buf, base)
+    } else {
+        chunked.decode_coalesced(buf, base, joined, coalesce)
+    }
+}
+
+/// Body data without events: borrowed slices, and small pieces joined.
+impl<M: Message> Decoder<M> {
+    /// [`Decoder::decode`], with body data handed to `on_data` as slices of the input
+    /// instead of returned as `Data` events: no `Bytes` per piece, no refcount, no event
+    /// moved. Returns the other events as `decode` does (`Head`, `End`, `PreviewEnd`) and
+    /// `Ok(None)` when more input is needed; never `Data`. Inside a body one call hands out
+    /// every piece buffered, in order, then returns the end of the body if it is buffered too.
+    ///
+    /// Each slice is valid only during its call: copy or scan it there. Limits, errors and
+    /// their offsets are those of `decode`; on an error `on_data` has had every piece before
+    /// it. Calls to `decode` and `decode_with` may be mixed freely, each piece going to one.
+    ///
+    /// ```
+    /// use icap::{ResponseDecoder, ResponseEvent};
+    ///
+    /// let mut dec = ResponseDecoder::default();
+    /// dec.feed(b"ICAP/1.0 200 OK\r\nISTag: \"x\"\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\n");
+    /// dec.feed(b"HTTP/1.1 200 OK\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n");
+    /// let mut body = Vec::new();
+    /// assert!(matches!(dec.decode_with(|d| body.extend_from_slice(d))?, Some(ResponseEvent::Head(_))));
+    /// assert!(matches!(dec.decode_with(|d| body.extend_from_slice(d))?, Some(ResponseEvent::End(_))));
+    /// assert_eq!(body, b"abcdefg");
+    /// # Ok::<(), icap::Error>(())
+    /// ```
+    pub fn decode_with(&mut self, mut on_data: impl FnMut(&[u8])) -> Result<Option<M::Event>> {
+        let State::Body { chunked, preview } = &mut self.state else {
+            return self.decode();
+        };
+        let preview = *preview;
+        let got = if self.shared.is_empty() {
+            chunked.decode_slices(&mut self.buf, &mut self.consumed, &mut on_data)
+        } else {
+            let got = chunked.decode_slices(&mut self.shared, &mut self.consumed, &mut on_data);
+            if self.shared.is_empty() {
+                self.shared = Bytes::new();
+            }
+            got
+        };
+        match got {
+            Err(e) => Err(self.fail(e)),
+            Ok(None) => Ok(None),
+            Ok(Some(last)) => {
+                let total = chunked.total();
+                Ok(Some(self.body_end(last, preview, total)))
+            }
+        }
+    }
+
+    /// Joins small body pieces: from now on a `Data` event from [`Decoder::decode`] that
+    /// would carry fewer than `up_to` bytes, while more chunks are buffered behind it, carries
+    /// the data of the whole chunks after it that fit too (up to `up_to` bytes in all), copied
+    /// into one buffer the decoder reuses once the caller has dropped earlier pieces. Pieces
+    /// of `up_to` bytes or more, and a piece that ends what is buffered, stay views of the
+    /// input (no copy); a chunk that does not fit starts the next piece; no piece waits for
+    /// more input. `0` (the default) turns it off.
+    ///
+    /// For bodies sent in many small chunks (1 KiB and below), when the consumer pays per
+    /// piece (a write, a channel send, a scanner call): the copy costs about what a `memcpy`
+    /// of the joined bytes costs. An error found after a joined piece is reported by the
+    /// next call, at the same offset as without joining.
+    ///
+    /// ```
+    /// use icap::{ResponseDecoder, ResponseEvent};
+    ///
+    /// let mut dec = ResponseDecoder::default();
+    /// dec.set_coalesce(16 * 1024);
+    /// dec.feed(b"ICAP/1.0 200 OK\r\nISTag: \"x\"\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\n");
+    /// dec.feed(b"HTTP/1.1 200 OK\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n");
+    /// assert!(matches!(dec.decode()?, Some(ResponseEvent::Head(_))));
+    /// assert!(matches!(dec.decode()?, Some(ResponseEvent::Data(d)) if &d[..] == b"abcdefg"));
+    /// assert!(matches!(dec.decode()?, Some(ResponseEvent::End(_))));
+    /// # Ok::<(), icap::Error>(())
+    /// ```
+    pub fn set_coalesce(&mut self, up_to: usize) {
+        self.coalesce = up_to;
+    }
+
+    /// The setting of [`Decoder::set_coalesce`].
+    pub fn coalesce(&self) -> usize {
+        self.coalesce
+    }
+
+    /// [`Decoder::decode`] inside a body. Marks the decoder failed on an error itself, so
+    /// that `decode` can return its result as it is (a result kept to be looked at is copied
+    /// whole, as large as a head, once per body piece).
+    #[inline(always)]
+    fn body_step(&mut self) -> Result<Option<M::Event>> {
+        let State::Body { chunked, preview } = &mut self.state else {
+            unreachable!("only called in a body")
+        };
+        let preview = *preview;
+        if self.coalesce == 0 {
+            // The common piece, taken without building a `Chunk`.
+            let got = if self.shared.is_empty() {
+                chunked.data_piece(&mut self.buf, &mut self.consumed)
+            } else {
+                chunked.data_piece(&mut self.shared, &mut self.consumed)
+            };
+            match got {
+                Ok(Some(d)) => {
+                    self.release_shared();
+                    return Ok(Some(M::data(d)));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        let State::Body { chunked, .. } = &mut self.state else {
+            unreachable!("only called in a body")
+        };
+        let got = if self.shared.is_empty() {
+            body_piece(
+                chunked,
+                &mut self.buf,
+                &mut self.consumed,
+                &mut self.joined,
+                self.coalesce,
+            )
+        } else {
+            let got = body_piece(
+                chunked,
+                &mut self.shared,
+                &mut self.consumed,
+                &mut self.joined,
+                self.coalesce,
+            );
+            // Inline `release_shared` (`chunked` borrows the state).
+            if self.shared.is_empty() {
+                self.shared = Bytes::new();
+            }
+            got
+        };
+        match got {
+            Ok(Some(Chunk::Data(d))) => Ok(Some(M::data(d))),
+            Ok(None) => Ok(None),
+            Ok(Some(Chunk::Last(last))) => {
+                let total = chunked.total();
+                Ok(Some(self.body_end(last, preview, total)))
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// The event for the end of a body: `PreviewEnd` for a preview without `ieof` (waiting
+    /// for the caller's decision), else `End`.
+    fn body_end(&mut self, last: LastChunk, preview: bool, total: u64) -> M::Event {
+        if preview && !last.ieof {
+            self.state = State::AwaitPreview { total };
+            return M::preview_end();
+        }
+        self.state = State::Icap { scanned: 0 };
+        M::end(last)
     }
 }
 

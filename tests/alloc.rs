@@ -75,6 +75,17 @@ enum Feed {
     Split,
 }
 
+/// How body data is taken out of the decoder.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Take {
+    /// `Data` events from `decode`.
+    Events,
+    /// Borrowed slices from `decode_with`.
+    Slices,
+    /// `Data` events with small chunks joined (`set_coalesce`, 16 KiB).
+    Joined,
+}
+
 /// A message taken apart: what the encoder is given to write it again.
 enum Parts {
     Req(Request, Vec<Bytes>, LastChunk),
@@ -120,6 +131,7 @@ struct Decoding {
     wire: Bytes,
     request: bool,
     feed: Feed,
+    take: Take,
 }
 
 impl Decoding {
@@ -131,23 +143,49 @@ impl Decoding {
             wire,
             request,
             feed,
+            take: Take::Events,
+        }
+    }
+
+    fn taking(mut self, take: Take) -> Self {
+        if take == Take::Joined {
+            self.req.set_coalesce(16 * 1024);
+            self.res.set_coalesce(16 * 1024);
+        }
+        self.take = take;
+        self
+    }
+
+    fn drain_req(&mut self) -> usize {
+        match self.take {
+            Take::Slices => support::drain_request_with(&mut self.req),
+            _ => support::drain_request(&mut self.req),
+        }
+    }
+
+    fn drain_res(&mut self) -> usize {
+        match self.take {
+            Take::Slices => support::drain_response_with(&mut self.res),
+            _ => support::drain_response(&mut self.res),
         }
     }
 
     fn once(&mut self) -> usize {
         if let Feed::Split = self.feed {
             let k = (memchr_head_end(&self.wire) + 1).min(self.wire.len() - 1);
-            let (a, b) = (&self.wire[..k], &self.wire[k..]);
+            // A cheap clone, so that the decoders can be borrowed while the halves are.
+            let wire = self.wire.clone();
+            let (a, b) = (&wire[..k], &wire[k..]);
             let n = if self.request {
                 self.req.feed(a);
-                let n = support::drain_request(&mut self.req);
+                let n = self.drain_req();
                 self.req.feed(b);
-                n + support::drain_request(&mut self.req)
+                n + self.drain_req()
             } else {
                 self.res.feed(a);
-                let n = support::drain_response(&mut self.res);
+                let n = self.drain_res();
                 self.res.feed(b);
-                n + support::drain_response(&mut self.res)
+                n + self.drain_res()
             };
             assert!(self.req.is_idle() && self.res.is_idle());
             return n;
@@ -165,7 +203,7 @@ impl Decoding {
                 None => self.req.feed(&self.wire),
                 Some(b) => self.req.feed_bytes(b),
             }
-            let n = support::drain_request(&mut self.req);
+            let n = self.drain_req();
             assert!(self.req.is_idle());
             n
         } else {
@@ -173,7 +211,7 @@ impl Decoding {
                 None => self.res.feed(&self.wire),
                 Some(b) => self.res.feed_bytes(b),
             }
-            let n = support::drain_response(&mut self.res);
+            let n = self.drain_res();
             assert!(self.res.is_idle());
             n
         }
@@ -253,6 +291,40 @@ fn decoding_a_message_again_allocates_nothing() {
                 steady, 0,
                 "{name}, {feed:?}: {steady} allocations in {RUNS} messages (first message: {first})"
             );
+        }
+    }
+    println!("{}", report.join("\n"));
+}
+
+/// The same contract for body data taken as borrowed slices (`decode_with`) and as joined
+/// pieces (`set_coalesce`): the joined pieces' buffer is reclaimed in place once the caller
+/// has dropped them.
+#[test]
+fn decoding_with_slices_or_joined_pieces_again_allocates_nothing() {
+    let mut report = Vec::new();
+    for (name, wire, request) in shapes() {
+        for feed in [Feed::Copy, Feed::Shared, Feed::Frozen] {
+            for take in [Take::Slices, Take::Joined] {
+                let mut d = Decoding::new(wire.clone(), request, feed).taking(take);
+                let mut want = Decoding::new(wire.clone(), request, feed);
+                let body = want.once();
+                let first = allocs_of(|| assert_eq!(d.once(), body));
+                for _ in 1..WARM {
+                    d.once();
+                }
+                let steady = allocs_of(|| {
+                    for _ in 0..RUNS {
+                        assert_eq!(d.once(), body);
+                    }
+                });
+                report.push(format!(
+                    "{name} {feed:?} {take:?}: first {first}, then {steady} in {RUNS}"
+                ));
+                assert_eq!(
+                    steady, 0,
+                    "{name}, {feed:?}, {take:?}: {steady} allocations in {RUNS} messages (first: {first})"
+                );
+            }
         }
     }
     println!("{}", report.join("\n"));

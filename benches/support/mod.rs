@@ -212,6 +212,21 @@ pub fn drain_response(dec: &mut ResponseDecoder) -> usize {
     }
 }
 
+/// [`drain_response`] through `Decoder::decode_with`: body data as borrowed slices.
+#[inline]
+pub fn drain_response_with(dec: &mut ResponseDecoder) -> usize {
+    let mut n = 0;
+    loop {
+        match dec.decode_with(|d| n += d.len()) {
+            Ok(Some(ResponseEvent::End(_))) | Ok(None) => return n,
+            Ok(Some(ev)) => {
+                std::hint::black_box(&ev);
+            }
+            Err(e) => panic!("decodes: {e}"),
+        }
+    }
+}
+
 /// Decodes one whole request from `dec` (already fed), returning body bytes seen.
 #[inline]
 pub fn drain_request(dec: &mut RequestDecoder) -> usize {
@@ -220,6 +235,21 @@ pub fn drain_request(dec: &mut RequestDecoder) -> usize {
     loop {
         match dec.decode() {
             Ok(Some(RequestEvent::Data(d))) => n += d.len(),
+            Ok(Some(RequestEvent::End(_))) | Ok(None) => return n,
+            Ok(Some(ev)) => {
+                std::hint::black_box(&ev);
+            }
+            Err(e) => panic!("decodes: {e}"),
+        }
+    }
+}
+
+/// [`drain_request`] through `Decoder::decode_with`: body data as borrowed slices.
+#[inline]
+pub fn drain_request_with(dec: &mut RequestDecoder) -> usize {
+    let mut n = 0;
+    loop {
+        match dec.decode_with(|d| n += d.len()) {
             Ok(Some(RequestEvent::End(_))) | Ok(None) => return n,
             Ok(Some(ev)) => {
                 std::hint::black_box(&ev);

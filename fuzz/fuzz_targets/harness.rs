@@ -7,7 +7,10 @@
 //! - `Head`, `Data`, `PreviewEnd` and `End` come in a legal order, and `Data` is never empty;
 //! - the de-chunked bytes never outnumber the input bytes;
 //! - between calls the decoder never buffers more than its largest head/trailer limit;
-//! - the same stream fed whole gives the same events and the same error (kind and offset).
+//! - the same stream fed whole gives the same events and the same error (kind and offset);
+//!   the split run takes body data as bits 4-5 of the flags say (`Data` events, borrowed
+//!   slices from `decode_with`, joined pieces with `set_coalesce`, or `decode` and
+//!   `decode_with` in turn), the whole run always as `Data` events.
 
 #![allow(dead_code)]
 
@@ -72,12 +75,35 @@ pub trait Dec {
     fn feed(&mut self, b: &[u8], flags: u8);
     /// The next event, body pieces as `Ev::Body`.
     fn decode(&mut self) -> Result<Option<Ev<Self::M>>, Error>;
+    /// The next event through `decode_with`, body pieces pushed to `pieces`.
+    fn decode_with(&mut self, pieces: &mut Vec<Vec<u8>>) -> Result<Option<Ev<Self::M>>, Error>;
+    fn set_coalesce(&mut self, up_to: usize);
     fn decode_eof(&mut self) -> Result<(), Error>;
     fn is_failed(&self) -> bool;
     fn buffered_len(&self) -> usize;
     fn awaiting(&self) -> bool;
     /// Makes the preview decision by the policy in `flags`; `Ok(Some(continued))` when made.
     fn decide(&mut self, flags: u8, at_end: bool, nth: usize) -> Result<Option<bool>, Error>;
+}
+
+/// The role's remaining events (`PreviewEnd` for requests).
+trait Other<E, M> {
+    fn other(ev: E) -> Ev<M>;
+}
+
+impl Other<RequestEvent, Request> for RequestDecoder {
+    fn other(ev: RequestEvent) -> Ev<Request> {
+        match ev {
+            RequestEvent::PreviewEnd => Ev::PreviewEnd,
+            other => panic!("unknown event {other:?}"),
+        }
+    }
+}
+
+impl Other<ResponseEvent, Response> for ResponseDecoder {
+    fn other(ev: ResponseEvent) -> Ev<Response> {
+        panic!("unknown event {ev:?}")
+    }
 }
 
 impl Dec for RequestDecoder {
@@ -101,6 +127,23 @@ impl Dec for RequestDecoder {
             RequestEvent::End(l) => Ev::End(l),
             other => panic!("unknown event {other:?}"),
         }))
+    }
+    fn decode_with(&mut self, pieces: &mut Vec<Vec<u8>>) -> Result<Option<Ev<Request>>, Error> {
+        let ev = RequestDecoder::decode_with(self, |d| {
+            assert!(!d.is_empty(), "empty slice");
+            pieces.push(d.to_vec())
+        })?;
+        Ok(ev.map(|ev| match ev {
+            RequestEvent::Data(_) => panic!("decode_with returned Data"),
+            other => match other {
+                RequestEvent::Head(m) => Ev::Head(m),
+                RequestEvent::End(l) => Ev::End(l),
+                other => Self::other(other),
+            },
+        }))
+    }
+    fn set_coalesce(&mut self, up_to: usize) {
+        RequestDecoder::set_coalesce(self, up_to);
     }
     fn decode_eof(&mut self) -> Result<(), Error> {
         RequestDecoder::decode_eof(self)
@@ -173,6 +216,23 @@ impl Dec for ResponseDecoder {
             other => panic!("unknown event {other:?}"),
         }))
     }
+    fn decode_with(&mut self, pieces: &mut Vec<Vec<u8>>) -> Result<Option<Ev<Response>>, Error> {
+        let ev = ResponseDecoder::decode_with(self, |d| {
+            assert!(!d.is_empty(), "empty slice");
+            pieces.push(d.to_vec())
+        })?;
+        Ok(ev.map(|ev| match ev {
+            ResponseEvent::Data(_) => panic!("decode_with returned Data"),
+            other => match other {
+                ResponseEvent::Head(m) => Ev::Head(m),
+                ResponseEvent::End(l) => Ev::End(l),
+                other => Self::other(other),
+            },
+        }))
+    }
+    fn set_coalesce(&mut self, up_to: usize) {
+        ResponseDecoder::set_coalesce(self, up_to);
+    }
     fn decode_eof(&mut self) -> Result<(), Error> {
         ResponseDecoder::decode_eof(self)
     }
@@ -198,7 +258,13 @@ pub struct Outcome<M> {
 
 /// Runs one decoder over `input.stream` in pieces cycling through `sizes`, checking the
 /// invariants as it goes.
+/// How `run` takes body data out: bits 4-5 of the flags for a split run, `Data` events (0)
+/// for the whole run.
 pub fn run<D: Dec>(input: &Input, sizes: &[usize]) -> Outcome<D::M> {
+    run_taking::<D>(input, sizes, 0)
+}
+
+pub fn run_taking<D: Dec>(input: &Input, sizes: &[usize], take: u8) -> Outcome<D::M> {
     let limits = input.limits();
     let bound = limits
         .max_icap_head
@@ -206,13 +272,39 @@ pub fn run<D: Dec>(input: &Input, sizes: &[usize]) -> Outcome<D::M> {
         .max(limits.max_trailer);
     let stream = input.stream;
     let mut dec = D::make(limits, input.flags);
+    if take == 2 {
+        dec.set_coalesce(1 + (input.flags as usize & 0x0f) * 3);
+    }
+    let mut calls = 0usize;
+    let mut pieces = Vec::new();
     let mut events: Vec<Ev<D::M>> = Vec::new();
     let (mut pos, mut k, mut previews) = (0usize, 0usize, 0usize);
     let mut data_total = 0usize;
     let mut in_msg = false;
     let error = 'run: loop {
         loop {
-            match dec.decode() {
+            calls += 1;
+            let got = if take == 1 || (take == 3 && calls % 2 == 0) {
+                dec.decode_with(&mut pieces)
+            } else {
+                dec.decode()
+            };
+            let got = match (pieces.is_empty(), got) {
+                (true, got) => got,
+                // Slices first, then what the call returned (kept for the next turn).
+                (false, got) => {
+                    for p in pieces.drain(..) {
+                        assert!(in_msg, "Data outside a message");
+                        data_total += p.len();
+                        match events.last_mut() {
+                            Some(Ev::Body(b)) => b.extend_from_slice(&p),
+                            _ => events.push(Ev::Body(p)),
+                        }
+                    }
+                    got
+                }
+            };
+            match got {
                 Ok(None) => break,
                 Ok(Some(ev)) => match ev {
                     Ev::Head(m) => {
@@ -307,13 +399,13 @@ pub fn check<D: Dec>(data: &[u8]) {
     let input = Input::parse(data);
     let whole = run::<D>(&input, &[input.stream.len().max(1)]);
     if input.sizes.is_empty() {
-        let bytewise = run::<D>(&input, &[1]);
+        let bytewise = run_taking::<D>(&input, &[1], (input.flags >> 4) & 3);
         assert_eq!(
             whole, bytewise,
             "byte-at-a-time run disagrees with whole run"
         );
     } else {
-        let split = run::<D>(&input, &input.sizes);
+        let split = run_taking::<D>(&input, &input.sizes, (input.flags >> 4) & 3);
         assert_eq!(
             whole, split,
             "split {:?} disagrees with whole run",
