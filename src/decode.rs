@@ -24,10 +24,10 @@ use crate::chunked::{Chunk, ChunkedDecoder, LastChunk};
 use crate::encapsulated::Encapsulated;
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::{
-    parse_head_fast, parse_request_line, parse_status_line, scan_head, HttpRequestHead,
+    parse_head, parse_request_line, parse_status_line, scan_head, HttpRequestHead,
     HttpResponseHead, Method,
 };
-use crate::headers::{ready_arena, Headers};
+use crate::headers::{parse_block, ready_arena, Fields, Headers};
 use crate::limits::Limits;
 use crate::message::{BodyKind, Request, Response};
 
@@ -83,17 +83,19 @@ mod sealed {
     use super::*;
 
     pub trait Sealed: Sized {
-        /// Parses a whole ICAP head; `headers` when they were already parsed in one pass with
-        /// finding the head's end. Returns the message, its Encapsulated, and the preview size
-        /// when its body is a preview.
+        /// Parses a whole ICAP head; `fields` (with where they start) when the header block was
+        /// already parsed in one pass with finding the head's end. Returns the message, its
+        /// Encapsulated, and the preview size when its body is a preview.
         fn parse_head(
             dec: &mut Decoder<Self>,
             raw: Bytes,
             at: u64,
-            headers: Option<(usize, Headers)>,
+            fields: Option<(usize, Fields)>,
         ) -> Result<(Self, Option<Encapsulated>, Option<u64>)>
         where
             Self: Message;
+        /// Folded lines in this role's ICAP head: `Some(max joined length)` for responses.
+        fn fold(limits: &Limits) -> Option<usize>;
         /// Where a message keeps its encapsulated heads and body kind, so that they are parsed
         /// straight into it.
         fn parts(
@@ -424,13 +426,17 @@ impl<M: Message> Decoder<M> {
                 match section {
                     crate::Section::ReqHdr => {
                         *req = Some(
-                            HttpRequestHead::parse(part, self.limits.max_headers, &mut self.spans)
-                                .map_err(|e| e.at(base))?,
+                            HttpRequestHead::parse_in(
+                                part,
+                                self.limits.max_headers,
+                                &mut self.spans,
+                            )
+                            .map_err(|e| e.at(base))?,
                         )
                     }
                     _ => {
                         *res = Some(
-                            HttpResponseHead::parse(
+                            HttpResponseHead::parse_in(
                                 part,
                                 self.limits.max_headers,
                                 self.limits.max_folded_value,
@@ -486,20 +492,21 @@ impl<M: Message> Decoder<M> {
                     // when bytes trickle in) takes the resumable scan below.
                     ready_arena(&mut self.spans);
                     let fast = if scanned == 0 {
-                        parse_head_fast(
+                        parse_head(
                             if self.shared.is_empty() {
                                 &self.buf[..limit]
                             } else {
                                 &self.shared[..limit]
                             },
                             self.limits.max_headers,
+                            M::fold(&self.limits),
                             &mut self.spans,
                         )
                     } else {
                         None
                     };
-                    let (n, entries) = match fast {
-                        Some((n, hstart, entries)) => (n, Some((hstart, entries))),
+                    let (n, fields) = match fast {
+                        Some((n, hstart, fields)) => (n, Some((hstart, fields))),
                         None => match self.scan_icap(scanned, limit)? {
                             Some(n) => (n, None),
                             None => return Ok(None),
@@ -507,13 +514,7 @@ impl<M: Message> Decoder<M> {
                     };
                     let at = self.consumed;
                     let raw = self.take(n);
-                    let (raw, headers) = match entries {
-                        Some((hstart, e)) => {
-                            (Bytes::new(), Some((hstart, Headers::from_parsed(raw, e))))
-                        }
-                        None => (raw, None),
-                    };
-                    let (msg, enc, preview) = M::parse_head(self, raw, at, headers)?;
+                    let (msg, enc, preview) = M::parse_head(self, raw, at, fields)?;
                     match enc {
                         None => {
                             // No Encapsulated header: nothing follows the head.
@@ -723,42 +724,36 @@ pub(crate) fn decimal(s: &[u8]) -> Option<u64> {
     })
 }
 
-/// The ICAP head's bytes, and its header fields when they were parsed in one pass with finding
-/// the head's end (`Ok`, the bytes inside the `Headers`), or the bytes alone (`Err`).
-type IcapHead = std::result::Result<Headers, Bytes>;
-
 /// Parses a start line from a head's bytes (and where the one pass found its end).
 type LineParser<L> = fn(&Bytes, Option<usize>) -> Result<(L, usize)>;
 
-/// The start line and header fields of an ICAP head: taken from the one-pass parse when it
-/// happened (`headers`), else parsed from `raw` (folded lines allowed with `fold`, joined up
-/// to that many bytes).
+/// The start line and header fields of an ICAP head: the fields from the one pass when it
+/// succeeded, else parsed now (after the start line, so that its error comes first; folded
+/// lines allowed with `fold`, joined up to that many bytes).
 fn split_head<L>(
     raw: Bytes,
     at: u64,
-    headers: Option<(usize, Headers)>,
+    fields: Option<(usize, Fields)>,
     max_headers: usize,
     fold: Option<usize>,
     parse_line: LineParser<L>,
     arena: &mut BytesMut,
 ) -> Result<(L, Headers)> {
-    let (hstart, head): (_, IcapHead) = match headers {
-        Some((hstart, h)) => (Some(hstart), Ok(h)),
-        None => (None, Err(raw)),
+    let (line, hstart) = parse_line(&raw, fields.as_ref().map(|f| f.0)).map_err(|e| e.at(at))?;
+    let fields = match fields {
+        Some((_, f)) => f,
+        None => match parse_block(&raw, hstart, max_headers, fold, arena).map_err(|e| e.at(at))? {
+            Some((n, f)) if n == raw.len() => f,
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::BadHeader,
+                    at,
+                    "the ICAP head's header block does not end where the head does",
+                ))
+            }
+        },
     };
-    let bytes = match &head {
-        Ok(h) => h.raw(),
-        Err(raw) => raw,
-    };
-    let (line, hstart) = parse_line(bytes, hstart).map_err(|e| e.at(at))?;
-    let headers = match head {
-        Ok(h) => h,
-        Err(raw) => {
-            let n = raw.len();
-            Headers::parse(raw, hstart, n - 2, max_headers, fold, arena).map_err(|e| e.at(at))?
-        }
-    };
-    Ok((line, headers))
+    Ok((line, Headers::from_fields(raw, fields)))
 }
 
 impl sealed::Sealed for Request {
@@ -767,12 +762,12 @@ impl sealed::Sealed for Request {
         dec: &mut Decoder<Request>,
         raw: Bytes,
         at: u64,
-        headers: Option<(usize, Headers)>,
+        fields: Option<(usize, Fields)>,
     ) -> Result<(Request, Option<Encapsulated>, Option<u64>)> {
         let (line, headers) = split_head(
             raw,
             at,
-            headers,
+            fields,
             dec.limits.max_headers,
             None,
             parse_request_line,
@@ -838,6 +833,10 @@ impl sealed::Sealed for Request {
         (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
     }
 
+    fn fold(_: &Limits) -> Option<usize> {
+        None
+    }
+
     fn head(m: Self) -> RequestEvent {
         RequestEvent::Head(m)
     }
@@ -858,12 +857,12 @@ impl sealed::Sealed for Response {
         dec: &mut Decoder<Response>,
         raw: Bytes,
         at: u64,
-        headers: Option<(usize, Headers)>,
+        fields: Option<(usize, Fields)>,
     ) -> Result<(Response, Option<Encapsulated>, Option<u64>)> {
         let (line, headers) = split_head(
             raw,
             at,
-            headers,
+            fields,
             dec.limits.max_headers,
             Some(dec.limits.max_folded_value),
             parse_status_line,
@@ -900,6 +899,10 @@ impl sealed::Sealed for Response {
         &mut Option<BodyKind>,
     ) {
         (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
+    }
+
+    fn fold(limits: &Limits) -> Option<usize> {
+        Some(limits.max_folded_value)
     }
 
     fn head(m: Self) -> ResponseEvent {

@@ -11,7 +11,8 @@ use std::fmt;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::headers::{is_token, parse_block, Entries, Headers};
+use crate::headers::{is_token, parse_block, ready_arena, Fields, Headers};
+use crate::limits::Limits;
 
 /// An ICAP method. Extension methods are kept as their token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -132,32 +133,25 @@ fn line_end(raw: &[u8]) -> usize {
     memchr::memchr(b'\n', raw).map_or(raw.len(), |i| i.saturating_sub(1))
 }
 
-/// One pass over a whole head at the start of `buf` whose lines all end in CRLF: the start
-/// line's end (found by its LF) and the header block through [`parse_block`]. Returns the head
-/// length, where the header lines start, and the fields. `None` when the head is incomplete,
-/// has a bare LF, or anything [`parse_block`] leaves to the byte-exact path; callers then scan
-/// and parse as before, which reports the same error at the same offset.
-pub(crate) fn parse_head_fast(
+/// One pass over a whole head at the start of `buf`: the start line's end (its LF, after a
+/// CR) and the header block through [`parse_block`]. Returns the head length, where the header
+/// lines start, and the fields. `None` when the head is incomplete or malformed in any way:
+/// callers then check its framing with [`scan_head`] and parse the start line and the block
+/// again, in that order, so that the error reported is the first one of the head (a bare LF
+/// first, as the framing finds it; then the start line's; then the block's).
+#[inline]
+pub(crate) fn parse_head(
     buf: &[u8],
     max_headers: usize,
+    fold: Option<usize>,
     arena: &mut BytesMut,
-) -> Option<(usize, usize, Entries)> {
+) -> Option<(usize, usize, Fields)> {
     let lf = memchr::memchr(b'\n', buf)?;
     if lf == 0 || buf[lf - 1] != b'\r' {
         return None;
     }
-    let (n, entries) = parse_block(buf, lf + 1, max_headers, arena)?;
-    Some((lf + 1 + n, lf + 1, entries))
-}
-
-/// [`parse_head_fast`] on an encapsulated head that must fill `raw` exactly.
-fn exact_head_fast(
-    raw: &[u8],
-    max_headers: usize,
-    arena: &mut BytesMut,
-) -> Option<(usize, Entries)> {
-    let (n, hstart, entries) = parse_head_fast(raw, max_headers, arena)?;
-    (n == raw.len()).then_some((hstart, entries))
+    let (n, fields) = parse_block(buf, lf + 1, max_headers, fold, arena).ok()??;
+    Some((n, lf + 1, fields))
 }
 
 /// Splits `line` at single spaces into three parts, the last of which may contain spaces
@@ -356,8 +350,7 @@ pub struct HttpResponseHead {
 }
 
 /// Checks that `raw` is exactly one head: lines in CRLF and the first blank line at its end.
-fn exact_head(raw: &[u8], section: &str, max_headers: usize) -> Result<()> {
-    let _ = max_headers;
+fn exact_head(raw: &[u8], section: &str) -> Result<()> {
     match scan_head(raw, 0)? {
         Some(n) if n == raw.len() => Ok(()),
         Some(n) => Err(Error::new(
@@ -383,61 +376,119 @@ fn http_version(v: &[u8]) -> bool {
     v.len() >= 6 && v.starts_with(b"HTTP/") && !has_ctl(v)
 }
 
-impl HttpRequestHead {
-    /// Parses an encapsulated request head that must fill `raw` exactly.
-    pub(crate) fn parse(raw: Bytes, max_headers: usize, arena: &mut BytesMut) -> Result<Self> {
-        match Self::parse_fast(raw, max_headers, arena) {
-            Ok(h) => Ok(h),
-            Err(raw) => Self::parse_exact(raw, max_headers, arena),
+/// The one parse of an HTTP head that must fill `raw` exactly: the start line by `line`, the
+/// header block by [`parse_block`], in one pass when the head is well formed. Anything else
+/// is looked at again in order (framing, start line, block) to report its first error.
+fn http_head<L>(
+    raw: &Bytes,
+    section: &str,
+    max_headers: usize,
+    fold: Option<usize>,
+    arena: &mut BytesMut,
+    line: fn(&[u8]) -> Result<L>,
+) -> Result<(L, Fields)> {
+    if let Some((n, hstart, fields)) = parse_head(raw, max_headers, fold, arena) {
+        if n == raw.len() {
+            return Ok((line(&raw[..hstart - 2])?, fields));
         }
     }
+    exact_head(raw, section)?;
+    let end = line_end(raw);
+    line(&raw[..end])?;
+    match parse_block(raw, end + 2, max_headers, fold, arena)? {
+        Some((n, fields)) if n == raw.len() => Ok((line(&raw[..end])?, fields)),
+        _ => Err(Error::new(
+            ErrorKind::BadHttpHead,
+            0,
+            format!("the {section} section is not one head"),
+        )),
+    }
+}
 
-    /// One pass for a well-formed head; gives `raw` back for anything else.
-    fn parse_fast(
-        raw: Bytes,
-        max_headers: usize,
-        arena: &mut BytesMut,
-    ) -> std::result::Result<Self, Bytes> {
-        let Some((hstart, entries)) = exact_head_fast(&raw, max_headers, arena) else {
-            return Err(raw);
-        };
-        let line = &raw[..hstart - 2];
-        let Some((m, t, v)) = split3(line, false)
-            .filter(|(m, t, v)| is_token(m) && !t.is_empty() && !has_ctl(t) && http_version(v))
-        else {
-            return Err(raw);
-        };
-        let (ml, tl, vl) = (m.len(), t.len(), v.len());
-        Ok(HttpRequestHead {
-            method: word(&raw, 0, ml, METHODS),
-            target: raw.slice(ml + 1..ml + 1 + tl),
-            version: word(&raw, ml + tl + 2, ml + tl + 2 + vl, HTTP_VERSIONS),
-            headers: Headers::from_parsed(raw, entries),
-        })
+/// Lengths of the method, target and version of an HTTP request line.
+fn request_line(line: &[u8]) -> Result<(usize, usize, usize)> {
+    let (m, t, v) = split3(line, false)
+        .filter(|(m, t, v)| is_token(m) && !t.is_empty() && !has_ctl(t) && http_version(v))
+        .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP request line"))?;
+    Ok((m.len(), t.len(), v.len()))
+}
+
+/// Version length, status and reason length of an HTTP status line.
+fn status_line(line: &[u8]) -> Result<(usize, u16, usize)> {
+    let (v, code, reason) = split3(line, true)
+        .filter(|(v, _, r)| http_version(v) && !has_ctl(r))
+        .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP status line"))?;
+    let status = status_code(code)
+        .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "HTTP status is not 3 digits"))?;
+    Ok((v.len(), status, reason.len()))
+}
+
+/// A thread's arena for the header offsets of heads parsed outside a decoder: reclaimed in
+/// place once the heads parsed earlier are dropped, so a loop of parses allocates nothing.
+fn with_arena<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
+    thread_local! {
+        static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    }
+    ARENA.with(|a| {
+        let mut a = a.borrow_mut();
+        ready_arena(&mut a);
+        f(&mut a)
+    })
+}
+
+/// The error for a head over [`Limits::max_http_head`].
+fn too_large(raw: &[u8], limits: &Limits) -> Option<Error> {
+    (raw.len() > limits.max_http_head).then(|| {
+        Error::new(
+            ErrorKind::HttpHeadTooLarge,
+            limits.max_http_head as u64,
+            format!(
+                "HTTP head of {} bytes, over the limit of {}",
+                raw.len(),
+                limits.max_http_head
+            ),
+        )
+    })
+}
+
+impl HttpRequestHead {
+    /// Parses an HTTP request head: the request line, header lines and the blank line, which
+    /// must end `raw` (a head and nothing else, as an ICAP `req-hdr` section holds it; a proxy
+    /// finds its end first). Every line ends in CRLF; obs-fold is an error, as RFC 7230 3.2.4
+    /// has it for requests. `limits` gives [`Limits::max_http_head`] and
+    /// [`Limits::max_headers`]. No byte is copied: the method, target, version and fields are
+    /// views of `raw`.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use icap::{HttpRequestHead, Limits};
+    ///
+    /// let raw = Bytes::from_static(b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n");
+    /// let head = HttpRequestHead::parse(raw, &Limits::default())?;
+    /// assert_eq!((&head.method[..], &head.target[..]), (&b"GET"[..], &b"/a?b=1"[..]));
+    /// assert_eq!(head.headers.get("host"), Some(&b"example.com"[..]));
+    ///
+    /// let bad = Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\x01b\r\n\r\n");
+    /// let e = HttpRequestHead::parse(bad, &Limits::default()).unwrap_err();
+    /// assert_eq!((e.kind(), e.offset()), (icap::ErrorKind::BadHeader, 23));
+    /// # Ok::<(), icap::Error>(())
+    /// ```
+    pub fn parse(raw: Bytes, limits: &Limits) -> Result<Self> {
+        if let Some(e) = too_large(&raw, limits) {
+            return Err(e);
+        }
+        with_arena(|arena| Self::parse_in(raw, limits.max_headers, arena))
     }
 
-    /// Scan, then parse, with exact error offsets.
-    fn parse_exact(raw: Bytes, max_headers: usize, arena: &mut BytesMut) -> Result<Self> {
-        exact_head(&raw, "req-hdr", max_headers)?;
-        let end = line_end(&raw);
-        let line = &raw[..end];
-        let (m, t, v) = split3(line, false)
-            .filter(|(m, t, v)| is_token(m) && !t.is_empty() && !has_ctl(t) && http_version(v))
-            .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP request line"))?;
-        let (ml, tl, vl) = (m.len(), t.len(), v.len());
-        let headers = Headers::parse(
-            raw.clone(),
-            end + 2,
-            raw.len() - 2,
-            max_headers,
-            None,
-            arena,
-        )?;
+    /// [`HttpRequestHead::parse`] with the offsets packed in a decoder's arena.
+    pub(crate) fn parse_in(raw: Bytes, max_headers: usize, arena: &mut BytesMut) -> Result<Self> {
+        let ((ml, tl, vl), fields) =
+            http_head(&raw, "req-hdr", max_headers, None, arena, request_line)?;
         Ok(HttpRequestHead {
             method: word(&raw, 0, ml, METHODS),
             target: raw.slice(ml + 1..ml + 1 + tl),
             version: word(&raw, ml + tl + 2, ml + tl + 2 + vl, HTTP_VERSIONS),
-            headers,
+            headers: Headers::from_fields(raw, fields),
         })
     }
 
@@ -485,79 +536,51 @@ impl HttpRequestHead {
 }
 
 impl HttpResponseHead {
-    /// Parses an encapsulated response head that must fill `raw` exactly. Folded header lines
-    /// are accepted (joined with one space, up to `max_folded` bytes), as in ICAP responses.
-    pub(crate) fn parse(
-        raw: Bytes,
-        max_headers: usize,
-        max_folded: usize,
-        arena: &mut BytesMut,
-    ) -> Result<Self> {
-        match Self::parse_fast(raw, max_headers, arena) {
-            Ok(h) => Ok(h),
-            Err(raw) => Self::parse_exact(raw, max_headers, max_folded, arena),
+    /// Parses an HTTP response head: the status line, header lines and the blank line, which
+    /// must end `raw` (as an ICAP `res-hdr` section holds it). Every line ends in CRLF; obs-fold
+    /// continuation lines are joined with one space, up to [`Limits::max_folded_value`] bytes, as
+    /// ICAP servers' responses carry them. `limits` also gives [`Limits::max_http_head`] and
+    /// [`Limits::max_headers`]. No byte is copied but folded values.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use icap::{HttpResponseHead, Limits};
+    ///
+    /// let raw = Bytes::from_static(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\n");
+    /// let head = HttpResponseHead::parse(raw, &Limits::default())?;
+    /// assert_eq!((head.status, &head.reason[..]), (403, &b"Forbidden"[..]));
+    /// assert_eq!(head.headers.get("content-length"), Some(&b"7"[..]));
+    /// # Ok::<(), icap::Error>(())
+    /// ```
+    pub fn parse(raw: Bytes, limits: &Limits) -> Result<Self> {
+        if let Some(e) = too_large(&raw, limits) {
+            return Err(e);
         }
+        with_arena(|arena| Self::parse_in(raw, limits.max_headers, limits.max_folded_value, arena))
     }
 
-    /// One pass for a well-formed head; gives `raw` back for anything else.
-    fn parse_fast(
-        raw: Bytes,
-        max_headers: usize,
-        arena: &mut BytesMut,
-    ) -> std::result::Result<Self, Bytes> {
-        let Some((hstart, entries)) = exact_head_fast(&raw, max_headers, arena) else {
-            return Err(raw);
-        };
-        let end = hstart - 2;
-        let line = &raw[..end];
-        let Some((v, code, reason)) =
-            split3(line, true).filter(|(v, _, r)| http_version(v) && !has_ctl(r))
-        else {
-            return Err(raw);
-        };
-        let Some(status) = status_code(code) else {
-            return Err(raw);
-        };
-        let (vl, rl) = (v.len(), reason.len());
-        let rstart = (vl + 5).min(end);
-        Ok(HttpResponseHead {
-            version: word(&raw, 0, vl, HTTP_VERSIONS),
-            status,
-            reason: word(&raw, rstart, rstart + rl, REASONS),
-            headers: Headers::from_parsed(raw, entries),
-        })
-    }
-
-    /// Scan, then parse, with exact error offsets; folded lines go through here.
-    fn parse_exact(
+    /// [`HttpResponseHead::parse`] with the offsets packed in a decoder's arena.
+    pub(crate) fn parse_in(
         raw: Bytes,
         max_headers: usize,
         max_folded: usize,
         arena: &mut BytesMut,
     ) -> Result<Self> {
-        exact_head(&raw, "res-hdr", max_headers)?;
-        let end = line_end(&raw);
-        let line = &raw[..end];
-        let (v, code, reason) = split3(line, true)
-            .filter(|(v, _, r)| http_version(v) && !has_ctl(r))
-            .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP status line"))?;
-        let status = status_code(code)
-            .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "HTTP status is not 3 digits"))?;
-        let (vl, rl) = (v.len(), reason.len());
-        let headers = Headers::parse(
-            raw.clone(),
-            end + 2,
-            raw.len() - 2,
+        let ((vl, status, rl), fields) = http_head(
+            &raw,
+            "res-hdr",
             max_headers,
             Some(max_folded),
             arena,
+            status_line,
         )?;
-        let rstart = (vl + 5).min(end);
+        // Just after the code's space; with no reason that is the line's LF, an empty slice.
+        let rstart = vl + 5;
         Ok(HttpResponseHead {
             version: word(&raw, 0, vl, HTTP_VERSIONS),
             status,
             reason: word(&raw, rstart, rstart + rl, REASONS),
-            headers,
+            headers: Headers::from_fields(raw, fields),
         })
     }
 
@@ -695,7 +718,7 @@ mod tests {
     #[test]
     fn http_heads_round_trip() {
         let raw = Bytes::from_static(b"GET http://x/a?b HTTP/1.1\r\nHost: x\r\n\r\n");
-        let h = HttpRequestHead::parse(raw.clone(), 10, &mut BytesMut::new()).unwrap();
+        let h = HttpRequestHead::parse_in(raw.clone(), 10, &mut BytesMut::new()).unwrap();
         assert_eq!(
             (&h.method[..], &h.target[..], &h.version[..]),
             (&b"GET"[..], &b"http://x/a?b"[..], &b"HTTP/1.1"[..])
@@ -705,7 +728,7 @@ mod tests {
         assert_eq!(out, raw);
         assert_eq!(h.encoded_len(), raw.len());
         let raw = Bytes::from_static(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\n");
-        let r = HttpResponseHead::parse(raw.clone(), 10, 1024, &mut BytesMut::new()).unwrap();
+        let r = HttpResponseHead::parse_in(raw.clone(), 10, 1024, &mut BytesMut::new()).unwrap();
         assert_eq!((r.status, &r.reason[..]), (403, &b"Forbidden"[..]));
         let mut out = BytesMut::new();
         r.write_to(&mut out);
@@ -714,37 +737,31 @@ mod tests {
     }
 
     #[test]
-    fn one_pass_agrees_with_scan_then_parse() {
+    fn one_pass_declines_what_framing_rejects() {
         let req = "GET http://x/a?b HTTP/1.1\r\nHost: x\r\nA:  1 \r\nEmpty:\r\n\r\n";
         let res = "HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nX: y\r\n\r\n";
-        let n = req.len();
-        let fast = HttpRequestHead::parse_fast(Bytes::from(req), 10, &mut BytesMut::new()).unwrap();
-        let exact =
-            HttpRequestHead::parse_exact(Bytes::from(req), 10, &mut BytesMut::new()).unwrap();
-        assert_eq!(fast, exact);
-        let fast =
-            HttpResponseHead::parse_fast(Bytes::from(res), 10, &mut BytesMut::new()).unwrap();
-        let exact = HttpResponseHead::parse_exact(Bytes::from(res), 10, 1024, &mut BytesMut::new())
-            .unwrap();
-        assert_eq!(fast, exact);
-        // Every CRLF made a bare LF, every line end made a bare CR, a byte too many or too
-        // few: the one pass declines, so the scan reports the error as before.
         let whole = |t: &[u8], is_req: bool| {
             let raw = Bytes::copy_from_slice(t);
             if is_req {
-                HttpRequestHead::parse_fast(raw, 10, &mut BytesMut::new()).is_ok()
+                HttpRequestHead::parse_in(raw, 10, &mut BytesMut::new()).is_ok()
             } else {
-                HttpResponseHead::parse_fast(raw, 10, &mut BytesMut::new()).is_ok()
+                HttpResponseHead::parse_in(raw, 10, 1024, &mut BytesMut::new()).is_ok()
             }
         };
+        // Every CRLF made a bare LF, every line end made a bare CR, a byte too many or too
+        // few: the one pass declines, and the head is an error.
         for (text, is_req) in [(req, true), (res, false)] {
             let b = text.as_bytes();
             assert!(whole(b, is_req));
+            assert_eq!(
+                parse_head(b, 10, None, &mut BytesMut::new()).map(|(n, h, _)| (n, h)),
+                Some((b.len(), memchr::memchr(b'\n', b).unwrap() + 1))
+            );
             for i in (0..b.len()).filter(|&i| b[i] == b'\r') {
                 let mut lf = b.to_vec();
                 lf.remove(i);
                 assert!(
-                    parse_head_fast(&lf, 10, &mut BytesMut::new()).is_none_or(|(k, _, _)| k < i),
+                    parse_head(&lf, 10, None, &mut BytesMut::new()).is_none_or(|(k, _, _)| k < i),
                     "{i}"
                 );
                 assert!(!whole(&lf, is_req), "{i}");
@@ -752,26 +769,37 @@ mod tests {
                 cr.remove(i + 1);
                 assert!(!whole(&cr, is_req), "{i}");
             }
-            assert!(exact_head_fast(&b[..b.len() - 1], 10, &mut BytesMut::new()).is_none());
-            assert!(
-                exact_head_fast(format!("{text}x").as_bytes(), 10, &mut BytesMut::new()).is_none()
-            );
-            assert_eq!(
-                parse_head_fast(b, 1, &mut BytesMut::new()).map(|(k, _, _)| k),
-                None
-            );
+            assert!(!whole(&b[..b.len() - 1], is_req));
+            assert!(!whole(format!("{text}x").as_bytes(), is_req));
+            assert!(parse_head(b, 1, None, &mut BytesMut::new()).is_none());
         }
+    }
+
+    #[test]
+    fn public_parsers_check_their_limits() {
+        let raw = Bytes::from_static(b"HTTP/1.1 200 OK\r\nA: 1\r\n 2\r\nB: 3\r\n\r\n");
+        let h = HttpResponseHead::parse(raw.clone(), &Limits::default()).unwrap();
         assert_eq!(
-            parse_head_fast(req.as_bytes(), 10, &mut BytesMut::new())
-                .unwrap()
-                .0,
-            n
+            h.headers.iter().collect::<Vec<_>>(),
+            vec![(&b"A"[..], &b"1 2"[..]), (b"B", b"3")]
         );
+        let e = HttpResponseHead::parse(raw.clone(), &Limits::default().with_max_headers(2))
+            .unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::TooManyHeaders, 27));
+        let e = HttpResponseHead::parse(raw.clone(), &Limits::default().with_max_folded_value(2))
+            .unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::FoldedValueTooLarge, 23));
+        let e =
+            HttpResponseHead::parse(raw, &Limits::default().with_max_http_head(30)).unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::HttpHeadTooLarge, 30));
+        let raw = Bytes::from_static(b"GET / HTTP/1.1\r\nA: 1\r\n 2\r\n\r\n");
+        let e = HttpRequestHead::parse(raw, &Limits::default()).unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::ObsFold, 22));
     }
 
     #[test]
     fn http_head_must_fill_its_section() {
-        let e = HttpRequestHead::parse(
+        let e = HttpRequestHead::parse_in(
             Bytes::from_static(b"GET / HTTP/1.1\r\n\r\nxx"),
             10,
             &mut BytesMut::new(),
@@ -781,14 +809,14 @@ mod tests {
             (e.kind(), e.offset()),
             (ErrorKind::EncapsulatedMismatch, 18)
         );
-        let e = HttpRequestHead::parse(
+        let e = HttpRequestHead::parse_in(
             Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n"),
             10,
             &mut BytesMut::new(),
         )
         .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::EncapsulatedMismatch);
-        let e = HttpRequestHead::parse(
+        let e = HttpRequestHead::parse_in(
             Bytes::from_static(b"GET /\r\n\r\n"),
             10,
             &mut BytesMut::new(),
