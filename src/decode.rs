@@ -25,7 +25,7 @@ use crate::encapsulated::Encapsulated;
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::{
     parse_head, parse_request_line, parse_status_line, scan_head, HttpRequestHead,
-    HttpResponseHead, Method,
+    HttpResponseHead, Method, RequestLine, StatusLine,
 };
 use crate::headers::{parse_block, ready_arena, Fields, Headers};
 use crate::limits::Limits;
@@ -83,31 +83,32 @@ mod sealed {
     use super::*;
 
     pub trait Sealed: Sized {
+        /// The parsed start line of this role's ICAP head.
+        type Line: std::fmt::Debug;
         /// Parses a whole ICAP head; `fields` (with where they start) when the header block was
-        /// already parsed in one pass with finding the head's end. Returns the message, its
-        /// Encapsulated, and the preview size when its body is a preview.
+        /// already parsed in one pass with finding the head's end. Returns the start line, the
+        /// header fields, the Encapsulated, and the preview size when its body is a preview.
+        #[allow(clippy::type_complexity)]
         fn parse_head(
             dec: &mut Decoder<Self>,
             raw: Bytes,
             at: u64,
             fields: Option<(usize, Fields)>,
-        ) -> Result<(Self, Option<Encapsulated>, Option<u64>)>
+        ) -> Result<(Self::Line, Headers, Option<Encapsulated>, Option<u64>)>
         where
             Self: Message;
         /// Folded lines in this role's ICAP head: `Some(max joined length)` for responses.
         fn fold(limits: &Limits) -> Option<usize>;
-        /// Where a message keeps its encapsulated heads and body kind, so that they are parsed
-        /// straight into it.
-        fn parts(
-            msg: &mut Self,
-        ) -> (
-            &mut Option<HttpRequestHead>,
-            &mut Option<HttpResponseHead>,
-            &mut Option<BodyKind>,
-        );
-        /// The role's events, built where `step` finds them (converting a generic step
-        /// afterwards would copy the large head once more per event).
-        fn head(m: Self) -> <Self as Message>::Event
+        /// The role's head event, built from its parts where `step` returns it: the message
+        /// (~500 bytes) is written once, into the returned value, instead of being built early
+        /// and moved through each call on the way out.
+        fn head(
+            line: Self::Line,
+            headers: Headers,
+            http_request: Option<HttpRequestHead>,
+            http_response: Option<HttpResponseHead>,
+            body: Option<BodyKind>,
+        ) -> <Self as Message>::Event
         where
             Self: Message;
         /// A body piece.
@@ -126,14 +127,15 @@ mod sealed {
 }
 
 #[derive(Debug)]
-enum State<M> {
+enum State<M: sealed::Sealed> {
     /// Waiting for the ICAP head; `scanned` bytes of the buffer are known to hold no end.
     Icap { scanned: usize },
     /// ICAP head parsed; waiting for `heads` bytes of encapsulated HTTP heads. Only when
     /// they had not all arrived with the ICAP head. Not boxed, though large: a box would be an
     /// allocation per message read in pieces.
     Heads {
-        msg: M,
+        line: M::Line,
+        headers: Headers,
         enc: Encapsulated,
         at: u64,
         preview: Option<u64>,
@@ -396,18 +398,19 @@ impl<M: Message> Decoder<M> {
         Ok(Some(n))
     }
 
-    /// The encapsulated HTTP heads (all buffered, starting at stream offset `at`) of `msg`:
-    /// parses them, attaches them, and moves on to the body.
+    /// The encapsulated HTTP heads (all buffered, starting at stream offset `at`) of the ICAP
+    /// head `line` + `headers`: parses them, moves on to the body, and returns the head event.
     #[inline(always)]
     fn finish_heads(
         &mut self,
-        mut msg: M,
+        line: M::Line,
+        headers: Headers,
         enc: Encapsulated,
         at: u64,
         preview: Option<u64>,
     ) -> Result<Option<M::Event>> {
         let need = enc.heads_len() as usize;
-        let (req, res, body_kind) = M::parts(&mut msg);
+        let (mut req, mut res) = (None, None);
         if need > 0 {
             // Moved, not sliced, into a section that fills it (one refcount less).
             let mut raw = Some(self.take(need));
@@ -425,7 +428,7 @@ impl<M: Message> Decoder<M> {
                 let base = at + start;
                 match section {
                     crate::Section::ReqHdr => {
-                        *req = Some(
+                        req = Some(
                             HttpRequestHead::parse_in(
                                 part,
                                 self.limits.max_headers,
@@ -435,7 +438,7 @@ impl<M: Message> Decoder<M> {
                         )
                     }
                     _ => {
-                        *res = Some(
+                        res = Some(
                             HttpResponseHead::parse_in(
                                 part,
                                 self.limits.max_headers,
@@ -449,7 +452,6 @@ impl<M: Message> Decoder<M> {
             }
         }
         let body = BodyKind::from_section(enc.body());
-        *body_kind = body;
         if body.is_some() {
             let mut chunked = ChunkedDecoder::new(&self.limits);
             let preview = match preview {
@@ -463,7 +465,7 @@ impl<M: Message> Decoder<M> {
         } else {
             self.state = State::EndPending;
         }
-        Ok(Some(M::head(msg)))
+        Ok(Some(M::head(line, headers, req, res, body)))
     }
 
     fn step(&mut self) -> Result<Option<M::Event>> {
@@ -514,12 +516,12 @@ impl<M: Message> Decoder<M> {
                     };
                     let at = self.consumed;
                     let raw = self.take(n);
-                    let (msg, enc, preview) = M::parse_head(self, raw, at, fields)?;
+                    let (line, headers, enc, preview) = M::parse_head(self, raw, at, fields)?;
                     match enc {
                         None => {
                             // No Encapsulated header: nothing follows the head.
                             self.state = State::EndPending;
-                            return Ok(Some(M::head(msg)));
+                            return Ok(Some(M::head(line, headers, None, None, None)));
                         }
                         Some(enc) => {
                             let heads = enc.heads_len();
@@ -535,10 +537,11 @@ impl<M: Message> Decoder<M> {
                             }
                             let at = self.consumed;
                             if self.buffered().len() as u64 >= heads {
-                                return self.finish_heads(msg, enc, at, preview);
+                                return self.finish_heads(line, headers, enc, at, preview);
                             }
                             self.state = State::Heads {
-                                msg,
+                                line,
+                                headers,
                                 enc,
                                 at,
                                 preview,
@@ -552,7 +555,8 @@ impl<M: Message> Decoder<M> {
                         return Ok(None);
                     }
                     let State::Heads {
-                        msg,
+                        line,
+                        headers,
                         enc,
                         at,
                         preview,
@@ -560,7 +564,7 @@ impl<M: Message> Decoder<M> {
                     else {
                         unreachable!("matched above")
                     };
-                    return self.finish_heads(msg, enc, at, preview);
+                    return self.finish_heads(line, headers, enc, at, preview);
                 }
                 State::Body { chunked, preview } => {
                     let preview = *preview;
@@ -681,10 +685,10 @@ fn icap_fields(
 ) -> Result<(Option<Encapsulated>, Option<&[u8]>)> {
     let (mut enc, mut dup, mut preview) = (None, false, None);
     for (n, v) in headers.iter_names_of_len(12, if want_preview { 7 } else { 12 }) {
-        if n.eq_ignore_ascii_case(b"Encapsulated") {
+        if is_name(n, b"encapsulated") {
             dup |= enc.is_some();
             enc.get_or_insert(v);
-        } else if want_preview && preview.is_none() && n.eq_ignore_ascii_case(b"Preview") {
+        } else if want_preview && preview.is_none() && is_name(n, b"preview") {
             preview = Some(v);
         }
     }
@@ -706,6 +710,26 @@ fn icap_fields(
         )
     })?;
     Ok((Some(enc), preview))
+}
+
+/// `name == lower`, ignoring ASCII case, where `lower` is lowercase letters only: then a byte
+/// matches exactly when it equals its letter with bit 5 (the case bit) set, so the names are
+/// compared eight bytes a step instead of lowercasing byte by byte.
+#[inline]
+fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower.iter().all(u8::is_ascii_lowercase));
+    if name.len() != lower.len() {
+        return false;
+    }
+    let word = |s: &[u8], k: usize| {
+        let mut w = [0u8; 8];
+        let part = &s[k..(k + 8).min(s.len())];
+        w[..part.len()].copy_from_slice(part);
+        u64::from_le_bytes(w)
+    };
+    (0..name.len())
+        .step_by(8)
+        .all(|k| word(name, k) | 0x2020_2020_2020_2020 == word(lower, k) | 0x2020_2020_2020_2020)
 }
 
 /// A non-empty run of ASCII digits that fits a `u64`: no sign, no spaces, no overflow. The
@@ -757,13 +781,15 @@ fn split_head<L>(
 }
 
 impl sealed::Sealed for Request {
+    type Line = RequestLine;
+
     #[inline]
     fn parse_head(
         dec: &mut Decoder<Request>,
         raw: Bytes,
         at: u64,
         fields: Option<(usize, Fields)>,
-    ) -> Result<(Request, Option<Encapsulated>, Option<u64>)> {
+    ) -> Result<(RequestLine, Headers, Option<Encapsulated>, Option<u64>)> {
         let (line, headers) = split_head(
             raw,
             at,
@@ -811,34 +837,30 @@ impl sealed::Sealed for Request {
                 budget = Some(p);
             }
         }
-        let req = Request {
-            method: line.method,
-            uri: line.uri,
-            version: line.version,
-            headers,
-            http_request: None,
-            http_response: None,
-            body: None,
-        };
-        Ok((req, enc, budget))
-    }
-
-    fn parts(
-        msg: &mut Request,
-    ) -> (
-        &mut Option<HttpRequestHead>,
-        &mut Option<HttpResponseHead>,
-        &mut Option<BodyKind>,
-    ) {
-        (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
+Ok((line, headers, enc, budget))
     }
 
     fn fold(_: &Limits) -> Option<usize> {
         None
     }
 
-    fn head(m: Self) -> RequestEvent {
-        RequestEvent::Head(m)
+    #[inline(always)]
+    fn head(
+        line: RequestLine,
+        headers: Headers,
+        http_request: Option<HttpRequestHead>,
+        http_response: Option<HttpResponseHead>,
+        body: Option<BodyKind>,
+    ) -> RequestEvent {
+        RequestEvent::Head(Request {
+            method: line.method,
+            uri: line.uri,
+            version: line.version,
+            headers,
+            http_request,
+            http_response,
+            body,
+        })
     }
     fn data(d: Bytes) -> RequestEvent {
         RequestEvent::Data(d)
@@ -852,13 +874,15 @@ impl sealed::Sealed for Request {
 }
 
 impl sealed::Sealed for Response {
+    type Line = StatusLine;
+
     #[inline]
     fn parse_head(
         dec: &mut Decoder<Response>,
         raw: Bytes,
         at: u64,
         fields: Option<(usize, Fields)>,
-    ) -> Result<(Response, Option<Encapsulated>, Option<u64>)> {
+    ) -> Result<(StatusLine, Headers, Option<Encapsulated>, Option<u64>)> {
         let (line, headers) = split_head(
             raw,
             at,
@@ -879,34 +903,30 @@ impl sealed::Sealed for Response {
             e.check_response(dec.expect.as_ref())
                 .map_err(|e| e.at(at))?;
         }
-        let res = Response {
-            version: line.version,
-            status: line.status,
-            reason: line.reason,
-            headers,
-            http_request: None,
-            http_response: None,
-            body: None,
-        };
-        Ok((res, enc, None))
-    }
-
-    fn parts(
-        msg: &mut Response,
-    ) -> (
-        &mut Option<HttpRequestHead>,
-        &mut Option<HttpResponseHead>,
-        &mut Option<BodyKind>,
-    ) {
-        (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
+        Ok((line, headers, enc, None))
     }
 
     fn fold(limits: &Limits) -> Option<usize> {
         Some(limits.max_folded_value)
     }
 
-    fn head(m: Self) -> ResponseEvent {
-        ResponseEvent::Head(m)
+    #[inline(always)]
+    fn head(
+        line: StatusLine,
+        headers: Headers,
+        http_request: Option<HttpRequestHead>,
+        http_response: Option<HttpResponseHead>,
+        body: Option<BodyKind>,
+    ) -> ResponseEvent {
+        ResponseEvent::Head(Response {
+            version: line.version,
+            status: line.status,
+            reason: line.reason,
+            headers,
+            http_request,
+            http_response,
+            body,
+        })
     }
     fn data(d: Bytes) -> ResponseEvent {
         ResponseEvent::Data(d)

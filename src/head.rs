@@ -178,32 +178,59 @@ fn split3(line: &[u8], rest_has_spaces: bool) -> Option<(&[u8], &[u8], &[u8])> {
     Some((&line[..a], mid, rest))
 }
 
-/// HTTP methods common enough to hand out as static `Bytes`.
-const METHODS: &[&[u8]] = &[
-    b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS", b"DELETE", b"PATCH",
-];
-/// HTTP versions, likewise.
-const HTTP_VERSIONS: &[&[u8]] = &[b"HTTP/1.1", b"HTTP/1.0"];
-/// ICAP and HTTP reason phrases, likewise.
-const REASONS: &[&[u8]] = &[
-    b"OK",
-    b"No Content",
-    b"Unmodified",
-    b"No modifications needed",
-    b"Continue",
-    b"Forbidden",
-    b"Not Found",
-    b"Found",
-    b"Not Modified",
-    b"Moved Permanently",
-];
+/// HTTP methods common enough to hand out as static `Bytes`. A `match` on the bytes, which
+/// compiles to a switch on the length and integer compares, not a loop of `memcmp` calls.
+fn method_word(w: &[u8]) -> Option<&'static [u8]> {
+    Some(match w {
+        b"GET" => b"GET",
+        b"POST" => b"POST",
+        b"HEAD" => b"HEAD",
+        b"PUT" => b"PUT",
+        b"CONNECT" => b"CONNECT",
+        b"OPTIONS" => b"OPTIONS",
+        b"DELETE" => b"DELETE",
+        b"PATCH" => b"PATCH",
+        _ => return None,
+    })
+}
 
-/// `raw[start..end]` as `Bytes`: a static one when it is one of `common`, else a slice of
-/// `raw`. Equal either way; a static one costs no reference-count update (an atomic
-/// increment now and decrement at drop) and does not keep the input buffer alive.
-fn word(raw: &Bytes, start: usize, end: usize, common: &[&'static [u8]]) -> Bytes {
-    let w = &raw[start..end];
-    match common.iter().find(|c| **c == w) {
+/// HTTP versions, likewise.
+fn version_word(w: &[u8]) -> Option<&'static [u8]> {
+    Some(match w {
+        b"HTTP/1.1" => b"HTTP/1.1",
+        b"HTTP/1.0" => b"HTTP/1.0",
+        _ => return None,
+    })
+}
+
+/// ICAP and HTTP reason phrases, likewise.
+fn reason_word(w: &[u8]) -> Option<&'static [u8]> {
+    Some(match w {
+        b"OK" => b"OK",
+        b"No Content" => b"No Content",
+        b"Unmodified" => b"Unmodified",
+        b"No modifications needed" => b"No modifications needed",
+        b"Continue" => b"Continue",
+        b"Forbidden" => b"Forbidden",
+        b"Not Found" => b"Not Found",
+        b"Found" => b"Found",
+        b"Not Modified" => b"Not Modified",
+        b"Moved Permanently" => b"Moved Permanently",
+        _ => return None,
+    })
+}
+
+/// `raw[start..end]` as `Bytes`: a static one when `common` knows it, else a slice of `raw`.
+/// Equal either way; a static one costs no reference-count update (an atomic increment now
+/// and decrement at drop) and does not keep the input buffer alive.
+#[inline]
+fn word(
+    raw: &Bytes,
+    start: usize,
+    end: usize,
+    common: fn(&[u8]) -> Option<&'static [u8]>,
+) -> Bytes {
+    match common(&raw[start..end]) {
         Some(c) => Bytes::from_static(c),
         None => raw.slice(start..end),
     }
@@ -236,11 +263,13 @@ fn status_code(s: &[u8]) -> Option<u16> {
     }
 }
 
-/// The parsed start line of an ICAP request.
-pub(crate) struct RequestLine {
-    pub method: Method,
-    pub uri: Bytes,
-    pub version: Version,
+/// The parsed start line of an ICAP request. `pub` only because the decoder's sealed trait
+/// names it; the module is private.
+#[derive(Debug)]
+pub struct RequestLine {
+    pub(crate) method: Method,
+    pub(crate) uri: Bytes,
+    pub(crate) version: Version,
 }
 
 /// Parses `METHOD SP URI SP ICAP/x.y` from a scanned head; returns it with the header start.
@@ -274,11 +303,12 @@ pub(crate) fn parse_request_line(
     ))
 }
 
-/// The parsed start line of an ICAP response.
-pub(crate) struct StatusLine {
-    pub version: Version,
-    pub status: u16,
-    pub reason: Bytes,
+/// The parsed start line of an ICAP response; `pub` as [`RequestLine`].
+#[derive(Debug)]
+pub struct StatusLine {
+    pub(crate) version: Version,
+    pub(crate) status: u16,
+    pub(crate) reason: Bytes,
 }
 
 /// Parses `ICAP/x.y SP NNN SP reason` (the reason may be empty or absent).
@@ -312,7 +342,7 @@ pub(crate) fn parse_status_line(raw: &Bytes, hstart: Option<usize>) -> Result<(S
         ));
     }
     let start = v.len() + code.len() + 2;
-    let reason = word(raw, start.min(end), end, REASONS);
+    let reason = word(raw, start.min(end), end, reason_word);
     Ok((
         StatusLine {
             version,
@@ -425,6 +455,7 @@ fn status_line(line: &[u8]) -> Result<(usize, u16, usize)> {
 
 /// A thread's arena for the header offsets of heads parsed outside a decoder: reclaimed in
 /// place once the heads parsed earlier are dropped, so a loop of parses allocates nothing.
+#[inline(always)]
 fn with_arena<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
     thread_local! {
         static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
@@ -481,13 +512,14 @@ impl HttpRequestHead {
     }
 
     /// [`HttpRequestHead::parse`] with the offsets packed in a decoder's arena.
+    #[inline]
     pub(crate) fn parse_in(raw: Bytes, max_headers: usize, arena: &mut BytesMut) -> Result<Self> {
         let ((ml, tl, vl), fields) =
             http_head(&raw, "req-hdr", max_headers, None, arena, request_line)?;
         Ok(HttpRequestHead {
-            method: word(&raw, 0, ml, METHODS),
+            method: word(&raw, 0, ml, method_word),
             target: raw.slice(ml + 1..ml + 1 + tl),
-            version: word(&raw, ml + tl + 2, ml + tl + 2 + vl, HTTP_VERSIONS),
+            version: word(&raw, ml + tl + 2, ml + tl + 2 + vl, version_word),
             headers: Headers::from_fields(raw, fields),
         })
     }
@@ -560,6 +592,7 @@ impl HttpResponseHead {
     }
 
     /// [`HttpResponseHead::parse`] with the offsets packed in a decoder's arena.
+    #[inline]
     pub(crate) fn parse_in(
         raw: Bytes,
         max_headers: usize,
@@ -577,9 +610,9 @@ impl HttpResponseHead {
         // Just after the code's space; with no reason that is the line's LF, an empty slice.
         let rstart = vl + 5;
         Ok(HttpResponseHead {
-            version: word(&raw, 0, vl, HTTP_VERSIONS),
+            version: word(&raw, 0, vl, version_word),
             status,
-            reason: word(&raw, rstart, rstart + rl, REASONS),
+            reason: word(&raw, rstart, rstart + rl, reason_word),
             headers: Headers::from_fields(raw, fields),
         })
     }

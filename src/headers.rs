@@ -459,6 +459,30 @@ fn value_stop(buf: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// Index of the first byte at or after `i` that is not `tchar` (the end of a name), or
+/// `buf.len()`. Eight table lookups a step gathered into a bit mask: one branch per eight name
+/// bytes instead of one per byte.
+#[inline]
+fn name_end(buf: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = buf.get(i..i + 8) {
+        let m = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |m, (k, &b)| m | (u32::from(TOKEN[b as usize]) << k));
+        if m != 0xff {
+            return i + (!m).trailing_zeros() as usize;
+        }
+        i += 8;
+    }
+    while let Some(&b) = buf.get(i) {
+        if !TOKEN[b as usize] {
+            return i;
+        }
+        i += 1;
+    }
+    i
+}
+
 /// The one parser of header blocks. Reads the header lines that start at `buf[start]` (just
 /// after a start line's CRLF) through the blank line that ends them. Returns where the block
 /// ends (just after the blank line) and the fields, with offsets into `buf`; `Ok(None)` when
@@ -546,13 +570,7 @@ fn fields(
             return Err(too_many(pos, max_headers));
         }
         lines += 1;
-        let mut colon = pos;
-        while let Some(&b) = buf.get(colon) {
-            if !TOKEN[b as usize] {
-                break;
-            }
-            colon += 1;
-        }
+        let colon = name_end(buf, pos);
         if colon == pos || buf.get(colon) != Some(&b':') {
             return field_error(buf, pos);
         }
