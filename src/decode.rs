@@ -837,7 +837,7 @@ impl sealed::Sealed for Request {
                 budget = Some(p);
             }
         }
-Ok((line, headers, enc, budget))
+        Ok((line, headers, enc, budget))
     }
 
     fn fold(_: &Limits) -> Option<usize> {

@@ -1,9 +1,12 @@
 //! Heads: start lines, the ICAP version, methods, and the encapsulated HTTP heads.
 //!
 //! A head is a start line, header lines and a blank line, every line ending in CRLF. This
-//! module finds where a head ends (resumably, so that a head arriving one byte
-//! at a time is scanned once), splits start lines, and parses encapsulated HTTP request and
-//! response heads. Header lines themselves belong to [`headers`](crate::headers); which heads
+//! module parses a whole head in one pass (`parse_head`: start line end, then the header
+//! block), finds where a head ends when it arrives in pieces (resumably, so that a head
+//! arriving one byte at a time is scanned once: framing, not a second grammar), parses start
+//! lines (one function per grammar: ICAP request and status lines, HTTP request and status
+//! lines), and parses encapsulated HTTP request and response heads, also on their own
+//! ([`HttpRequestHead::parse`], [`HttpResponseHead::parse`]). Header lines themselves belong to [`headers`](crate::headers); which heads
 //! a message carries belongs to [`encapsulated`](crate::encapsulated).
 
 use std::fmt;

@@ -1,10 +1,12 @@
 //! Header fields: an ordered, case-insensitive multimap held as one `Bytes` plus offsets.
 //!
 //! A parsed head keeps its bytes in one shared [`Bytes`]; each header is two offset pairs into
-//! it, so parsing allocates one `Vec` per head and never copies a name or a value. Headers a
-//! program adds later (and folded values, which must be joined) live in a small side buffer, so
-//! the same type serves parsed and built heads. This module owns header-line syntax; start
-//! lines belong to [`head`](crate::head).
+//! it, packed into a decoder's reusable arena, so parsing copies no name or value and, once
+//! warm, allocates nothing. Headers a program adds later (and folded values, which must be
+//! joined) live in a small side buffer, so the same type serves parsed and built heads. This
+//! module owns header-line syntax, with one parser for it (`parse_block`: fast on valid
+//! blocks, exact about the first error of invalid ones); start lines belong to
+//! [`head`](crate::head).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -421,7 +423,7 @@ impl Headers {
     }
 }
 
-/// Fields found by [`parse_block`]: offsets packed in the arena and the joined values of folded
+/// Fields found by `parse_block`: offsets packed in the arena and the joined values of folded
 /// lines, to become a [`Headers`] once the head's `Bytes` is cut. `pub` only because the sealed
 /// decoding trait names it; the module is private, so no caller can.
 pub struct Fields {
