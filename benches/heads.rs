@@ -203,7 +203,7 @@ fn heads(c: &mut Criterion) {
 /// counts that do not move with load: `valgrind --tool=callgrind target/release/deps/heads-*`
 /// with n and 2n, difference / n. `what`: `icap` (whole message), `all-heads` (httparse on the
 /// head bytes), `embedded` (httparse on the embedded heads), `icap-embedded` (the public
-/// embedded-head parsers), `heads-only` (feed the head bytes and decode until the head event,
+/// embedded-head parsers), `views` (only the `Bytes` views the latter take), `heads-only` (feed the head bytes and decode until the head event,
 /// then finish the message: count it with `--toggle-collect='heads::*_head'`, which counts
 /// only `request_head` / `response_head`).
 fn callgrind(spec: &str) {
@@ -245,6 +245,13 @@ fn callgrind(spec: &str) {
                 }
             }
             "icap-embedded" => icap_embedded(std::hint::black_box(&f), &limits),
+            // The refcount traffic alone: one `Bytes` view of each embedded head made and
+            // dropped (an atomic increment and decrement), as the public parsers' callers pay.
+            "views" => f
+                .http_heads
+                .iter()
+                .map(|(r, _)| std::hint::black_box(f.wire.slice(r.clone())).len())
+                .sum(),
             "icap" if f.request => {
                 req.feed(&f.wire);
                 drain_request(&mut req)
