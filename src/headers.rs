@@ -832,14 +832,13 @@ mod tests {
         assert_eq!(f.entries.len(), 2 * PACKED);
     }
 
+    /// Fields as owned `(name, value)` pairs, or an error's kind and offset.
+    type Outcome = std::result::Result<Vec<(Vec<u8>, Vec<u8>)>, (ErrorKind, u64)>;
+
     /// The byte loop the decoder used for errors before the one pass (kept here as the oracle
     /// for kinds and offsets): each line of `block` (CRLF-terminated, then the blank line) in
     /// turn.
-    fn oracle(
-        block: &[u8],
-        max_headers: usize,
-        fold: Option<usize>,
-    ) -> std::result::Result<Vec<(Vec<u8>, Vec<u8>)>, (ErrorKind, u64)> {
+    fn oracle(block: &[u8], max_headers: usize, fold: Option<usize>) -> Outcome {
         let end = block.len() - 2;
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let (mut pos, mut lines) = (0, 0);
