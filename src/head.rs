@@ -491,7 +491,10 @@ impl HttpRequestHead {
     /// finds its end first). Every line ends in CRLF; obs-fold is an error, as RFC 7230 3.2.4
     /// has it for requests. `limits` gives [`Limits::max_http_head`] and
     /// [`Limits::max_headers`]. No byte is copied: the method, target, version and fields are
-    /// views of `raw`.
+    /// views of `raw`. Errors carry an offset into `raw`: a head that ends before `raw` does (or
+    /// not at all) is [`ErrorKind::EncapsulatedMismatch`], the check an ICAP section needs; a
+    /// bare LF [`ErrorKind::BareLf`]; a bad request line [`ErrorKind::BadHttpHead`]; a bad field
+    /// [`ErrorKind::BadHeader`] at the bad byte.
     ///
     /// ```
     /// use bytes::Bytes;
@@ -575,7 +578,8 @@ impl HttpResponseHead {
     /// must end `raw` (as an ICAP `res-hdr` section holds it). Every line ends in CRLF; obs-fold
     /// continuation lines are joined with one space, up to [`Limits::max_folded_value`] bytes, as
     /// ICAP servers' responses carry them. `limits` also gives [`Limits::max_http_head`] and
-    /// [`Limits::max_headers`]. No byte is copied but folded values.
+    /// [`Limits::max_headers`]. No byte is copied but folded values. Errors as
+    /// [`HttpRequestHead::parse`]'s.
     ///
     /// ```
     /// use bytes::Bytes;
