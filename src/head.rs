@@ -283,7 +283,8 @@ pub(crate) fn parse_request_line(
 ) -> Result<(RequestLine, usize)> {
     let end = hstart.map_or_else(|| line_end(raw), |h| h - 2);
     let line = &raw[..end];
-    let (m, uri, v) = split3(line, false)
+    let (m, uri, v) = plain_request_line(line, b"ICAP/")
+        .or_else(|| split3(line, false))
         .filter(|(_, u, _)| !u.is_empty() && !has_ctl(u))
         .ok_or_else(|| bad_line(ErrorKind::BadStartLine, line, "not an ICAP request line"))?;
     let method = Method::from_bytes(m)
@@ -306,6 +307,56 @@ pub(crate) fn parse_request_line(
     ))
 }
 
+/// A request line of the common shape, `METHOD SP target SP PPPP/d.d` (`PPPP/` being
+/// `prefix`) with a target free of spaces and control bytes, split from its ends: the version by
+/// position, the method at the first space, the target checked in one pass. `None` for any other
+/// shape, which [`split3`] then reads (and the callers report errors for). For a line of this
+/// shape [`split3`] returns the same three parts: its second space is the one before the version.
+#[inline]
+fn plain_request_line<'a>(
+    line: &'a [u8],
+    prefix: &[u8; 5],
+) -> Option<(&'a [u8], &'a [u8], &'a [u8])> {
+    let (head, v) = line.split_at_checked(line.len().checked_sub(8)?)?;
+    let [p0, p1, p2, p3, p4, ma, b'.', mi] = v else {
+        return None;
+    };
+    if [*p0, *p1, *p2, *p3, *p4] != *prefix || !ma.is_ascii_digit() || !mi.is_ascii_digit() {
+        return None;
+    }
+    let [head @ .., b' '] = head else {
+        return None;
+    };
+    let a = head.iter().position(|&b| b == b' ')?;
+    let (m, t) = (&head[..a], &head[a + 1..]);
+    let bad = t
+        .iter()
+        .fold(false, |bad, &b| bad | (b <= b' ') | (b == 0x7f));
+    (!t.is_empty() && !bad).then_some((m, t, v))
+}
+
+/// A status line of the common shape, `PPPP/d.d ddd reason` or `PPPP/d.d ddd` (`PPPP/` being
+/// `prefix`), read by position: the version's digits, the status and the reason. `None` for any
+/// other shape (or a control byte in the reason), which the status-line parsers then split
+/// (and report errors for). The split reads a line of this shape the same way: the first space
+/// follows the version, the second the three digits. One grammar, with its common case first.
+#[inline]
+fn plain_status_line<'a>(line: &'a [u8], prefix: &[u8; 5]) -> Option<(u8, u8, u16, &'a [u8])> {
+    let [p0, p1, p2, p3, p4, ma, b'.', mi, b' ', a, b, c, rest @ ..] = line else {
+        return None;
+    };
+    if [*p0, *p1, *p2, *p3, *p4] != *prefix || !ma.is_ascii_digit() || !mi.is_ascii_digit() {
+        return None;
+    }
+    let status = status_code(&[*a, *b, *c])?;
+    let reason = match rest {
+        [] => rest,
+        [b' ', r @ ..] => r,
+        _ => return None,
+    };
+    (!has_ctl(reason)).then_some((ma - b'0', mi - b'0', status, reason))
+}
+
 /// The parsed start line of an ICAP response; `pub` as [`RequestLine`].
 #[derive(Debug)]
 pub struct StatusLine {
@@ -318,6 +369,18 @@ pub struct StatusLine {
 pub(crate) fn parse_status_line(raw: &Bytes, hstart: Option<usize>) -> Result<(StatusLine, usize)> {
     let end = hstart.map_or_else(|| line_end(raw), |h| h - 2);
     let line = &raw[..end];
+    if let Some((major, minor, status, _)) = plain_status_line(line, b"ICAP/") {
+        let reason = word(raw, 13.min(end), end, reason_word);
+        let version = Version { major, minor };
+        return Ok((
+            StatusLine {
+                version,
+                status,
+                reason,
+            },
+            end + 2,
+        ));
+    }
     let (v, code, reason) = split3(line, true)
         .ok_or_else(|| bad_line(ErrorKind::BadStartLine, line, "not an ICAP status line"))?;
     let version = Version::parse(v).ok_or_else(|| {
@@ -440,7 +503,8 @@ fn http_head<L>(
 
 /// Lengths of the method, target and version of an HTTP request line.
 fn request_line(line: &[u8]) -> Result<(usize, usize, usize)> {
-    let (m, t, v) = split3(line, false)
+    let (m, t, v) = plain_request_line(line, b"HTTP/")
+        .or_else(|| split3(line, false))
         .filter(|(m, t, v)| is_token(m) && !t.is_empty() && !has_ctl(t) && http_version(v))
         .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP request line"))?;
     Ok((m.len(), t.len(), v.len()))
@@ -448,6 +512,9 @@ fn request_line(line: &[u8]) -> Result<(usize, usize, usize)> {
 
 /// Version length, status and reason length of an HTTP status line.
 fn status_line(line: &[u8]) -> Result<(usize, u16, usize)> {
+    if let Some((_, _, status, reason)) = plain_status_line(line, b"HTTP/") {
+        return Ok((8, status, reason.len()));
+    }
     let (v, code, reason) = split3(line, true)
         .filter(|(v, _, r)| http_version(v) && !has_ctl(r))
         .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP status line"))?;
@@ -753,6 +820,81 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadStatus, 9));
+    }
+
+    #[test]
+    fn request_lines_of_the_common_shape_read_as_the_split_reads_them() {
+        for line in [
+            &b"GET / HTTP/1.1"[..],
+            b"GET http://x/a?b=c%20d HTTP/1.0",
+            b" / HTTP/1.1",
+            b"M\x01 /caf\xe9 HTTP/1.1",
+        ] {
+            assert_eq!(
+                plain_request_line(line, b"HTTP/"),
+                split3(line, false),
+                "{line:?}"
+            );
+            assert!(plain_request_line(line, b"HTTP/").is_some(), "{line:?}");
+        }
+        for line in [
+            &b"GET  / HTTP/1.1"[..],
+            b"GET / x HTTP/1.1",
+            b"GET /\x01 HTTP/1.1",
+            b"GET /\x7f HTTP/1.1",
+            b"GET /\t HTTP/1.1",
+            b"GET / HTTP/1.x",
+            b"GET / HTTP/2",
+            b"GET HTTP/1.1",
+            b"GET / ICAP/1.0",
+            b"HTTP/1.1",
+        ] {
+            assert_eq!(plain_request_line(line, b"HTTP/"), None, "{line:?}");
+        }
+        let raw = Bytes::from_static(b"RESPMOD icap://h/s?x ICAP/1.0\r\n\r\n");
+        let (l, _) = parse_request_line(&raw, None).unwrap();
+        assert_eq!(
+            (l.method, &l.uri[..]),
+            (Method::Respmod, &b"icap://h/s?x"[..])
+        );
+    }
+
+    #[test]
+    fn status_lines_of_the_common_shape_read_as_the_split_reads_them() {
+        for line in [
+            &b"HTTP/1.1 200 OK"[..],
+            b"HTTP/1.0 403 Forbidden",
+            b"HTTP/1.1 204",
+            b"HTTP/1.1 204 ",
+            b"HTTP/9.9 599 a b  c",
+            b"HTTP/1.1 200 caf\xe9",
+        ] {
+            let fast = plain_status_line(line, b"HTTP/").expect("common shape");
+            let (v, code, reason) = split3(line, true).unwrap();
+            assert_eq!(
+                (v.len(), Some(fast.2), fast.3),
+                (8, status_code(code), reason),
+                "{line:?}"
+            );
+        }
+        for line in [
+            &b"HTTP/1.1 200OK"[..],
+            b"HTTP/1.1 20 OK",
+            b"HTTP/1.1 2000 OK",
+            b"HTTP/1.x 200 OK",
+            b"HTTP/1.1  200 OK",
+            b"HTTP/1.1 200 O\x01K",
+            b"HTTP/2 200 OK",
+            b"ICAP/1.0 200 OK",
+        ] {
+            assert_eq!(plain_status_line(line, b"HTTP/"), None, "{line:?}");
+        }
+        let raw = Bytes::from_static(b"ICAP/1.0 204\r\n\r\n");
+        let (s, _) = parse_status_line(&raw, None).unwrap();
+        assert_eq!(
+            (s.version, s.status, &s.reason[..]),
+            (Version::ICAP_1_0, 204, &b""[..])
+        );
     }
 
     #[test]
