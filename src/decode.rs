@@ -27,10 +27,10 @@ use crate::chunked::{Chunk, ChunkedDecoder, Input, LastChunk};
 use crate::encapsulated::Encapsulated;
 use crate::error::{Error, ErrorKind, Result};
 use crate::head::{
-    parse_head_fast, parse_request_line, parse_status_line, scan_head, HttpRequestHead,
-    HttpResponseHead, Method,
+    parse_head, parse_request_line, parse_status_line, scan_head, HttpRequestHead,
+    HttpResponseHead, Method, RequestLine, StatusLine,
 };
-use crate::headers::{ready_arena, Headers};
+use crate::headers::{parse_block, ready_arena, Fields, Headers};
 use crate::limits::Limits;
 use crate::message::{BodyKind, Request, Response};
 
@@ -86,29 +86,32 @@ mod sealed {
     use super::*;
 
     pub trait Sealed: Sized {
-        /// Parses a whole ICAP head; `headers` when they were already parsed in one pass with
-        /// finding the head's end. Returns the message, its Encapsulated, and the preview size
-        /// when its body is a preview.
+        /// The parsed start line of this role's ICAP head.
+        type Line: std::fmt::Debug;
+        /// Parses a whole ICAP head; `fields` (with where they start) when the header block was
+        /// already parsed in one pass with finding the head's end. Returns the start line, the
+        /// header fields, the Encapsulated, and the preview size when its body is a preview.
+        #[allow(clippy::type_complexity)]
         fn parse_head(
             dec: &mut Decoder<Self>,
             raw: Bytes,
             at: u64,
-            headers: Option<(usize, Headers)>,
-        ) -> Result<(Self, Option<Encapsulated>, Option<u64>)>
+            fields: Option<(usize, Fields)>,
+        ) -> Result<(Self::Line, Headers, Option<Encapsulated>, Option<u64>)>
         where
             Self: Message;
-        /// Where a message keeps its encapsulated heads and body kind, so that they are parsed
-        /// straight into it.
-        fn parts(
-            msg: &mut Self,
-        ) -> (
-            &mut Option<HttpRequestHead>,
-            &mut Option<HttpResponseHead>,
-            &mut Option<BodyKind>,
-        );
-        /// The role's events, built where `step` finds them (converting a generic step
-        /// afterwards would copy the large head once more per event).
-        fn head(m: Self) -> <Self as Message>::Event
+        /// Folded lines in this role's ICAP head: `Some(max joined length)` for responses.
+        fn fold(limits: &Limits) -> Option<usize>;
+        /// The role's head event, built from its parts where `step` returns it: the message
+        /// (~500 bytes) is written once, into the returned value, instead of being built early
+        /// and moved through each call on the way out.
+        fn head(
+            line: Self::Line,
+            headers: Headers,
+            http_request: Option<HttpRequestHead>,
+            http_response: Option<HttpResponseHead>,
+            body: Option<BodyKind>,
+        ) -> <Self as Message>::Event
         where
             Self: Message;
         /// A body piece.
@@ -127,14 +130,15 @@ mod sealed {
 }
 
 #[derive(Debug)]
-enum State<M> {
+enum State<M: sealed::Sealed> {
     /// Waiting for the ICAP head; `scanned` bytes of the buffer are known to hold no end.
     Icap { scanned: usize },
     /// ICAP head parsed; waiting for `heads` bytes of encapsulated HTTP heads. Only when
     /// they had not all arrived with the ICAP head. Not boxed, though large: a box would be an
     /// allocation per message read in pieces.
     Heads {
-        msg: M,
+        line: M::Line,
+        headers: Headers,
         enc: Encapsulated,
         at: u64,
         preview: Option<u64>,
@@ -407,18 +411,19 @@ impl<M: Message> Decoder<M> {
         Ok(Some(n))
     }
 
-    /// The encapsulated HTTP heads (all buffered, starting at stream offset `at`) of `msg`:
-    /// parses them, attaches them, and moves on to the body.
+    /// The encapsulated HTTP heads (all buffered, starting at stream offset `at`) of the ICAP
+    /// head `line` + `headers`: parses them, moves on to the body, and returns the head event.
     #[inline(always)]
     fn finish_heads(
         &mut self,
-        mut msg: M,
+        line: M::Line,
+        headers: Headers,
         enc: Encapsulated,
         at: u64,
         preview: Option<u64>,
     ) -> Result<Option<M::Event>> {
         let need = enc.heads_len() as usize;
-        let (req, res, body_kind) = M::parts(&mut msg);
+        let (mut req, mut res) = (None, None);
         if need > 0 {
             // Moved, not sliced, into a section that fills it (one refcount less).
             let mut raw = Some(self.take(need));
@@ -436,14 +441,18 @@ impl<M: Message> Decoder<M> {
                 let base = at + start;
                 match section {
                     crate::Section::ReqHdr => {
-                        *req = Some(
-                            HttpRequestHead::parse(part, self.limits.max_headers, &mut self.spans)
-                                .map_err(|e| e.at(base))?,
+                        req = Some(
+                            HttpRequestHead::parse_in(
+                                part,
+                                self.limits.max_headers,
+                                &mut self.spans,
+                            )
+                            .map_err(|e| e.at(base))?,
                         )
                     }
                     _ => {
-                        *res = Some(
-                            HttpResponseHead::parse(
+                        res = Some(
+                            HttpResponseHead::parse_in(
                                 part,
                                 self.limits.max_headers,
                                 self.limits.max_folded_value,
@@ -456,7 +465,6 @@ impl<M: Message> Decoder<M> {
             }
         }
         let body = BodyKind::from_section(enc.body());
-        *body_kind = body;
         if body.is_some() {
             let mut chunked = ChunkedDecoder::new(&self.limits);
             let preview = match preview {
@@ -470,7 +478,7 @@ impl<M: Message> Decoder<M> {
         } else {
             self.state = State::EndPending;
         }
-        Ok(Some(M::head(msg)))
+        Ok(Some(M::head(line, headers, req, res, body)))
     }
 
     // Not inlined into `decode`: body pieces take a short path there, which should not pay
@@ -502,20 +510,21 @@ impl<M: Message> Decoder<M> {
                     // when bytes trickle in) takes the resumable scan below.
                     ready_arena(&mut self.spans);
                     let fast = if scanned == 0 {
-                        parse_head_fast(
+                        parse_head(
                             if self.shared.is_empty() {
                                 &self.buf[..limit]
                             } else {
                                 &self.shared[..limit]
                             },
                             self.limits.max_headers,
+                            M::fold(&self.limits),
                             &mut self.spans,
                         )
                     } else {
                         None
                     };
-                    let (n, entries) = match fast {
-                        Some((n, hstart, entries)) => (n, Some((hstart, entries))),
+                    let (n, fields) = match fast {
+                        Some((n, hstart, fields)) => (n, Some((hstart, fields))),
                         None => match self.scan_icap(scanned, limit)? {
                             Some(n) => (n, None),
                             None => return Ok(None),
@@ -523,18 +532,12 @@ impl<M: Message> Decoder<M> {
                     };
                     let at = self.consumed;
                     let raw = self.take(n);
-                    let (raw, headers) = match entries {
-                        Some((hstart, e)) => {
-                            (Bytes::new(), Some((hstart, Headers::from_parsed(raw, e))))
-                        }
-                        None => (raw, None),
-                    };
-                    let (msg, enc, preview) = M::parse_head(self, raw, at, headers)?;
+                    let (line, headers, enc, preview) = M::parse_head(self, raw, at, fields)?;
                     match enc {
                         None => {
                             // No Encapsulated header: nothing follows the head.
                             self.state = State::EndPending;
-                            return Ok(Some(M::head(msg)));
+                            return Ok(Some(M::head(line, headers, None, None, None)));
                         }
                         Some(enc) => {
                             let heads = enc.heads_len();
@@ -550,10 +553,11 @@ impl<M: Message> Decoder<M> {
                             }
                             let at = self.consumed;
                             if self.buffered().len() as u64 >= heads {
-                                return self.finish_heads(msg, enc, at, preview);
+                                return self.finish_heads(line, headers, enc, at, preview);
                             }
                             self.state = State::Heads {
-                                msg,
+                                line,
+                                headers,
                                 enc,
                                 at,
                                 preview,
@@ -567,7 +571,8 @@ impl<M: Message> Decoder<M> {
                         return Ok(None);
                     }
                     let State::Heads {
-                        msg,
+                        line,
+                        headers,
                         enc,
                         at,
                         preview,
@@ -575,7 +580,7 @@ impl<M: Message> Decoder<M> {
                     else {
                         unreachable!("matched above")
                     };
-                    return self.finish_heads(msg, enc, at, preview);
+                    return self.finish_heads(line, headers, enc, at, preview);
                 }
                 State::Body { .. } => return self.body_step(),
                 State::EndPending => {
@@ -842,10 +847,10 @@ fn icap_fields(
 ) -> Result<(Option<Encapsulated>, Option<&[u8]>)> {
     let (mut enc, mut dup, mut preview) = (None, false, None);
     for (n, v) in headers.iter_names_of_len(12, if want_preview { 7 } else { 12 }) {
-        if n.eq_ignore_ascii_case(b"Encapsulated") {
+        if is_name(n, b"encapsulated") {
             dup |= enc.is_some();
             enc.get_or_insert(v);
-        } else if want_preview && preview.is_none() && n.eq_ignore_ascii_case(b"Preview") {
+        } else if want_preview && preview.is_none() && is_name(n, b"preview") {
             preview = Some(v);
         }
     }
@@ -869,6 +874,26 @@ fn icap_fields(
     Ok((Some(enc), preview))
 }
 
+/// `name == lower`, ignoring ASCII case, where `lower` is lowercase letters only: then a byte
+/// matches exactly when it equals its letter with bit 5 (the case bit) set, so the names are
+/// compared eight bytes a step instead of lowercasing byte by byte.
+#[inline]
+fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower.iter().all(u8::is_ascii_lowercase));
+    if name.len() != lower.len() {
+        return false;
+    }
+    let word = |s: &[u8], k: usize| {
+        let mut w = [0u8; 8];
+        let part = &s[k..(k + 8).min(s.len())];
+        w[..part.len()].copy_from_slice(part);
+        u64::from_le_bytes(w)
+    };
+    (0..name.len())
+        .step_by(8)
+        .all(|k| word(name, k) | 0x2020_2020_2020_2020 == word(lower, k) | 0x2020_2020_2020_2020)
+}
+
 /// A non-empty run of ASCII digits that fits a `u64`: no sign, no spaces, no overflow. The
 /// crate's one parser of decimal numbers (Preview, Encapsulated offsets, use-original-body,
 /// OPTIONS numbers, Content-Length); status codes are their own 3-digit grammar.
@@ -885,56 +910,52 @@ pub(crate) fn decimal(s: &[u8]) -> Option<u64> {
     })
 }
 
-/// The ICAP head's bytes, and its header fields when they were parsed in one pass with finding
-/// the head's end (`Ok`, the bytes inside the `Headers`), or the bytes alone (`Err`).
-type IcapHead = std::result::Result<Headers, Bytes>;
-
 /// Parses a start line from a head's bytes (and where the one pass found its end).
 type LineParser<L> = fn(&Bytes, Option<usize>) -> Result<(L, usize)>;
 
-/// The start line and header fields of an ICAP head: taken from the one-pass parse when it
-/// happened (`headers`), else parsed from `raw` (folded lines allowed with `fold`, joined up
-/// to that many bytes).
+/// The start line and header fields of an ICAP head: the fields from the one pass when it
+/// succeeded, else parsed now (after the start line, so that its error comes first; folded
+/// lines allowed with `fold`, joined up to that many bytes).
 fn split_head<L>(
     raw: Bytes,
     at: u64,
-    headers: Option<(usize, Headers)>,
+    fields: Option<(usize, Fields)>,
     max_headers: usize,
     fold: Option<usize>,
     parse_line: LineParser<L>,
     arena: &mut BytesMut,
 ) -> Result<(L, Headers)> {
-    let (hstart, head): (_, IcapHead) = match headers {
-        Some((hstart, h)) => (Some(hstart), Ok(h)),
-        None => (None, Err(raw)),
+    let (line, hstart) = parse_line(&raw, fields.as_ref().map(|f| f.0)).map_err(|e| e.at(at))?;
+    let fields = match fields {
+        Some((_, f)) => f,
+        None => match parse_block(&raw, hstart, max_headers, fold, arena).map_err(|e| e.at(at))? {
+            Some((n, f)) if n == raw.len() => f,
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::BadHeader,
+                    at,
+                    "the ICAP head's header block does not end where the head does",
+                ))
+            }
+        },
     };
-    let bytes = match &head {
-        Ok(h) => h.raw(),
-        Err(raw) => raw,
-    };
-    let (line, hstart) = parse_line(bytes, hstart).map_err(|e| e.at(at))?;
-    let headers = match head {
-        Ok(h) => h,
-        Err(raw) => {
-            let n = raw.len();
-            Headers::parse(raw, hstart, n - 2, max_headers, fold, arena).map_err(|e| e.at(at))?
-        }
-    };
-    Ok((line, headers))
+    Ok((line, Headers::from_fields(raw, fields)))
 }
 
 impl sealed::Sealed for Request {
+    type Line = RequestLine;
+
     #[inline]
     fn parse_head(
         dec: &mut Decoder<Request>,
         raw: Bytes,
         at: u64,
-        headers: Option<(usize, Headers)>,
-    ) -> Result<(Request, Option<Encapsulated>, Option<u64>)> {
+        fields: Option<(usize, Fields)>,
+    ) -> Result<(RequestLine, Headers, Option<Encapsulated>, Option<u64>)> {
         let (line, headers) = split_head(
             raw,
             at,
-            headers,
+            fields,
             dec.limits.max_headers,
             None,
             parse_request_line,
@@ -978,30 +999,30 @@ impl sealed::Sealed for Request {
                 budget = Some(p);
             }
         }
-        let req = Request {
+        Ok((line, headers, enc, budget))
+    }
+
+    fn fold(_: &Limits) -> Option<usize> {
+        None
+    }
+
+    #[inline(always)]
+    fn head(
+        line: RequestLine,
+        headers: Headers,
+        http_request: Option<HttpRequestHead>,
+        http_response: Option<HttpResponseHead>,
+        body: Option<BodyKind>,
+    ) -> RequestEvent {
+        RequestEvent::Head(Request {
             method: line.method,
             uri: line.uri,
             version: line.version,
             headers,
-            http_request: None,
-            http_response: None,
-            body: None,
-        };
-        Ok((req, enc, budget))
-    }
-
-    fn parts(
-        msg: &mut Request,
-    ) -> (
-        &mut Option<HttpRequestHead>,
-        &mut Option<HttpResponseHead>,
-        &mut Option<BodyKind>,
-    ) {
-        (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
-    }
-
-    fn head(m: Self) -> RequestEvent {
-        RequestEvent::Head(m)
+            http_request,
+            http_response,
+            body,
+        })
     }
     fn data(d: Bytes) -> RequestEvent {
         RequestEvent::Data(d)
@@ -1015,17 +1036,19 @@ impl sealed::Sealed for Request {
 }
 
 impl sealed::Sealed for Response {
+    type Line = StatusLine;
+
     #[inline]
     fn parse_head(
         dec: &mut Decoder<Response>,
         raw: Bytes,
         at: u64,
-        headers: Option<(usize, Headers)>,
-    ) -> Result<(Response, Option<Encapsulated>, Option<u64>)> {
+        fields: Option<(usize, Fields)>,
+    ) -> Result<(StatusLine, Headers, Option<Encapsulated>, Option<u64>)> {
         let (line, headers) = split_head(
             raw,
             at,
-            headers,
+            fields,
             dec.limits.max_headers,
             Some(dec.limits.max_folded_value),
             parse_status_line,
@@ -1042,30 +1065,30 @@ impl sealed::Sealed for Response {
             e.check_response(dec.expect.as_ref())
                 .map_err(|e| e.at(at))?;
         }
-        let res = Response {
+        Ok((line, headers, enc, None))
+    }
+
+    fn fold(limits: &Limits) -> Option<usize> {
+        Some(limits.max_folded_value)
+    }
+
+    #[inline(always)]
+    fn head(
+        line: StatusLine,
+        headers: Headers,
+        http_request: Option<HttpRequestHead>,
+        http_response: Option<HttpResponseHead>,
+        body: Option<BodyKind>,
+    ) -> ResponseEvent {
+        ResponseEvent::Head(Response {
             version: line.version,
             status: line.status,
             reason: line.reason,
             headers,
-            http_request: None,
-            http_response: None,
-            body: None,
-        };
-        Ok((res, enc, None))
-    }
-
-    fn parts(
-        msg: &mut Response,
-    ) -> (
-        &mut Option<HttpRequestHead>,
-        &mut Option<HttpResponseHead>,
-        &mut Option<BodyKind>,
-    ) {
-        (&mut msg.http_request, &mut msg.http_response, &mut msg.body)
-    }
-
-    fn head(m: Self) -> ResponseEvent {
-        ResponseEvent::Head(m)
+            http_request,
+            http_response,
+            body,
+        })
     }
     fn data(d: Bytes) -> ResponseEvent {
         ResponseEvent::Data(d)

@@ -1,9 +1,12 @@
 //! Heads: start lines, the ICAP version, methods, and the encapsulated HTTP heads.
 //!
 //! A head is a start line, header lines and a blank line, every line ending in CRLF. This
-//! module finds where a head ends (resumably, so that a head arriving one byte
-//! at a time is scanned once), splits start lines, and parses encapsulated HTTP request and
-//! response heads. Header lines themselves belong to [`headers`](crate::headers); which heads
+//! module parses a whole head in one pass (`parse_head`: start line end, then the header
+//! block), finds where a head ends when it arrives in pieces (resumably, so that a head
+//! arriving one byte at a time is scanned once: framing, not a second grammar), parses start
+//! lines (one function per grammar: ICAP request and status lines, HTTP request and status
+//! lines), and parses encapsulated HTTP request and response heads, also on their own
+//! ([`HttpRequestHead::parse`], [`HttpResponseHead::parse`]). Header lines themselves belong to [`headers`](crate::headers); which heads
 //! a message carries belongs to [`encapsulated`](crate::encapsulated).
 
 use std::fmt;
@@ -11,7 +14,8 @@ use std::fmt;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::headers::{is_token, parse_block, Entries, Headers};
+use crate::headers::{is_token, parse_block, ready_arena, Fields, Headers};
+use crate::limits::Limits;
 
 /// An ICAP method. Extension methods are kept as their token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -132,32 +136,25 @@ fn line_end(raw: &[u8]) -> usize {
     memchr::memchr(b'\n', raw).map_or(raw.len(), |i| i.saturating_sub(1))
 }
 
-/// One pass over a whole head at the start of `buf` whose lines all end in CRLF: the start
-/// line's end (found by its LF) and the header block through [`parse_block`]. Returns the head
-/// length, where the header lines start, and the fields. `None` when the head is incomplete,
-/// has a bare LF, or anything [`parse_block`] leaves to the byte-exact path; callers then scan
-/// and parse as before, which reports the same error at the same offset.
-pub(crate) fn parse_head_fast(
+/// One pass over a whole head at the start of `buf`: the start line's end (its LF, after a
+/// CR) and the header block through [`parse_block`]. Returns the head length, where the header
+/// lines start, and the fields. `None` when the head is incomplete or malformed in any way:
+/// callers then check its framing with [`scan_head`] and parse the start line and the block
+/// again, in that order, so that the error reported is the first one of the head (a bare LF
+/// first, as the framing finds it; then the start line's; then the block's).
+#[inline]
+pub(crate) fn parse_head(
     buf: &[u8],
     max_headers: usize,
+    fold: Option<usize>,
     arena: &mut BytesMut,
-) -> Option<(usize, usize, Entries)> {
+) -> Option<(usize, usize, Fields)> {
     let lf = memchr::memchr(b'\n', buf)?;
     if lf == 0 || buf[lf - 1] != b'\r' {
         return None;
     }
-    let (n, entries) = parse_block(buf, lf + 1, max_headers, arena)?;
-    Some((lf + 1 + n, lf + 1, entries))
-}
-
-/// [`parse_head_fast`] on an encapsulated head that must fill `raw` exactly.
-fn exact_head_fast(
-    raw: &[u8],
-    max_headers: usize,
-    arena: &mut BytesMut,
-) -> Option<(usize, Entries)> {
-    let (n, hstart, entries) = parse_head_fast(raw, max_headers, arena)?;
-    (n == raw.len()).then_some((hstart, entries))
+    let (n, fields) = parse_block(buf, lf + 1, max_headers, fold, arena).ok()??;
+    Some((n, lf + 1, fields))
 }
 
 /// Splits `line` at single spaces into three parts, the last of which may contain spaces
@@ -184,32 +181,59 @@ fn split3(line: &[u8], rest_has_spaces: bool) -> Option<(&[u8], &[u8], &[u8])> {
     Some((&line[..a], mid, rest))
 }
 
-/// HTTP methods common enough to hand out as static `Bytes`.
-const METHODS: &[&[u8]] = &[
-    b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS", b"DELETE", b"PATCH",
-];
-/// HTTP versions, likewise.
-const HTTP_VERSIONS: &[&[u8]] = &[b"HTTP/1.1", b"HTTP/1.0"];
-/// ICAP and HTTP reason phrases, likewise.
-const REASONS: &[&[u8]] = &[
-    b"OK",
-    b"No Content",
-    b"Unmodified",
-    b"No modifications needed",
-    b"Continue",
-    b"Forbidden",
-    b"Not Found",
-    b"Found",
-    b"Not Modified",
-    b"Moved Permanently",
-];
+/// HTTP methods common enough to hand out as static `Bytes`. A `match` on the bytes, which
+/// compiles to a switch on the length and integer compares, not a loop of `memcmp` calls.
+fn method_word(w: &[u8]) -> Option<&'static [u8]> {
+    Some(match w {
+        b"GET" => b"GET",
+        b"POST" => b"POST",
+        b"HEAD" => b"HEAD",
+        b"PUT" => b"PUT",
+        b"CONNECT" => b"CONNECT",
+        b"OPTIONS" => b"OPTIONS",
+        b"DELETE" => b"DELETE",
+        b"PATCH" => b"PATCH",
+        _ => return None,
+    })
+}
 
-/// `raw[start..end]` as `Bytes`: a static one when it is one of `common`, else a slice of
-/// `raw`. Equal either way; a static one costs no reference-count update (an atomic
-/// increment now and decrement at drop) and does not keep the input buffer alive.
-fn word(raw: &Bytes, start: usize, end: usize, common: &[&'static [u8]]) -> Bytes {
-    let w = &raw[start..end];
-    match common.iter().find(|c| **c == w) {
+/// HTTP versions, likewise.
+fn version_word(w: &[u8]) -> Option<&'static [u8]> {
+    Some(match w {
+        b"HTTP/1.1" => b"HTTP/1.1",
+        b"HTTP/1.0" => b"HTTP/1.0",
+        _ => return None,
+    })
+}
+
+/// ICAP and HTTP reason phrases, likewise.
+fn reason_word(w: &[u8]) -> Option<&'static [u8]> {
+    Some(match w {
+        b"OK" => b"OK",
+        b"No Content" => b"No Content",
+        b"Unmodified" => b"Unmodified",
+        b"No modifications needed" => b"No modifications needed",
+        b"Continue" => b"Continue",
+        b"Forbidden" => b"Forbidden",
+        b"Not Found" => b"Not Found",
+        b"Found" => b"Found",
+        b"Not Modified" => b"Not Modified",
+        b"Moved Permanently" => b"Moved Permanently",
+        _ => return None,
+    })
+}
+
+/// `raw[start..end]` as `Bytes`: a static one when `common` knows it, else a slice of `raw`.
+/// Equal either way; a static one costs no reference-count update (an atomic increment now
+/// and decrement at drop) and does not keep the input buffer alive.
+#[inline]
+fn word(
+    raw: &Bytes,
+    start: usize,
+    end: usize,
+    common: fn(&[u8]) -> Option<&'static [u8]>,
+) -> Bytes {
+    match common(&raw[start..end]) {
         Some(c) => Bytes::from_static(c),
         None => raw.slice(start..end),
     }
@@ -242,11 +266,13 @@ fn status_code(s: &[u8]) -> Option<u16> {
     }
 }
 
-/// The parsed start line of an ICAP request.
-pub(crate) struct RequestLine {
-    pub method: Method,
-    pub uri: Bytes,
-    pub version: Version,
+/// The parsed start line of an ICAP request. `pub` only because the decoder's sealed trait
+/// names it; the module is private.
+#[derive(Debug)]
+pub struct RequestLine {
+    pub(crate) method: Method,
+    pub(crate) uri: Bytes,
+    pub(crate) version: Version,
 }
 
 /// Parses `METHOD SP URI SP ICAP/x.y` from a scanned head; returns it with the header start.
@@ -257,7 +283,8 @@ pub(crate) fn parse_request_line(
 ) -> Result<(RequestLine, usize)> {
     let end = hstart.map_or_else(|| line_end(raw), |h| h - 2);
     let line = &raw[..end];
-    let (m, uri, v) = split3(line, false)
+    let (m, uri, v) = plain_request_line(line, b"ICAP/")
+        .or_else(|| split3(line, false))
         .filter(|(_, u, _)| !u.is_empty() && !has_ctl(u))
         .ok_or_else(|| bad_line(ErrorKind::BadStartLine, line, "not an ICAP request line"))?;
     let method = Method::from_bytes(m)
@@ -280,17 +307,80 @@ pub(crate) fn parse_request_line(
     ))
 }
 
-/// The parsed start line of an ICAP response.
-pub(crate) struct StatusLine {
-    pub version: Version,
-    pub status: u16,
-    pub reason: Bytes,
+/// A request line of the common shape, `METHOD SP target SP PPPP/d.d` (`PPPP/` being
+/// `prefix`) with a target free of spaces and control bytes, split from its ends: the version by
+/// position, the method at the first space, the target checked in one pass. `None` for any other
+/// shape, which [`split3`] then reads (and the callers report errors for). For a line of this
+/// shape [`split3`] returns the same three parts: its second space is the one before the version.
+#[inline]
+fn plain_request_line<'a>(
+    line: &'a [u8],
+    prefix: &[u8; 5],
+) -> Option<(&'a [u8], &'a [u8], &'a [u8])> {
+    let (head, v) = line.split_at_checked(line.len().checked_sub(8)?)?;
+    let [p0, p1, p2, p3, p4, ma, b'.', mi] = v else {
+        return None;
+    };
+    if [*p0, *p1, *p2, *p3, *p4] != *prefix || !ma.is_ascii_digit() || !mi.is_ascii_digit() {
+        return None;
+    }
+    let [head @ .., b' '] = head else {
+        return None;
+    };
+    let a = head.iter().position(|&b| b == b' ')?;
+    let (m, t) = (&head[..a], &head[a + 1..]);
+    let bad = t
+        .iter()
+        .fold(false, |bad, &b| bad | (b <= b' ') | (b == 0x7f));
+    (!t.is_empty() && !bad).then_some((m, t, v))
+}
+
+/// A status line of the common shape, `PPPP/d.d ddd reason` or `PPPP/d.d ddd` (`PPPP/` being
+/// `prefix`), read by position: the version's digits, the status and the reason. `None` for any
+/// other shape (or a control byte in the reason), which the status-line parsers then split
+/// (and report errors for). The split reads a line of this shape the same way: the first space
+/// follows the version, the second the three digits. One grammar, with its common case first.
+#[inline]
+fn plain_status_line<'a>(line: &'a [u8], prefix: &[u8; 5]) -> Option<(u8, u8, u16, &'a [u8])> {
+    let [p0, p1, p2, p3, p4, ma, b'.', mi, b' ', a, b, c, rest @ ..] = line else {
+        return None;
+    };
+    if [*p0, *p1, *p2, *p3, *p4] != *prefix || !ma.is_ascii_digit() || !mi.is_ascii_digit() {
+        return None;
+    }
+    let status = status_code(&[*a, *b, *c])?;
+    let reason = match rest {
+        [] => rest,
+        [b' ', r @ ..] => r,
+        _ => return None,
+    };
+    (!has_ctl(reason)).then_some((ma - b'0', mi - b'0', status, reason))
+}
+
+/// The parsed start line of an ICAP response; `pub` as [`RequestLine`].
+#[derive(Debug)]
+pub struct StatusLine {
+    pub(crate) version: Version,
+    pub(crate) status: u16,
+    pub(crate) reason: Bytes,
 }
 
 /// Parses `ICAP/x.y SP NNN SP reason` (the reason may be empty or absent).
 pub(crate) fn parse_status_line(raw: &Bytes, hstart: Option<usize>) -> Result<(StatusLine, usize)> {
     let end = hstart.map_or_else(|| line_end(raw), |h| h - 2);
     let line = &raw[..end];
+    if let Some((major, minor, status, _)) = plain_status_line(line, b"ICAP/") {
+        let reason = word(raw, 13.min(end), end, reason_word);
+        let version = Version { major, minor };
+        return Ok((
+            StatusLine {
+                version,
+                status,
+                reason,
+            },
+            end + 2,
+        ));
+    }
     let (v, code, reason) = split3(line, true)
         .ok_or_else(|| bad_line(ErrorKind::BadStartLine, line, "not an ICAP status line"))?;
     let version = Version::parse(v).ok_or_else(|| {
@@ -318,7 +408,7 @@ pub(crate) fn parse_status_line(raw: &Bytes, hstart: Option<usize>) -> Result<(S
         ));
     }
     let start = v.len() + code.len() + 2;
-    let reason = word(raw, start.min(end), end, REASONS);
+    let reason = word(raw, start.min(end), end, reason_word);
     Ok((
         StatusLine {
             version,
@@ -356,8 +446,7 @@ pub struct HttpResponseHead {
 }
 
 /// Checks that `raw` is exactly one head: lines in CRLF and the first blank line at its end.
-fn exact_head(raw: &[u8], section: &str, max_headers: usize) -> Result<()> {
-    let _ = max_headers;
+fn exact_head(raw: &[u8], section: &str) -> Result<()> {
     match scan_head(raw, 0)? {
         Some(n) if n == raw.len() => Ok(()),
         Some(n) => Err(Error::new(
@@ -383,61 +472,128 @@ fn http_version(v: &[u8]) -> bool {
     v.len() >= 6 && v.starts_with(b"HTTP/") && !has_ctl(v)
 }
 
-impl HttpRequestHead {
-    /// Parses an encapsulated request head that must fill `raw` exactly.
-    pub(crate) fn parse(raw: Bytes, max_headers: usize, arena: &mut BytesMut) -> Result<Self> {
-        match Self::parse_fast(raw, max_headers, arena) {
-            Ok(h) => Ok(h),
-            Err(raw) => Self::parse_exact(raw, max_headers, arena),
+/// The one parse of an HTTP head that must fill `raw` exactly: the start line by `line`, the
+/// header block by [`parse_block`], in one pass when the head is well formed. Anything else
+/// is looked at again in order (framing, start line, block) to report its first error.
+fn http_head<L>(
+    raw: &Bytes,
+    section: &str,
+    max_headers: usize,
+    fold: Option<usize>,
+    arena: &mut BytesMut,
+    line: fn(&[u8]) -> Result<L>,
+) -> Result<(L, Fields)> {
+    if let Some((n, hstart, fields)) = parse_head(raw, max_headers, fold, arena) {
+        if n == raw.len() {
+            return Ok((line(&raw[..hstart - 2])?, fields));
         }
     }
+    exact_head(raw, section)?;
+    let end = line_end(raw);
+    line(&raw[..end])?;
+    match parse_block(raw, end + 2, max_headers, fold, arena)? {
+        Some((n, fields)) if n == raw.len() => Ok((line(&raw[..end])?, fields)),
+        _ => Err(Error::new(
+            ErrorKind::BadHttpHead,
+            0,
+            format!("the {section} section is not one head"),
+        )),
+    }
+}
 
-    /// One pass for a well-formed head; gives `raw` back for anything else.
-    fn parse_fast(
-        raw: Bytes,
-        max_headers: usize,
-        arena: &mut BytesMut,
-    ) -> std::result::Result<Self, Bytes> {
-        let Some((hstart, entries)) = exact_head_fast(&raw, max_headers, arena) else {
-            return Err(raw);
-        };
-        let line = &raw[..hstart - 2];
-        let Some((m, t, v)) = split3(line, false)
-            .filter(|(m, t, v)| is_token(m) && !t.is_empty() && !has_ctl(t) && http_version(v))
-        else {
-            return Err(raw);
-        };
-        let (ml, tl, vl) = (m.len(), t.len(), v.len());
-        Ok(HttpRequestHead {
-            method: word(&raw, 0, ml, METHODS),
-            target: raw.slice(ml + 1..ml + 1 + tl),
-            version: word(&raw, ml + tl + 2, ml + tl + 2 + vl, HTTP_VERSIONS),
-            headers: Headers::from_parsed(raw, entries),
-        })
+/// Lengths of the method, target and version of an HTTP request line.
+fn request_line(line: &[u8]) -> Result<(usize, usize, usize)> {
+    let (m, t, v) = plain_request_line(line, b"HTTP/")
+        .or_else(|| split3(line, false))
+        .filter(|(m, t, v)| is_token(m) && !t.is_empty() && !has_ctl(t) && http_version(v))
+        .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP request line"))?;
+    Ok((m.len(), t.len(), v.len()))
+}
+
+/// Version length, status and reason length of an HTTP status line.
+fn status_line(line: &[u8]) -> Result<(usize, u16, usize)> {
+    if let Some((_, _, status, reason)) = plain_status_line(line, b"HTTP/") {
+        return Ok((8, status, reason.len()));
+    }
+    let (v, code, reason) = split3(line, true)
+        .filter(|(v, _, r)| http_version(v) && !has_ctl(r))
+        .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP status line"))?;
+    let status = status_code(code)
+        .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "HTTP status is not 3 digits"))?;
+    Ok((v.len(), status, reason.len()))
+}
+
+/// A thread's arena for the header offsets of heads parsed outside a decoder: reclaimed in
+/// place once the heads parsed earlier are dropped, so a loop of parses allocates nothing.
+#[inline(always)]
+fn with_arena<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
+    thread_local! {
+        static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    }
+    ARENA.with(|a| {
+        let mut a = a.borrow_mut();
+        ready_arena(&mut a);
+        f(&mut a)
+    })
+}
+
+/// The error for a head over [`Limits::max_http_head`].
+fn too_large(raw: &[u8], limits: &Limits) -> Option<Error> {
+    (raw.len() > limits.max_http_head).then(|| {
+        Error::new(
+            ErrorKind::HttpHeadTooLarge,
+            limits.max_http_head as u64,
+            format!(
+                "HTTP head of {} bytes, over the limit of {}",
+                raw.len(),
+                limits.max_http_head
+            ),
+        )
+    })
+}
+
+impl HttpRequestHead {
+    /// Parses an HTTP request head: the request line, header lines and the blank line, which
+    /// must end `raw` (a head and nothing else, as an ICAP `req-hdr` section holds it; a proxy
+    /// finds its end first). Every line ends in CRLF; obs-fold is an error, as RFC 7230 3.2.4
+    /// has it for requests. `limits` gives [`Limits::max_http_head`] and
+    /// [`Limits::max_headers`]. No byte is copied: the method, target, version and fields are
+    /// views of `raw`. Errors carry an offset into `raw`: a head that ends before `raw` does (or
+    /// not at all) is [`ErrorKind::EncapsulatedMismatch`], the check an ICAP section needs; a
+    /// bare LF [`ErrorKind::BareLf`]; a bad request line [`ErrorKind::BadHttpHead`]; a bad field
+    /// [`ErrorKind::BadHeader`] at the bad byte.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use icap::{HttpRequestHead, Limits};
+    ///
+    /// let raw = Bytes::from_static(b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n");
+    /// let head = HttpRequestHead::parse(raw, &Limits::default())?;
+    /// assert_eq!((&head.method[..], &head.target[..]), (&b"GET"[..], &b"/a?b=1"[..]));
+    /// assert_eq!(head.headers.get("host"), Some(&b"example.com"[..]));
+    ///
+    /// let bad = Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\x01b\r\n\r\n");
+    /// let e = HttpRequestHead::parse(bad, &Limits::default()).unwrap_err();
+    /// assert_eq!((e.kind(), e.offset()), (icap::ErrorKind::BadHeader, 23));
+    /// # Ok::<(), icap::Error>(())
+    /// ```
+    pub fn parse(raw: Bytes, limits: &Limits) -> Result<Self> {
+        if let Some(e) = too_large(&raw, limits) {
+            return Err(e);
+        }
+        with_arena(|arena| Self::parse_in(raw, limits.max_headers, arena))
     }
 
-    /// Scan, then parse, with exact error offsets.
-    fn parse_exact(raw: Bytes, max_headers: usize, arena: &mut BytesMut) -> Result<Self> {
-        exact_head(&raw, "req-hdr", max_headers)?;
-        let end = line_end(&raw);
-        let line = &raw[..end];
-        let (m, t, v) = split3(line, false)
-            .filter(|(m, t, v)| is_token(m) && !t.is_empty() && !has_ctl(t) && http_version(v))
-            .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP request line"))?;
-        let (ml, tl, vl) = (m.len(), t.len(), v.len());
-        let headers = Headers::parse(
-            raw.clone(),
-            end + 2,
-            raw.len() - 2,
-            max_headers,
-            None,
-            arena,
-        )?;
+    /// [`HttpRequestHead::parse`] with the offsets packed in a decoder's arena.
+    #[inline]
+    pub(crate) fn parse_in(raw: Bytes, max_headers: usize, arena: &mut BytesMut) -> Result<Self> {
+        let ((ml, tl, vl), fields) =
+            http_head(&raw, "req-hdr", max_headers, None, arena, request_line)?;
         Ok(HttpRequestHead {
-            method: word(&raw, 0, ml, METHODS),
+            method: word(&raw, 0, ml, method_word),
             target: raw.slice(ml + 1..ml + 1 + tl),
-            version: word(&raw, ml + tl + 2, ml + tl + 2 + vl, HTTP_VERSIONS),
-            headers,
+            version: word(&raw, ml + tl + 2, ml + tl + 2 + vl, version_word),
+            headers: Headers::from_fields(raw, fields),
         })
     }
 
@@ -485,79 +641,53 @@ impl HttpRequestHead {
 }
 
 impl HttpResponseHead {
-    /// Parses an encapsulated response head that must fill `raw` exactly. Folded header lines
-    /// are accepted (joined with one space, up to `max_folded` bytes), as in ICAP responses.
-    pub(crate) fn parse(
-        raw: Bytes,
-        max_headers: usize,
-        max_folded: usize,
-        arena: &mut BytesMut,
-    ) -> Result<Self> {
-        match Self::parse_fast(raw, max_headers, arena) {
-            Ok(h) => Ok(h),
-            Err(raw) => Self::parse_exact(raw, max_headers, max_folded, arena),
+    /// Parses an HTTP response head: the status line, header lines and the blank line, which
+    /// must end `raw` (as an ICAP `res-hdr` section holds it). Every line ends in CRLF; obs-fold
+    /// continuation lines are joined with one space, up to [`Limits::max_folded_value`] bytes, as
+    /// ICAP servers' responses carry them. `limits` also gives [`Limits::max_http_head`] and
+    /// [`Limits::max_headers`]. No byte is copied but folded values. Errors as
+    /// [`HttpRequestHead::parse`]'s.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use icap::{HttpResponseHead, Limits};
+    ///
+    /// let raw = Bytes::from_static(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\n");
+    /// let head = HttpResponseHead::parse(raw, &Limits::default())?;
+    /// assert_eq!((head.status, &head.reason[..]), (403, &b"Forbidden"[..]));
+    /// assert_eq!(head.headers.get("content-length"), Some(&b"7"[..]));
+    /// # Ok::<(), icap::Error>(())
+    /// ```
+    pub fn parse(raw: Bytes, limits: &Limits) -> Result<Self> {
+        if let Some(e) = too_large(&raw, limits) {
+            return Err(e);
         }
+        with_arena(|arena| Self::parse_in(raw, limits.max_headers, limits.max_folded_value, arena))
     }
 
-    /// One pass for a well-formed head; gives `raw` back for anything else.
-    fn parse_fast(
-        raw: Bytes,
-        max_headers: usize,
-        arena: &mut BytesMut,
-    ) -> std::result::Result<Self, Bytes> {
-        let Some((hstart, entries)) = exact_head_fast(&raw, max_headers, arena) else {
-            return Err(raw);
-        };
-        let end = hstart - 2;
-        let line = &raw[..end];
-        let Some((v, code, reason)) =
-            split3(line, true).filter(|(v, _, r)| http_version(v) && !has_ctl(r))
-        else {
-            return Err(raw);
-        };
-        let Some(status) = status_code(code) else {
-            return Err(raw);
-        };
-        let (vl, rl) = (v.len(), reason.len());
-        let rstart = (vl + 5).min(end);
-        Ok(HttpResponseHead {
-            version: word(&raw, 0, vl, HTTP_VERSIONS),
-            status,
-            reason: word(&raw, rstart, rstart + rl, REASONS),
-            headers: Headers::from_parsed(raw, entries),
-        })
-    }
-
-    /// Scan, then parse, with exact error offsets; folded lines go through here.
-    fn parse_exact(
+    /// [`HttpResponseHead::parse`] with the offsets packed in a decoder's arena.
+    #[inline]
+    pub(crate) fn parse_in(
         raw: Bytes,
         max_headers: usize,
         max_folded: usize,
         arena: &mut BytesMut,
     ) -> Result<Self> {
-        exact_head(&raw, "res-hdr", max_headers)?;
-        let end = line_end(&raw);
-        let line = &raw[..end];
-        let (v, code, reason) = split3(line, true)
-            .filter(|(v, _, r)| http_version(v) && !has_ctl(r))
-            .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "not an HTTP status line"))?;
-        let status = status_code(code)
-            .ok_or_else(|| bad_line(ErrorKind::BadHttpHead, line, "HTTP status is not 3 digits"))?;
-        let (vl, rl) = (v.len(), reason.len());
-        let headers = Headers::parse(
-            raw.clone(),
-            end + 2,
-            raw.len() - 2,
+        let ((vl, status, rl), fields) = http_head(
+            &raw,
+            "res-hdr",
             max_headers,
             Some(max_folded),
             arena,
+            status_line,
         )?;
-        let rstart = (vl + 5).min(end);
+        // Just after the code's space; with no reason that is the line's LF, an empty slice.
+        let rstart = vl + 5;
         Ok(HttpResponseHead {
-            version: word(&raw, 0, vl, HTTP_VERSIONS),
+            version: word(&raw, 0, vl, version_word),
             status,
-            reason: word(&raw, rstart, rstart + rl, REASONS),
-            headers,
+            reason: word(&raw, rstart, rstart + rl, reason_word),
+            headers: Headers::from_fields(raw, fields),
         })
     }
 
@@ -693,9 +823,84 @@ mod tests {
     }
 
     #[test]
+    fn request_lines_of_the_common_shape_read_as_the_split_reads_them() {
+        for line in [
+            &b"GET / HTTP/1.1"[..],
+            b"GET http://x/a?b=c%20d HTTP/1.0",
+            b" / HTTP/1.1",
+            b"M\x01 /caf\xe9 HTTP/1.1",
+        ] {
+            assert_eq!(
+                plain_request_line(line, b"HTTP/"),
+                split3(line, false),
+                "{line:?}"
+            );
+            assert!(plain_request_line(line, b"HTTP/").is_some(), "{line:?}");
+        }
+        for line in [
+            &b"GET  / HTTP/1.1"[..],
+            b"GET / x HTTP/1.1",
+            b"GET /\x01 HTTP/1.1",
+            b"GET /\x7f HTTP/1.1",
+            b"GET /\t HTTP/1.1",
+            b"GET / HTTP/1.x",
+            b"GET / HTTP/2",
+            b"GET HTTP/1.1",
+            b"GET / ICAP/1.0",
+            b"HTTP/1.1",
+        ] {
+            assert_eq!(plain_request_line(line, b"HTTP/"), None, "{line:?}");
+        }
+        let raw = Bytes::from_static(b"RESPMOD icap://h/s?x ICAP/1.0\r\n\r\n");
+        let (l, _) = parse_request_line(&raw, None).unwrap();
+        assert_eq!(
+            (l.method, &l.uri[..]),
+            (Method::Respmod, &b"icap://h/s?x"[..])
+        );
+    }
+
+    #[test]
+    fn status_lines_of_the_common_shape_read_as_the_split_reads_them() {
+        for line in [
+            &b"HTTP/1.1 200 OK"[..],
+            b"HTTP/1.0 403 Forbidden",
+            b"HTTP/1.1 204",
+            b"HTTP/1.1 204 ",
+            b"HTTP/9.9 599 a b  c",
+            b"HTTP/1.1 200 caf\xe9",
+        ] {
+            let fast = plain_status_line(line, b"HTTP/").expect("common shape");
+            let (v, code, reason) = split3(line, true).unwrap();
+            assert_eq!(
+                (v.len(), Some(fast.2), fast.3),
+                (8, status_code(code), reason),
+                "{line:?}"
+            );
+        }
+        for line in [
+            &b"HTTP/1.1 200OK"[..],
+            b"HTTP/1.1 20 OK",
+            b"HTTP/1.1 2000 OK",
+            b"HTTP/1.x 200 OK",
+            b"HTTP/1.1  200 OK",
+            b"HTTP/1.1 200 O\x01K",
+            b"HTTP/2 200 OK",
+            b"ICAP/1.0 200 OK",
+        ] {
+            assert_eq!(plain_status_line(line, b"HTTP/"), None, "{line:?}");
+        }
+        let raw = Bytes::from_static(b"ICAP/1.0 204\r\n\r\n");
+        let (s, _) = parse_status_line(&raw, None).unwrap();
+        assert_eq!(
+            (s.version, s.status, &s.reason[..]),
+            (Version::ICAP_1_0, 204, &b""[..])
+        );
+    }
+
+    #[test]
     fn http_heads_round_trip() {
         let raw = Bytes::from_static(b"GET http://x/a?b HTTP/1.1\r\nHost: x\r\n\r\n");
-        let h = HttpRequestHead::parse(raw.clone(), 10, &mut BytesMut::new()).unwrap();
+        let h = HttpRequestHead::parse_in(raw.clone(), 10, &mut BytesMut::new()).unwrap();
         assert_eq!(
             (&h.method[..], &h.target[..], &h.version[..]),
             (&b"GET"[..], &b"http://x/a?b"[..], &b"HTTP/1.1"[..])
@@ -705,7 +910,7 @@ mod tests {
         assert_eq!(out, raw);
         assert_eq!(h.encoded_len(), raw.len());
         let raw = Bytes::from_static(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\n");
-        let r = HttpResponseHead::parse(raw.clone(), 10, 1024, &mut BytesMut::new()).unwrap();
+        let r = HttpResponseHead::parse_in(raw.clone(), 10, 1024, &mut BytesMut::new()).unwrap();
         assert_eq!((r.status, &r.reason[..]), (403, &b"Forbidden"[..]));
         let mut out = BytesMut::new();
         r.write_to(&mut out);
@@ -714,37 +919,31 @@ mod tests {
     }
 
     #[test]
-    fn one_pass_agrees_with_scan_then_parse() {
+    fn one_pass_declines_what_framing_rejects() {
         let req = "GET http://x/a?b HTTP/1.1\r\nHost: x\r\nA:  1 \r\nEmpty:\r\n\r\n";
         let res = "HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nX: y\r\n\r\n";
-        let n = req.len();
-        let fast = HttpRequestHead::parse_fast(Bytes::from(req), 10, &mut BytesMut::new()).unwrap();
-        let exact =
-            HttpRequestHead::parse_exact(Bytes::from(req), 10, &mut BytesMut::new()).unwrap();
-        assert_eq!(fast, exact);
-        let fast =
-            HttpResponseHead::parse_fast(Bytes::from(res), 10, &mut BytesMut::new()).unwrap();
-        let exact = HttpResponseHead::parse_exact(Bytes::from(res), 10, 1024, &mut BytesMut::new())
-            .unwrap();
-        assert_eq!(fast, exact);
-        // Every CRLF made a bare LF, every line end made a bare CR, a byte too many or too
-        // few: the one pass declines, so the scan reports the error as before.
         let whole = |t: &[u8], is_req: bool| {
             let raw = Bytes::copy_from_slice(t);
             if is_req {
-                HttpRequestHead::parse_fast(raw, 10, &mut BytesMut::new()).is_ok()
+                HttpRequestHead::parse_in(raw, 10, &mut BytesMut::new()).is_ok()
             } else {
-                HttpResponseHead::parse_fast(raw, 10, &mut BytesMut::new()).is_ok()
+                HttpResponseHead::parse_in(raw, 10, 1024, &mut BytesMut::new()).is_ok()
             }
         };
+        // Every CRLF made a bare LF, every line end made a bare CR, a byte too many or too
+        // few: the one pass declines, and the head is an error.
         for (text, is_req) in [(req, true), (res, false)] {
             let b = text.as_bytes();
             assert!(whole(b, is_req));
+            assert_eq!(
+                parse_head(b, 10, None, &mut BytesMut::new()).map(|(n, h, _)| (n, h)),
+                Some((b.len(), memchr::memchr(b'\n', b).unwrap() + 1))
+            );
             for i in (0..b.len()).filter(|&i| b[i] == b'\r') {
                 let mut lf = b.to_vec();
                 lf.remove(i);
                 assert!(
-                    parse_head_fast(&lf, 10, &mut BytesMut::new()).is_none_or(|(k, _, _)| k < i),
+                    parse_head(&lf, 10, None, &mut BytesMut::new()).is_none_or(|(k, _, _)| k < i),
                     "{i}"
                 );
                 assert!(!whole(&lf, is_req), "{i}");
@@ -752,26 +951,37 @@ mod tests {
                 cr.remove(i + 1);
                 assert!(!whole(&cr, is_req), "{i}");
             }
-            assert!(exact_head_fast(&b[..b.len() - 1], 10, &mut BytesMut::new()).is_none());
-            assert!(
-                exact_head_fast(format!("{text}x").as_bytes(), 10, &mut BytesMut::new()).is_none()
-            );
-            assert_eq!(
-                parse_head_fast(b, 1, &mut BytesMut::new()).map(|(k, _, _)| k),
-                None
-            );
+            assert!(!whole(&b[..b.len() - 1], is_req));
+            assert!(!whole(format!("{text}x").as_bytes(), is_req));
+            assert!(parse_head(b, 1, None, &mut BytesMut::new()).is_none());
         }
+    }
+
+    #[test]
+    fn public_parsers_check_their_limits() {
+        let raw = Bytes::from_static(b"HTTP/1.1 200 OK\r\nA: 1\r\n 2\r\nB: 3\r\n\r\n");
+        let h = HttpResponseHead::parse(raw.clone(), &Limits::default()).unwrap();
         assert_eq!(
-            parse_head_fast(req.as_bytes(), 10, &mut BytesMut::new())
-                .unwrap()
-                .0,
-            n
+            h.headers.iter().collect::<Vec<_>>(),
+            vec![(&b"A"[..], &b"1 2"[..]), (b"B", b"3")]
         );
+        let e = HttpResponseHead::parse(raw.clone(), &Limits::default().with_max_headers(2))
+            .unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::TooManyHeaders, 27));
+        let e = HttpResponseHead::parse(raw.clone(), &Limits::default().with_max_folded_value(2))
+            .unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::FoldedValueTooLarge, 23));
+        let e =
+            HttpResponseHead::parse(raw, &Limits::default().with_max_http_head(30)).unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::HttpHeadTooLarge, 30));
+        let raw = Bytes::from_static(b"GET / HTTP/1.1\r\nA: 1\r\n 2\r\n\r\n");
+        let e = HttpRequestHead::parse(raw, &Limits::default()).unwrap_err();
+        assert_eq!((e.kind(), e.offset()), (ErrorKind::ObsFold, 22));
     }
 
     #[test]
     fn http_head_must_fill_its_section() {
-        let e = HttpRequestHead::parse(
+        let e = HttpRequestHead::parse_in(
             Bytes::from_static(b"GET / HTTP/1.1\r\n\r\nxx"),
             10,
             &mut BytesMut::new(),
@@ -781,14 +991,14 @@ mod tests {
             (e.kind(), e.offset()),
             (ErrorKind::EncapsulatedMismatch, 18)
         );
-        let e = HttpRequestHead::parse(
+        let e = HttpRequestHead::parse_in(
             Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n"),
             10,
             &mut BytesMut::new(),
         )
         .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::EncapsulatedMismatch);
-        let e = HttpRequestHead::parse(
+        let e = HttpRequestHead::parse_in(
             Bytes::from_static(b"GET /\r\n\r\n"),
             10,
             &mut BytesMut::new(),
