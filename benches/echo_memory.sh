@@ -29,8 +29,9 @@
 # Wall: time for all ROUNDS of the load (clients included, one server at a time).
 #
 #   bash benches/echo_memory.sh [ROUNDS] [CONC] [SIZE_KIB] [-- DLP-SERVER ARGS...]
-#   (defaults 5 64 1024; extra arguments go to both dlp-server runs; LOADS="nopreview" runs
-#   one load only)
+#   (defaults 5 64 1024; extra arguments go to both dlp-server runs, e.g. --threads 2;
+#   LOADS="nopreview" runs one load only; DLP_BASELINE=PATH also runs another dlp-server
+#   binary, e.g. one built from an earlier commit, as "baseline-*" in the same run)
 #
 # Needs (installs nothing): c-icap, c-icap-client and the c-icap echo module (srv_echo.so;
 # .ci/install-peers.sh installs them, Debian packages c-icap and libc-icap-mod-*), cmp, and
@@ -173,7 +174,8 @@ cicap_conf() { # $1 dir, $2 port, $3 threads per child
 }
 
 echo "echo load: $rounds rounds of $conc parallel c-icap-client RESPMOD -no204, $kib KiB bodies"
-echo "dlp-server: ServerConfig defaults (tokio multi-thread runtime, $(nproc) cores) ${dlp_extra[*]:-}"
+echo "dlp-server: ServerConfig defaults, default flags (--threads 1: everything on the main" \
+  "thread) ${dlp_extra[*]:-}; $(nproc) cores"
 printf '%-34s %5s %14s %14s %14s %9s  %s\n' server procs "sum VmHWM KiB" "max VmHWM KiB" \
   "peak PSS KiB" "wall s" check
 
@@ -186,6 +188,13 @@ for load in ${LOADS:-preview nopreview}; do
   port=$(free_port)
   run_case dlp-server-spool "$port" respmod \
     "$dlp" --listen "127.0.0.1:$port" --stream-over off "${dlp_extra[@]}"
+  if [ -n "${DLP_BASELINE:-}" ]; then
+    port=$(free_port)
+    run_case baseline-streaming "$port" respmod "$DLP_BASELINE" --listen "127.0.0.1:$port"
+    port=$(free_port)
+    run_case baseline-spool "$port" respmod \
+      "$DLP_BASELINE" --listen "127.0.0.1:$port" --stream-over off
+  fi
   for threads in 8 "$conc"; do
     port=$(free_port)
     mkdir -p "$work/c-icap-$threads"

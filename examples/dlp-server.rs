@@ -5,7 +5,7 @@
 //!     --listen 127.0.0.1:1344 [--listen [::1]:1344] \
 //!     [--tls-cert server.pem --tls-key server.key [--client-ca ca.pem]] \
 //!     [--rules rules.txt] [--profile symantec|forcepoint|generic] [--verbose] \
-//!     [--metrics 127.0.0.1:9344] \
+//!     [--metrics 127.0.0.1:9344] [--threads N] \
 //!     [--max-connections N] [--max-per-ip N] [--idle-timeout S] [--head-timeout S] ...
 //! ```
 //!
@@ -92,6 +92,17 @@ struct Args {
     /// until an answer starts. off: always scan the whole body first.
     #[arg(long, value_name = "BYTES|off", default_value = "57344", value_parser = bytes_or_off)]
     stream_over: Off<u64>,
+    /// Threads serving connections. 1: all on the main thread (tokio's current-thread
+    /// runtime), which scans on one core and takes the least memory (each thread has its own
+    /// allocator arena and stack); N: N worker threads beside the main one, for when the
+    /// scanning, not the network, is what a busy server waits for.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    threads: u16,
     /// One line per scanned message on stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -306,11 +317,26 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // clap prints --help and exits 0, or prints an argument error and exits 2.
     let args = Args::parse();
-    match run(args).await {
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.into())
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dlp-server: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dlp-server: {e}");
