@@ -19,8 +19,10 @@
 #   - nopreview (-nopreview): no preview; every server echoes every body. The fair comparison. Every echoed body is compared with what was sent
 # (cmp): a run with a failed client or a differing body is reported as FAILED, not measured.
 #
-# Memory, per server: peak RSS (VmHWM of /proc/PID/status, read just before the server is
-# stopped). c-icap is several processes (a parent that accepts and forks, and its children,
+# Memory, per server: peak RSS (VmHWM of /proc/PID/status) of each round, reset between rounds
+# (/proc/PID/clear_refs), reported as the largest and the median of the rounds' peaks (the
+# peak moves with how the clients and servers get scheduled on a loaded machine, by 1-2 MiB
+# from round to round). c-icap is several processes (a parent that accepts and forks, and its children,
 # which serve): reported as the sum of their VmHWM, and the largest one. The sum counts the
 # pages they share (libraries, the parent's heap before fork) once per process, so the
 # script also samples PSS (smaps_rollup, every 50 ms) of every process of each server and
@@ -118,7 +120,7 @@ run_case() {
   wait_port "$port"
   sample_pss "$server_pid" "$work/$name.pss" &
   sampler_pid=$!
-  local ok=1 no_body=0 start end r i pids
+  local ok=1 no_body=0 start end r i pids n=0 sums=() bigs=()
   start=$(date +%s.%N)
   for r in $(seq 1 "$rounds"); do
     pids=()
@@ -138,16 +140,21 @@ run_case() {
       fi
       rm -f "$work/echo.$i"
     done
+    # This round's peak, then the peak counters reset (clear_refs 5) for the next round.
+    local sum=0 big=0 pid v
+    n=0
+    for pid in $(group_pids "$server_pid"); do
+      v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+      v=${v:-0}
+      sum=$((sum + v))
+      if [ "$v" -gt "$big" ]; then big=$v; fi
+      n=$((n + 1))
+      echo 5 > "/proc/$pid/clear_refs" 2>/dev/null || true
+    done
+    sums+=("$sum")
+    bigs+=("$big")
   done
   end=$(date +%s.%N)
-  local hwm_sum=0 hwm_max=0 n=0 pid v
-  for pid in $(group_pids "$server_pid"); do
-    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-    v=${v:-0}
-    hwm_sum=$((hwm_sum + v))
-    if [ "$v" -gt "$hwm_max" ]; then hwm_max=$v; fi
-    n=$((n + 1))
-  done
   kill -TERM "$sampler_pid" 2>/dev/null || true
   wait "$sampler_pid" 2>/dev/null || true
   sampler_pid=""
@@ -161,8 +168,17 @@ run_case() {
     if [ "$load" != preview ] || [ "$service" != echo ]; then ok=0; fi
   fi
   if [ "$ok" != 1 ]; then status=FAILED; fi
-  printf '%-34s %5s %14s %14s %14s %9.2f  %s\n' "$name" "$n" "$hwm_sum" "$hwm_max" \
+  printf '%-30s %5s %9s %9s %9s %9s %8.2f  %s\n' "$name" "$n" "$(stat max "${sums[@]}")" \
+    "$(stat median "${sums[@]}")" "$(stat max "${bigs[@]}")" \
     "$(cat "$work/$name.pss" 2>/dev/null || echo 0)" "$(echo "$end - $start" | bc)" "$status"
+}
+
+# stat max|median VALUES...
+stat() {
+  local what=$1
+  shift
+  printf '%s\n' "$@" | sort -n | awk -v w="$what" '{v[NR] = $1} END {
+    if (w == "max") print v[NR]; else print v[int((NR + 1) / 2)] }'
 }
 
 cicap_conf() { # $1 dir, $2 port, $3 threads per child
@@ -176,8 +192,10 @@ cicap_conf() { # $1 dir, $2 port, $3 threads per child
 echo "echo load: $rounds rounds of $conc parallel c-icap-client RESPMOD -no204, $kib KiB bodies"
 echo "dlp-server: ServerConfig defaults, default flags (--threads 1: everything on the main" \
   "thread) ${dlp_extra[*]:-}; $(nproc) cores"
-printf '%-34s %5s %14s %14s %14s %9s  %s\n' server procs "sum VmHWM KiB" "max VmHWM KiB" \
-  "peak PSS KiB" "wall s" check
+echo "KiB; peak = the largest of the rounds' peaks, median = their median (VmHWM is reset"
+echo "between rounds); sum = all the server's processes, largest = its largest process"
+printf '%-30s %5s %9s %9s %9s %9s %8s  %s\n' server procs "peak sum" "med. sum" "largest" \
+  "peak PSS" "wall s" check
 
 for load in ${LOADS:-preview nopreview}; do
   load_flags=()
