@@ -28,7 +28,9 @@
 # script also samples PSS (smaps_rollup, every 50 ms) of every process of each server and
 # reports the largest sampled total: shared pages divided among the processes that map them.
 #
-# Wall: time for all ROUNDS of the load (clients included, one server at a time).
+# Wall: time for all ROUNDS of the load (clients included, one server at a time); cpu: user +
+# system time of the server's processes (what the server spent on the load: steadier than
+# wall on a shared machine).
 #
 #   bash benches/echo_memory.sh [ROUNDS] [CONC] [SIZE_KIB] [-- DLP-SERVER ARGS...]
 #   (defaults 5 64 1024; extra arguments go to both dlp-server runs, e.g. --threads 2;
@@ -155,6 +157,12 @@ run_case() {
     bigs+=("$big")
   done
   end=$(date +%s.%N)
+  local cpu=0 tck
+  tck=$(getconf CLK_TCK)
+  for pid in $(group_pids "$server_pid"); do
+    v=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    cpu=$((cpu + v))
+  done
   kill -TERM "$sampler_pid" 2>/dev/null || true
   wait "$sampler_pid" 2>/dev/null || true
   sampler_pid=""
@@ -168,9 +176,10 @@ run_case() {
     if [ "$load" != preview ] || [ "$service" != echo ]; then ok=0; fi
   fi
   if [ "$ok" != 1 ]; then status=FAILED; fi
-  printf '%-30s %5s %9s %9s %9s %9s %8.2f  %s\n' "$name" "$n" "$(stat max "${sums[@]}")" \
+  printf '%-30s %5s %9s %9s %9s %9s %7.2f %6.2f  %s\n' "$name" "$n" "$(stat max "${sums[@]}")" \
     "$(stat median "${sums[@]}")" "$(stat max "${bigs[@]}")" \
-    "$(cat "$work/$name.pss" 2>/dev/null || echo 0)" "$(echo "$end - $start" | bc)" "$status"
+    "$(cat "$work/$name.pss" 2>/dev/null || echo 0)" "$(echo "$end - $start" | bc)" \
+    "$(echo "scale=2; $cpu / $tck" | bc)" "$status"
 }
 
 # stat max|median VALUES...
@@ -194,8 +203,8 @@ echo "dlp-server: ServerConfig defaults, default flags (--threads 1: everything 
   "thread) ${dlp_extra[*]:-}; $(nproc) cores"
 echo "KiB; peak = the largest of the rounds' peaks, median = their median (VmHWM is reset"
 echo "between rounds); sum = all the server's processes, largest = its largest process"
-printf '%-30s %5s %9s %9s %9s %9s %8s  %s\n' server procs "peak sum" "med. sum" "largest" \
-  "peak PSS" "wall s" check
+printf '%-30s %5s %9s %9s %9s %9s %7s %6s  %s\n' server procs "peak sum" "med. sum" "largest" \
+  "peak PSS" "wall s" "cpu s" check
 
 for load in ${LOADS:-preview nopreview}; do
   load_flags=()

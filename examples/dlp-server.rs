@@ -63,6 +63,10 @@ const LIMITS: &str = "Limits and timeouts (seconds may have decimals)";
 /// microseconds.
 const BLOCKING_THREADS: usize = 8;
 
+/// The default of --spool-memory: room for a whole body under the default --stream-over
+/// (56 KiB), half of the library's 128 KiB.
+const SPOOL_MEMORY: usize = 64 * 1024;
+
 /// The command line. Limits and timeouts left out keep `ServerConfig`'s defaults.
 #[derive(Parser, Debug)]
 #[command(
@@ -149,6 +153,13 @@ struct Args {
     /// Time to get a 503 across, reading the request included [default: 5].
     #[arg(long, value_name = "S", value_parser = seconds, help_heading = LIMITS)]
     refusal_timeout: Option<Duration>,
+    /// Body bytes an echo keeps in memory, per transaction, before the rest goes to a
+    /// temporary file. Only bodies that are not streamed are kept (see --stream-over): the
+    /// default holds the whole of those under the default --stream-over; with
+    /// --stream-over off, this times the transactions at once is what echoes hold (c-icap's
+    /// MaxMemObject, the library's default, is 131072).
+    #[arg(long, value_name = "BYTES", default_value_t = SPOOL_MEMORY, help_heading = LIMITS)]
+    spool_memory: usize,
 }
 
 /// A value, or `off`.
@@ -202,6 +213,7 @@ impl Args {
         set(&mut c.write_timeout, self.write_timeout);
         set(&mut c.tls_handshake_timeout, self.tls_handshake_timeout);
         set(&mut c.refusal_timeout, self.refusal_timeout);
+        c.spool_memory = self.spool_memory;
         if let Some(Off(t)) = self.body_timeout {
             c.body_timeout = t;
         }
