@@ -26,6 +26,8 @@ use crate::transaction::{Reuse, ServerState, ServerTransaction};
 const READ_AHEAD: u64 = 64 * 1024;
 
 /// What polling the service gave: its answer, or a message from its body.
+// Lives for one turn of the loop, on the stack: boxing the answer would allocate per request.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Done(Result<Reply, BoxError>),
     Control(Option<Control>),
