@@ -155,6 +155,20 @@ impl Conn<'_> {
         Ok(n)
     }
 
+    /// Lets the read buffer go once the request is read to its end with nothing of the next
+    /// one buffered: an answer can take a while (an echo read back from its spool file, 64
+    /// at once), and the next head is read into a small new buffer anyway (see
+    /// [`HEAD_ROOM`]).
+    pub(crate) fn release_read_buffer(&mut self, txn: &mut ServerTransaction) {
+        if txn.receiving() {
+            return;
+        }
+        let buf = txn.decoder_mut().buffer_mut();
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+        }
+    }
+
     /// Hands the answer's head to the transaction, remembering its status and verdict.
     pub(crate) fn respond(
         &mut self,

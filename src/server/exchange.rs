@@ -301,6 +301,7 @@ impl Server {
                 return false;
             }
         }
+        conn.release_read_buffer(txn);
         // Boxed: inline, its state (3.8 KiB) made every connection's future as large for the
         // whole exchange (8.1 KiB -> 5.8 KiB), while a streaming echo never gets here.
         Box::pin(self.answer(conn, txn, &head, reply, spool, istag)).await
