@@ -26,7 +26,9 @@
 # which serve): reported as the sum of their VmHWM, and the largest one. The sum counts the
 # pages they share (libraries, the parent's heap before fork) once per process, so the
 # script also samples PSS (smaps_rollup, every 50 ms) of every process of each server and
-# reports the largest sampled total: shared pages divided among the processes that map them.
+# reports the largest sampled total: shared pages divided among the processes that map them;
+# and the same for anonymous RSS (RssAnon: what the processes allocated, without the mapped
+# text of the binary and its libraries).
 #
 # Wall: time for all ROUNDS of the load (clients included, one server at a time); cpu: user +
 # system time of the server's processes (what the server spent on the load: steadier than
@@ -56,9 +58,17 @@ moddir=$(dirname "$(ls /usr/lib/*/c_icap/srv_echo.so /usr/lib/c_icap/srv_echo.so
 [ -n "$moddir" ] || { echo "echo_memory.sh: needs c-icap's srv_echo.so (see .ci/install-peers.sh)" >&2; exit 2; }
 
 cargo build --release --quiet --features server --example dlp-server
-dlp=target/release/examples/dlp-server
 
 work=$(mktemp -d /tmp/icap-echo-mem-XXXXXX)
+# Both dlp-server binaries run from copies in the same directory: how much of a binary's text
+# a process maps (file-backed RSS) depends on how the file sits in the page cache (a file
+# written by `cp` maps ~1 MiB more of the same 8 MB binary than the linker's output here).
+cp target/release/examples/dlp-server "$work/dlp-server"
+dlp=$work/dlp-server
+if [ -n "${DLP_BASELINE:-}" ]; then
+  cp "$DLP_BASELINE" "$work/dlp-baseline"
+  DLP_BASELINE=$work/dlp-baseline
+fi
 server_pid=""
 sampler_pid=""
 cleanup() {
@@ -97,17 +107,22 @@ wait_port() {
 # The processes of server group $1 (the server was started as a group leader).
 group_pids() { ps -o pid= -g "$1" 2>/dev/null | tr -d ' '; }
 
-# Largest sampled PSS total (KiB) of group $1, written to $2 when stopped.
+# Largest sampled PSS total and anonymous RSS total (KiB) of group $1, written to $2.
 sample_pss() {
-  local pgid=$1 out=$2 peak=0 total pid v
-  trap 'echo "$peak" > "$out"; exit 0' TERM
+  local pgid=$1 out=$2 peak=0 apeak=0 total anon pid v a
+  trap 'echo "$peak $apeak" > "$out"; exit 0' TERM
   while :; do
     total=0
+    anon=0
     for pid in $(group_pids "$pgid"); do
       v=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || true)
+      a=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
       total=$((total + ${v:-0}))
+      anon=$((anon + ${a:-0}))
     done
-    if [ "$total" -gt "$peak" ]; then peak=$total; echo "$peak" > "$out"; fi
+    if [ "$total" -gt "$peak" ]; then peak=$total; fi
+    if [ "$anon" -gt "$apeak" ]; then apeak=$anon; fi
+    echo "$peak $apeak" > "$out"
     sleep 0.05 & wait $!
   done
 }
@@ -176,10 +191,12 @@ run_case() {
     if [ "$load" != preview ] || [ "$service" != echo ]; then ok=0; fi
   fi
   if [ "$ok" != 1 ]; then status=FAILED; fi
-  printf '%-30s %5s %9s %9s %9s %9s %7.2f %6.2f  %s\n' "$name" "$n" "$(stat max "${sums[@]}")" \
-    "$(stat median "${sums[@]}")" "$(stat max "${bigs[@]}")" \
-    "$(cat "$work/$name.pss" 2>/dev/null || echo 0)" "$(echo "$end - $start" | bc)" \
-    "$(echo "scale=2; $cpu / $tck" | bc)" "$status"
+  local pss anon
+  read -r pss anon < "$work/$name.pss" || true
+  printf '%-30s %5s %9s %9s %9s %9s %9s %7.2f %6.2f  %s\n' "$name" "$n" \
+    "$(stat max "${sums[@]}")" "$(stat median "${sums[@]}")" "$(stat max "${bigs[@]}")" \
+    "${pss:-0}" "${anon:-0}" "$(echo "$end - $start" | bc)" "$(echo "scale=2; $cpu / $tck" | bc)" \
+    "$status"
 }
 
 # stat max|median VALUES...
@@ -203,8 +220,8 @@ echo "dlp-server: ServerConfig defaults, default flags (--threads 1: everything 
   "thread) ${dlp_extra[*]:-}; $(nproc) cores"
 echo "KiB; peak = the largest of the rounds' peaks, median = their median (VmHWM is reset"
 echo "between rounds); sum = all the server's processes, largest = its largest process"
-printf '%-30s %5s %9s %9s %9s %9s %7s %6s  %s\n' server procs "peak sum" "med. sum" "largest" \
-  "peak PSS" "wall s" "cpu s" check
+printf '%-30s %5s %9s %9s %9s %9s %9s %7s %6s  %s\n' server procs "peak sum" "med. sum" \
+  "largest" "peak PSS" "peak anon" "wall s" "cpu s" check
 
 for load in ${LOADS:-preview nopreview}; do
   load_flags=()
