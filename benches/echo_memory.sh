@@ -96,11 +96,10 @@ free_port() {
 }
 
 wait_port() {
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 600); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     sleep 0.05
   done
-  echo "echo_memory.sh: nothing listens on port $1" >&2
   return 1
 }
 
@@ -134,7 +133,15 @@ run_case() {
   shift 3
   setsid "$@" > "$work/$name.out" 2>&1 &
   server_pid=$!
-  wait_port "$port"
+  if ! wait_port "$port"; then
+    # Reported, and the other cases still run.
+    printf '%-30s FAILED: nothing listens on port %s after 30 s; its output:\n' "$name" "$port"
+    sed -n '1,5p' "$work/$name.out"
+    kill -TERM -- "-$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+    return 0
+  fi
   sample_pss "$server_pid" "$work/$name.pss" &
   sampler_pid=$!
   local ok=1 no_body=0 start end r i pids n=0 sums=() bigs=()
