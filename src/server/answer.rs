@@ -20,6 +20,10 @@ use crate::headers::Headers;
 use crate::message::{Request, Response};
 use crate::transaction::{Reuse, ServerState, ServerTransaction};
 
+/// Bytes read at once from a reply body given as a reader (the echo spool's file among
+/// them): what a connection holds while it sends one.
+const READER_ROOM: usize = 16 * 1024;
+
 impl Server {
     pub(crate) fn server_header(&self, b: ResponseBuilder) -> ResponseBuilder {
         match &self.config.server_name {
@@ -204,12 +208,15 @@ impl Server {
                     .map_err(|e| io::Error::other(e.to_string())),
                 ReplyBody::Reader(mut r) => {
                     let mut ok = Ok(());
+                    // One buffer for the whole body: each piece is written out (and dropped)
+                    // before the next read, which then reuses the buffer in place.
+                    let mut buf = BytesMut::new();
                     loop {
-                        let mut buf = BytesMut::with_capacity(64 * 1024);
+                        buf.reserve(READER_ROOM);
                         match r.read_buf(&mut buf).await {
                             Ok(0) => break,
                             Ok(_) => {
-                                if let Err(e) = txn.send_data(buf.freeze()) {
+                                if let Err(e) = txn.send_data(buf.split().freeze()) {
                                     ok = Err(io::Error::other(e.to_string()));
                                     break;
                                 }

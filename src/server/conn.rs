@@ -50,7 +50,22 @@ pub(crate) struct Conn<'s> {
     reading_since: Option<Instant>,
     /// What the transaction under way did, for its span and metrics.
     pub(crate) seen: Seen,
+    /// Room made in the read buffer before each read: [`HEAD_ROOM`] until the head is in,
+    /// [`BODY_ROOM`] after.
+    room: usize,
 }
+
+/// Read room while a head is awaited. The decoded head points into the buffer it was read
+/// into and keeps that buffer for the whole transaction, while the body is read into another:
+/// a small first buffer makes that cost ~1 KiB instead of a body-sized buffer per
+/// connection, and an idle connection holds no more. Longer heads take a few more reads (the
+/// buffer doubles each time).
+const HEAD_ROOM: usize = 1024;
+
+/// Read room inside a body: a read buffer the pieces of which are all passed on before the
+/// next read is reused in place, so this is, with the service's own state, the memory of a
+/// connection streaming a body.
+const BODY_ROOM: usize = 16 * 1024;
 
 /// One transaction as seen on the wire: reset before each, reported after.
 #[derive(Default)]
@@ -131,13 +146,27 @@ impl Conn<'_> {
 
     async fn read(&mut self, txn: &mut ServerTransaction) -> io::Result<usize> {
         let buf = txn.decoder_mut().buffer_mut();
-        buf.reserve(16 * 1024);
+        buf.reserve(self.room);
         let n = self.io.read_buf(buf).await?;
         if n > 0 {
             self.seen.received += n as u64;
             self.seen.started.get_or_insert_with(Instant::now);
         }
         Ok(n)
+    }
+
+    /// Lets the read buffer go once the request is read to its end with nothing of the next
+    /// one buffered: an answer can take a while (an echo read back from its spool file, 64
+    /// at once), and the next head is read into a small new buffer anyway (see
+    /// [`HEAD_ROOM`]).
+    pub(crate) fn release_read_buffer(&mut self, txn: &mut ServerTransaction) {
+        if txn.receiving() {
+            return;
+        }
+        let buf = txn.decoder_mut().buffer_mut();
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+        }
     }
 
     /// Hands the answer's head to the transaction, remembering its status and verdict.
@@ -428,6 +457,7 @@ impl Server {
             clock: None,
             reading_since: None,
             seen: Seen::default(),
+            room: HEAD_ROOM,
         };
         observe::server_connections(1.0);
         let mut decoder = RequestDecoder::new(self.config.limits);
@@ -454,6 +484,13 @@ impl Server {
     ) -> Option<RequestDecoder> {
         conn.clock = None;
         conn.reading_since = None;
+        conn.room = HEAD_ROOM;
+        let buf = txn.decoder_mut().buffer_mut();
+        if buf.is_empty() && buf.capacity() > 4 * HEAD_ROOM {
+            // The last body's buffer: let it go rather than read the next head into it (see
+            // HEAD_ROOM); a connection waiting for its next request then holds none.
+            *buf = BytesMut::new();
+        }
         let istag = &self.config.istag;
         // 1. The head: wait idle, then at most head_timeout (and the minimum rate) from the
         // first byte, empty lines before it included.
@@ -537,6 +574,7 @@ impl Server {
                 }
             }
         };
+        conn.room = BODY_ROOM;
         // The body has its own clock, started now.
         conn.clock = Some(ReadClock::new(
             self.config.body_timeout,

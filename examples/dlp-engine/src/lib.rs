@@ -51,7 +51,7 @@
 //!
 //! - Memory per scanner is fixed whatever the body size: the digit state machine keeps the last
 //!   32 digits and 5 digit groups; the window detectors (EICAR, keywords, regexes) keep one
-//!   buffer of at most [`MAX_BUFFER`] bytes (64 KiB block + 2 KiB overlap), and only when some
+//!   buffer of at most [`MAX_BUFFER`] bytes (16 KiB block + 2 KiB overlap), and only when some
 //!   window detector is on. At most [`MAX_FINDINGS`] findings are kept (the total is counted).
 //! - Keyword, EICAR and regex matches are found across chunk and block boundaries as long as the
 //!   match is at most [`MAX_MATCH_LEN`] (1 KiB) long. A regex match that would be longer may be
@@ -67,8 +67,11 @@ use regex::bytes::{Regex, RegexBuilder};
 
 /// Longest keyword, and longest regex match guaranteed to be found across block boundaries.
 pub const MAX_MATCH_LEN: usize = 1024;
-/// Bytes of new data scanned at once by the window detectors.
-const BLOCK: usize = 64 * 1024;
+/// Bytes of new data scanned at once by the window detectors. Also the memory of a scanner,
+/// held for as long as its body is read: a server keeps one per transaction, and 64 at once
+/// held 4.2 MiB with 64 KiB blocks (1.1 MiB now). Each block rescans only the 1 KiB of
+/// look-ahead of the one before (the detectors resume where they stopped), 6% at 16 KiB.
+const BLOCK: usize = 16 * 1024;
 /// Bytes kept from one block to the next: `MAX_MATCH_LEN` of look-ahead not yet reported plus
 /// `MAX_MATCH_LEN` of look-behind context for `\b` and friends.
 const TAIL: usize = 2 * MAX_MATCH_LEN;
