@@ -7,7 +7,9 @@
 #   bash benches/proxy_vs_squid.sh [ROUNDS] [N_SMALL] [N_BIG]   (defaults 3 2000 4)
 #
 # The origin is python3's http.server speaking HTTP/1.0 (a connection per request: its
-# HTTP/1.1 mode writes head and body apart and waits out delayed ACKs, 40 ms a request).
+# HTTP/1.1 mode writes head and body apart and waits out delayed ACKs, 40 ms a request), or
+# with ORIGIN=nginx an nginx keeping connections alive (apt-get install nginx-light): python's
+# ~400 us per request hides most of what a proxy costs, nginx shows it.
 # Needs squid, curl and python3 (`bash .ci/install-peers.sh`); squid runs as root here and
 # drops to user "proxy" as in tests/peers_support.
 set -euo pipefail
@@ -34,7 +36,26 @@ mkdir -p "$dir/www"
 head -c 1024 /dev/urandom > "$dir/www/1k.bin"
 head -c 64M /dev/urandom > "$dir/www/64m.bin"
 origin=$(free_port); icap=$(free_port); ours=$(free_port); squid=$(free_port)
-python3 -m http.server "$origin" --bind 127.0.0.1 -d "$dir/www" >"$dir/origin.log" 2>&1 & pids+=($!)
+if [ "${ORIGIN:-python}" = nginx ]; then
+  mkdir -p "$dir/nginx"
+  cat > "$dir/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $dir/nginx/pid;
+error_log $dir/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $dir/nginx; proxy_temp_path $dir/nginx; fastcgi_temp_path $dir/nginx;
+  uwsgi_temp_path $dir/nginx; scgi_temp_path $dir/nginx;
+  keepalive_requests 100000;
+  server { listen 127.0.0.1:$origin; root $dir/www; }
+}
+CONF
+  nginx -c "$dir/nginx.conf" >"$dir/origin.log" 2>&1 & pids+=($!)
+else
+  python3 -m http.server "$origin" --bind 127.0.0.1 -d "$dir/www" >"$dir/origin.log" 2>&1 & pids+=($!)
+fi
 target/release/examples/dlp-server --listen "127.0.0.1:$icap" >"$dir/dlp.log" 2>&1 & pids+=($!)
 target/release/examples/icap-proxy --listen "127.0.0.1:$ours" --respmod "icap://127.0.0.1:$icap/respmod" >"$dir/proxy.log" 2>&1 & pids+=($!)
 sed -e "s|@PORT@|$squid|; s|@DIR@|$dir/squid|g; s|@ICAP_PORT@|$icap|g; s|@RESPMOD_SERVICE@|respmod|; s|@PERSISTENT@|on|; s|@EXTRA@||" \
