@@ -60,6 +60,21 @@ fn allocs_of(f: impl FnOnce()) -> u64 {
     ALLOCS.with(Cell::get) - before
 }
 
+/// Allocations of the first call of `once` (a cold decoder or encoder), and of `RUNS` calls
+/// after `WARM` calls in all: the steady state the contract is about.
+fn first_and_steady(mut once: impl FnMut()) -> (u64, u64) {
+    let first = allocs_of(&mut once);
+    for _ in 1..WARM {
+        once();
+    }
+    let steady = allocs_of(|| {
+        for _ in 0..RUNS {
+            once();
+        }
+    });
+    (first, steady)
+}
+
 /// How the message reaches the decoder.
 #[derive(Debug, Clone, Copy)]
 enum Feed {
@@ -273,17 +288,9 @@ fn decoding_a_message_again_allocates_nothing() {
             if matches!(feed, Feed::Split) && wire.len() > 4096 {
                 continue;
             }
+            let body = Decoding::new(wire.clone(), request, feed).once();
             let mut d = Decoding::new(wire.clone(), request, feed);
-            let mut body = 0;
-            let first = allocs_of(|| body = d.once());
-            for _ in 1..WARM {
-                d.once();
-            }
-            let steady = allocs_of(|| {
-                for _ in 0..RUNS {
-                    assert_eq!(d.once(), body);
-                }
-            });
+            let (first, steady) = first_and_steady(|| assert_eq!(d.once(), body));
             report.push(format!(
                 "{name} {feed:?}: first {first}, then {steady} in {RUNS}"
             ));
@@ -305,18 +312,9 @@ fn decoding_with_slices_or_joined_pieces_again_allocates_nothing() {
     for (name, wire, request) in shapes() {
         for feed in [Feed::Copy, Feed::Shared, Feed::Frozen] {
             for take in [Take::Slices, Take::Joined] {
+                let body = Decoding::new(wire.clone(), request, feed).once();
                 let mut d = Decoding::new(wire.clone(), request, feed).taking(take);
-                let mut want = Decoding::new(wire.clone(), request, feed);
-                let body = want.once();
-                let first = allocs_of(|| assert_eq!(d.once(), body));
-                for _ in 1..WARM {
-                    d.once();
-                }
-                let steady = allocs_of(|| {
-                    for _ in 0..RUNS {
-                        assert_eq!(d.once(), body);
-                    }
-                });
+                let (first, steady) = first_and_steady(|| assert_eq!(d.once(), body));
                 report.push(format!(
                     "{name} {feed:?} {take:?}: first {first}, then {steady} in {RUNS}"
                 ));
@@ -336,15 +334,7 @@ fn encoding_a_message_again_allocates_nothing() {
     for (name, wire, request) in shapes() {
         let p = parts(request, &wire);
         let mut enc = Encoder::new();
-        let first = allocs_of(|| encode(&mut enc, &p));
-        for _ in 1..WARM {
-            encode(&mut enc, &p);
-        }
-        let steady = allocs_of(|| {
-            for _ in 0..RUNS {
-                encode(&mut enc, &p);
-            }
-        });
+        let (first, steady) = first_and_steady(|| encode(&mut enc, &p));
         report.push(format!("{name}: first {first}, then {steady} in {RUNS}"));
         assert_eq!(
             steady, 0,

@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{data, splits, Ev};
+use common::{capture_names, data, push, splits, Ev};
 use icap::{
     ErrorKind, Request, RequestDecoder, RequestEvent, Response, ResponseDecoder, ResponseEvent,
 };
@@ -29,20 +29,6 @@ enum Take {
 /// Events with body pieces merged (pieces are where the ways differ), and the error that
 /// ended the stream, if any.
 type Outcome<M> = (Vec<Ev<M>>, Option<(ErrorKind, u64)>);
-
-fn push<M>(out: &mut Vec<Ev<M>>, ev: Ev<M>) {
-    match ev {
-        Ev::Body(d) => {
-            assert!(!d.is_empty(), "an empty body piece");
-            if let Some(Ev::Body(b)) = out.last_mut() {
-                b.extend_from_slice(&d);
-            } else {
-                out.push(Ev::Body(d));
-            }
-        }
-        other => out.push(other),
-    }
-}
 
 macro_rules! driver {
     ($name:ident, $dec:ty, $m:ty, $event:ident, $preview:expr) => {
@@ -73,7 +59,7 @@ macro_rules! driver {
                             assert!(!slices, "decode_with returned Data");
                             push(&mut out, Ev::Body(d.to_vec()))
                         }
-                        Ok(Some(ev)) => push(&mut out, common::ToEv::to_ev(ev)),
+                        Ok(Some(ev)) => push(&mut out, ev),
                         Ok(None) => break,
                         Err(e) => return (out, Some((e.kind(), e.offset()))),
                     }
@@ -135,22 +121,9 @@ const TAKES: [Take; 6] = [
     Take::Mixed,
 ];
 
-fn captures() -> Vec<String> {
-    let dir = format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"));
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let n = e.unwrap().file_name().into_string().unwrap();
-            n.strip_suffix(".bin").map(str::to_string)
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn every_capture_gives_the_same_events_every_way() {
-    let names = captures();
+    let names = capture_names(".bin");
     assert!(names.len() >= 40, "captures missing: {names:?}");
     let mut bodies = 0;
     for name in &names {

@@ -4,20 +4,11 @@
 
 mod common;
 
-use common::{data, requests_all_splits, responses_all_splits, Ev};
+use common::{capture_names, data, requests_all_splits, responses_all_splits, Ev};
 use icap::{BodyKind, Method, Request, Response};
 
 fn captures() -> Vec<String> {
-    let dir = format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"));
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let n = e.unwrap().file_name().into_string().unwrap();
-            n.strip_suffix(".request.bin").map(str::to_string)
-        })
-        .collect();
-    names.sort();
-    names
+    capture_names(".request.bin")
 }
 
 fn requests(name: &str) -> Vec<Ev<Request>> {

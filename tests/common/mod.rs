@@ -45,7 +45,16 @@ impl ToEv<Response> for ResponseEvent {
     }
 }
 
-fn push<M>(out: &mut Vec<Ev<M>>, ev: impl ToEv<M>) {
+/// An event already in the merged form.
+impl<M> ToEv<M> for Ev<M> {
+    fn to_ev(self) -> Ev<M> {
+        self
+    }
+}
+
+/// Appends `ev` to `out`, joining body pieces with the piece before them (so that splits
+/// compare equal); an empty body piece is a failure.
+pub fn push<M>(out: &mut Vec<Ev<M>>, ev: impl ToEv<M>) {
     match ev.to_ev() {
         Ev::Body(d) => {
             assert!(!d.is_empty(), "the decoder must not emit empty data");
@@ -185,6 +194,20 @@ pub fn short<M>(r: &Result<Vec<Ev<M>>, Error>) -> String {
             .join(" "),
         Err(e) => format!("error {:?} at {}", e.kind(), e.offset()),
     }
+}
+
+/// The captures under tests/data whose file names end in `suffix`, without it, sorted.
+pub fn capture_names(suffix: &str) -> Vec<String> {
+    let dir = format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"));
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            n.strip_suffix(suffix).map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 /// Reads a file under tests/data.
