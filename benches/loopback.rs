@@ -250,7 +250,11 @@ fn embedded_heads(len: usize) -> (HttpRequestHead, HttpResponseHead) {
     (req, res)
 }
 
-fn build_request(uri: &IcapUri, len: usize, allow_204: bool) -> Result<Request, icap::BuildError> {
+fn build_request(
+    uri: &IcapUri,
+    len: usize,
+    allow_204: bool,
+) -> Result<Request, icap::builder::BuildError> {
     let (req, res) = embedded_heads(len);
     let mut b = Request::respmod(uri)
         .http_request(req)

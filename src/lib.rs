@@ -1,24 +1,34 @@
 //! ICAP (RFC 3507) for Rust.
 //!
-//! The crate is built in layers, each usable on its own:
-//! - the codec, with no I/O: feed bytes to a [`RequestDecoder`] (server side) or a
+//! The crate is built in layers, each usable on its own, each depending only on the ones
+//! before it:
+//! - **the codec**, with no I/O: feed bytes to a [`RequestDecoder`] (server side) or a
 //!   [`ResponseDecoder`] (client side) and take events out ([`RequestEvent`],
-//!   [`ResponseEvent`]); write messages with an
-//!   [`Encoder`], which frames bodies around your `Bytes` without copying them;
-//! - builders ([`builder`]), the typed OPTIONS view ([`options`]), ICAP URIs ([`uri`]), the
-//!   rules of one transaction ([`transaction`]) and scanner verdicts ([`verdict`]), still
-//!   without I/O;
-//! - the async client (module `client`, feature `client`; a `tower::Service`) and server
-//!   (module `server`, feature `server`) on tokio, with TLS through rustls (module `tls`);
-//! - the DLP scanner on top of the client (module `scan`, feature `scan`): a file in, a
-//!   verdict out.
+//!   [`ResponseEvent`]); write messages with an [`Encoder`], which frames bodies around your
+//!   `Bytes` without copying them. Messages are [`Request`] and [`Response`] with their
+//!   [`Headers`] and encapsulated heads ([`HttpRequestHead`], [`HttpResponseHead`]);
+//!   [`Limits`] bound what a decoder holds;
+//! - **still without I/O**: the [`builder`]s, which cannot make an illegal message; the typed
+//!   OPTIONS view ([`ServiceOptions`]); ICAP URIs ([`IcapUri`]); and the rules of one
+//!   transaction ([`ClientTransaction`], [`ServerTransaction`]);
+//! - **I/O** on tokio: the async [`client`] (feature `client`; a `tower::Service` with
+//!   pooling, failover and health) and [`server`] (feature `server`), with TLS through
+//!   rustls ([`tls`]), counters through [`metrics`] (feature `metrics`);
+//! - **applications** on top of the client: verdict rules and vendor profiles
+//!   ([`verdict`]), the DLP scanner ([`scan`], feature `scan`: a file in, a verdict out), the
+//!   tower layer that adapts HTTP messages through ICAP ([`adapt`], feature `adapt`), and the
+//!   ICAP-aware relay ([`gateway`], feature `gateway`).
 //!
-//! Errors are told apart by audience: bytes on the wire that break the protocol are an
-//! [`Error`] with an [`ErrorKind`] and the byte offset where the problem was seen; a message
-//! a builder refuses is a [`BuildError`]; a certificate or key file that cannot be used is a
-//! `tls::TlsConfigError` naming the file. Configuration types (`Limits`, `ServiceOptions`,
-//! the TLS settings) are `#[non_exhaustive]`: start from their `Default` or constructor and
-//! use the `with_*` setters.
+//! Every public type has one path: the codec's and the transaction's types at the crate
+//! root, everything else in the module of its layer.
+//!
+//! Errors are told apart by whose fault they are: bytes on the wire that break the protocol
+//! are an [`Error`] with an [`ErrorKind`] and the byte offset where the problem was seen; a
+//! message a builder refuses is a [`BuildError`](builder::BuildError); a failed call of the
+//! client a `client::ClientError`; a certificate or key file that cannot be used a
+//! `tls::TlsConfigError` naming the file. Configuration types ([`Limits`],
+//! [`ServiceOptions`], the TLS settings) are `#[non_exhaustive]`: start from their `Default`
+//! or constructor and use the `with_*` setters.
 //!
 //! ```
 //! use icap::{ResponseDecoder, ResponseEvent};
@@ -41,27 +51,19 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "adapt")))]
 pub mod adapt;
 pub mod builder;
-pub mod chunked;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
-pub mod decode;
-pub mod encapsulated;
-pub mod encode;
-pub mod error;
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub mod gateway;
-pub mod head;
-pub mod headers;
-pub mod limits;
-pub mod message;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 #[cfg(any(feature = "client", feature = "server"))]
 mod observe;
-pub mod options;
+mod options;
+mod proto;
 #[cfg(feature = "scan")]
 #[cfg_attr(docsrs, doc(cfg(feature = "scan")))]
 pub mod scan;
@@ -70,8 +72,8 @@ pub mod scan;
 pub mod server;
 #[cfg(feature = "tls")]
 pub mod tls;
-pub mod transaction;
-pub mod uri;
+mod transaction;
+mod uri;
 pub mod verdict;
 
 /// The README's code blocks, compiled and run as doctests (the scanner block needs the
@@ -80,18 +82,14 @@ pub mod verdict;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use builder::{BuildError, ErrorStatus, RequestBuilder, ResponseBuilder};
-pub use chunked::{Chunk, ChunkedDecoder, LastChunk};
-pub use decode::{Decoder, RequestDecoder, RequestEvent, ResponseDecoder, ResponseEvent};
-pub use encapsulated::{Encapsulated, Section};
-pub use encode::Encoder;
-pub use error::{Error, ErrorKind, Result};
-pub use head::{HttpRequestHead, HttpResponseHead, Method, Version};
-pub use headers::Headers;
-pub use limits::Limits;
-pub use message::{BodyKind, Request, Response};
 pub use options::{ServiceOptions, Transfer};
+pub use proto::{
+    BodyKind, Chunk, ChunkedDecoder, Decoder, Encapsulated, Encoder, Error, ErrorKind, Headers,
+    HttpRequestHead, HttpResponseHead, LastChunk, Limits, Message, Method, Request, RequestDecoder,
+    RequestEvent, Response, ResponseDecoder, ResponseEvent, Result, Section, Version,
+};
 pub use transaction::{
-    ClientEvent, ClientTransaction, CloseReason, RequestBody, Reuse, ServerEvent, ServerTransaction,
+    ClientEvent, ClientState, ClientTransaction, CloseReason, RequestBody, Reuse, ServerEvent,
+    ServerState, ServerTransaction,
 };
 pub use uri::{IcapUri, Scheme};

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use crate::head::Method;
-use crate::message::Response;
+use crate::proto::head::Method;
+use crate::proto::message::Response;
 
 /// The `method` label: the methods ICAP defines, anything else folded into one value so
 /// that a hostile client cannot grow the label set.
@@ -48,8 +48,8 @@ pub(crate) fn verdict(method: &Method, res: &Response) -> &'static str {
 
 /// The `kind` label of a client error.
 #[cfg(feature = "client")]
-pub(crate) fn client_error_kind(e: &crate::error::ClientError) -> &'static str {
-    use crate::error::ClientError as E;
+pub(crate) fn client_error_kind(e: &crate::client::ClientError) -> &'static str {
+    use crate::client::ClientError as E;
     match e {
         E::Config(_) | E::TlsConfig(_) | E::Build(_) => "config",
         E::Connect { .. } => "connect",
@@ -67,7 +67,7 @@ pub(crate) fn client_error_kind(e: &crate::error::ClientError) -> &'static str {
 
 /// A connection to a partner that could not be made (no transaction span exists yet).
 #[cfg(feature = "client")]
-pub(crate) fn client_connect_failed(e: &crate::error::ClientError) {
+pub(crate) fn client_connect_failed(e: &crate::client::ClientError) {
     let kind = client_error_kind(e);
     tracing::warn!(kind, "ICAP connection failed: {e}");
     #[cfg(feature = "metrics")]

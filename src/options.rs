@@ -7,9 +7,9 @@
 //! all. Caching the answer for Options-TTL seconds is left to the client front end.
 
 use crate::builder::{BuildError, ResponseBuilder};
-use crate::error::{Error, ErrorKind, Result};
-use crate::head::Method;
-use crate::message::Response;
+use crate::proto::error::{Error, ErrorKind, Result};
+use crate::proto::head::Method;
+use crate::proto::message::Response;
 
 /// What to do with a file of some extension, by the Transfer-* headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,7 +107,7 @@ fn text(res: &Response, name: &str) -> Option<String> {
 fn number(res: &Response, name: &str) -> Result<Option<u64>> {
     match res.headers.get(name) {
         None => Ok(None),
-        Some(v) => crate::decode::decimal(v).map(Some).ok_or_else(|| {
+        Some(v) => crate::proto::grammar::decimal(v).map(Some).ok_or_else(|| {
             bad_header(format!(
                 "{name}: {:?} is not a decimal number",
                 String::from_utf8_lossy(v)

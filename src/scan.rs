@@ -11,10 +11,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::client::ClientError;
 use crate::client::{after, Answered, BodySource, Client, ClientRequest, Deliver, Exchange};
-use crate::error::ClientError;
-use crate::head::{HttpRequestHead, HttpResponseHead, Method};
-use crate::headers::Headers;
+use crate::proto::fields::Headers;
+use crate::proto::head::{HttpRequestHead, HttpResponseHead, Method};
 use crate::verdict::{canonical, judge, Answer, Profile, Verdict};
 
 /// Whether a REQMOD or a RESPMOD carries the file.

@@ -10,12 +10,12 @@ use std::fmt;
 use std::net::Ipv6Addr;
 use std::str::FromStr;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::proto::error::{Error, ErrorKind, Result};
 
 /// The default port of plain ICAP (RFC 3507 4.2).
-pub const DEFAULT_PORT: u16 = 1344;
+const DEFAULT_PORT: u16 = 1344;
 /// The default port of ICAP over TLS, as used by squid, c-icap and stunnel set-ups.
-pub const DEFAULT_TLS_PORT: u16 = 11344;
+const DEFAULT_TLS_PORT: u16 = 11344;
 
 /// The scheme of an ICAP URI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -11,8 +11,8 @@
 
 use std::fmt;
 
-use crate::head::Method;
-use crate::message::Response;
+use crate::proto::head::Method;
+use crate::proto::message::Response;
 
 /// What the answer means.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use icap::adapt::{AdaptBody, AdaptConfig, AdaptLayer, Verdict, Verdicts};
+use icap::builder::ErrorStatus;
 use icap::client::Client;
 use icap::server::{BoxError, IncomingRequest, Reply, Server};
-use icap::{ErrorStatus, Method, ServiceOptions};
+use icap::{Method, ServiceOptions};
 use tower::{Layer, ServiceExt};
 
 fn options() -> ServiceOptions {

@@ -4,10 +4,11 @@
 //! under any split of its bytes.
 
 use bytes::Bytes;
+use icap::builder::ErrorStatus;
 use icap::builder::{http_request_head, http_response_head};
 use icap::{
-    BodyKind, Encoder, ErrorKind, ErrorStatus, IcapUri, Method, Request, RequestDecoder,
-    RequestEvent, Response, ResponseDecoder, ResponseEvent, ServiceOptions, Transfer,
+    BodyKind, Encoder, ErrorKind, IcapUri, Method, Request, RequestDecoder, RequestEvent, Response,
+    ResponseDecoder, ResponseEvent, ServiceOptions, Transfer,
 };
 use proptest::prelude::*;
 
@@ -37,7 +38,7 @@ fn same(built: String, file: &str) {
 }
 
 /// The ICAP response head fields shared by the RFC's example answers.
-fn rfc_ok() -> icap::ResponseBuilder {
+fn rfc_ok() -> icap::builder::ResponseBuilder {
     Response::ok("W3E4R7U9-L2E4-2")
         .header("Date", "Mon, 10 Jan 2000  09:55:21 GMT")
         .header("Server", "ICAP-Server-Software/1.0")
@@ -865,7 +866,7 @@ impl Split<Response> for ResponseEvent {
 }
 
 /// Feeds `wire` in pieces of the given sizes (cycled) and collects the events.
-fn decode_with<M: icap::decode::Message>(
+fn decode_with<M: icap::Message>(
     mut dec: icap::Decoder<M>,
     wire: &[u8],
     sizes: &[usize],

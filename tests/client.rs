@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use icap::client::{BodySource, Client, ClientConfig};
-use icap::error::{ClientError, TlsFailure};
+use icap::client::{ClientError, TlsFailure};
 use icap::scan::{Mode, ScanRequest};
 use icap::server::{Server, ServerConfig};
 use icap::tls::{ClientTls, ServerTls};

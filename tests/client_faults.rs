@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use icap::client::ClientError;
 use icap::client::{BodySource, Client, ClientConfig};
-use icap::error::ClientError;
 use icap::scan::{Mode, ScanRequest};
 use icap::server::ServerConfig;
 use net::blocker;

@@ -397,7 +397,7 @@ fn feed_until_error<M>(
     piece: usize,
 ) -> (icap::Error, usize, usize)
 where
-    M: icap::decode::Message,
+    M: icap::Message,
 {
     let mut max_held = 0;
     for (i, p) in input.chunks(piece).enumerate() {

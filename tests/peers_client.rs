@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use icap::client::{BodySource, Client, ClientConfig, ClientRequest, Exchange, PreviewPolicy};
-use icap::error::{ClientError, TlsFailure};
+use icap::client::{ClientError, TlsFailure};
 use icap::scan::{Mode, ScanRequest};
 use icap::tls::ClientTls;
 use icap::verdict::{judge, Answer, Profile};

@@ -5,11 +5,12 @@
 //! random body sizes, previews, decisions and byte splits.
 
 use bytes::{Buf, Bytes};
-use icap::transaction::{ClientState, ServerState};
+use icap::builder::ErrorStatus;
 use icap::{
-    ClientEvent, ClientTransaction, CloseReason, ErrorKind, ErrorStatus, IcapUri, Request,
-    RequestBody, RequestDecoder, Response, ResponseDecoder, Reuse, ServerEvent, ServerTransaction,
+    ClientEvent, ClientTransaction, CloseReason, ErrorKind, IcapUri, Request, RequestBody,
+    RequestDecoder, Response, ResponseDecoder, Reuse, ServerEvent, ServerTransaction,
 };
+use icap::{ClientState, ServerState};
 use proptest::prelude::*;
 
 const HEAD: &str = "RESPMOD icap://icap.example/respmod ICAP/1.0\r\nHost: icap.example\r\n";

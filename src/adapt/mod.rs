@@ -27,10 +27,10 @@ use tracing::Instrument;
 use crate::builder::{
     http_request_head_from, http_request_parts, http_response_head_from, http_response_parts,
 };
+use crate::client::ClientError;
 use crate::client::{BodySource, Client, ClientRequest, ClientResponse};
-use crate::error::ClientError;
-use crate::message::Response as IcapResponse;
 use crate::options::Transfer;
+use crate::proto::message::Response as IcapResponse;
 
 pub use body::AdaptBody;
 use body::{Returned, Tee};
@@ -369,7 +369,7 @@ async fn respond<S, B, RB>(
     cfg: &AdaptConfig,
     mut inner: S,
     req_out: http::Request<AdaptBody<B>>,
-    req_head: crate::head::HttpRequestHead,
+    req_head: crate::proto::head::HttpRequestHead,
     who: Option<ClientInfo>,
     name: Option<String>,
     mut verdicts: Verdicts,

@@ -1,7 +1,8 @@
 //! Builders for ICAP requests and responses that cannot produce an invalid message.
 //!
 //! This module owns what a message must contain to be legal, as opposed to how it is framed
-//! (that is [`message`](crate::message) and [`encode`](crate::encode)): REQMOD carries an HTTP
+//! (that is [`Request`](crate::Request), [`Response`](crate::Response) and the
+//! [`Encoder`](crate::Encoder)): REQMOD carries an HTTP
 //! request head, RESPMOD an HTTP response head, OPTIONS neither; a 204 has no body; every
 //! response but 100 has an ISTag; `Host` comes from the [`IcapUri`](crate::IcapUri); hop-by-hop headers never
 //! travel inside an encapsulated head (RFC 3507 4.4.2) and `Proxy-Authorization` /
@@ -13,25 +14,27 @@
 //! message; declare that one follows with `with_body()` and send it with an
 //! [`Encoder`](crate::Encoder) (whole, with [`Encoder::whole_request`](crate::Encoder::whole_request)
 //! / [`Encoder::whole_response`](crate::Encoder::whole_response)) or
-//! through a [`transaction`](crate::transaction).
+//! through a transaction ([`ClientTransaction`](crate::ClientTransaction),
+//! [`ServerTransaction`](crate::ServerTransaction)).
 //!
 //! The builders live in rooms by concept: [`RequestBuilder`] (request.rs), [`ResponseBuilder`]
 //! and [`ErrorStatus`] (response.rs), encapsulated HTTP heads from raw parts or the `http`
-//! crate and back (heads.rs), and the [`Encoder`](crate::Encoder)'s whole-message methods (whole.rs). This
+//! crate and back (http_parts.rs), and the [`Encoder`](crate::Encoder)'s whole-message methods (whole.rs). This
 //! file holds what they share: the checks that keep a message legal and [`BuildError`].
 
-use crate::error::{Error, ErrorKind};
-use crate::head::{HttpRequestHead, HttpResponseHead};
-use crate::headers::{is_token, Headers};
+use crate::proto::error::{Error, ErrorKind};
+use crate::proto::fields::Headers;
+use crate::proto::grammar::{has_ctl_but_htab, is_token};
+use crate::proto::head::{HttpRequestHead, HttpResponseHead};
 
-mod heads;
+mod http_parts;
 mod request;
 mod response;
 mod whole;
 
-pub use heads::{http_request_head, http_response_head};
+pub use http_parts::{http_request_head, http_response_head};
 #[cfg(feature = "http")]
-pub use heads::{
+pub use http_parts::{
     http_request_head_from, http_request_parts, http_response_head_from, http_response_parts,
 };
 pub use request::RequestBuilder;
@@ -102,29 +105,24 @@ fn invalid(msg: impl Into<String>) -> BuildError {
     }
 }
 
-/// CR, LF, NUL and the other controls (HTAB excepted) would let a value end its line early
-/// and smuggle a header, so builders refuse them instead of letting `Headers` panic.
-fn has_ctl(v: &[u8]) -> bool {
-    v.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-}
-
 fn check_field(name: &str, value: &[u8]) -> Result<()> {
     if !is_token(name.as_bytes()) {
         return Err(invalid(format!("{name:?} is not a header name")));
     }
-    if has_ctl(value) {
+    if has_ctl_but_htab(value) {
         return Err(invalid(format!("the value of {name} holds a control byte")));
     }
     Ok(())
 }
 
 fn check_request_head(h: &HttpRequestHead) -> Result<()> {
-    let version_ok =
-        |v: &[u8]| v.len() >= 6 && v.starts_with(b"HTTP/") && !v.contains(&b' ') && !has_ctl(v);
+    let version_ok = |v: &[u8]| {
+        v.len() >= 6 && v.starts_with(b"HTTP/") && !v.contains(&b' ') && !has_ctl_but_htab(v)
+    };
     if !is_token(&h.method) {
         return Err(invalid("the HTTP method is not a token"));
     }
-    if h.target.is_empty() || h.target.contains(&b' ') || has_ctl(&h.target) {
+    if h.target.is_empty() || h.target.contains(&b' ') || has_ctl_but_htab(&h.target) {
         return Err(invalid(
             "the HTTP request target is empty or holds a space or control byte",
         ));
@@ -137,7 +135,7 @@ fn check_request_head(h: &HttpRequestHead) -> Result<()> {
 
 fn check_response_head(h: &HttpResponseHead) -> Result<()> {
     if !(h.version.len() >= 6 && h.version.starts_with(b"HTTP/") && !h.version.contains(&b' '))
-        || has_ctl(&h.version)
+        || has_ctl_but_htab(&h.version)
     {
         return Err(invalid("the HTTP version is not HTTP/x.y"));
     }
@@ -147,7 +145,7 @@ fn check_response_head(h: &HttpResponseHead) -> Result<()> {
             h.status
         )));
     }
-    if has_ctl(&h.reason) {
+    if has_ctl_but_htab(&h.reason) {
         return Err(invalid("the HTTP reason phrase holds a control byte"));
     }
     Ok(())
@@ -241,8 +239,8 @@ fn check_extra(name: &str, value: &[u8], derived: &[&str]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode::Encoder;
-    use crate::message::{Request, Response};
+    use crate::proto::encode::Encoder;
+    use crate::proto::message::{Request, Response};
     use crate::uri::IcapUri;
 
     fn uri() -> IcapUri {

@@ -4,16 +4,16 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 
-use super::heads::{http_request_head, http_response_head};
+use super::http_parts::{http_request_head, http_response_head};
 #[cfg(feature = "http")]
-use super::heads::{http_request_head_from, http_response_head_from};
+use super::http_parts::{http_request_head_from, http_response_head_from};
 use super::{
     check_extra, check_request_head, check_response_head, invalid, strip_hop_by_hop, BuildError,
     Result, REQUEST_DERIVED,
 };
-use crate::head::{HttpRequestHead, HttpResponseHead, Method, Version};
-use crate::headers::Headers;
-use crate::message::{BodyKind, Request};
+use crate::proto::fields::Headers;
+use crate::proto::head::{HttpRequestHead, HttpResponseHead, Method, Version};
+use crate::proto::message::{BodyKind, Request};
 use crate::uri::IcapUri;
 
 /// The `Allow` values a request announces.

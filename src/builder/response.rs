@@ -2,16 +2,16 @@
 
 use bytes::Bytes;
 
-use super::heads::{http_request_head, http_response_head};
+use super::http_parts::{http_request_head, http_response_head};
 #[cfg(feature = "http")]
-use super::heads::{http_request_head_from, http_response_head_from};
+use super::http_parts::{http_request_head_from, http_response_head_from};
 use super::{
     check_extra, check_request_head, check_response_head, invalid, istag_value, strip_hop_by_hop,
     BuildError, Result, RESPONSE_DERIVED,
 };
-use crate::head::{HttpRequestHead, HttpResponseHead, Version};
-use crate::headers::Headers;
-use crate::message::{BodyKind, Response};
+use crate::proto::fields::Headers;
+use crate::proto::head::{HttpRequestHead, HttpResponseHead, Version};
+use crate::proto::message::{BodyKind, Response};
 
 /// The ICAP error statuses a server sends (RFC 3507 4.3.3), with standard reason phrases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -2,9 +2,9 @@
 
 use bytes::Bytes;
 
-use crate::encode::Encoder;
-use crate::error::{Error, ErrorKind, Result};
-use crate::message::{Request, Response};
+use crate::proto::encode::Encoder;
+use crate::proto::error::{Error, ErrorKind, Result};
+use crate::proto::message::{Request, Response};
 
 fn body_matches(has: bool, body: &Option<Bytes>) -> Result<()> {
     if has != body.is_some() {

@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use crate::error::ClientError;
+use crate::client::ClientError;
 
 /// Bytes read from a reader or file source in one go (and so the largest chunk sent).
 pub(crate) const READ_SIZE: usize = 64 * 1024;

@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use crate::error::{ClientError, Error};
-use crate::limits::Limits;
+use crate::client::ClientError;
+use crate::proto::error::Error;
+use crate::proto::limits::Limits;
 use crate::tls::ClientTls;
 
 use super::Client;

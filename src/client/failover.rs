@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::ClientError;
-use crate::message::{Request, Response};
+use crate::client::ClientError;
 use crate::options::Transfer;
+use crate::proto::message::{Request, Response};
 use crate::transaction::RequestBody;
 
 use super::body::{Piece, Source, AHEAD};

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::error::ClientError;
+use crate::client::ClientError;
 use crate::options::ServiceOptions;
 use crate::uri::IcapUri;
 

@@ -18,8 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::time::timeout_at;
 
-use crate::error::{ClientError, Error};
-use crate::message::{Request, Response};
+use crate::client::ClientError;
+use crate::proto::error::Error;
+use crate::proto::message::{Request, Response};
 use crate::transaction::{ClientEvent, ClientTransaction, RequestBody, Reuse};
 use crate::verdict::BodyHash;
 

@@ -24,7 +24,7 @@
 //! # Call an ICAP server
 //!
 //! 1. Build a client with [`Client::builder`]: the servers (`icap://` or `icaps://` with
-//!    [`ClientTls`]), then timeouts, deadline, pool, balancing, health and preview policy.
+//!    [`ClientTls`](crate::tls::ClientTls)), then timeouts, deadline, pool, balancing, health and preview policy.
 //! 2. Describe one call: [`Client::reqmod`] with the HTTP request head, or
 //!    [`Client::respmod`] with the HTTP response head, then `.body(..)` (bytes, a file, an
 //!    `AsyncRead`, an `http_body::Body`) and any ICAP headers. The client adds the server's
@@ -85,7 +85,7 @@
 //! # }
 //! ```
 //!
-//! TLS: give `icaps://` servers and a [`ClientTls`] (system roots by default, a private CA,
+//! TLS: give `icaps://` servers and a [`ClientTls`](crate::tls::ClientTls) (system roots by default, a private CA,
 //! a pinned certificate, a client certificate):
 //!
 //! ```no_run
@@ -108,6 +108,7 @@
 
 mod body;
 mod config;
+mod error;
 mod failover;
 mod health;
 mod io;
@@ -129,12 +130,11 @@ pub use health::ServerHealth;
 pub use request::{CallBuilder, ClientRequest, Progress};
 pub use response::{ClientResponse, Exchange, ServerReport};
 
-pub use crate::error::ClientError;
-pub use crate::tls::ClientTls;
+pub use error::{ClientError, TlsFailure};
 
-use crate::error::Error;
-use crate::head::{HttpRequestHead, HttpResponseHead};
 use crate::options::ServiceOptions;
+use crate::proto::error::Error;
+use crate::proto::head::{HttpRequestHead, HttpResponseHead};
 use crate::uri::IcapUri;
 
 use failover::counts_against_server;

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::ClientError;
-use crate::message::{Request, Response};
+use crate::client::ClientError;
 use crate::options::ServiceOptions;
+use crate::proto::message::{Request, Response};
 use crate::transaction::RequestBody;
 
 use super::io::{Collect, Out};

@@ -13,8 +13,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout_at;
 
-use crate::decode::ResponseDecoder;
-use crate::error::{ClientError, Error, TlsFailure};
+use crate::client::{ClientError, TlsFailure};
+use crate::proto::decode::ResponseDecoder;
+use crate::proto::error::Error;
 use crate::uri::IcapUri;
 
 use super::health::Health;

@@ -8,9 +8,10 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::error::{ClientError, Error};
-use crate::head::{HttpRequestHead, HttpResponseHead, Method};
-use crate::message::Request;
+use crate::client::ClientError;
+use crate::proto::error::Error;
+use crate::proto::head::{HttpRequestHead, HttpResponseHead, Method};
+use crate::proto::message::Request;
 use crate::uri::IcapUri;
 
 use super::{BodySource, Client, ClientConfig, ClientResponse, Exchange};

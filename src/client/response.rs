@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::error::ClientError;
-use crate::message::Response;
+use crate::client::ClientError;
 use crate::options::ServiceOptions;
+use crate::proto::message::Response;
 use crate::uri::IcapUri;
 
 use super::AnswerBody;

@@ -26,9 +26,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::decode::{RequestDecoder, RequestEvent, ResponseDecoder, ResponseEvent};
-use crate::head::Method;
-use crate::limits::Limits;
+use crate::proto::decode::{RequestDecoder, RequestEvent, ResponseDecoder, ResponseEvent};
+use crate::proto::head::Method;
+use crate::proto::limits::Limits;
 use crate::uri::IcapUri;
 
 /// Read size for both directions: large enough for bulk bodies, small enough to keep the

@@ -13,11 +13,11 @@ use super::service::{Reply, ReplyBody};
 use super::spool::Spool;
 use super::Server;
 use crate::builder::{ErrorStatus, ResponseBuilder};
-use crate::decode::RequestDecoder;
-use crate::error::Error;
-use crate::head::Method;
-use crate::headers::Headers;
-use crate::message::{Request, Response};
+use crate::proto::decode::RequestDecoder;
+use crate::proto::error::Error;
+use crate::proto::fields::Headers;
+use crate::proto::head::Method;
+use crate::proto::message::{Request, Response};
 use crate::transaction::{Reuse, ServerState, ServerTransaction};
 
 /// Bytes read at once from a reply body given as a reader (the echo spool's file among
@@ -278,7 +278,7 @@ fn mismatch(res: &Response, body: &ReplyBody, whole: bool) -> Option<Error> {
     };
     let cl = head
         .get_all("Content-Length")
-        .find(|v| crate::decode::decimal(v) != Some(len))?;
+        .find(|v| crate::proto::grammar::decimal(v) != Some(len))?;
     wrong(format!(
         "the encapsulated head says Content-Length: {} but the reply body has {len} bytes",
         String::from_utf8_lossy(cl)

@@ -16,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Error, ErrorKind};
+use crate::proto::error::{Error, ErrorKind};
 
 /// What the connection task hands to a [`Body`].
 #[derive(Debug)]

@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::limits::Limits;
+use crate::proto::limits::Limits;
 
 /// Timeouts and limits of a [`Server`](super::Server).
 ///

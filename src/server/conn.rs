@@ -22,10 +22,10 @@ use super::slots::Slot;
 use super::spool::Spool;
 use super::{Server, Stats};
 use crate::builder::ErrorStatus;
-use crate::decode::{RequestDecoder, RequestEvent};
-use crate::error::Error;
-use crate::head::Method;
 use crate::observe;
+use crate::proto::decode::{RequestDecoder, RequestEvent};
+use crate::proto::error::Error;
+use crate::proto::head::Method;
 use crate::transaction::{ServerEvent, ServerTransaction};
 use crate::uri::IcapUri;
 use tracing::Instrument;
@@ -173,7 +173,7 @@ impl Conn<'_> {
     pub(crate) fn respond(
         &mut self,
         txn: &mut ServerTransaction,
-        res: crate::message::Response,
+        res: crate::proto::message::Response,
     ) -> Result<(), Error> {
         let status = res.status;
         let verdict = match &self.seen.method {
@@ -611,7 +611,7 @@ impl Server {
         &self,
         conn: &mut Conn<'_>,
         txn: &mut ServerTransaction,
-        request: crate::message::Request,
+        request: crate::proto::message::Request,
         path: Option<String>,
         peer: PeerInfo,
     ) -> bool {

@@ -17,8 +17,8 @@ use super::service::{BoxError, IncomingRequest, PeerInfo, Reply, ReplyBody, Rout
 use super::spool::Spool;
 use super::Server;
 use crate::builder::ErrorStatus;
-use crate::headers::Headers;
-use crate::message::Request;
+use crate::proto::fields::Headers;
+use crate::proto::message::Request;
 use crate::transaction::{Reuse, ServerState, ServerTransaction};
 
 /// Body bytes read ahead of the service: the connection reads on while the service has

@@ -17,9 +17,9 @@ use tower::ServiceExt;
 
 use super::body::Body;
 use crate::builder::{ErrorStatus, ResponseBuilder};
-use crate::headers::Headers;
-use crate::message::{Request, Response};
 use crate::options::ServiceOptions;
+use crate::proto::fields::Headers;
+use crate::proto::message::{Request, Response};
 
 /// The error type services are boxed into.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -20,8 +20,8 @@
 //! The client side lives in `client`, the server side in `server`; what both share (how a
 //! connection may be reused, why it closes, how long a body is) is here.
 
-use crate::error::{Error, ErrorKind};
-use crate::headers::Headers;
+use crate::proto::error::{Error, ErrorKind};
+use crate::proto::fields::Headers;
 
 mod client;
 mod server;
@@ -87,8 +87,8 @@ pub enum RequestBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{RequestDecoder, ResponseDecoder};
-    use crate::message::Request;
+    use crate::proto::decode::{RequestDecoder, ResponseDecoder};
+    use crate::proto::message::Request;
     use crate::uri::IcapUri;
 
     fn req(preview: Option<u64>) -> Request {

@@ -2,12 +2,12 @@
 
 use bytes::Bytes;
 
-use crate::chunked::LastChunk;
-use crate::decode::{RequestDecoder, RequestEvent};
-use crate::encode::Encoder;
-use crate::error::{Error, ErrorKind, Result};
-use crate::head::Method;
-use crate::message::{Request, Response};
+use crate::proto::chunked::LastChunk;
+use crate::proto::decode::{RequestDecoder, RequestEvent};
+use crate::proto::encode::Encoder;
+use crate::proto::error::{Error, ErrorKind, Result};
+use crate::proto::head::Method;
+use crate::proto::message::{Request, Response};
 
 use super::{says_close, state_error, CloseReason, Reuse};
 

@@ -9,8 +9,8 @@
 
 use std::fmt;
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::head::Method;
+use crate::proto::error::{Error, ErrorKind, Result};
+use crate::proto::head::Method;
 
 /// One entry name of the Encapsulated header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,7 +129,7 @@ fn entries(v: &[u8]) -> std::result::Result<Entries, usize> {
         while v.get(j).is_some_and(u8::is_ascii_digit) {
             j += 1;
         }
-        match crate::decode::decimal(&v[digits..j]) {
+        match crate::proto::grammar::decimal(&v[digits..j]) {
             Some(o) => Ok((section, o, j)),
             None => Err(digits),
         }

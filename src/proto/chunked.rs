@@ -13,9 +13,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::headers::Headers;
-use crate::limits::Limits;
+use crate::proto::error::{Error, ErrorKind, Result};
+use crate::proto::fields::Headers;
+use crate::proto::grammar::{decimal, is_token, trim};
+use crate::proto::limits::Limits;
 
 /// What the chunked decoder produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -782,11 +783,13 @@ impl ChunkedDecoder {
         // Trailer fields: a header block ending in a blank line.
         // Scan no further than the limit, so that bytes past it cannot change the error.
         let limit = buf.len().min(self.max_trailer);
-        let found =
-            match crate::head::scan_head(&buf[..limit], self.trailer_scanned.saturating_sub(3)) {
-                Ok(f) => f,
-                Err(e) => return Err(e.at(*base)),
-            };
+        let found = match crate::proto::head::scan_head(
+            &buf[..limit],
+            self.trailer_scanned.saturating_sub(3),
+        ) {
+            Ok(f) => f,
+            Err(e) => return Err(e.at(*base)),
+        };
         match found {
             Some(n) if n <= self.max_trailer => {
                 let raw = buf.take(n);
@@ -835,7 +838,7 @@ fn parse_ext_in(ext: &[u8], at: u64) -> Result<LastChunk> {
         if name.eq_ignore_ascii_case(b"ieof") {
             out.ieof = true;
         } else if name.eq_ignore_ascii_case(b"use-original-body") {
-            let n = value.and_then(crate::decode::decimal).ok_or_else(|| {
+            let n = value.and_then(decimal).ok_or_else(|| {
                 Error::new(
                     ErrorKind::BadChunkExtension,
                     at,
@@ -843,7 +846,7 @@ fn parse_ext_in(ext: &[u8], at: u64) -> Result<LastChunk> {
                 )
             })?;
             out.use_original_body = Some(n);
-        } else if !crate::headers::is_token(name) {
+        } else if !is_token(name) {
             return Err(Error::new(
                 ErrorKind::BadChunkExtension,
                 at,
@@ -857,18 +860,8 @@ fn parse_ext_in(ext: &[u8], at: u64) -> Result<LastChunk> {
     Ok(out)
 }
 
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', r @ ..] = s {
-        s = r;
-    }
-    while let [r @ .., b' ' | b'\t'] = s {
-        s = r;
-    }
-    s
-}
-
 /// Writes the size line of a data chunk of `len` bytes (lower-case hex, no extensions).
-pub fn write_chunk_size(len: usize, out: &mut BytesMut) {
+pub(crate) fn write_chunk_size(len: usize, out: &mut BytesMut) {
     debug_assert!(
         len > 0,
         "a zero size line ends the body; use write_last_chunk"
@@ -887,7 +880,7 @@ pub fn write_chunk_size(len: usize, out: &mut BytesMut) {
 
 /// The end of a body: `0; ieof\r\n\r\n` or `0\r\n\r\n`. Never any other extension: c-icap
 /// drops the connection on unknown ones.
-pub fn last_chunk(ieof: bool) -> Bytes {
+pub(crate) fn last_chunk(ieof: bool) -> Bytes {
     Bytes::from_static(if ieof {
         b"0; ieof\r\n\r\n"
     } else {
@@ -896,7 +889,7 @@ pub fn last_chunk(ieof: bool) -> Bytes {
 }
 
 /// The end of a 206 body: `0; use-original-body=N\r\n\r\n`.
-pub fn use_original_body_chunk(offset: u64) -> Bytes {
+pub(crate) fn use_original_body_chunk(offset: u64) -> Bytes {
     Bytes::from(format!("0; use-original-body={offset}\r\n\r\n"))
 }
 

@@ -23,16 +23,17 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::chunked::{Chunk, ChunkedDecoder, Input, LastChunk};
-use crate::encapsulated::Encapsulated;
-use crate::error::{Error, ErrorKind, Result};
-use crate::head::{
+use crate::proto::chunked::{Chunk, ChunkedDecoder, Input, LastChunk};
+use crate::proto::encapsulated::Encapsulated;
+use crate::proto::error::{Error, ErrorKind, Result};
+use crate::proto::fields::{parse_block, ready_arena, Fields, Headers};
+use crate::proto::grammar::decimal;
+use crate::proto::head::{
     parse_head, parse_request_line, parse_status_line, scan_head, HttpRequestHead,
     HttpResponseHead, Method, RequestLine, StatusLine,
 };
-use crate::headers::{parse_block, ready_arena, Fields, Headers};
-use crate::limits::Limits;
-use crate::message::{BodyKind, Request, Response};
+use crate::proto::limits::Limits;
+use crate::proto::message::{BodyKind, Request, Response};
 
 /// What a [`RequestDecoder`] produced.
 // Not boxed: one head per message moves through here, and a box would be an allocation per
@@ -894,22 +895,6 @@ fn is_name(name: &[u8], lower: &[u8]) -> bool {
         .all(|k| word(name, k) | 0x2020_2020_2020_2020 == word(lower, k) | 0x2020_2020_2020_2020)
 }
 
-/// A non-empty run of ASCII digits that fits a `u64`: no sign, no spaces, no overflow. The
-/// crate's one parser of decimal numbers (Preview, Encapsulated offsets, use-original-body,
-/// OPTIONS numbers, Content-Length); status codes are their own 3-digit grammar.
-pub(crate) fn decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &b| {
-        if b.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
-}
-
 /// Parses a start line from a head's bytes (and where the one pass found its end).
 type LineParser<L> = fn(&Bytes, Option<usize>) -> Result<(L, usize)>;
 
@@ -1098,29 +1083,5 @@ impl sealed::Sealed for Response {
     }
     fn end(l: LastChunk) -> ResponseEvent {
         ResponseEvent::End(l)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::decimal;
-
-    #[test]
-    fn decimal_is_digits_that_fit_a_u64() {
-        assert_eq!(decimal(b"0"), Some(0));
-        assert_eq!(decimal(b"00108"), Some(108));
-        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
-        for bad in [
-            &b""[..],
-            b"18446744073709551616",
-            b"+1",
-            b"-1",
-            b" 1",
-            b"1 ",
-            b"1a",
-            b"0x10",
-        ] {
-            assert_eq!(decimal(bad), None, "{:?}", String::from_utf8_lossy(bad));
-        }
     }
 }

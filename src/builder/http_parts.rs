@@ -3,12 +3,13 @@
 
 use bytes::Bytes;
 
+#[cfg(feature = "http")]
+use super::invalid;
 use super::{check_request_head, check_response_head, headers_from, Result};
 #[cfg(feature = "http")]
-use super::{has_ctl, invalid};
-use crate::head::{HttpRequestHead, HttpResponseHead};
-#[cfg(feature = "http")]
-use crate::headers::Headers;
+use crate::proto::fields::Headers;
+use crate::proto::grammar::has_ctl_but_htab;
+use crate::proto::head::{HttpRequestHead, HttpResponseHead};
 
 /// Makes an HTTP request head from raw parts, checking each (no panics, no smuggling).
 pub fn http_request_head<N: AsRef<str>, V: AsRef<[u8]>>(
@@ -59,7 +60,7 @@ fn http_fields(h: &http::HeaderMap) -> Headers {
     let mut out = Headers::new();
     for (n, v) in h {
         // `http` guarantees token names and values without CR, LF or NUL.
-        if !has_ctl(v.as_bytes()) {
+        if !has_ctl_but_htab(v.as_bytes()) {
             out.append(n.as_str(), v.as_bytes());
         }
     }

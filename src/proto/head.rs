@@ -6,16 +6,17 @@
 //! arriving one byte at a time is scanned once: framing, not a second grammar), parses start
 //! lines (one function per grammar: ICAP request and status lines, HTTP request and status
 //! lines), and parses encapsulated HTTP request and response heads, also on their own
-//! ([`HttpRequestHead::parse`], [`HttpResponseHead::parse`]). Header lines themselves belong to [`headers`](crate::headers); which heads
-//! a message carries belongs to [`encapsulated`](crate::encapsulated).
+//! ([`HttpRequestHead::parse`], [`HttpResponseHead::parse`]). Header lines themselves belong to [`headers`](crate::Headers); which heads
+//! a message carries belongs to [`encapsulated`](crate::Encapsulated).
 
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::headers::{is_token, parse_block, ready_arena, Fields, Headers};
-use crate::limits::Limits;
+use crate::proto::error::{Error, ErrorKind, Result};
+use crate::proto::fields::{parse_block, ready_arena, Fields, Headers};
+use crate::proto::grammar::{has_ctl, is_token};
+use crate::proto::limits::Limits;
 
 /// An ICAP method. Extension methods are kept as their token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -248,13 +249,6 @@ fn bad_line(kind: ErrorKind, line: &[u8], what: &str) -> Error {
             String::from_utf8_lossy(&line[..line.len().min(80)])
         ),
     )
-}
-
-/// True when `s` holds a control byte. A fold without early exit, so that it vectorises:
-/// targets and URIs are the long part of a start line.
-fn has_ctl(s: &[u8]) -> bool {
-    s.iter()
-        .fold(false, |bad, &b| bad | (b < 0x20) | (b == 0x7f))
 }
 
 fn status_code(s: &[u8]) -> Option<u16> {

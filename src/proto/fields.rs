@@ -6,11 +6,12 @@
 //! joined) live in a small side buffer, so the same type serves parsed and built heads. This
 //! module owns header-line syntax, with one parser for it (`parse_block`: fast on valid
 //! blocks, exact about the first error of invalid ones); start lines belong to
-//! [`head`](crate::head).
+//! [`head`](crate::HttpRequestHead).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::proto::error::{Error, ErrorKind, Result};
+use crate::proto::grammar::{has_ctl_but_htab, is_token, trim_ows, TOKEN};
 
 /// Byte range into the head (`raw`) or, with [`EXTRA`] set on both ends, into the side buffer
 /// (`extra`). `u32` keeps an entry at 16 bytes; [`Span::new`] refuses offsets that do not fit
@@ -185,46 +186,6 @@ pub struct Headers {
     entries: EntryList,
 }
 
-/// `tchar` of RFC 7230: the bytes allowed in a header name and a method.
-pub(crate) static TOKEN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = matches!(b,
-            b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z'
-            | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.'
-            | b'^' | b'_' | b'`' | b'|' | b'~');
-        i += 1;
-    }
-    t
-};
-
-pub(crate) fn is_token(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&b| TOKEN[b as usize])
-}
-
-/// True when `v` holds a control byte other than HTAB. Written as a fold without early exit so
-/// the compiler vectorises it: values are the bulk of a head.
-#[inline]
-fn has_ctl(v: &[u8]) -> bool {
-    v.iter().fold(false, |bad, &b| {
-        bad | ((b < 0x20) & (b != b'\t')) | (b == 0x7f)
-    })
-}
-
-fn trim_ows(mut v: &[u8]) -> (usize, &[u8]) {
-    let mut lead = 0;
-    while let [b' ' | b'\t', rest @ ..] = v {
-        v = rest;
-        lead += 1;
-    }
-    while let [rest @ .., b' ' | b'\t'] = v {
-        v = rest;
-    }
-    (lead, v)
-}
-
 impl Headers {
     /// An empty header list.
     pub fn new() -> Self {
@@ -355,7 +316,10 @@ impl Headers {
     pub fn append(&mut self, name: &str, value: impl AsRef<[u8]>) {
         let value = value.as_ref();
         assert!(is_token(name.as_bytes()), "invalid header name {name:?}");
-        assert!(!has_ctl(value), "control byte in header value for {name}");
+        assert!(
+            !has_ctl_but_htab(value),
+            "control byte in header value for {name}"
+        );
         let name = self.push_extra(name.as_bytes());
         let value = self.push_extra(trim_ows(value).1);
         self.entries.to_mut().push(Entry { name, value });
@@ -365,7 +329,10 @@ impl Headers {
     /// the others, or appends when absent. Panics like [`Headers::append`].
     pub fn insert(&mut self, name: &str, value: impl AsRef<[u8]>) {
         let value = value.as_ref();
-        assert!(!has_ctl(value), "control byte in header value for {name}");
+        assert!(
+            !has_ctl_but_htab(value),
+            "control byte in header value for {name}"
+        );
         match self.position(name) {
             Some(i) => {
                 let v = self.push_extra(trim_ows(value).1);
@@ -498,7 +465,7 @@ fn name_end(buf: &[u8], mut i: usize) -> usize {
 /// joined, memory. Errors carry the offset (into `buf`) of the bad line, or of the bad byte in a
 /// name or value. An error may be reported before the rest of the block has arrived; callers
 /// that must report a head's framing errors first (a bare LF further on) check its framing with
-/// [`scan_head`](crate::head::scan_head) when this fails.
+/// [`scan_head`](crate::proto::head::scan_head) when this fails.
 ///
 /// Valid lines cost one pass: the name through a `tchar` table, the value eight bytes a step
 /// until its CR ([`value_stop`]); the packed offsets go straight into `arena`. Only a failed
@@ -691,7 +658,7 @@ fn fold_line(
         ));
     }
     let (_, cont) = trim_ows(&buf[pos..nl - 1]);
-    if has_ctl(cont) {
+    if has_ctl_but_htab(cont) {
         return Err(Error::new(
             ErrorKind::BadHeader,
             pos as u64,

@@ -12,9 +12,9 @@ use std::io::IoSlice;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::chunked::{last_chunk, use_original_body_chunk, write_chunk_size};
-use crate::error::{Error, ErrorKind, Result};
-use crate::message::{Request, Response};
+use crate::proto::chunked::{last_chunk, use_original_body_chunk, write_chunk_size};
+use crate::proto::error::{Error, ErrorKind, Result};
+use crate::proto::message::{Request, Response};
 
 static CRLF: &[u8] = b"\r\n";
 

@@ -7,9 +7,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::encapsulated::{Encapsulated, Section};
-use crate::head::{write_status, HttpRequestHead, HttpResponseHead, Method, Version};
-use crate::headers::Headers;
+use crate::proto::encapsulated::{Encapsulated, Section};
+use crate::proto::fields::Headers;
+use crate::proto::head::{write_status, HttpRequestHead, HttpResponseHead, Method, Version};
 
 /// Which body a message carries, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,7 +99,9 @@ impl Request {
     /// The `Preview` header as a number, when present and valid: digits only, as the decoder
     /// reads it (`+5` is not a number of bytes).
     pub fn preview(&self) -> Option<u64> {
-        self.headers.get("Preview").and_then(crate::decode::decimal)
+        self.headers
+            .get("Preview")
+            .and_then(crate::proto::grammar::decimal)
     }
 
     /// True when the client accepts a 204 outside a preview (`Allow: 204`).
