@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use icap::gateway::{Gateway, GatewayConfig};
-use icap::server::{BoxError, IncomingRequest, Reply, Server, ServerConfig};
+use icap::server::{IncomingRequest, Reply, Server, ServerConfig};
 use icap::tls::{ClientTls, ServerTls};
+use icap::BoxError;
 use icap::{IcapUri, Method, ResponseDecoder, ResponseEvent, ServiceOptions};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -9,7 +9,8 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use icap::client::{Client, ClientConfig, ClientRequest, PreviewPolicy};
-use icap::server::{BoxError, IncomingRequest, Reply, Server, ServerConfig};
+use icap::server::{IncomingRequest, Reply, Server, ServerConfig};
+use icap::BoxError;
 use icap::{HttpRequestHead, HttpResponseHead, Method, ServiceOptions};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;

@@ -42,9 +42,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use icap::client::{BodySource, Client, PreviewPolicy};
-use icap::scan::{Mode, ScanRequest};
+use icap::dlp::{Profile, Verdict};
+use icap::dlp::{ScanMode, ScanRequest};
 use icap::tls::{ClientTls, ServerTls, Trust};
-use icap::verdict::{Profile, Verdict};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 
@@ -218,16 +218,16 @@ async fn main() -> ExitCode {
     let (mode, profile, server_profile) = match args.connection_type.as_deref() {
         None => {
             let mode = match args.mode.as_str() {
-                "reqmod" => Mode::Reqmod,
-                "respmod" => Mode::Respmod,
+                "reqmod" => ScanMode::Reqmod,
+                "respmod" => ScanMode::Respmod,
                 m => return fail(format!("--mode must be reqmod or respmod, not {m:?}")),
             };
             (mode, Profile::Generic, dlp_service::Profile::Generic)
         }
-        Some("generic-reqmod") => (Mode::Reqmod, Profile::Generic, dlp_service::Profile::Generic),
-        Some("generic-respmod") => (Mode::Respmod, Profile::Generic, dlp_service::Profile::Generic),
-        Some("symantec") => (Mode::Reqmod, Profile::Symantec, dlp_service::Profile::Symantec),
-        Some("forcepoint") => (Mode::Reqmod, Profile::Forcepoint, dlp_service::Profile::Forcepoint),
+        Some("generic-reqmod") => (ScanMode::Reqmod, Profile::Generic, dlp_service::Profile::Generic),
+        Some("generic-respmod") => (ScanMode::Respmod, Profile::Generic, dlp_service::Profile::Generic),
+        Some("symantec") => (ScanMode::Reqmod, Profile::Symantec, dlp_service::Profile::Symantec),
+        Some("forcepoint") => (ScanMode::Reqmod, Profile::Forcepoint, dlp_service::Profile::Forcepoint),
         Some(t) => {
             return fail(format!(
                 "unknown --connection-type {t:?} (generic-reqmod, generic-respmod, symantec, forcepoint)"
@@ -250,7 +250,7 @@ async fn main() -> ExitCode {
                 dlp_service::DlpConfig::new(icap_dlp_engine::Rules::default(), server_profile);
             match dlp_service::spawn_loopback(cfg, Some(&pki.server)).await {
                 Ok(r) => {
-                    let path = if mode == Mode::Reqmod {
+                    let path = if mode == ScanMode::Reqmod {
                         "reqmod"
                     } else {
                         "respmod"

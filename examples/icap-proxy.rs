@@ -44,7 +44,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use icap::adapt::{AdaptBody, AdaptConfig, AdaptLayer, ClientInfo, Verdict, Verdicts};
+use icap::adapt::{AdaptBody, AdaptConfig, AdaptLayer, ClientInfo, Disposition, Dispositions};
 use icap::client::Client;
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, Service, ServiceExt};
@@ -298,10 +298,10 @@ where
     };
     let v = resp
         .extensions()
-        .get::<Verdicts>()
+        .get::<Dispositions>()
         .copied()
         .unwrap_or_default();
-    let name = |v: Option<Verdict>| v.map_or("-", Verdict::as_str);
+    let name = |v: Option<Disposition>| v.map_or("-", Disposition::as_str);
     let verdict = format!("{}/{}", name(v.reqmod), name(v.respmod));
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);

@@ -14,8 +14,8 @@
 //! - **I/O** on tokio: the async [`client`] (feature `client`; a `tower::Service` with
 //!   pooling, failover and health) and [`server`] (feature `server`), with TLS through
 //!   rustls ([`tls`]), counters through [`metrics`] (feature `metrics`);
-//! - **applications** on top of the client: verdict rules and vendor profiles
-//!   ([`verdict`]), the DLP scanner ([`scan`], feature `scan`: a file in, a verdict out), the
+//! - **applications** on top of the client: data loss prevention ([`dlp`]: verdict rules and
+//!   vendor profiles, and with feature `scan` the scanner, a file in, a verdict out), the
 //!   tower layer that adapts HTTP messages through ICAP ([`adapt`], feature `adapt`), and the
 //!   ICAP-aware relay ([`gateway`], feature `gateway`).
 //!
@@ -54,6 +54,7 @@ pub mod builder;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
+pub mod dlp;
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub mod gateway;
@@ -64,9 +65,6 @@ pub mod metrics;
 mod observe;
 mod options;
 mod proto;
-#[cfg(feature = "scan")]
-#[cfg_attr(docsrs, doc(cfg(feature = "scan")))]
-pub mod scan;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;
@@ -74,7 +72,6 @@ pub mod server;
 pub mod tls;
 mod transaction;
 mod uri;
-pub mod verdict;
 
 /// The README's code blocks, compiled and run as doctests (the scanner block needs the
 /// client).
@@ -83,6 +80,12 @@ pub mod verdict;
 struct ReadmeDoctests;
 
 pub use options::{ServiceOptions, Transfer};
+
+/// The error a service, a body stream or a layer may fail with, boxed: what the server
+/// accepts from a handler and the adapt layer from the bodies it streams (as tower's
+/// `BoxError`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub use proto::{
     BodyKind, Chunk, ChunkedDecoder, Decoder, Encapsulated, Encoder, Error, ErrorKind, Headers,
     HttpRequestHead, HttpResponseHead, LastChunk, Limits, Message, Method, Request, RequestDecoder,

@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use icap::adapt::{AdaptBody, AdaptConfig, AdaptLayer, Verdict, Verdicts};
+use icap::adapt::{AdaptBody, AdaptConfig, AdaptLayer, Disposition, Dispositions};
 use icap::builder::ErrorStatus;
 use icap::client::Client;
-use icap::server::{BoxError, IncomingRequest, Reply, Server};
+use icap::server::{IncomingRequest, Reply, Server};
+use icap::BoxError;
 use icap::{Method, ServiceOptions};
 use tower::{Layer, ServiceExt};
 
@@ -38,7 +39,7 @@ fn body(n: usize) -> Bytes {
 }
 
 /// GETs `path` through the layer (RESPMOD to `uri`) from an origin answering `n` bytes.
-async fn download(cfg: AdaptConfig, path: &str, n: usize) -> (u16, Bytes, Verdicts) {
+async fn download(cfg: AdaptConfig, path: &str, n: usize) -> (u16, Bytes, Dispositions) {
     let origin = tower::service_fn(
         move |_req: http::Request<AdaptBody<Full<Bytes>>>| async move {
             Ok::<_, Infallible>(http::Response::new(Full::new(body(n))))
@@ -50,7 +51,7 @@ async fn download(cfg: AdaptConfig, path: &str, n: usize) -> (u16, Bytes, Verdic
         .unwrap();
     let resp = svc.oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
-    let v = *resp.extensions().get::<Verdicts>().unwrap();
+    let v = *resp.extensions().get::<Dispositions>().unwrap();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, bytes, v)
 }
@@ -84,7 +85,7 @@ async fn partial_206_with_an_offset_splices_the_original() {
         let cfg = AdaptConfig::default().respmod(client(&srv));
         let (status, got, v) = download(cfg, "/file.bin", n).await;
         assert_eq!(status, 200);
-        assert_eq!(v.respmod, Some(Verdict::Partial));
+        assert_eq!(v.respmod, Some(Disposition::Partial));
         assert_eq!(got.len(), n - 5, "n={n}");
         assert_eq!(&got[..5], b"HELLO");
         assert!(got[5..] == body(n)[10..], "n={n}");
@@ -105,13 +106,13 @@ async fn icap_error_status_fails_closed_or_open() {
     assert!(std::str::from_utf8(&page)
         .unwrap()
         .contains("Service Unavailable"));
-    assert_eq!(v.respmod, Some(Verdict::FailedClosed));
+    assert_eq!(v.respmod, Some(Disposition::FailedClosed));
 
     let cfg = AdaptConfig::default().respmod(client(&srv)).fail_open(true);
     let (status, got, v) = download(cfg, "/a.txt", 5000).await;
     assert_eq!(status, 200);
     assert_eq!(got, body(5000));
-    assert_eq!(v.respmod, Some(Verdict::FailedOpen));
+    assert_eq!(v.respmod, Some(Disposition::FailedOpen));
 }
 
 /// `Transfer-Ignore: iso` in OPTIONS and the bypass rules: those bodies are never sent.
@@ -130,7 +131,7 @@ async fn transfer_ignore_and_bypass_rules_skip_icap() {
         3000,
     )
     .await;
-    assert_eq!((status, v.respmod), (200, Some(Verdict::Bypassed)));
+    assert_eq!((status, v.respmod), (200, Some(Disposition::Bypassed)));
     assert_eq!(got, body(3000));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
@@ -138,7 +139,7 @@ async fn transfer_ignore_and_bypass_rules_skip_icap() {
         .respmod(client(&srv))
         .bypass_larger_than(2000);
     let (_, got, v) = download(cfg, "/big.txt", 3000).await;
-    assert_eq!(v.respmod, Some(Verdict::Bypassed));
+    assert_eq!(v.respmod, Some(Disposition::Bypassed));
     assert_eq!(got, body(3000));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
@@ -148,7 +149,7 @@ async fn transfer_ignore_and_bypass_rules_skip_icap() {
         3000,
     )
     .await;
-    assert_eq!(v.respmod, Some(Verdict::Unmodified));
+    assert_eq!(v.respmod, Some(Disposition::Unmodified));
     assert_eq!(got, body(3000));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

@@ -10,16 +10,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use icap::client::{BodySource, Client, ClientConfig};
 use icap::client::{ClientError, TlsFailure};
-use icap::scan::{Mode, ScanRequest};
+use icap::dlp::Verdict;
+use icap::dlp::{ScanMode, ScanRequest};
 use icap::server::{Server, ServerConfig};
 use icap::tls::{ClientTls, ServerTls};
-use icap::verdict::Verdict;
 use net::{blocker, pki, start, Blocker, BlockerRoute};
 use tokio::io::AsyncWriteExt;
 
 fn scan(body: &'static [u8]) -> ScanRequest {
     ScanRequest::new(
-        Mode::Reqmod,
+        ScanMode::Reqmod,
         "report.txt",
         BodySource::Bytes(Bytes::from_static(body)),
     )
@@ -57,7 +57,7 @@ async fn verdicts_over_one_kept_alive_connection() {
     assert!(!x.body_truncated);
     // RESPMOD, and a body decided on its preview alone.
     let mut r = ScanRequest::new(
-        Mode::Respmod,
+        ScanMode::Respmod,
         "a.bin",
         BodySource::Bytes(Bytes::from_static(b"SKIPPED after the preview BLOCK")),
     );
@@ -113,7 +113,7 @@ async fn a_body_shorter_than_announced_is_not_the_servers_fault() {
     let client = Client::new(&[srv.uri("icap", "blocker")], ClientConfig::default()).unwrap();
     let short = BodySource::reader(&b"only ten.."[..], Some(100));
     let e = client
-        .scan(ScanRequest::new(Mode::Reqmod, "short.bin", short))
+        .scan(ScanRequest::new(ScanMode::Reqmod, "short.bin", short))
         .await
         .unwrap_err();
     assert!(
@@ -153,7 +153,7 @@ async fn transfer_ignore_skips_the_file() {
     let srv = blocker(ServerConfig::default()).await;
     let client = Client::new(&[srv.uri("icap", "blocker")], ClientConfig::default()).unwrap();
     let r = ScanRequest::new(
-        Mode::Reqmod,
+        ScanMode::Reqmod,
         "movie.ignored",
         BodySource::Bytes(Bytes::from_static(b"BLOCK")),
     );
@@ -184,7 +184,7 @@ async fn large_file_streams_from_disk() {
     let client = Client::new(&[srv.uri("icap", "blocker")], ClientConfig::default()).unwrap();
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seen2 = seen.clone();
-    let mut r = ScanRequest::new(Mode::Respmod, "big.bin", BodySource::File(path.clone()));
+    let mut r = ScanRequest::new(ScanMode::Respmod, "big.bin", BodySource::File(path.clone()));
     r.progress = Some(std::sync::Arc::new(move |n| {
         seen2.store(n, Ordering::Relaxed)
     }));

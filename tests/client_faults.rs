@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use icap::client::ClientError;
 use icap::client::{BodySource, Client, ClientConfig};
-use icap::scan::{Mode, ScanRequest};
+use icap::dlp::{ScanMode, ScanRequest};
 use icap::server::ServerConfig;
 use net::blocker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -172,7 +172,7 @@ fn file(i: usize) -> (ScanRequest, bool) {
         (true, true) => format!("file {i:02} has the BLOCK word"),
     };
     let req = ScanRequest::new(
-        Mode::Reqmod,
+        ScanMode::Reqmod,
         format!("f{i:02}.txt"),
         BodySource::Bytes(Bytes::from(body)),
     );
@@ -500,7 +500,7 @@ async fn a_down_partner_comes_back_only_after_a_good_options_probe() {
             .revival_delay(Duration::from_millis(800)),
     )
     .unwrap();
-    let check = |i: usize, out: icap::scan::ScanOutcome| {
+    let check = |i: usize, out: icap::dlp::ScanOutcome| {
         assert_eq!(out.verdict.is_blocked(), i % 2 == 1, "file {i}");
         out.exchange.unwrap().server.to_string()
     };

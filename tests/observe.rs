@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use icap::client::{BodySource, Client, ClientConfig};
-use icap::scan::{Mode, ScanRequest};
+use icap::dlp::{ScanMode, ScanRequest};
 use icap::server::ServerConfig;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use net::{blocker, start_on, Blocker, BlockerRoute};
@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn scan(body: &'static [u8]) -> ScanRequest {
     ScanRequest::new(
-        Mode::Reqmod,
+        ScanMode::Reqmod,
         "report.txt",
         BodySource::Bytes(Bytes::from_static(body)),
     )

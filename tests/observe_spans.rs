@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use icap::client::{BodySource, Client, ClientConfig};
-use icap::scan::{Mode, ScanRequest};
+use icap::dlp::{ScanMode, ScanRequest};
 use icap::server::ServerConfig;
 use net::blocker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +25,7 @@ use tracing_subscriber::Layer;
 
 fn scan(body: &'static [u8]) -> ScanRequest {
     ScanRequest::new(
-        Mode::Reqmod,
+        ScanMode::Reqmod,
         "report.txt",
         BodySource::Bytes(Bytes::from_static(body)),
     )

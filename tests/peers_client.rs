@@ -11,9 +11,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use icap::client::{BodySource, Client, ClientConfig, ClientRequest, Exchange, PreviewPolicy};
 use icap::client::{ClientError, TlsFailure};
-use icap::scan::{Mode, ScanRequest};
+use icap::dlp::{judge, Answer, Profile};
+use icap::dlp::{ScanMode, ScanRequest};
 use icap::tls::ClientTls;
-use icap::verdict::{judge, Answer, Profile};
 use icap::{HttpRequestHead, Method};
 use peers_support::{available, gen_certs, serial, CIcap, Stunnel, StunnelMode, TempDir};
 
@@ -32,7 +32,7 @@ fn get(url: &'static str) -> ClientRequest {
     .allow_204(true)
 }
 
-fn verdict(method: Method, x: &Exchange) -> icap::verdict::Verdict {
+fn verdict(method: Method, x: &Exchange) -> icap::dlp::Verdict {
     judge(
         &Profile::Generic.rules(),
         &Answer {
@@ -121,7 +121,11 @@ async fn client_against_cicap() {
     // content_filtering rewrites a word: the new body is asserted, the verdict is Modified.
     let cf = Client::new(&[cicap_uri(&cicap, "content_filtering")], cfg()).unwrap();
     let body = Bytes::from_static(b"first line\nthis has a badword in it\nlast line\n");
-    let r = ScanRequest::new(Mode::Respmod, "notes.txt", BodySource::Bytes(body.clone()));
+    let r = ScanRequest::new(
+        ScanMode::Respmod,
+        "notes.txt",
+        BodySource::Bytes(body.clone()),
+    );
     let mut r = r;
     r.content_type = "text/plain".into();
     let out = cf.scan(r).await.unwrap();
@@ -136,7 +140,7 @@ async fn client_against_cicap() {
     for size in [100usize, 1024, 3000] {
         let data: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
         let mut r = ScanRequest::new(
-            Mode::Respmod,
+            ScanMode::Respmod,
             "plain.txt",
             BodySource::Bytes(Bytes::from(data.clone())),
         );

@@ -11,9 +11,9 @@ mod net;
 
 use bytes::Bytes;
 use icap::client::{BodySource, Client, ClientConfig};
-use icap::scan::{Mode, ScanRequest};
+use icap::dlp::Profile;
+use icap::dlp::{ScanMode, ScanRequest};
 use icap::tls::{ClientTls, ServerTls};
-use icap::verdict::Profile;
 use net::pki;
 
 const CLEAN: &[u8] = b"Minutes of the planning meeting. Nothing to see here.\n";
@@ -35,29 +35,29 @@ fn client_tls() -> ClientTls {
 }
 
 /// (client profile, mode, emulated vendor, expected block reason start)
-fn matrix() -> Vec<(Profile, Mode, dlp_service::Profile, &'static str)> {
+fn matrix() -> Vec<(Profile, ScanMode, dlp_service::Profile, &'static str)> {
     vec![
         (
             Profile::Symantec,
-            Mode::Reqmod,
+            ScanMode::Reqmod,
             dlp_service::Profile::Symantec,
             "REQMOD answered with an HTTP response (HTTP/1.1 200 OK)",
         ),
         (
             Profile::Forcepoint,
-            Mode::Reqmod,
+            ScanMode::Reqmod,
             dlp_service::Profile::Forcepoint,
             "HTTP 403 block page",
         ),
         (
             Profile::Generic,
-            Mode::Reqmod,
+            ScanMode::Reqmod,
             dlp_service::Profile::Generic,
             "X-Violations-Found: ",
         ),
         (
             Profile::Generic,
-            Mode::Respmod,
+            ScanMode::Respmod,
             dlp_service::Profile::Generic,
             "X-Violations-Found: ",
         ),
@@ -71,7 +71,7 @@ async fn run_matrix(tls: bool) {
         let running = dlp_service::spawn_loopback(cfg, server.as_ref())
             .await
             .unwrap();
-        let path = if mode == Mode::Reqmod {
+        let path = if mode == ScanMode::Reqmod {
             "reqmod"
         } else {
             "respmod"
@@ -159,7 +159,7 @@ async fn symantec_block_misread_by_a_status_check_is_caught_by_the_generic_rules
     )
     .unwrap();
     let r = ScanRequest::new(
-        Mode::Reqmod,
+        ScanMode::Reqmod,
         "x.csv",
         BodySource::Bytes(Bytes::from_static(CARD)),
     );

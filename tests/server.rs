@@ -6,7 +6,8 @@ mod net;
 
 use std::time::Duration;
 
-use icap::server::{BoxError, IncomingRequest, Reply, Server, ServerConfig};
+use icap::server::{IncomingRequest, Reply, Server, ServerConfig};
+use icap::BoxError;
 use icap::{Method, Response, ResponseDecoder, ResponseEvent, ServiceOptions};
 use net::{Running, PAGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

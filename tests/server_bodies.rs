@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use icap::server::{BoxError, IncomingRequest, Reply, ReplyBody, Server, ServerConfig};
+use icap::server::{IncomingRequest, Reply, ReplyBody, Server, ServerConfig};
+use icap::BoxError;
 use icap::{Method, ResponseDecoder, ResponseEvent, ServiceOptions};
 use net::PAGE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

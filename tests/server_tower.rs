@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use icap::server::{BoxError, IncomingRequest, PeerInfo, Reply, Server, ServerConfig};
+use icap::server::{IncomingRequest, PeerInfo, Reply, Server, ServerConfig};
+use icap::BoxError;
 use icap::{Method, ServiceOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

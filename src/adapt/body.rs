@@ -12,8 +12,8 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
-use super::BoxError;
 use crate::client::AnswerBody;
+use crate::BoxError;
 
 /// What the client leaves of the original when it lets go of it: the held copy (when it
 /// still starts at byte 0), how far it read, and the unread rest.

@@ -33,15 +33,16 @@ use crate::options::Transfer;
 use crate::proto::message::Response as IcapResponse;
 
 pub use body::AdaptBody;
+
+use crate::BoxError;
 use body::{Returned, Tee};
 
-/// Errors of bodies passing through the layer.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What the layer did with one message, in the response's extensions as [`Verdicts`].
+/// What the layer did with one message, in the response's extensions as [`Dispositions`].
+/// Not a judgement of the content (that is a [`dlp::Verdict`](crate::dlp::Verdict)): how the
+/// message was handled, failures included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Verdict {
+pub enum Disposition {
     /// Not sent to ICAP: a bypass rule matched.
     Bypassed,
     /// ICAP 204: the original passed.
@@ -59,17 +60,17 @@ pub enum Verdict {
     FailedClosed,
 }
 
-impl Verdict {
+impl Disposition {
     /// A short lower-case name, for access logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            Verdict::Bypassed => "bypassed",
-            Verdict::Unmodified => "unmodified",
-            Verdict::Modified => "modified",
-            Verdict::Partial => "partial",
-            Verdict::Blocked => "blocked",
-            Verdict::FailedOpen => "failed-open",
-            Verdict::FailedClosed => "failed-closed",
+            Disposition::Bypassed => "bypassed",
+            Disposition::Unmodified => "unmodified",
+            Disposition::Modified => "modified",
+            Disposition::Partial => "partial",
+            Disposition::Blocked => "blocked",
+            Disposition::FailedOpen => "failed-open",
+            Disposition::FailedClosed => "failed-closed",
         }
     }
 }
@@ -77,11 +78,11 @@ impl Verdict {
 /// The verdicts of both directions, inserted in every response the layer returns.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Verdicts {
+pub struct Dispositions {
     /// REQMOD's, when the request was considered for it.
-    pub reqmod: Option<Verdict>,
+    pub reqmod: Option<Disposition>,
     /// RESPMOD's, when the response was considered for it.
-    pub respmod: Option<Verdict>,
+    pub respmod: Option<Disposition>,
 }
 
 /// Who sent the request, when the proxy knows: put it in the request's extensions and the
@@ -312,14 +313,14 @@ where
     let method_bypassed = cfg.bypass_methods.contains(&parts.method);
     let req_head = http_request_head_from(&parts);
     let name = file_name(&parts.uri);
-    let mut verdicts = Verdicts::default();
+    let mut verdicts = Dispositions::default();
 
     // REQMOD
     let req_out = match &cfg.reqmod {
         Some(client) => {
             let len = body.size_hint().exact();
             if method_bypassed || cfg.bypass(&parts.headers, len) {
-                verdicts.reqmod = Some(Verdict::Bypassed);
+                verdicts.reqmod = Some(Disposition::Bypassed);
                 http::Request::from_parts(parts, AdaptBody::original(body))
             } else {
                 let span = tracing::info_span!(
@@ -330,8 +331,8 @@ where
                 );
                 let has_body = !(body.is_end_stream() || len == Some(0));
                 if has_body && ignored(client, name.as_deref()).await {
-                    verdicts.reqmod = Some(Verdict::Bypassed);
-                    span.record("verdict", Verdict::Bypassed.as_str());
+                    verdicts.reqmod = Some(Disposition::Bypassed);
+                    span.record("verdict", Disposition::Bypassed.as_str());
                     let req = http::Request::from_parts(parts, AdaptBody::original(body));
                     return respond(&cfg, inner, req, req_head, who, name, verdicts).await;
                 }
@@ -372,7 +373,7 @@ async fn respond<S, B, RB>(
     req_head: crate::proto::head::HttpRequestHead,
     who: Option<ClientInfo>,
     name: Option<String>,
-    mut verdicts: Verdicts,
+    mut verdicts: Dispositions,
 ) -> Result<Resp<RB>, S::Error>
 where
     S: tower::Service<http::Request<AdaptBody<B>>, Response = http::Response<RB>>,
@@ -392,7 +393,7 @@ where
     let (rparts, rbody) = resp.into_parts();
     let len = rbody.size_hint().exact();
     if method_bypassed || cfg.bypass(&rparts.headers, len) {
-        verdicts.respmod = Some(Verdict::Bypassed);
+        verdicts.respmod = Some(Disposition::Bypassed);
         let mut resp = http::Response::from_parts(rparts, AdaptBody::original(rbody));
         resp.extensions_mut().insert(verdicts);
         return Ok(resp);
@@ -405,8 +406,8 @@ where
     );
     let has_body = !(rbody.is_end_stream() || len == Some(0));
     if has_body && ignored(client, name.as_deref()).await {
-        span.record("verdict", Verdict::Bypassed.as_str());
-        verdicts.respmod = Some(Verdict::Bypassed);
+        span.record("verdict", Disposition::Bypassed.as_str());
+        verdicts.respmod = Some(Disposition::Bypassed);
         let mut resp = http::Response::from_parts(rparts, AdaptBody::original(rbody));
         resp.extensions_mut().insert(verdicts);
         return Ok(resp);
@@ -509,8 +510,8 @@ where
 }
 
 enum ReqOutcome<B, RB> {
-    Forward(http::Request<AdaptBody<B>>, Verdict),
-    Answer(Resp<RB>, Verdict),
+    Forward(http::Request<AdaptBody<B>>, Disposition),
+    Answer(Resp<RB>, Disposition),
 }
 
 async fn reqmod_outcome<B, RB>(
@@ -527,11 +528,11 @@ where
     match r {
         Ok(ans) if ans.head.status == 204 => match original_from(back, 0).await {
             Some(b) => {
-                ReqOutcome::Forward(http::Request::from_parts(parts, b), Verdict::Unmodified)
+                ReqOutcome::Forward(http::Request::from_parts(parts, b), Disposition::Unmodified)
             }
             None => {
                 failed(&"204 after more than the held bytes");
-                ReqOutcome::Answer(error_page(), Verdict::FailedClosed)
+                ReqOutcome::Answer(error_page(), Disposition::FailedClosed)
             }
         },
         Ok(ans) if ans.head.status == 200 || ans.head.status == 206 => {
@@ -542,11 +543,11 @@ where
                 return match http_response_parts(h) {
                     Ok(p) => ReqOutcome::Answer(
                         http::Response::from_parts(p, answer_body(&head, answer, None)),
-                        Verdict::Blocked,
+                        Disposition::Blocked,
                     ),
                     Err(e) => {
                         failed(&e);
-                        ReqOutcome::Answer(error_page(), Verdict::FailedClosed)
+                        ReqOutcome::Answer(error_page(), Disposition::FailedClosed)
                     }
                 };
             }
@@ -561,13 +562,13 @@ where
                 Some(Err(e)) => {
                     // Closed even with fail_open: the original went into the answer.
                     failed(&e);
-                    return ReqOutcome::Answer(error_page(), Verdict::FailedClosed);
+                    return ReqOutcome::Answer(error_page(), Disposition::FailedClosed);
                 }
             };
             let v = if partial {
-                Verdict::Partial
+                Disposition::Partial
             } else {
-                Verdict::Modified
+                Disposition::Modified
             };
             let body = answer_body(&head, answer, partial.then_some(back).flatten());
             ReqOutcome::Forward(http::Request::from_parts(new_parts, body), v)
@@ -594,10 +595,13 @@ where
 {
     if cfg.fail_open {
         if let Some(b) = original_from(back, 0).await {
-            return ReqOutcome::Forward(http::Request::from_parts(parts, b), Verdict::FailedOpen);
+            return ReqOutcome::Forward(
+                http::Request::from_parts(parts, b),
+                Disposition::FailedOpen,
+            );
         }
     }
-    ReqOutcome::Answer(error_page(), Verdict::FailedClosed)
+    ReqOutcome::Answer(error_page(), Disposition::FailedClosed)
 }
 
 async fn respmod_outcome<RB>(
@@ -605,7 +609,7 @@ async fn respmod_outcome<RB>(
     r: Result<ClientResponse, ClientError>,
     back: Option<oneshot::Receiver<Returned<RB>>>,
     parts: http::response::Parts,
-) -> (Resp<RB>, Verdict)
+) -> (Resp<RB>, Disposition)
 where
     RB: http_body::Body + Send + 'static,
     RB::Error: Into<BoxError>,
@@ -614,17 +618,23 @@ where
     let fail = |back, parts| async move {
         if cfg.fail_open {
             if let Some(b) = original_from(back, 0).await {
-                return (http::Response::from_parts(parts, b), Verdict::FailedOpen);
+                return (
+                    http::Response::from_parts(parts, b),
+                    Disposition::FailedOpen,
+                );
             }
         }
-        (error_page(), Verdict::FailedClosed)
+        (error_page(), Disposition::FailedClosed)
     };
     match r {
         Ok(ans) if ans.head.status == 204 => match original_from(back, 0).await {
-            Some(b) => (http::Response::from_parts(parts, b), Verdict::Unmodified),
+            Some(b) => (
+                http::Response::from_parts(parts, b),
+                Disposition::Unmodified,
+            ),
             None => {
                 failed(&"204 after more than the held bytes");
-                (error_page(), Verdict::FailedClosed)
+                (error_page(), Disposition::FailedClosed)
             }
         },
         Ok(ans) if ans.head.status == 200 || ans.head.status == 206 => {
@@ -638,13 +648,13 @@ where
                 None => parts,
                 Some(Err(e)) => {
                     failed(&e);
-                    return (error_page(), Verdict::FailedClosed);
+                    return (error_page(), Disposition::FailedClosed);
                 }
             };
             let v = if partial {
-                Verdict::Partial
+                Disposition::Partial
             } else {
-                Verdict::Modified
+                Disposition::Modified
             };
             let body = answer_body(&head, ans.body, partial.then_some(back).flatten());
             (http::Response::from_parts(new_parts, body), v)

@@ -2,7 +2,6 @@
 //! `AsyncRead`, any `http_body::Body`), and [`AnswerBody`], the answer's body as an owned
 //! `http_body::Body` a caller can forward without buffering it.
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -20,7 +19,8 @@ use crate::client::ClientError;
 /// Bytes read from a reader or file source in one go (and so the largest chunk sent).
 pub(crate) const READ_SIZE: usize = 64 * 1024;
 
-type BoxError = Box<dyn StdError + Send + Sync>;
+use crate::BoxError;
+
 type BoxBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
 
 /// The body of a request. Memory and files can be sent again, so a failed attempt is

@@ -17,6 +17,7 @@ use crate::transaction::RequestBody;
 use super::body::{Piece, Source, AHEAD};
 use super::health::ProbeClaim;
 use super::io::{Collect, Out, StreamOut};
+use super::options_cache;
 use super::pool::Conn;
 use super::{
     after, AnswerBody, Answered, Balance, Client, ClientRequest, ClientResponse, Deliver, Exchange,
@@ -267,7 +268,7 @@ impl Client {
                         Answered::Stream(r) => &r.head,
                         Answered::Ignored => unreachable!("sent"),
                     };
-                    ep.saw_istag(head);
+                    options_cache::saw_istag(&ep.options, head);
                     if head.status >= 400 {
                         return Err(ClientError::Status {
                             server: ep.name(),

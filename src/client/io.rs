@@ -19,10 +19,10 @@ use tokio::sync::oneshot;
 use tokio::time::timeout_at;
 
 use crate::client::ClientError;
+use crate::dlp::BodyHash;
 use crate::proto::error::Error;
 use crate::proto::message::{Request, Response};
 use crate::transaction::{ClientEvent, ClientTransaction, RequestBody, Reuse};
-use crate::verdict::BodyHash;
 
 use super::body::{Piece, PieceSender, Source, READ_SIZE};
 use super::pool::{tls_failure, Conn, Endpoint};

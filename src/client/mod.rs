@@ -112,6 +112,7 @@ mod error;
 mod failover;
 mod health;
 mod io;
+mod options;
 mod options_cache;
 mod pool;
 mod request;

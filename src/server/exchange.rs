@@ -13,13 +13,14 @@ use tokio::sync::mpsc;
 
 use super::body::{Body, BodyError, Control, Piece};
 use super::conn::{Conn, Got};
-use super::service::{BoxError, IncomingRequest, PeerInfo, Reply, ReplyBody, Route};
+use super::service::{IncomingRequest, PeerInfo, Reply, ReplyBody, Route};
 use super::spool::Spool;
 use super::Server;
 use crate::builder::ErrorStatus;
 use crate::proto::fields::Headers;
 use crate::proto::message::Request;
 use crate::transaction::{Reuse, ServerState, ServerTransaction};
+use crate::BoxError;
 
 /// Body bytes read ahead of the service: the connection reads on while the service has
 /// taken all but this many of the bytes handed over (a preview is read whole regardless).

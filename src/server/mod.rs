@@ -47,7 +47,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use icap::server::{BoxError, IncomingRequest, Reply, Server, ServerConfig};
+//! use icap::BoxError;
+//! use icap::server::{IncomingRequest, Reply, Server, ServerConfig};
 //! use icap::{Method, ServiceOptions};
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //! use tower::ServiceBuilder;
@@ -130,7 +131,9 @@ use tokio::task::JoinSet;
 
 pub use body::{Body, BodyError};
 pub use config::{MinRate, ServerConfig};
-pub use service::{BoxError, IncomingRequest, PeerInfo, Reply, ReplyBody};
+pub use service::{IncomingRequest, PeerInfo, Reply, ReplyBody};
+
+use crate::BoxError;
 
 use crate::options::ServiceOptions;
 use service::Route;

@@ -20,9 +20,7 @@ use crate::builder::{ErrorStatus, ResponseBuilder};
 use crate::options::ServiceOptions;
 use crate::proto::fields::Headers;
 use crate::proto::message::{Request, Response};
-
-/// The error type services are boxed into.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,7 +68,8 @@ impl std::fmt::Display for PeerInfo {
 /// A service is a plain function of it, so it can be tested without a server:
 ///
 /// ```
-/// use icap::server::{Body, BoxError, IncomingRequest, PeerInfo, Reply};
+/// use icap::BoxError;
+/// use icap::server::{Body, IncomingRequest, PeerInfo, Reply};
 /// use icap::{IcapUri, Request};
 /// use tower::{service_fn, ServiceExt};
 ///

@@ -12,7 +12,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use icap::server::{BoxError, IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Stats};
+use icap::server::{IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Stats};
+use icap::BoxError;
 use icap::{Method, ServiceOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

@@ -5,21 +5,21 @@
 //! server's OPTIONS say, failover, health, deadline) and draws a verdict by the rules of a
 //! vendor [`Profile`]. Errors never become `Allowed` unless
 //! [`ClientConfig::fail_open`](crate::client::ClientConfig::fail_open) says so. The rules
-//! themselves, which need no client, are in [`crate::verdict`].
+//! themselves, which need no client, are in `verdict.rs`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::verdict::{canonical, judge, Answer, Profile, Verdict};
 use crate::client::ClientError;
 use crate::client::{after, Answered, BodySource, Client, ClientRequest, Deliver, Exchange};
 use crate::proto::fields::Headers;
 use crate::proto::head::{HttpRequestHead, HttpResponseHead, Method};
-use crate::verdict::{canonical, judge, Answer, Profile, Verdict};
 
 /// Whether a REQMOD or a RESPMOD carries the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
+pub enum ScanMode {
     /// The file is the body of an HTTP upload (POST).
     #[default]
     Reqmod,
@@ -31,7 +31,7 @@ pub enum Mode {
 #[non_exhaustive]
 pub struct ScanRequest {
     /// REQMOD (upload) or RESPMOD (download).
-    pub mode: Mode,
+    pub mode: ScanMode,
     /// How blocks are recognised.
     pub profile: Profile,
     /// The file's name: used in the embedded URL and for the `Transfer-*` rules.
@@ -68,7 +68,7 @@ impl std::fmt::Debug for ScanRequest {
 
 impl ScanRequest {
     /// A scan of `body` named `file_name` in `mode`, generic profile.
-    pub fn new(mode: Mode, file_name: impl Into<String>, body: impl Into<BodySource>) -> Self {
+    pub fn new(mode: ScanMode, file_name: impl Into<String>, body: impl Into<BodySource>) -> Self {
         ScanRequest {
             mode,
             profile: Profile::Generic,
@@ -145,8 +145,8 @@ impl Client {
         let len = req.body.len().await.map_err(ClientError::Body)?;
         let (http_req, http_res) = embedded_heads(&req, len);
         let sent_head = match req.mode {
-            Mode::Reqmod => canonical(&http_req.line(), &http_req.headers),
-            Mode::Respmod => {
+            ScanMode::Reqmod => canonical(&http_req.line(), &http_req.headers),
+            ScanMode::Respmod => {
                 let r = http_res.as_ref().expect("RESPMOD has a response head");
                 canonical(&r.line(), &r.headers)
             }
@@ -199,8 +199,8 @@ impl Client {
             Answered::Stream(_) => unreachable!("a scan collects its answer"),
         };
         let method = match mode {
-            Mode::Reqmod => Method::Reqmod,
-            Mode::Respmod => Method::Respmod,
+            ScanMode::Reqmod => Method::Reqmod,
+            ScanMode::Respmod => Method::Respmod,
         };
         let answer = Answer {
             method: &method,
@@ -240,7 +240,7 @@ fn embedded_heads(
         .collect();
     let len_s = len.map(|n| n.to_string());
     match req.mode {
-        Mode::Reqmod => {
+        ScanMode::Reqmod => {
             let url = req
                 .url
                 .clone()
@@ -261,7 +261,7 @@ fn embedded_heads(
             }
             (HttpRequestHead::new("POST", &url, h), None)
         }
-        Mode::Respmod => {
+        ScanMode::Respmod => {
             let url = req
                 .url
                 .clone()

@@ -6,7 +6,7 @@
 //! ([`Profile`]): Symantec DLP answers a blocked REQMOD with an HTTP response in place of the
 //! request, often `HTTP/1.1 200 OK` with block text; Forcepoint and c-icap answer with a 403
 //! page; antivirus engines add `X-Infection-Found` and the like. Each verdict carries the
-//! reason it was reached. No I/O here: the scanner (module `scan`, feature `scan`) gathers
+//! reason it was reached. No I/O here: the scanner (`scan.rs`, feature `scan`) gathers
 //! the facts ([`Answer`]) and asks; any other caller can too.
 
 use std::fmt;
