@@ -18,7 +18,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use icap::{ResponseDecoder, ResponseEvent};
 
-mod support;
+use icap_bench_fixtures as support;
 use support::body_message;
 
 const READ: usize = 64 * 1024;

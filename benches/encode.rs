@@ -16,7 +16,7 @@ use icap::{
     ResponseDecoder, ResponseEvent,
 };
 
-mod support;
+use icap_bench_fixtures as support;
 use support::fixtures;
 
 struct Counting;

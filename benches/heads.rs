@@ -23,7 +23,7 @@ use icap::{
     ResponseEvent,
 };
 
-mod support;
+use icap_bench_fixtures as support;
 use support::{
     drain_request, drain_response, fixtures, httparse_all_heads, httparse_embedded, Fixture,
 };

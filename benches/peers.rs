@@ -8,7 +8,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use icap::{RequestDecoder, ResponseDecoder};
 
-mod support;
+use icap_bench_fixtures as support;
 use support::{body_message, drain_request, drain_response, fixtures};
 
 fn peers(c: &mut Criterion) {

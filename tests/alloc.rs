@@ -1,7 +1,7 @@
 //! The allocation contract of the codec: once a decoder (or an encoder) has carried one
 //! message, carrying the same shape of message again allocates nothing.
 //!
-//! Shapes (the bench fixtures, `benches/support`): an OPTIONS answer, a REQMOD with a browser
+//! Shapes (the bench fixtures, `benches/fixtures`): an OPTIONS answer, a REQMOD with a browser
 //! GET, a squid RESPMOD with a preview, a 204, a 200 with a 403 block page, and a 200 with a
 //! 1 MiB body in 16 KiB and in 1 KiB chunks. Each is decoded through `feed` (copied in), through
 //! `feed_bytes` of a shared `Bytes` (a clone of one buffer: zero-copy), and through
@@ -21,8 +21,7 @@ use icap::{
     ResponseEvent,
 };
 
-#[path = "../benches/support/mod.rs"]
-mod support;
+use icap_bench_fixtures as support;
 
 struct Counting;
 
