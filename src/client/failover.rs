@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::ClientError;
-use crate::options::Transfer;
+use crate::options::{ServiceOptions, Transfer};
 use crate::proto::message::{Request, Response};
 use crate::transaction::RequestBody;
 
@@ -18,7 +18,7 @@ use super::body::{Piece, Source, AHEAD};
 use super::health::ProbeClaim;
 use super::io::{Collect, Out, StreamOut};
 use super::options_cache;
-use super::pool::Conn;
+use super::pool::{Conn, Endpoint};
 use super::{
     after, AnswerBody, Answered, Balance, Client, ClientRequest, ClientResponse, Deliver, Exchange,
     Inner, PreviewPolicy,
@@ -155,10 +155,64 @@ impl Client {
     ) -> Result<Answered, ClientError> {
         let inner = &self.inner;
         let ep = &inner.endpoints[i];
-        let body = &req.body;
+        let Some((icap_req, rb)) = self.prepare(ep, req, until).await? else {
+            return Ok(Answered::Ignored);
+        };
+        for fresh_retry in [false, true] {
+            let (conn, reused) = if fresh_retry {
+                (inner.connect(ep, until).await?, false)
+            } else {
+                inner.checkout(ep, until).await?
+            };
+            let reader = req.body.open().await.map_err(ClientError::Body)?;
+            let result = match deliver {
+                Deliver::Collect => {
+                    self.collect(ep, conn, &icap_req, reader, rb, req, until)
+                        .await
+                }
+                Deliver::Stream => {
+                    let tls_version = conn.tls_version.clone();
+                    self.stream(i, conn, icap_req.clone(), reader, rb, req, until)
+                        .await
+                        .map(|(head, body)| {
+                            Answered::Stream(Box::new(ClientResponse {
+                                server: ep.uri.clone(),
+                                head,
+                                body,
+                                tls_version,
+                            }))
+                        })
+                }
+            };
+            match result {
+                Ok(answered) => return checked(ep, answered),
+                Err((e, nothing_received)) => {
+                    let stale = reused
+                        && nothing_received
+                        && matches!(e, ClientError::Io { .. } | ClientError::Protocol { .. })
+                        && req.body.retryable();
+                    if !stale {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        unreachable!("the fresh retry returns")
+    }
+
+    /// What to send to the server: the request with its preview, and how its body is
+    /// framed; `None` when the server's OPTIONS say to ignore the file (`Transfer-Ignore`,
+    /// asked with `skip_ignored`).
+    async fn prepare(
+        &self,
+        ep: &Endpoint,
+        req: &ClientRequest,
+        until: Instant,
+    ) -> Result<Option<(Request, RequestBody)>, ClientError> {
+        let inner = &self.inner;
         let file_name = req.file_name.as_deref();
-        let len = body.len().await.map_err(ClientError::Body)?;
-        let has_body = !body.is_none();
+        let len = req.body.len().await.map_err(ClientError::Body)?;
+        let has_body = !req.body.is_none();
         let needs_options = has_body && inner.cfg.preview == PreviewPolicy::FromOptions;
         let opts = if needs_options || req.skip_ignored {
             match inner.options(ep, until).await {
@@ -172,25 +226,11 @@ impl Client {
         };
         if let (Some(o), Some(f), true) = (&opts, file_name, req.skip_ignored) {
             if o.transfer_for(f) == Transfer::Ignore {
-                return Ok(Answered::Ignored);
+                return Ok(None);
             }
         }
         let preview = if has_body {
-            match inner.cfg.preview {
-                PreviewPolicy::Off => None,
-                PreviewPolicy::Fixed(n) => Some(len.map_or(n, |l| l.min(n))),
-                PreviewPolicy::FromOptions => {
-                    let opts = opts.expect("options fetched for the preview");
-                    let wants = file_name.map_or(Transfer::Preview, |f| opts.transfer_for(f));
-                    if wants == Transfer::Preview
-                        || opts.transfer_preview.is_empty() && opts.preview.is_some()
-                    {
-                        opts.preview_for(len)
-                    } else {
-                        None
-                    }
-                }
-            }
+            preview_size(inner.cfg.preview, opts.as_ref(), file_name, len)
         } else {
             None
         };
@@ -202,94 +242,57 @@ impl Client {
             (true, Some(n)) => RequestBody::Known(n),
             (true, None) => RequestBody::Unknown,
         };
-        for fresh_retry in [false, true] {
-            let (conn, reused) = if fresh_retry {
-                (inner.connect(ep, until).await?, false)
-            } else {
-                inner.checkout(ep, until).await?
-            };
-            let reader = body.open().await.map_err(ClientError::Body)?;
-            let result = match deliver {
-                Deliver::Collect => {
-                    let mut out = Out::Collect(Collect::new(inner.cfg.keep_body));
-                    let r = inner
-                        .run(
-                            ep,
-                            conn,
-                            &icap_req,
-                            reader,
-                            rb,
-                            req.progress.as_deref(),
-                            &mut out,
-                            until,
-                        )
-                        .await;
-                    let Out::Collect(c) = out else {
-                        unreachable!("collected")
-                    };
-                    r.map(|done| {
-                        if let Some(conn) = done.conn {
-                            inner.checkin(ep, conn);
-                        }
-                        let body_digest = c.body_digest();
-                        let sent_digest = has_body.then(|| c.sent_digest());
-                        let x = Exchange {
-                            server: ep.uri.clone(),
-                            body_digest,
-                            response: c.response.expect("an End follows a final head"),
-                            body: c.kept.freeze(),
-                            body_truncated: c.truncated,
-                            use_original_body: done.use_original_body,
-                            sent_digest,
-                            tls_version: done.tls_version,
-                            elapsed: done.elapsed,
-                        };
-                        Answered::Exchange(Box::new(x))
-                    })
-                }
-                Deliver::Stream => {
-                    let tls_version = conn.tls_version.clone();
-                    self.stream(i, conn, icap_req.clone(), reader, rb, req, until)
-                        .await
-                        .map(|head| {
-                            Answered::Stream(Box::new(ClientResponse {
-                                server: ep.uri.clone(),
-                                head: head.0,
-                                body: head.1,
-                                tls_version,
-                            }))
-                        })
-                }
-            };
-            match result {
-                Ok(answered) => {
-                    let head = match &answered {
-                        Answered::Exchange(x) => &x.response,
-                        Answered::Stream(r) => &r.head,
-                        Answered::Ignored => unreachable!("sent"),
-                    };
-                    options_cache::saw_istag(&ep.options, head);
-                    if head.status >= 400 {
-                        return Err(ClientError::Status {
-                            server: ep.name(),
-                            status: head.status,
-                            reason: String::from_utf8_lossy(&head.reason).into_owned(),
-                        });
-                    }
-                    return Ok(answered);
-                }
-                Err((e, nothing_received)) => {
-                    let stale = reused
-                        && nothing_received
-                        && matches!(e, ClientError::Io { .. } | ClientError::Protocol { .. })
-                        && body.retryable();
-                    if !stale {
-                        return Err(e);
-                    }
-                }
-            }
+        Ok(Some((icap_req, rb)))
+    }
+
+    /// Runs the transaction here and keeps its answer in memory (the start of the body, with
+    /// the length and hash of all of it).
+    #[allow(clippy::too_many_arguments)]
+    async fn collect(
+        &self,
+        ep: &Endpoint,
+        conn: Conn,
+        icap_req: &Request,
+        reader: Option<Source>,
+        rb: RequestBody,
+        req: &ClientRequest,
+        until: Instant,
+    ) -> Result<Answered, (ClientError, bool)> {
+        let inner = &self.inner;
+        let mut out = Out::Collect(Collect::new(inner.cfg.keep_body));
+        let r = inner
+            .run(
+                ep,
+                conn,
+                icap_req,
+                reader,
+                rb,
+                req.progress.as_deref(),
+                &mut out,
+                until,
+            )
+            .await;
+        let Out::Collect(c) = out else {
+            unreachable!("collected")
+        };
+        let done = r?;
+        if let Some(conn) = done.conn {
+            inner.checkin(ep, conn);
         }
-        unreachable!("the fresh retry returns")
+        let body_digest = c.body_digest();
+        let sent_digest = (!req.body.is_none()).then(|| c.sent_digest());
+        let x = Exchange {
+            server: ep.uri.clone(),
+            body_digest,
+            response: c.response.expect("an End follows a final head"),
+            body: c.kept.freeze(),
+            body_truncated: c.truncated,
+            use_original_body: done.use_original_body,
+            sent_digest,
+            tls_version: done.tls_version,
+            elapsed: done.elapsed,
+        };
+        Ok(Answered::Exchange(Box::new(x)))
     }
 
     /// Runs the transaction in a task of its own that hands the head back here and then
@@ -396,6 +399,50 @@ impl Inner {
 /// Errors worth trying on another server (or again): the server or the path to it failed,
 /// not the request. A server that breaks the protocol may be broken or hostile; its partner
 /// may well answer.
+/// An answer's head seen by the client: a new ISTag drops the cached OPTIONS, an ICAP error
+/// status is an error.
+fn checked(ep: &Endpoint, answered: Answered) -> Result<Answered, ClientError> {
+    let head = match &answered {
+        Answered::Exchange(x) => &x.response,
+        Answered::Stream(r) => &r.head,
+        Answered::Ignored => unreachable!("sent"),
+    };
+    options_cache::saw_istag(&ep.options, head);
+    if head.status >= 400 {
+        return Err(ClientError::Status {
+            server: ep.name(),
+            status: head.status,
+            reason: String::from_utf8_lossy(&head.reason).into_owned(),
+        });
+    }
+    Ok(answered)
+}
+
+/// The preview to offer for a body: by the policy, and with `FromOptions` by what the
+/// server's OPTIONS say of this file.
+fn preview_size(
+    policy: PreviewPolicy,
+    opts: Option<&ServiceOptions>,
+    file_name: Option<&str>,
+    len: Option<u64>,
+) -> Option<u64> {
+    match policy {
+        PreviewPolicy::Off => None,
+        PreviewPolicy::Fixed(n) => Some(len.map_or(n, |l| l.min(n))),
+        PreviewPolicy::FromOptions => {
+            let opts = opts.expect("options fetched for the preview");
+            let wants = file_name.map_or(Transfer::Preview, |f| opts.transfer_for(f));
+            if wants == Transfer::Preview
+                || opts.transfer_preview.is_empty() && opts.preview.is_some()
+            {
+                opts.preview_for(len)
+            } else {
+                None
+            }
+        }
+    }
+}
+
 fn retryable(e: &ClientError) -> bool {
     match e {
         ClientError::Connect { .. }
