@@ -17,10 +17,13 @@
 //! through a transaction ([`ClientTransaction`](crate::ClientTransaction),
 //! [`ServerTransaction`](crate::ServerTransaction)).
 //!
-//! The builders live in rooms by concept: [`RequestBuilder`] (request.rs), [`ResponseBuilder`]
-//! and [`ErrorStatus`] (response.rs), encapsulated HTTP heads from raw parts or the `http`
-//! crate and back (http_parts.rs), and the [`Encoder`](crate::Encoder)'s whole-message methods (whole.rs). This
-//! file holds what they share: the checks that keep a message legal and [`BuildError`].
+//! The builders live in rooms by concept: [`RequestBuilder`] with its entry points
+//! (`Request::reqmod`, `respmod`, `options`: request.rs), [`ResponseBuilder`] and
+//! [`ErrorStatus`] with theirs (`Response::ok`, `no_content` ...: response.rs), encapsulated
+//! HTTP heads from raw parts or the `http` crate and back (http_parts.rs). The entry points
+//! sit beside their builder rather than beside the message, so that the codec below never
+//! depends on the builders above it. This file holds what they share: the checks that keep
+//! a message legal and [`BuildError`].
 
 use crate::proto::error::{Error, ErrorKind};
 use crate::proto::fields::Headers;
@@ -30,7 +33,6 @@ use crate::proto::head::{HttpRequestHead, HttpResponseHead};
 mod http_parts;
 mod request;
 mod response;
-mod whole;
 
 pub use http_parts::{http_request_head, http_response_head};
 #[cfg(feature = "http")]
