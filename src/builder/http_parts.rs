@@ -8,6 +8,7 @@ use super::invalid;
 use super::{check_request_head, check_response_head, headers_from, Result};
 #[cfg(feature = "http")]
 use crate::proto::fields::Headers;
+#[cfg(feature = "http")]
 use crate::proto::grammar::has_ctl_but_htab;
 use crate::proto::head::{HttpRequestHead, HttpResponseHead};
 
