@@ -214,7 +214,7 @@ impl AdaptConfig {
 /// The [`tower::Layer`] adapting through ICAP.
 ///
 /// ```no_run
-/// # async fn f() -> Result<(), icap::error::ClientError> {
+/// # async fn f() -> Result<(), icap::client::ClientError> {
 /// use icap::adapt::{AdaptConfig, AdaptLayer};
 /// use icap::client::Client;
 ///

@@ -6,7 +6,7 @@
 //! joined) live in a small side buffer, so the same type serves parsed and built heads. This
 //! module owns header-line syntax, with one parser for it (`parse_block`: fast on valid
 //! blocks, exact about the first error of invalid ones); start lines belong to
-//! [`head`](crate::HttpRequestHead).
+//! `head.rs`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 

@@ -6,8 +6,8 @@
 //! arriving one byte at a time is scanned once: framing, not a second grammar), parses start
 //! lines (one function per grammar: ICAP request and status lines, HTTP request and status
 //! lines), and parses encapsulated HTTP request and response heads, also on their own
-//! ([`HttpRequestHead::parse`], [`HttpResponseHead::parse`]). Header lines themselves belong to [`headers`](crate::Headers); which heads
-//! a message carries belongs to [`encapsulated`](crate::Encapsulated).
+//! ([`HttpRequestHead::parse`], [`HttpResponseHead::parse`]). Header lines themselves belong to `fields.rs`; which heads
+//! a message carries belongs to `encapsulated.rs`.
 
 use std::fmt;
 

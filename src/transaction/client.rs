@@ -91,7 +91,7 @@ pub enum ClientEvent {
 ///
 /// ```
 /// use bytes::Bytes;
-/// use icap::transaction::{ClientEvent, ClientTransaction, RequestBody, Reuse};
+/// use icap::{ClientEvent, ClientTransaction, RequestBody, Reuse};
 /// use icap::{IcapUri, Request, ResponseDecoder};
 ///
 /// let uri = IcapUri::parse("icap://av.example/respmod").unwrap();

@@ -88,7 +88,7 @@ pub enum ServerEvent {
 /// answer) and the connection is closed.
 ///
 /// ```
-/// use icap::transaction::{ServerEvent, ServerTransaction, Reuse};
+/// use icap::{ServerEvent, ServerTransaction, Reuse};
 /// use icap::{RequestDecoder, Response};
 ///
 /// let mut tx = ServerTransaction::new(RequestDecoder::default());
