@@ -19,13 +19,13 @@ use tokio::sync::oneshot;
 use tokio::time::timeout_at;
 
 use crate::client::ClientError;
-use crate::dlp::BodyHash;
 use crate::proto::chunked::LastChunk;
 use crate::proto::error::Error;
 use crate::proto::message::{Request, Response};
 use crate::transaction::{ClientEvent, ClientTransaction, RequestBody, Reuse};
 
 use super::body::{Piece, PieceSender, Source, READ_SIZE};
+use super::digest::BodyHash;
 use super::pool::{tls_failure, Conn, Endpoint, Io};
 use super::Inner;
 use crate::observe;

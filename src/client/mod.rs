@@ -108,6 +108,7 @@
 
 mod body;
 mod config;
+mod digest;
 mod error;
 mod failover;
 mod health;
@@ -127,6 +128,7 @@ use std::time::{Duration, Instant};
 
 pub use body::{AnswerBody, BodySource};
 pub use config::{Balance, ClientBuilder, ClientConfig, PreviewPolicy};
+
 pub use health::ServerHealth;
 pub use request::{CallBuilder, ClientRequest, Progress};
 pub use response::{ClientResponse, Exchange, ServerReport};

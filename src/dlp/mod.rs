@@ -13,4 +13,4 @@ mod verdict;
 #[cfg(feature = "scan")]
 #[cfg_attr(docsrs, doc(cfg(feature = "scan")))]
 pub use scan::{ScanMode, ScanOutcome, ScanRequest};
-pub use verdict::{canonical, judge, Answer, BodyHash, Condition, Outcome, Profile, Rule, Verdict};
+pub use verdict::{canonical, judge, Answer, Condition, Outcome, Profile, Rule, Verdict};

@@ -22,6 +22,7 @@ pub(crate) static TOKEN: [bool; 256] = {
 };
 
 /// A non-empty run of token bytes.
+#[inline]
 pub(crate) fn is_token(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(|&b| TOKEN[b as usize])
 }
@@ -47,6 +48,7 @@ pub(crate) fn has_ctl(s: &[u8]) -> bool {
 
 /// Optional whitespace (SP and HTAB) trimmed from both ends, with the count trimmed from the
 /// front (a header value's offset in its line).
+#[inline]
 pub(crate) fn trim_ows(mut v: &[u8]) -> (usize, &[u8]) {
     let mut lead = 0;
     while let [b' ' | b'\t', rest @ ..] = v {
@@ -60,6 +62,7 @@ pub(crate) fn trim_ows(mut v: &[u8]) -> (usize, &[u8]) {
 }
 
 /// Optional whitespace trimmed from both ends.
+#[inline]
 pub(crate) fn trim(s: &[u8]) -> &[u8] {
     trim_ows(s).1
 }
@@ -67,6 +70,7 @@ pub(crate) fn trim(s: &[u8]) -> &[u8] {
 /// A non-empty run of ASCII digits that fits a `u64`: no sign, no spaces, no overflow. The
 /// crate's one parser of decimal numbers (Preview, Encapsulated offsets, use-original-body,
 /// OPTIONS numbers, Content-Length); status codes are their own 3-digit grammar.
+#[inline]
 pub(crate) fn decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() {
         return None;
