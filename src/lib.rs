@@ -72,6 +72,8 @@ pub mod server;
 pub mod tls;
 pub mod transaction;
 pub mod uri;
+#[cfg(feature = "client")]
+mod upstream;
 pub mod verdict;
 
 /// The README's code blocks, compiled and run as doctests (the scanner block needs the

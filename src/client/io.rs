@@ -376,7 +376,6 @@ impl Inner {
             decoder,
             tls_version: tls_version.clone(),
             permit,
-            idle_since: Instant::now(),
         });
         Ok(Done {
             conn,

@@ -9,13 +9,8 @@ use crate::options::ServiceOptions;
 use crate::transaction::RequestBody;
 
 use super::io::{Collect, Out};
-use super::pool::{Conn, Endpoint};
+use super::pool::{CachedOptions, Conn, Endpoint};
 use super::Inner;
-
-pub(crate) struct CachedOptions {
-    pub(crate) options: ServiceOptions,
-    pub(crate) fetched: Instant,
-}
 
 impl Endpoint {
     /// A changed ISTag means the service changed: its cached options are stale.

@@ -1,0 +1,11 @@
+//! What a client of several ICAP servers keeps per server, shared by the client and the
+//! gateway: its health on squid's model and its idle kept-alive connections.
+//!
+//! Compiled for either front end, so that the `gateway` feature does not pull in the client
+//! (TLS, tower, options cache) for two small state machines.
+
+mod health;
+mod idle;
+
+pub(crate) use health::{after, Change, Health, Policy};
+pub(crate) use idle::IdlePool;
