@@ -187,7 +187,7 @@ fn access_line(client: &str, t: &TransactionLog) -> String {
         line.push_str(&format!(" failovers={}", t.failovers));
     }
     if let Some(e) = &t.error {
-        line.push_str(&format!(" error=\"{}\"", e.replace('"', "'")));
+        line.push_str(&format!(" error=\"{}\"", e.to_string().replace('"', "'")));
     }
     line
 }
@@ -332,7 +332,7 @@ async fn run(args: Args) -> Result<(), String> {
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", args.listen))?;
-    let gw = Gateway::new(upstreams, cfg);
+    let gw = Gateway::new(upstreams, cfg).map_err(|e| e.to_string())?;
     if let Some(addr) = args.metrics {
         serve_metrics(addr, gw.clone()).await?;
     }

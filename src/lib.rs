@@ -71,9 +71,9 @@ pub mod server;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transaction;
-pub mod uri;
-#[cfg(feature = "client")]
+#[cfg(any(feature = "client", feature = "gateway"))]
 mod upstream;
+pub mod uri;
 pub mod verdict;
 
 /// The README's code blocks, compiled and run as doctests (the scanner block needs the

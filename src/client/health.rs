@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::ClientError;
 use crate::options::ServiceOptions;
-use crate::uri::IcapUri;
 use crate::upstream::{Change, Policy};
+use crate::uri::IcapUri;
 
 use super::pool::Endpoint;
 use super::ClientConfig;

@@ -209,9 +209,7 @@ impl Inner {
         ep: &Endpoint,
         until: Instant,
     ) -> Result<(Conn, bool), ClientError> {
-        let pooled = ep
-            .idle
-            .take(self.cfg.idle_timeout, |c| c.decoder.is_idle());
+        let pooled = ep.idle.take(self.cfg.idle_timeout, |c| c.decoder.is_idle());
         match pooled {
             Some(c) => Ok((c, true)),
             None => Ok((self.connect(ep, until).await?, false)),

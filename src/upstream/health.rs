@@ -41,8 +41,10 @@ pub(crate) enum Change {
     Revived,
 }
 
-/// A point-in-time view, for the public reports of the client and the gateway.
+/// A point-in-time view, for the public reports of the client and the gateway (the
+/// gateway's report is the shorter).
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 pub(crate) struct Snapshot {
     pub(crate) up: bool,
     /// When it last went up or down (creation, if never).
@@ -149,7 +151,8 @@ impl Health {
         self.lock().down
     }
 
-    /// Tried after the others: it failed within the back-off.
+    /// Tried after the others: it failed within the back-off (the gateway has none).
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub(crate) fn avoided(&self) -> bool {
         self.lock().avoid_until.is_some_and(|t| t > Instant::now())
     }

@@ -50,10 +50,7 @@ impl<C> IdlePool<C> {
     }
 
     // The client without metrics has no use for the count.
-    #[cfg_attr(
-        not(any(feature = "gateway", feature = "metrics")),
-        allow(dead_code)
-    )]
+    #[cfg_attr(not(any(feature = "gateway", feature = "metrics")), allow(dead_code))]
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }

@@ -7,5 +7,7 @@
 mod health;
 mod idle;
 
-pub(crate) use health::{after, Change, Health, Policy};
+#[cfg(feature = "client")]
+pub(crate) use health::after;
+pub(crate) use health::{Change, Health, Policy};
 pub(crate) use idle::IdlePool;
