@@ -71,7 +71,7 @@ struct Args {
     /// service is what health probes ask with OPTIONS; requests keep their own URI.
     #[arg(long = "upstream", value_name = "URI", required = true)]
     upstreams: Vec<String>,
-    /// Consecutive failures that mark an upstream down (0: never).
+    /// Failures within a minute that mark an upstream down (0: never).
     #[arg(long, value_name = "N", default_value_t = 3)]
     failure_limit: u32,
     /// Seconds a down upstream waits before an OPTIONS probe may revive it.
@@ -370,7 +370,8 @@ async fn run(args: Args) -> Result<(), String> {
                 Ok(Err(e)) => {
                     metrics::counter!("icap_gateway_refused_total", "reason" => "handshake")
                         .increment(1);
-                    return eprintln!("icap-gateway: refused {peer}: {e}");
+                    let why = icap::tls::describe_handshake_error(&e);
+                    return eprintln!("icap-gateway: refused {peer}: {why}");
                 }
                 Err(_) => {
                     metrics::counter!("icap_gateway_refused_total", "reason" => "timeout")

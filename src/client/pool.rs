@@ -113,7 +113,7 @@ pub(crate) fn tls_failure(e: &io::Error, had_identity: bool) -> Option<(TlsFailu
         }
         _ => TlsFailure::Handshake,
     };
-    Some((f, inner.to_string()))
+    Some((f, crate::tls::describe_handshake_error(inner)))
 }
 
 impl Inner {
