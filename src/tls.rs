@@ -6,6 +6,11 @@
 //! DLP appliance), and a client that trusts the system roots, a private CA, or exactly one
 //! pinned (typically self-signed) certificate, optionally presenting a client certificate.
 //! Handshakes themselves happen in the client and server front ends.
+//!
+//! rustls takes X.509 v3 certificates only; the v1 certificates that `openssl x509 -req`
+//! makes without `-extfile` (and stunnel accepts) are named with the fix: ours when their
+//! file is loaded, a peer's in the handshake error ([`describe_handshake_error`]). The
+//! guide `docs/moving-from-stunnel.md` covers this and the other differences from stunnel.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
