@@ -244,7 +244,8 @@ fn main() {
         let gw = Gateway::new(
             vec![IcapUri::parse(&format!("icap://127.0.0.1:{backend}/respmod")).unwrap()],
             GatewayConfig::default(),
-        );
+        )
+        .unwrap();
         let acceptor = TlsAcceptor::from(server_tls);
         tokio::spawn(async move {
             loop {

@@ -71,7 +71,7 @@ struct Args {
     /// service is what health probes ask with OPTIONS; requests keep their own URI.
     #[arg(long = "upstream", value_name = "URI", required = true)]
     upstreams: Vec<String>,
-    /// Consecutive failures that mark an upstream down (0: never).
+    /// Failures within a minute that mark an upstream down (0: never).
     #[arg(long, value_name = "N", default_value_t = 3)]
     failure_limit: u32,
     /// Seconds a down upstream waits before an OPTIONS probe may revive it.
@@ -187,7 +187,7 @@ fn access_line(client: &str, t: &TransactionLog) -> String {
         line.push_str(&format!(" failovers={}", t.failovers));
     }
     if let Some(e) = &t.error {
-        line.push_str(&format!(" error=\"{}\"", e.replace('"', "'")));
+        line.push_str(&format!(" error=\"{}\"", e.to_string().replace('"', "'")));
     }
     line
 }
@@ -332,7 +332,7 @@ async fn run(args: Args) -> Result<(), String> {
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", args.listen))?;
-    let gw = Gateway::new(upstreams, cfg);
+    let gw = Gateway::new(upstreams, cfg).map_err(|e| e.to_string())?;
     if let Some(addr) = args.metrics {
         serve_metrics(addr, gw.clone()).await?;
     }
@@ -370,7 +370,8 @@ async fn run(args: Args) -> Result<(), String> {
                 Ok(Err(e)) => {
                     metrics::counter!("icap_gateway_refused_total", "reason" => "handshake")
                         .increment(1);
-                    return eprintln!("icap-gateway: refused {peer}: {e}");
+                    let why = icap::tls::describe_handshake_error(&e);
+                    return eprintln!("icap-gateway: refused {peer}: {why}");
                 }
                 Err(_) => {
                     metrics::counter!("icap_gateway_refused_total", "reason" => "timeout")

@@ -71,6 +71,8 @@ pub mod server;
 #[cfg(feature = "tls")]
 pub mod tls;
 mod transaction;
+#[cfg(any(feature = "client", feature = "gateway"))]
+mod upstream;
 mod uri;
 
 /// The README's code blocks, compiled and run as doctests (the scanner block needs the

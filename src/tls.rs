@@ -6,6 +6,11 @@
 //! DLP appliance), and a client that trusts the system roots, a private CA, or exactly one
 //! pinned (typically self-signed) certificate, optionally presenting a client certificate.
 //! Handshakes themselves happen in the client and server front ends.
+//!
+//! rustls takes X.509 v3 certificates only; the v1 certificates that `openssl x509 -req`
+//! makes without `-extfile` (and stunnel accepts) are named with the fix: ours when their
+//! file is loaded, a peer's in the handshake error ([`describe_handshake_error`]). The
+//! guide `docs/moving-from-stunnel.md` covers this and the other differences from stunnel.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -123,6 +128,291 @@ fn roots_from(certs: Vec<CertificateDer<'static>>, what: &str) -> Result<RootCer
     Ok(roots)
 }
 
+/// Which end of a connection a certificate identifies: the fix for a v1 certificate
+/// differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Client,
+    Server,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
+}
+
+/// The first DER element of `b`: its tag, the length of its header, the length of its
+/// content. Definite lengths up to four bytes, which covers any certificate.
+fn der_header(b: &[u8]) -> Option<(u8, usize, usize)> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if first < 0x80 {
+        return Some((tag, 2, usize::from(first)));
+    }
+    let n = usize::from(first & 0x7f);
+    if n == 0 || n > 4 || rest.len() < n {
+        return None;
+    }
+    let len = rest[..n]
+        .iter()
+        .fold(0usize, |acc, &d| (acc << 8) | usize::from(d));
+    Some((tag, 2 + n, len))
+}
+
+/// The X.509 version (1, 2 or 3) of a DER certificate, read from the start of its
+/// `TBSCertificate`, whose version is an optional `[0] EXPLICIT INTEGER` (absent: v1);
+/// `None` when the bytes do not start like a certificate.
+fn x509_version(der: &[u8]) -> Option<u8> {
+    const SEQUENCE: u8 = 0x30;
+    const INTEGER: u8 = 0x02;
+    const VERSION_TAG: u8 = 0xa0;
+    let (tag, hdr, _) = der_header(der)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let tbs = der.get(hdr..)?;
+    let (tag, hdr, _) = der_header(tbs)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let field = tbs.get(hdr..)?;
+    match der_header(field)? {
+        // The serial number comes first: no version field, v1.
+        (INTEGER, _, _) => Some(1),
+        (VERSION_TAG, hdr, _) => match der_header(field.get(hdr..)?)? {
+            (INTEGER, h, 1) => match field.get(hdr + h)? {
+                v @ 0..=2 => Some(v + 1),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// What an X.509 v1 certificate means here and how to fix it, for messages.
+fn v1_problem(role: Role) -> String {
+    let ext = match role {
+        Role::Client => "`basicConstraints=CA:FALSE` and `extendedKeyUsage=clientAuth`",
+        Role::Server => {
+            "`basicConstraints=CA:FALSE`, `extendedKeyUsage=serverAuth` and `subjectAltName=DNS:<the server's name>`"
+        }
+    };
+    format!(
+        "the {role} certificate is X.509 version 1 (no extensions, as `openssl x509 -req` makes \
+         without `-extfile`), which rustls refuses: reissue it with extensions, e.g. \
+         `openssl x509 -req ... -extfile {role}.ext` with {ext} in {role}.ext",
+        role = role.as_str(),
+    )
+}
+
+/// Refuses a leaf certificate that is X.509 v1 before rustls does in its own words.
+fn check_leaf(chain: &[CertificateDer<'_>], role: Role, path: Option<&Path>) -> Result<()> {
+    match chain.first() {
+        Some(leaf) if x509_version(leaf) == Some(1) => Err(match path {
+            Some(p) => TlsConfigError::file(p, v1_problem(role)),
+            None => TlsConfigError::other(v1_problem(role)),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The certificates of a PEM file whose first one identifies this end (`role`).
+fn load_identity(path: &Path, role: Role) -> Result<Vec<CertificateDer<'static>>> {
+    let chain = load_certs(path)?;
+    check_leaf(&chain, role, Some(path))?;
+    Ok(chain)
+}
+
+/// A peer's certificate refused because it is X.509 v1: travels inside rustls's error so
+/// that [`describe_handshake_error`] can say what it means. `Debug` says it too, as rustls
+/// shows the inner error with `{:?}`.
+struct PeerV1Certificate(Role);
+
+impl fmt::Display for PeerV1Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&v1_problem(self.0))
+    }
+}
+
+impl fmt::Debug for PeerV1Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for PeerV1Certificate {}
+
+/// Names a refusal of an X.509 v1 peer certificate (webpki parses a certificate first, so
+/// whatever else is wrong with a v1 one, the version is what it trips on).
+fn name_v1<T>(
+    end_entity: &CertificateDer<'_>,
+    role: Role,
+    r: std::result::Result<T, rustls::Error>,
+) -> std::result::Result<T, rustls::Error> {
+    match r {
+        Err(rustls::Error::InvalidCertificate(_)) if x509_version(end_entity) == Some(1) => Err(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(PeerV1Certificate(role)),
+            ))),
+        ),
+        r => r,
+    }
+}
+
+/// A failed TLS handshake in words, for a log line or an error message: rustls's own
+/// description, except for a peer certificate that is X.509 version 1 (which rustls
+/// refuses, and stunnel accepts): then what that means and how to reissue it. Takes the
+/// error of a `tokio_rustls` accept or connect (an `io::Error` around rustls's) or
+/// rustls's error itself.
+///
+/// ```
+/// let e = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+/// assert_eq!(icap::tls::describe_handshake_error(&e), "reset by peer");
+/// ```
+pub fn describe_handshake_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            if let Some(v1) = o.0.downcast_ref::<PeerV1Certificate>() {
+                return v1.to_string();
+            }
+        }
+        // `io::Error::source` skips the error it wraps; `get_ref` is that error.
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|i| i as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    e.to_string()
+}
+
+/// The server's check of client certificates (webpki's), with v1 certificates named.
+#[derive(Debug)]
+struct ClientCertCheck(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for ClientCertCheck {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let r = self.0.verify_client_cert(end_entity, intermediates, now);
+        name_v1(end_entity, Role::Client, r)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.0.requires_raw_public_keys()
+    }
+}
+
+/// The client's check of server certificates (webpki's), with v1 certificates named.
+#[derive(Debug)]
+struct ServerCertCheck(Arc<dyn ServerCertVerifier>);
+
+impl ServerCertVerifier for ServerCertCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let r = self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        name_v1(end_entity, Role::Server, r)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.0.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.0.root_hint_subjects()
+    }
+}
+
+/// A client configuration that trusts `roots`, naming v1 server certificates.
+fn trusting(
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>,
+    roots: RootCertStore,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
+    let webpki =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| config_error(format!("server certificate check: {e}")))?;
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerCertCheck(webpki))))
+}
+
 /// Server-side TLS: certificate chain, key, and optionally the CA that client certificates
 /// must chain to.
 ///
@@ -172,7 +462,7 @@ impl ServerTls {
     /// Loads the certificate chain and key from PEM files.
     pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self> {
         Ok(ServerTls {
-            cert_chain: load_certs(cert)?,
+            cert_chain: load_identity(cert.as_ref(), Role::Server)?,
             key: Arc::new(load_key(key)?),
             client_ca: None,
         })
@@ -186,6 +476,7 @@ impl ServerTls {
 
     /// Builds the rustls configuration.
     pub fn build(&self) -> Result<Arc<rustls::ServerConfig>> {
+        check_leaf(&self.cert_chain, Role::Server, None)?;
         let cfg = server_builder(self.client_ca.as_deref())?
             .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
             .map_err(|e| config_error(format!("server certificate and key: {e}")))?;
@@ -211,7 +502,7 @@ fn server_builder(
             )
             .build()
             .map_err(|e| config_error(format!("client CA: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(ClientCertCheck(verifier)))
         }
     })
 }
@@ -343,7 +634,7 @@ impl ReloadableServerTls {
 
 /// A certificate chain and its key, checked to belong together.
 fn certified_key(cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey> {
-    let chain = load_certs(cert)?;
+    let chain = load_identity(cert, Role::Server)?;
     let key_der = load_key(key)?;
     rustls::sign::CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| {
         TlsConfigError::file(
@@ -433,7 +724,8 @@ impl ClientTls {
         cert: impl AsRef<Path>,
         key: impl AsRef<Path>,
     ) -> Result<Self> {
-        self.identity = Some((load_certs(cert)?, Arc::new(load_key(key)?)));
+        let chain = load_identity(cert.as_ref(), Role::Client)?;
+        self.identity = Some((chain, Arc::new(load_key(key)?)));
         Ok(self)
     }
 
@@ -452,9 +744,9 @@ impl ClientTls {
                         "no usable system root certificates (install ca-certificates or give a CA file)",
                     ));
                 }
-                builder.with_root_certificates(roots)
+                trusting(builder, roots)?
             }
-            Trust::Ca(cas) => builder.with_root_certificates(roots_from(cas.clone(), "CA file")?),
+            Trust::Ca(cas) => trusting(builder, roots_from(cas.clone(), "CA file")?)?,
             Trust::Pinned(certs) => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
@@ -464,9 +756,12 @@ impl ClientTls {
         };
         let cfg = match &self.identity {
             None => builder.with_no_client_auth(),
-            Some((chain, key)) => builder
-                .with_client_auth_cert(chain.clone(), key.clone_key())
-                .map_err(|e| config_error(format!("client certificate and key: {e}")))?,
+            Some((chain, key)) => {
+                check_leaf(chain, Role::Client, None)?;
+                builder
+                    .with_client_auth_cert(chain.clone(), key.clone_key())
+                    .map_err(|e| config_error(format!("client certificate and key: {e}")))?
+            }
         };
         Ok(Arc::new(cfg))
     }
@@ -574,5 +869,121 @@ mod tests {
                 toml.display()
             )
         );
+    }
+    /// The start of a real v1 certificate (`openssl x509 -req` without `-extfile`): long
+    /// length forms, then the serial number where v3 has its version.
+    const V1_START: &[u8] = &[
+        0x30, 0x82, 0x01, 0x25, 0x30, 0x81, 0xcc, 0x02, 0x14, 0x18, 0x80, 0xac,
+    ];
+
+    #[test]
+    fn the_version_is_read_from_the_first_bytes_of_tbs_certificate() {
+        assert_eq!(x509_version(V1_START), Some(1));
+        // [0] EXPLICIT INTEGER 1 and 2: v2 and v3.
+        assert_eq!(
+            x509_version(&[0x30, 0x0a, 0x30, 0x08, 0xa0, 0x03, 0x02, 0x01, 0x01]),
+            Some(2)
+        );
+        assert_eq!(
+            x509_version(&[0x30, 0x0a, 0x30, 0x08, 0xa0, 0x03, 0x02, 0x01, 0x02]),
+            Some(3)
+        );
+        let v3 = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        assert_eq!(x509_version(v3.der()), Some(3));
+    }
+
+    #[test]
+    fn bytes_that_are_no_certificate_have_no_version() {
+        for bad in [
+            &[][..],
+            &[0x30][..],
+            &[0x30, 0x82, 0x01][..],
+            &[0x31, 0x03, 0x30, 0x01, 0x02][..],
+            &[0x30, 0x03, 0x04, 0x01, 0x02][..],
+            &[0x30, 0x05, 0x30, 0x03, 0x04, 0x01, 0x00][..],
+            // A version of 7, and one cut short.
+            &[0x30, 0x0a, 0x30, 0x08, 0xa0, 0x03, 0x02, 0x01, 0x07][..],
+            &[0x30, 0x0a, 0x30, 0x08, 0xa0, 0x03, 0x02, 0x01][..],
+            &[0x30, 0x0a, 0x30, 0x08, 0xa0, 0x03, 0x02, 0x02, 0x00, 0x02][..],
+            // A length of five bytes.
+            &[0x30, 0x85, 0, 0, 0, 0, 1][..],
+        ] {
+            assert_eq!(x509_version(bad), None, "{bad:02x?}");
+        }
+    }
+
+    #[test]
+    fn our_own_v1_certificate_is_refused_naming_the_file_and_the_fix() {
+        let chain = [CertificateDer::from(V1_START.to_vec())];
+        let e = check_leaf(
+            &chain,
+            Role::Client,
+            Some(Path::new("/etc/icap/client.pem")),
+        )
+        .unwrap_err();
+        assert_eq!(e.path(), Some(Path::new("/etc/icap/client.pem")));
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "TLS configuration: /etc/icap/client.pem: the client certificate is X.509 version 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("-extfile client.ext"), "{text}");
+        assert!(text.contains("extendedKeyUsage=clientAuth"), "{text}");
+        let e = check_leaf(&chain, Role::Server, None).unwrap_err();
+        assert_eq!(e.path(), None);
+        assert!(e.problem().contains("extendedKeyUsage=serverAuth"), "{e}");
+        assert!(e.problem().contains("subjectAltName="), "{e}");
+        // In memory, the client's build says the same.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let e = ClientTls::default()
+            .with_trust(Trust::Pinned(vec![]))
+            .with_identity(chain.to_vec(), key)
+            .build()
+            .unwrap_err();
+        assert!(
+            e.problem()
+                .starts_with("the client certificate is X.509 version 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_peer_v1_refusal_is_renamed_and_described_through_io_errors() {
+        let v1 = CertificateDer::from(V1_START.to_vec());
+        let refused = || {
+            Err::<(), _>(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadEncoding,
+            ))
+        };
+        let named = name_v1(&v1, Role::Client, refused()).unwrap_err();
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, named.clone());
+        let text = describe_handshake_error(&io);
+        assert!(
+            text.starts_with("the client certificate is X.509 version 1"),
+            "{text}"
+        );
+        assert_eq!(describe_handshake_error(&named), text);
+        // rustls's own words carry it too (it shows the inner error with `{:?}`).
+        assert!(named.to_string().contains("X.509 version 1"), "{named}");
+        // Other certificates and other errors keep rustls's words.
+        let v3 = CertificateDer::from(vec![0x30, 0x0a, 0x30, 0x08, 0xa0, 0x03, 0x02, 0x01, 0x02]);
+        let kept = name_v1(&v3, Role::Client, refused()).unwrap_err();
+        assert_eq!(
+            kept,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        );
+        assert_eq!(describe_handshake_error(&kept), kept.to_string());
+        let other = name_v1(
+            &v1,
+            Role::Server,
+            Err::<(), _>(rustls::Error::HandshakeNotComplete),
+        );
+        assert_eq!(other.unwrap_err(), rustls::Error::HandshakeNotComplete);
     }
 }

@@ -5,7 +5,8 @@
 //! file still gets its verdict); the bytes on both sides of the gateway compared on a
 //! capture (preview, `100 Continue`, keep-alive); `503` when no upstream is up; `OPTIONS`
 //! probes marking a dead upstream down and reviving it after the delay; `--metrics`;
-//! certificate reload on SIGHUP; the connection cap.
+//! certificate reload on SIGHUP; the connection cap; X.509 v1 certificates (which stunnel
+//! accepts and rustls refuses) named, with the fix, by dlp-scan and the gateway.
 //!
 //! Needs c-icap and its modules (`bash .ci/install-peers.sh`): without them the c-icap
 //! tests are skipped with a message, or fail under `CI=true`.
@@ -27,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use icap::{ResponseDecoder, ResponseEvent};
 use peers_support::{
-    available, free_port, gen_certs, run_tool, serial, write_file, CIcap, Process, TempDir,
-    ToolOutput,
+    available, find_program, free_port, gen_certs, run_tool, serial, write_file, CIcap, Process,
+    Stunnel, StunnelMode, TempDir, ToolOutput,
 };
 use sha2::{Digest, Sha256};
 
@@ -854,4 +855,152 @@ fn no_upstream_up_gets_503_and_the_connection_stays_usable() {
     assert!(log
         .iter()
         .all(|l| l.contains(" status=503 ") && l.contains("upstream=- ")));
+}
+
+/// stunnel in client mode presenting `cert` (with its key): one local plain port per
+/// `(name, TLS port)` target, in the order given.
+fn stunnel_client(
+    pki: &Pki,
+    dir: &TempDir,
+    cert: &str,
+    targets: &[(&str, u16)],
+) -> (Vec<u16>, Process) {
+    let mut conf = format!(
+        "foreground = yes\npid = {}\ndebug = info\n",
+        dir.join("stunnel-client.pid").display()
+    );
+    let mut ports = Vec::new();
+    for (name, tls_port) in targets {
+        let port = free_port();
+        conf.push_str(&format!(
+            "[{name}]\nclient = yes\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{tls_port}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\n",
+            pki.file(&format!("{cert}.pem")),
+            pki.file(&format!("{cert}.key")),
+            pki.file("ca.pem"),
+        ));
+        ports.push(port);
+    }
+    let path = dir.join("stunnel-client.conf");
+    write_file(&path, conf.as_bytes());
+    let mut cmd = Command::new(find_program("stunnel4").expect("stunnel4 installed"));
+    cmd.arg(&path);
+    let mut p = Process::spawn("stunnel4", cmd, dir.join("stunnel-client.log"));
+    for &port in &ports {
+        p.wait_port(port, Duration::from_secs(10));
+    }
+    (ports, p)
+}
+
+/// `OPTIONS` over plain TCP to `port`; everything answered until the close.
+fn options_through(port: u16) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        b"OPTIONS icap://127.0.0.1/reqmod ICAP/1.0\r\nHost: 127.0.0.1\r\nEncapsulated: null-body=0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn a_v1_client_certificate_that_stunnel_accepts_is_named_with_the_peer_and_the_fix() {
+    let _serial = serial();
+    if !available(&["stunnel4"]) {
+        return;
+    }
+    let dir = TempDir::new("gateway-v1-client");
+    let pki = Pki::new();
+    let (dlp_port, _dlp) = dlp_server(&dir);
+    let gw = Gateway::start(
+        &pki,
+        &[format!("icap://127.0.0.1:{dlp_port}/reqmod")],
+        &[],
+        &dir,
+    );
+    // What the site had: stunnel demanding a client certificate from the same CA.
+    let front = Stunnel::start(StunnelMode::MutualTls, dlp_port, pki.dir.path(), "");
+    let (ports, _client) = stunnel_client(
+        &pki,
+        &dir,
+        "client-v1",
+        &[("to-stunnel", front.port), ("to-gateway", gw.port)],
+    );
+    let answer = options_through(ports[0]);
+    assert!(answer.starts_with("ICAP/1.0 200 "), "{answer:?}");
+
+    // The gateway refuses it during the handshake, and says why and what to do.
+    let answer = options_through(ports[1]);
+    assert_eq!(answer, "", "not one ICAP byte");
+    gw.wait_log("X.509 version 1");
+    let log = gw.process.log();
+    let line = log.lines().find(|l| l.contains("X.509 version 1")).unwrap();
+    let named = regex::Regex::new(
+        r"^icap-gateway: refused 127\.0\.0\.1:\d+: the client certificate is X\.509 version 1 ",
+    )
+    .unwrap();
+    assert!(named.is_match(line), "{line}");
+    assert!(line.contains("-extfile client.ext"), "{line}");
+    assert!(line.contains("extendedKeyUsage=clientAuth"), "{line}");
+    assert!(line.contains("basicConstraints=CA:FALSE"), "{line}");
+
+    // dlp-scan refuses to present it, naming the file, before connecting.
+    let out = dlp_scan(
+        &pki,
+        &dir,
+        Some("client-v1"),
+        &["--server", &gw.url("reqmod"), &data("meeting-notes.md")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = format!("{}{}", out.stdout, out.stderr);
+    let file = pki.file("client-v1.pem");
+    assert!(
+        said.contains(&format!(
+            "{file}: the client certificate is X.509 version 1"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("extendedKeyUsage=clientAuth"), "{said}");
+    assert!(!said.contains("UnsupportedCertVersion"), "{said}");
+}
+
+#[test]
+fn a_v1_server_certificate_behind_stunnel_is_named_by_dlp_scan_with_the_fix() {
+    let _serial = serial();
+    if !available(&["stunnel4"]) {
+        return;
+    }
+    let dir = TempDir::new("gateway-v1-server");
+    let pki = Pki::new();
+    let (dlp_port, _dlp) = dlp_server(&dir);
+    // stunnel takes the v1 certificate as its server certificate without a word.
+    let certs = dir.subdir("v1-certs");
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("server-v1.pem", "server.pem"),
+        ("server-v1.key", "server.key"),
+    ] {
+        std::fs::copy(pki.file(from), certs.join(to)).unwrap();
+    }
+    let front = Stunnel::start(StunnelMode::ServerAuth, dlp_port, &certs, "");
+    let server = format!("icaps://127.0.0.1:{}/reqmod", front.port);
+    let out = dlp_scan(
+        &pki,
+        &dir,
+        None,
+        &["--server", &server, &data("meeting-notes.md")],
+    );
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("the server certificate is X.509 version 1"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("127.0.0.1:{}", front.port)),
+        "{said}"
+    );
+    assert!(said.contains("extendedKeyUsage=serverAuth"), "{said}");
+    assert!(said.contains("subjectAltName="), "{said}");
 }

@@ -1,7 +1,8 @@
 //! Real clients against the example DLP server (`examples/shared/dlp_service.rs`), run
 //! in-process on loopback: c-icap-client (OPTIONS, REQMOD, RESPMOD, with and without preview,
 //! 204 / echo / block answers, each vendor profile) and squid with curl and a local origin
-//! (REQMOD and RESPMOD, preview 1024, persistent ICAP connections on and off).
+//! (REQMOD and RESPMOD, preview 1024, persistent ICAP connections on and off); openssl
+//! s_client with an X.509 v1 client certificate (named in the handshake log).
 //!
 //! Needs c-icap-client, squid, curl and python3 (`bash .ci/install-peers.sh`): without them
 //! each test is skipped with a message, or fails under `CI=true`.
@@ -937,6 +938,82 @@ fn cicap_client_over_tls() {
         .scanned
         .load(Ordering::Relaxed);
     assert_eq!(scanned, 0);
+}
+
+/// An X.509 v1 client certificate (`openssl x509 -req` without `-extfile`), presented by
+/// `openssl s_client` to a server requiring client certificates: refused during the
+/// handshake, and the server's log names the peer, the version and the fix.
+#[test]
+fn a_v1_client_certificate_is_named_in_the_servers_handshake_log() {
+    if !peers_support::available(&["openssl"]) {
+        return;
+    }
+    let _serial = peers_support::serial();
+    let dir = TempDir::new("v1-client");
+    let certs = dir.subdir("certs");
+    peers_support::gen_certs(&certs);
+    let tls =
+        icap::tls::ServerTls::from_pem_files(certs.join("server.pem"), certs.join("server.key"))
+            .unwrap()
+            .require_client_certs(certs.join("ca.pem"))
+            .unwrap();
+    /// Log lines, as the fmt subscriber writes them.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let sink = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    // One thread: the server's tasks log where the subscriber is set.
+    let _default = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = rt.block_on(async {
+        let cfg = DlpConfig::new(Rules::default(), Profile::Generic);
+        let running = dlp_service::spawn_loopback(cfg, Some(&tls)).await.unwrap();
+        let port = running.addr().port();
+        let (certs, dir) = (certs.clone(), dir.path().to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new("openssl");
+            cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+                .args(["-servername", "localhost", "-verify_return_error"])
+                .arg("-CAfile")
+                .arg(certs.join("ca.pem"))
+                .arg("-cert")
+                .arg(certs.join("client-v1.pem"))
+                .arg("-key")
+                .arg(certs.join("client-v1.key"));
+            run_tool(&dir, &mut cmd, Duration::from_secs(30))
+        })
+        .await
+        .unwrap()
+    });
+    drop(rt);
+    let log = String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned();
+    let line = log
+        .lines()
+        .find(|l| l.contains("TLS handshake with"))
+        .unwrap_or_else(|| panic!("no handshake failure in:\n{log}\nopenssl: {out:?}"));
+    let named = regex::Regex::new(
+        r"TLS handshake with 127\.0\.0\.1:\d+ failed: the client certificate is X\.509 version 1 ",
+    )
+    .unwrap();
+    assert!(named.is_match(line), "{line}");
+    assert!(line.contains("extendedKeyUsage=clientAuth"), "{line}");
 }
 
 /// `Stats::requests` counts every request received, the last one of a closing connection

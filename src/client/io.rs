@@ -233,7 +233,6 @@ impl Inner {
             decoder: tx.into_decoder(),
             tls_version: tls_version.clone(),
             permit,
-            idle_since: Instant::now(),
         });
         Ok(Done {
             conn,

@@ -124,7 +124,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use body::{AnswerBody, BodySource};
 pub use config::{Balance, ClientBuilder, ClientConfig, PreviewPolicy};
@@ -368,10 +368,4 @@ impl tower::Service<ClientRequest> for Client {
     }
 }
 
-/// `d` after `now`; a duration too long for the clock (`Duration::MAX` as "no limit")
-/// means a century.
-pub(crate) fn after(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
-        .unwrap_or(now)
-}
+pub(crate) use crate::upstream::after;

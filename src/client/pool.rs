@@ -1,7 +1,8 @@
-//! Connections: one [`Endpoint`] per server, holding its idle kept-alive connections and
-//! its share of `Max-Connections` (a semaphore whose permits travel with each [`Conn`]),
-//! and the connect step (TCP, then TLS for `icaps://`) with its timeouts and TLS failures
-//! told apart.
+//! Connections: one [`Endpoint`] per server, holding its idle kept-alive connections (the
+//! pool shared with the gateway, `crate::upstream::IdlePool`), its health, its cached
+//! OPTIONS and its share of `Max-Connections` (a semaphore whose permits travel with each
+//! [`Conn`]), and the connect step (TCP, then TLS for `icaps://`) with its timeouts and TLS
+//! failures told apart.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,11 +15,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout_at;
 
 use crate::client::{ClientError, TlsFailure};
+use crate::options::ServiceOptions;
 use crate::proto::decode::ResponseDecoder;
 use crate::proto::error::Error;
+use crate::upstream::{Health, IdlePool};
 use crate::uri::IcapUri;
 
-use super::health::Health;
 use super::options_cache::CachedOptions;
 use super::{after, Inner};
 
@@ -32,29 +34,28 @@ pub(crate) struct Conn {
     pub(crate) decoder: ResponseDecoder,
     pub(crate) tls_version: Option<String>,
     pub(crate) permit: OwnedSemaphorePermit,
-    pub(crate) idle_since: Instant,
 }
 
 /// One server of the service.
 pub(crate) struct Endpoint {
     pub(crate) uri: IcapUri,
-    pub(crate) idle: Mutex<Vec<Conn>>,
+    pub(crate) idle: IdlePool<Conn>,
     pub(crate) permits: Arc<Semaphore>,
     /// The connection limit in force (config default, lowered by Max-Connections).
     pub(crate) limit: AtomicUsize,
     pub(crate) options: Mutex<Option<CachedOptions>>,
-    pub(crate) health: Mutex<Health>,
+    pub(crate) health: Health,
 }
 
 impl Endpoint {
     pub(crate) fn new(uri: IcapUri, max_connections: usize) -> Self {
         Endpoint {
             uri,
-            idle: Mutex::new(Vec::new()),
+            idle: IdlePool::new(),
             permits: Arc::new(Semaphore::new(max_connections)),
             limit: AtomicUsize::new(max_connections),
             options: Mutex::new(None),
-            health: Mutex::new(Health::new()),
+            health: Health::new(),
         }
     }
 
@@ -108,7 +109,7 @@ pub(crate) fn tls_failure(e: &io::Error, had_identity: bool) -> Option<(TlsFailu
         }
         _ => TlsFailure::Handshake,
     };
-    Some((f, inner.to_string()))
+    Some((f, crate::tls::describe_handshake_error(inner)))
 }
 
 impl Inner {
@@ -174,7 +175,6 @@ impl Inner {
             decoder: ResponseDecoder::new(self.cfg.limits),
             tls_version,
             permit,
-            idle_since: Instant::now(),
         })
     }
 
@@ -205,23 +205,16 @@ impl Inner {
         ep: &Endpoint,
         until: Instant,
     ) -> Result<(Conn, bool), ClientError> {
-        loop {
-            let c = ep.idle.lock().expect("not poisoned").pop();
-            match c {
-                Some(c)
-                    if c.idle_since.elapsed() < self.cfg.idle_timeout && c.decoder.is_idle() =>
-                {
-                    return Ok((c, true))
-                }
-                Some(_) => continue,
-                None => return Ok((self.connect(ep, until).await?, false)),
-            }
+        let pooled = ep.idle.take(self.cfg.idle_timeout, |c| c.decoder.is_idle());
+        match pooled {
+            Some(c) => Ok((c, true)),
+            None => Ok((self.connect(ep, until).await?, false)),
         }
     }
 
-    pub(crate) fn checkin(&self, ep: &Endpoint, mut c: Conn) {
-        c.idle_since = Instant::now();
-        ep.idle.lock().expect("not poisoned").push(c);
+    pub(crate) fn checkin(&self, ep: &Endpoint, c: Conn) {
+        // The permits bound the connections; the pool needs no cap of its own.
+        ep.idle.put(c, usize::MAX);
         ep.observe(ep.is_down());
     }
 }

@@ -421,7 +421,8 @@ impl Server {
                     Ok(Err(e)) => {
                         tracing::debug!(
                             kind = "tls_handshake",
-                            "TLS handshake with {peer} failed: {e}"
+                            "TLS handshake with {peer} failed: {}",
+                            crate::tls::describe_handshake_error(&e)
                         );
                         observe::server_error("tls_handshake");
                         return;

@@ -11,6 +11,9 @@
 #   selfsigned.pem / .key           self-signed server cert (CA:FALSE, same SANs) for pinning
 #   selfsigned.sha256               SHA-256 of its DER (hex, lower case) and of its SPKI
 #   expired.pem / expired.key       server cert signed by ca, valid 2020-01-01..2020-01-02
+#   client-v1.pem / .key            X.509 v1 client cert signed by ca (`x509 -req` without
+#                                   -extfile, as stunnel how-tos make them), CN=icap-v1-client
+#   server-v1.pem / .key            X.509 v1 server cert signed by ca, CN=localhost
 # Idempotent: regenerates everything each run. Needs only openssl (3.0 is fine).
 set -euo pipefail
 out=${1:?usage: gen-certs.sh OUTDIR}
@@ -55,6 +58,16 @@ sign server localhost ca "$ext_server"
 cat server.pem ca.pem > server-chain.pem
 sign client icap-test-client ca "$ext_client"
 cat client.pem client.key > client-bundle.pem
+# X.509 v1: no -extfile, so no extensions and no version field.
+sign_v1() { # name CN
+  key "$1.key"
+  openssl req -new -key "$1.key" -subj "/CN=$2" -out "$1.csr"
+  openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -out "$1.pem" \
+    -days 3650 2>/dev/null
+  rm -f "$1.csr"
+}
+sign_v1 client-v1 icap-v1-client
+sign_v1 server-v1 localhost
 mkca wrong-ca "Unrelated Test CA"
 sign wrong-client icap-wrong-client wrong-ca "$ext_client"
 
@@ -99,6 +112,10 @@ chmod 600 ./*.key client-bundle.pem
 # sanity checks
 openssl verify -CAfile ca.pem server.pem client.pem >/dev/null
 openssl verify -CAfile wrong-ca.pem wrong-client.pem >/dev/null
+for v1 in client-v1 server-v1; do
+  openssl x509 -in $v1.pem -noout -text | grep -q 'Version: 1 (0x0)' \
+    || { echo "gen-certs: $v1.pem is not X.509 v1" >&2; exit 1; }
+done
 if openssl verify -CAfile ca.pem expired.pem >/dev/null 2>&1; then
   echo "gen-certs: expired.pem unexpectedly valid" >&2; exit 1
 fi
