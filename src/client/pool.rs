@@ -15,7 +15,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout_at;
 
 use crate::client::{ClientError, TlsFailure};
-use crate::options::ServiceOptions;
 use crate::proto::decode::ResponseDecoder;
 use crate::proto::error::Error;
 use crate::upstream::{Health, IdlePool};
