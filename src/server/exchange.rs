@@ -53,6 +53,9 @@ struct Feed {
     inflight_start: u64,
     /// An echo can still start (the service has read nothing yet).
     echo_possible: bool,
+    /// A first piece (data, or the end) came out of the decoder: the first chunk-size line
+    /// parsed, so a 200 echo can commit without answering a body broken from its start.
+    body_started: bool,
     /// Asked for during a preview: starts once the preview is read.
     echo_asked: Option<(usize, tokio::sync::oneshot::Sender<Result<(), BodyError>>)>,
     echo: Option<Echo>,
@@ -61,6 +64,7 @@ struct Feed {
 
 impl Feed {
     fn hand(&mut self, p: Piece) {
+        self.body_started = true;
         if let Piece::Data(d) = &p {
             self.sent += d.len() as u64;
             if self.echo_possible || self.echo.is_some() {
@@ -125,6 +129,7 @@ impl Server {
             inflight: VecDeque::new(),
             inflight_start: 0,
             echo_possible: has_body,
+            body_started: !has_body,
             echo_asked: None,
             echo: None,
             pieces: Some(piece_tx),
@@ -213,8 +218,11 @@ impl Server {
                 },
             }
             // An echo asked for starts once the preview is in (after 100 Continue where the
-            // client waits for one: an answer in the preview would end the body there).
-            if feed.echo_asked.is_some() && txn.state() != ServerState::Preview {
+            // client waits for one: an answer in the preview would end the body there), and
+            // once the body's first chunk parsed (a body broken from its first line gets 400,
+            // not a 200 cut short).
+            if feed.echo_asked.is_some() && feed.body_started && txn.state() != ServerState::Preview
+            {
                 let (holdback, done) = feed.echo_asked.take().expect("checked");
                 let echo = self.echo_response(&head, istag, &Headers::new());
                 let mut started = Ok(());
