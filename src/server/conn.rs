@@ -239,21 +239,41 @@ impl Conn<'_> {
             (a, b) => a.or(b),
         }
         .map(|d| d.saturating_sub(pending));
-        let r = match allow {
-            Some(d) => timeout(d, self.read(txn)).await,
-            None => Ok(self.read(txn).await),
+        if let (Some(slot), Some(c)) = (&self.slot, &self.clock) {
+            slot.reading(c.waited + pending, c.bytes, true);
+        }
+        let evicted = self.slot.as_ref().map(|s| s.eviction());
+        let on_evicted = async {
+            match evicted {
+                Some(e) => e.await,
+                None => std::future::pending().await,
+            }
+        };
+        // Closed to make room (behind the minimum rate while the server is full): answered
+        // like a client that fell behind its deadline. `None`: out of time.
+        let r = tokio::select! {
+            r = async {
+                match allow {
+                    Some(d) => timeout(d, self.read(txn)).await.ok(),
+                    None => Some(self.read(txn).await),
+                }
+            } => r,
+            _ = on_evicted => None,
         };
         self.reading_since = None;
         if let Some(c) = &mut self.clock {
             c.waited += started.elapsed();
-            if let Ok(Ok(n)) = &r {
+            if let Some(Ok(n)) = &r {
                 c.bytes += *n as u64;
+            }
+            if let Some(slot) = &self.slot {
+                slot.reading(c.waited, c.bytes, false);
             }
         }
         match r {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(ReadFail::Io(e)),
-            Err(_) => {
+            Some(Ok(n)) => Ok(n),
+            Some(Err(e)) => Err(ReadFail::Io(e)),
+            None => {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(ReadFail::Timeout)
             }
@@ -416,7 +436,23 @@ impl Server {
         let (io, secure): (Box<dyn Io>, bool) = match self.tls_acceptor() {
             None => (Box::new(tcp), false),
             Some(acceptor) => {
-                match timeout(self.config.tls_handshake_timeout, acceptor.accept(tcp)).await {
+                // A handshake's bytes are not counted: one that takes longer than a second is
+                // behind, and makes room first when the server is full.
+                slot.reading(Duration::ZERO, 0, true);
+                let handshake = tokio::select! {
+                    r = timeout(self.config.tls_handshake_timeout, acceptor.accept(tcp)) => r,
+                    _ = slot.evicted() => {
+                        tracing::debug!(
+                            kind = "tls_handshake",
+                            "TLS handshake with {peer} closed to make room"
+                        );
+                        return;
+                    }
+                };
+                if !slot.busy() {
+                    return;
+                }
+                match handshake {
                     Ok(Ok(tls)) => (Box::new(tls), true),
                     Ok(Err(e)) => {
                         tracing::debug!(
@@ -518,10 +554,10 @@ impl Server {
                 if *stop.borrow() || !conn.slot_idle() {
                     return None;
                 }
-                let evicted = conn.slot.as_ref().map(|s| s.notify.clone());
+                let evicted = conn.slot.as_ref().map(|s| s.eviction());
                 let on_evicted = async {
-                    match &evicted {
-                        Some(n) => n.notified().await,
+                    match evicted {
+                        Some(e) => e.await,
                         None => std::future::pending().await,
                     }
                 };
