@@ -61,6 +61,42 @@ async def answer(reader: asyncio.StreamReader) -> int:
     return status
 
 
+async def soak(a, req: bytes) -> None:
+    """N keep-alive connections each sending request after request for --soak seconds."""
+    counts = collections.Counter()
+    failures = collections.Counter()
+    until = time.monotonic() + a.soak
+
+    async def one():
+        try:
+            r, w = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", a.port), a.connect_timeout
+            )
+        except (OSError, asyncio.TimeoutError) as e:
+            failures["connect: " + e.__class__.__name__] += 1
+            return
+        while time.monotonic() < until:
+            try:
+                w.write(req)
+                await w.drain()
+                counts[await asyncio.wait_for(answer(r), a.answer_timeout)] += 1
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
+                failures[e.__class__.__name__] += 1
+                try:
+                    r, w = await asyncio.open_connection("127.0.0.1", a.port)
+                except OSError:
+                    return
+        w.close()
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(a.n)))
+    took = time.monotonic() - t0
+    total = sum(counts.values())
+    print(f"soak: {a.n} keep-alive connections for {took:.0f} s: {total} transactions "
+          f"({total / took:.0f}/s), statuses {dict(counts)}, failed {sum(failures.values())} "
+          f"{dict(failures)}; server RSS {rss_kib(a.pgid)} KiB", flush=True)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
@@ -72,8 +108,13 @@ async def main() -> None:
     ap.add_argument("--connect-timeout", type=float, default=10)
     ap.add_argument("--answer-timeout", type=float, default=30)
     ap.add_argument("--settle", type=float, default=3)
+    ap.add_argument("--soak", type=float, default=0,
+                    help="instead: N connections sending requests for this many seconds")
     a = ap.parse_args()
     req = request(a.service)
+    if a.soak > 0:
+        await soak(a, req)
+        return
 
     conns = []
     connect_failed = collections.Counter()

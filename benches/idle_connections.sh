@@ -11,7 +11,9 @@
 #
 #   bash benches/idle_connections.sh [N]
 #   (DLP_BASELINE=PATH also runs another dlp-server binary, e.g. one built from an earlier
-#   commit, in the same run)
+#   commit, in the same run; SOAK=SECS instead keeps N connections busy, request after
+#   request, for SECS seconds, and reports transactions and failures: the sustained-load
+#   check, e.g. SOAK=120 ... 200)
 #
 # Needs (installs nothing): python3, c-icap and its echo module (.ci/install-peers.sh), a
 # Rust toolchain, and an open-files hard limit above N (the holder raises its soft limit).
@@ -73,7 +75,7 @@ run_case() {
   base=$(rss_kib "$server_pid")
   echo "== $name: RSS before any connection $base KiB"
   python3 benches/idle_connections.py --port "$port" --service "$service" \
-    --pgid "$server_pid" -n "$n" | tee "$work/$name.report"
+    --pgid "$server_pid" -n "$n" --soak "${SOAK:-0}" | tee "$work/$name.report"
   local held rss
   held=$(awk '/^held/ {print $2}' "$work/$name.report")
   rss=$(sed -n 's/^served .*server RSS \([0-9]*\) KiB$/\1/p' "$work/$name.report")
@@ -87,7 +89,11 @@ run_case() {
   server_pid=""
 }
 
-echo "$n idle keep-alive connections from 127.0.0.1, one REQMOD on each; $(nproc) cores"
+if [ -n "${SOAK:-}" ]; then
+  echo "$n keep-alive connections from 127.0.0.1, REQMOD after REQMOD for $SOAK s; $(nproc) cores"
+else
+  echo "$n idle keep-alive connections from 127.0.0.1, one REQMOD on each; $(nproc) cores"
+fi
 port=$(free_port)
 run_case dlp-server "$port" reqmod target/release/examples/dlp-server --listen "127.0.0.1:$port"
 if [ -n "${DLP_BASELINE:-}" ]; then

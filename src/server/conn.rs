@@ -62,6 +62,11 @@ pub(crate) struct Conn<'s> {
 /// buffer doubles each time).
 const HEAD_ROOM: usize = 1024;
 
+/// How long a connection waits for its next request with the decoder of the last one (and
+/// the room it keeps for the next heads) before it lets that go: requests that follow each
+/// other closely reuse it, a connection at rest holds only a small head buffer.
+const IDLE_SETTLE: Duration = Duration::from_millis(100);
+
 /// Read room inside a body: a read buffer the pieces of which are all passed on before the
 /// next read is reused in place, so this is, with the service's own state, the memory of a
 /// connection streaming a body.
@@ -439,8 +444,14 @@ impl Server {
                 // A handshake's bytes are not counted: one that takes longer than a second is
                 // behind, and makes room first when the server is full.
                 slot.reading(Duration::ZERO, 0, true);
+                // Boxed: a handshake's state (rustls's connection, its buffers) is large, and
+                // inline it would size every connection's task, idle ones included.
+                let accept = Box::pin(timeout(
+                    self.config.tls_handshake_timeout,
+                    acceptor.accept(tcp),
+                ));
                 let handshake = tokio::select! {
-                    r = timeout(self.config.tls_handshake_timeout, acceptor.accept(tcp)) => r,
+                    r = accept => r,
                     _ = slot.evicted() => {
                         tracing::debug!(
                             kind = "tls_handshake",
@@ -538,7 +549,9 @@ impl Server {
         conn.reading_since = None;
         conn.room = HEAD_ROOM;
         let buf = txn.decoder_mut().buffer_mut();
-        if buf.is_empty() && buf.capacity() > 4 * HEAD_ROOM {
+        if buf.is_empty() {
+            // Even a small remaining capacity may be the tail of a body-sized allocation
+            // whose pieces went to the service: a view keeps all of it.
             *buf = BytesMut::new();
         }
     }
@@ -608,10 +621,29 @@ impl Server {
                 None => std::future::pending().await,
             }
         };
-        let read = tokio::select! {
-            r = timeout(self.config.idle_timeout, conn.read(txn)) => r,
-            _ = stop.changed() => return None,
-            _ = on_evicted => return None,
+        tokio::pin!(on_evicted);
+        let deadline = Instant::now() + self.config.idle_timeout;
+        let mut settled = false;
+        let read = loop {
+            let until = if settled {
+                deadline
+            } else {
+                deadline.min(Instant::now() + IDLE_SETTLE)
+            };
+            let read = tokio::select! {
+                r = timeout_at(until, conn.read(txn)) => r,
+                _ = stop.changed() => return None,
+                _ = &mut on_evicted => return None,
+            };
+            if read.is_err() && !settled && until < deadline {
+                // No request followed at once: wait on without the decoder's spare room (its
+                // header arena, a block kept for the next heads) and read buffer, so that a
+                // connection at rest holds little. (The read is cancel-safe: nothing was read.)
+                settled = true;
+                *txn.decoder_mut() = RequestDecoder::new(self.config.limits);
+                continue;
+            }
+            break read;
         };
         match read {
             Ok(Ok(0)) => {
