@@ -11,9 +11,9 @@
 #
 #   bash benches/idle_connections.sh [N]
 #   (DLP_BASELINE=PATH also runs another dlp-server binary, e.g. one built from an earlier
-#   commit, in the same run; SOAK=SECS instead keeps N connections busy, request after
+#   commit, in the same run, with the flags in DLP_BASELINE_ARGS; SOAK=SECS instead keeps N connections busy, request after
 #   request, for SECS seconds, and reports transactions and failures: the sustained-load
-#   check, e.g. SOAK=120 ... 200)
+#   check, e.g. SOAK=120 ... 200; CICAP=0 leaves c-icap out)
 #
 # Needs (installs nothing): python3, c-icap and its echo module (.ci/install-peers.sh), a
 # Rust toolchain, and an open-files hard limit above N (the holder raises its soft limit).
@@ -75,7 +75,8 @@ run_case() {
   base=$(rss_kib "$server_pid")
   echo "== $name: RSS before any connection $base KiB"
   python3 benches/idle_connections.py --port "$port" --service "$service" \
-    --pgid "$server_pid" -n "$n" --soak "${SOAK:-0}" | tee "$work/$name.report"
+    --pgid "$server_pid" -n "$n" --soak "${SOAK:-0}" --connect-conc 2000 --request-conc "$n" \
+    | tee "$work/$name.report"
   local held rss
   held=$(awk '/^held/ {print $2}' "$work/$name.report")
   rss=$(sed -n 's/^served .*server RSS \([0-9]*\) KiB$/\1/p' "$work/$name.report")
@@ -98,8 +99,10 @@ port=$(free_port)
 run_case dlp-server "$port" reqmod target/release/examples/dlp-server --listen "127.0.0.1:$port"
 if [ -n "${DLP_BASELINE:-}" ]; then
   port=$(free_port)
-  run_case baseline "$port" reqmod "$DLP_BASELINE" --listen "127.0.0.1:$port"
+  # shellcheck disable=SC2086 # flags, split on purpose
+  run_case baseline "$port" reqmod "$DLP_BASELINE" --listen "127.0.0.1:$port" ${DLP_BASELINE_ARGS:-}
 fi
+if [ "${CICAP:-1}" = 0 ]; then exit 0; fi
 port=$(free_port)
 mkdir -p "$work/c-icap"
 sed -e "s|@PORT@|$port|g" -e "s|@DIR@|$work/c-icap|g" -e "s|@MODDIR@|$moddir|g" \
