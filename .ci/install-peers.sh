@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Install the real ICAP peers used by the interop tests: c-icap (+ url_check and
-# content_filtering modules, c-icap-client), squid, stunnel, openssl, curl, python3.
+# content_filtering modules, c-icap-client), squid, stunnel, openssl, curl, python3, haproxy.
 # Idempotent: does nothing (but the daemon check) when everything is already installed.
 # Leaves no squid / c-icap daemon running, with or without an init system.
 set -euo pipefail
 
 PKGS=(c-icap libc-icap-mod-urlcheck libc-icap-mod-contentfiltering
-      squid stunnel4 openssl curl python3)
+      squid stunnel4 openssl curl python3 haproxy)
 # deliberately NOT: libc-icap-mod-virus-scan (pulls clamav + freshclam, wants the internet)
 
 SUDO=""
@@ -53,10 +53,13 @@ fi
 
 # Make sure no packaged daemon is left running (the tests start their own on other ports).
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-  $SUDO systemctl disable --now squid.service c-icap.service >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now squid.service c-icap.service haproxy.service >/dev/null 2>&1 || true
 elif command -v service >/dev/null && [ -x /etc/init.d/squid ]; then
   # sysvinit / no init: the init script stops a daemon it knows of; harmless otherwise
   if [ -f /run/squid.pid ]; then $SUDO service squid stop >/dev/null 2>&1 || true; fi
+  if [ -f /run/haproxy.pid ] && [ -x /etc/init.d/haproxy ]; then
+    $SUDO service haproxy stop >/dev/null 2>&1 || true
+  fi
 fi
 # Anything still listening on the packaged ports (3128 squid, 1344 c-icap) and started
 # from the packaged configs: kill it by PID.
@@ -84,7 +87,7 @@ for f in /run/squid.pid /run/c-icap/c-icap.pid /var/run/c-icap/c-icap.pid; do
 done
 
 end=$(date +%s.%N)
-printf 'install-peers: done in %.1f s (c-icap %s, squid %s, stunnel %s)\n' \
+printf 'install-peers: done in %.1f s (c-icap %s, squid %s, stunnel %s, haproxy %s)\n' \
   "$(awk -v a="$start" -v b="$end" 'BEGIN{print b-a}')" \
   "$(dpkg-query -W -f='${Version}' c-icap)" "$(dpkg-query -W -f='${Version}' squid)" \
-  "$(dpkg-query -W -f='${Version}' stunnel4)"
+  "$(dpkg-query -W -f='${Version}' stunnel4)" "$(dpkg-query -W -f='${Version}' haproxy)"

@@ -6,7 +6,7 @@
 //!     [--tls-cert server.pem --tls-key server.key [--client-ca ca.pem]] \
 //!     [--rules rules.txt] [--profile symantec|forcepoint|generic] [--verbose] \
 //!     [--metrics 127.0.0.1:9344] [--threads N] \
-//!     [--max-connections N] [--max-per-ip N] [--idle-timeout S] [--head-timeout S] ...
+//!     [--max-connections N] [--max-per-ip N] [--queue-timeout S] [--idle-timeout S] ...
 //! ```
 //!
 //! Services `icap://HOST:PORT/reqmod` and `icap://HOST:PORT/respmod` scan bodies for payment
@@ -21,14 +21,18 @@
 //! `icap::metrics`) in Prometheus text at `http://ADDR/metrics`.
 //!
 //! The defaults work behind squid for bodies of any size (larger ones are echoed while being
-//! scanned, see `--stream-over`) and bound what slow or idle clients can hold: connection
-//! limits in total and per client address, deadlines and a minimum rate for heads and
-//! bodies (see `icap::server::ServerConfig`); each has a flag (`--help` lists them and the
-//! exit status).
+//! scanned, see `--stream-over`) and bound what slow or idle clients can hold: a connection
+//! limit (10,000; when full, newcomers wait in the listen backlog while slow or long-idle
+//! connections make room), deadlines and a minimum rate for heads and bodies (see
+//! `icap::server::ServerConfig`); each has a flag (`--help` lists them and the exit status).
+//! At start the open-files limit is raised to the hard limit (a message says when it stays
+//! below `--max-connections`).
 
 #[path = "shared/dlp_service.rs"]
 #[allow(dead_code)]
 mod dlp_service;
+#[path = "shared/listen.rs"]
+mod listen;
 #[path = "shared/ops.rs"]
 mod ops;
 
@@ -44,7 +48,6 @@ use dlp_service::{DlpConfig, Profile};
 use icap::server::{MinRate, ServerConfig};
 use icap::tls::ReloadableServerTls;
 use icap_dlp_engine::Rules;
-use tokio::net::{TcpListener, TcpSocket};
 
 const EXIT_STATUS: &str = "Signals:
   SIGINT, SIGTERM  stop accepting, finish the transactions in flight, exit
@@ -119,13 +122,22 @@ struct Args {
     /// Serve metrics in Prometheus text at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Connections served at once; when full, the longest idle one is closed to make room,
-    /// else 503 [default: 256].
+    /// Connections served at once; when full, newcomers wait in the listen backlog while one
+    /// behind the minimum rate or idle beyond --eviction-grace makes room [default: 10000].
     #[arg(long, value_name = "N", help_heading = LIMITS)]
     max_connections: Option<usize>,
-    /// The same per client address, IPv6 per /64 [default: 128].
+    /// The same per client address, IPv6 per /64, for a server exposed to many addresses
+    /// [default: no limit].
     #[arg(long = "max-per-ip", value_name = "N", help_heading = LIMITS)]
     max_per_ip: Option<usize>,
+    /// Time a connection is safe from making room: from accept to its first request, and
+    /// idle between requests [default: 10].
+    #[arg(long, value_name = "S", value_parser = seconds_or_zero, help_heading = LIMITS)]
+    eviction_grace: Option<Duration>,
+    /// When full and nothing can make room, how long newcomers wait in the backlog before
+    /// one is answered 503 [default: 10].
+    #[arg(long, value_name = "S", value_parser = seconds_or_zero, help_heading = LIMITS)]
+    queue_timeout: Option<Duration>,
     /// Wait for a request, first or next [default: 60].
     #[arg(long, value_name = "S", value_parser = seconds, help_heading = LIMITS)]
     idle_timeout: Option<Duration>,
@@ -175,6 +187,15 @@ fn seconds(v: &str) -> Result<Duration, String> {
         .ok_or(format!("{v:?}: expected seconds (more than 0)"))
 }
 
+/// Seconds, decimals allowed, 0 or more.
+fn seconds_or_zero(v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| *s >= 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or(format!("{v:?}: expected seconds (0 or more)"))
+}
+
 fn seconds_or_off(v: &str) -> Result<Off<Duration>, String> {
     match v {
         "off" => Ok(Off(None)),
@@ -207,6 +228,8 @@ impl Args {
         if let Some(n) = self.max_per_ip {
             c.max_connections_per_ip = n;
         }
+        set(&mut c.eviction_grace, self.eviction_grace);
+        set(&mut c.queue_timeout, self.queue_timeout);
         set(&mut c.idle_timeout, self.idle_timeout);
         set(&mut c.head_timeout, self.head_timeout);
         set(&mut c.read_timeout, self.read_timeout);
@@ -231,19 +254,6 @@ impl Args {
         });
         c
     }
-}
-
-/// A listener with an accept queue of 1024 (the usual 128 overflows under a burst of
-/// connections, and the kernel then completes the excess only seconds later).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    #[cfg(unix)]
-    sock.set_reuseaddr(true)?;
-    sock.bind(addr)?;
-    sock.listen(1024)
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -287,6 +297,7 @@ async fn run(args: Args) -> Result<(), String> {
     cfg.stream_over = args.stream_over.0;
     cfg.verbose = args.verbose;
     cfg.server = args.server_config();
+    listen::raise_open_files("dlp-server", cfg.server.max_connections as u64 + 64);
     let (mut server, stats) = dlp_service::dlp_server(&cfg, None).map_err(|e| e.to_string())?;
     if let Some(t) = &tls {
         server = server.reloadable_tls(t);
@@ -300,7 +311,7 @@ async fn run(args: Args) -> Result<(), String> {
         &args.listen[..]
     };
     for addr in addrs {
-        let l = listen(*addr).map_err(|e| format!("--listen {addr}: {e}"))?;
+        let l = listen::listen(*addr).map_err(|e| format!("--listen {addr}: {e}"))?;
         let scheme = if tls.is_some() { "icaps" } else { "icap" };
         let local = l.local_addr().map_err(|e| e.to_string())?;
         // Printed on stdout (one line per listener) so scripts can read the bound port
@@ -321,7 +332,7 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     eprintln!(
-        "dlp-server: {} connections ({} refused, {} idle closed to make room), {} requests \
+        "dlp-server: {} connections ({} refused, {} closed to make room), {} requests \
          ({} cut as too slow), {} messages scanned ({} bytes), {} blocked",
         served.connections.load(Ordering::Relaxed),
         served.refused.load(Ordering::Relaxed),

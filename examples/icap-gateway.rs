@@ -15,9 +15,14 @@
 //! transactions not answered yet, `503` when no upstream is up), relayed byte for byte both
 //! ways (`icap::gateway`). One access-log line per transaction goes to stdout; refusals and
 //! errors to stderr; with `--metrics`, counters and upstream health in Prometheus text.
-//! `--max-connections` caps client connections (handshakes included; one more is closed at
-//! once), `--handshake-timeout` bounds how long an unauthenticated one holds its place. SIGHUP reads the certificate, key and client CA files again (new
+//! `--max-connections` caps client connections (handshakes included); when full, newcomers
+//! wait in the listen backlog, and after `--queue-timeout` one is answered an ICAP `503`
+//! (after its handshake). `--handshake-timeout` bounds how long an unauthenticated one holds
+//! its place. SIGHUP reads the certificate, key and client CA files again (new
 //! handshakes use them; if one cannot be used the old set stays). SIGINT / SIGTERM stop it.
+
+#[path = "shared/listen.rs"]
+mod listen;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -92,11 +97,20 @@ struct Args {
     /// Seconds a TLS handshake may take.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     handshake_timeout: f64,
-    /// Most client connections at once, handshakes included; one more is closed at once
-    /// (logged, counted as refused with reason "capacity") so that its client can fail over.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    /// Most client connections at once, handshakes included. When full, newcomers wait in
+    /// the listen backlog; after --queue-timeout one is answered 503 (logged, counted as
+    /// refused with reason "capacity") so that its client can fail over.
+    #[arg(long, value_name = "N", default_value_t = 10000)]
     max_connections: usize,
+    /// Seconds newcomers wait in the listen backlog while the gateway is full, before one is
+    /// answered 503.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    queue_timeout: f64,
 }
+
+/// The answer of a connection refused while the gateway is full.
+const OVERLOADED: &[u8] = b"ICAP/1.0 503 Service Overloaded\r\nISTag: \"icap-gateway\"\r\n\
+    Connection: close\r\nEncapsulated: null-body=0\r\n\r\n";
 
 fn secs(s: f64, flag: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s).map_err(|_| format!("--{flag}: not a number of seconds: {s}"))
@@ -329,9 +343,10 @@ async fn run(args: Args) -> Result<(), String> {
     if args.max_connections == 0 {
         return Err("--max-connections: must be at least 1".into());
     }
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+    let queue_timeout = secs(args.queue_timeout, "queue-timeout")?;
+    listen::raise_open_files("icap-gateway", 2 * args.max_connections as u64 + 64);
+    let listener =
+        listen::listen(args.listen).map_err(|e| format!("--listen {}: {e}", args.listen))?;
     let gw = Gateway::new(upstreams, cfg).map_err(|e| e.to_string())?;
     if let Some(addr) = args.metrics {
         serve_metrics(addr, gw.clone()).await?;
@@ -341,24 +356,32 @@ async fn run(args: Args) -> Result<(), String> {
     let pins = Arc::new(pins);
     // Each connection holds a permit from accept to close: the handshake timeout bounds how
     // long an unauthenticated one holds it, the client timeout an idle authenticated one.
-    let slots = Arc::new(tokio::sync::Semaphore::new(args.max_connections));
+    let mut gate = listen::Gate::new(args.max_connections, queue_timeout);
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
+        let (tcp, peer, permit) = match gate.accept(&listener).await {
+            Ok(listen::Accepted::Serve(tcp, peer, permit)) => (tcp, peer, permit),
+            Ok(listen::Accepted::Refuse(tcp, peer)) => {
+                metrics::counter!("icap_gateway_refused_total", "reason" => "capacity")
+                    .increment(1);
+                eprintln!(
+                    "icap-gateway: refused {peer}: {} connections open (--max-connections)",
+                    args.max_connections
+                );
+                let acceptor = acceptor.read().expect("acceptor lock").clone();
+                tokio::spawn(async move {
+                    // The 503 goes inside TLS, where the client can read it.
+                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
+                    if let Ok(Ok(tls)) = handshake.await {
+                        listen::refuse(tls, OVERLOADED, Duration::from_secs(5)).await;
+                    }
+                });
+                continue;
+            }
             Err(e) => {
                 eprintln!("icap-gateway: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("icap_gateway_refused_total", "reason" => "capacity").increment(1);
-            eprintln!(
-                "icap-gateway: refused {peer}: {} connections open (--max-connections)",
-                args.max_connections
-            );
-            drop(tcp);
-            continue;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.read().expect("acceptor lock").clone();

@@ -10,7 +10,9 @@
 //!   --max-hold BYTES        bytes of a body held for a 204 (default 1 MiB)
 //!   --ca FILE / --pin-cert FILE / --client-cert FILE --client-key FILE   TLS for icaps://
 //!   --header-timeout SECS   longest time a request head may take (default 30)
-//!   --max-connections N     client connections at once; more are closed (default 1024)
+//!   --max-connections N     client connections at once (default 10000); when full,
+//!                           newcomers wait in the listen backlog
+//!   --queue-timeout SECS    that wait, after which one is answered 503 (default 10)
 //!   --body-idle-timeout SECS   longest silence inside a request body (default 30)
 //!   --min-body-rate BYTES   least average request-body rate once --rate-grace has passed
 //!                           (bytes/s, default 1024; 0: none)
@@ -22,6 +24,8 @@
 //! One access-log line per request goes to stdout:
 //! `METHOD URL STATUS REQMOD-VERDICT/RESPMOD-VERDICT BYTES MS`.
 
+#[path = "shared/listen.rs"]
+mod listen;
 #[path = "shared/tls_args.rs"]
 mod tls_args;
 use std::collections::HashMap;
@@ -46,7 +50,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use icap::adapt::{AdaptBody, AdaptConfig, AdaptLayer, ClientInfo, Disposition, Dispositions};
 use icap::client::Client;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tower::{Layer, Service, ServiceExt};
 
 const EXIT_STATUS: &str = "Exit status:
@@ -88,9 +92,13 @@ struct Args {
     /// connection may wait for one): a client that trickles its head is cut.
     #[arg(long = "header-timeout", value_name = "SECS", default_value_t = 30.0)]
     header_timeout: f64,
-    /// Client connections served at once; a connection over the limit is closed at once.
-    #[arg(long = "max-connections", value_name = "N", default_value_t = 1024)]
+    /// Client connections served at once; when full, newcomers wait in the listen backlog.
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 10000)]
     max_connections: usize,
+    /// Seconds newcomers wait in the listen backlog while the proxy is full, before one is
+    /// answered 503.
+    #[arg(long = "queue-timeout", value_name = "SECS", default_value_t = 10.0)]
+    queue_timeout: f64,
     /// Seconds a request body may stay silent; a body that does is cut and its connection
     /// closed (it would otherwise hold an ICAP connection to the scanner too).
     #[arg(
@@ -162,7 +170,17 @@ async fn main() -> ExitCode {
             }
         }
     }
-    let listener = match TcpListener::bind(args.listen).await {
+    let queue_timeout = match Duration::try_from_secs_f64(args.queue_timeout) {
+        Ok(t) => t,
+        Err(_) => {
+            return fail(format!(
+                "--queue-timeout {}: not a number of seconds",
+                args.queue_timeout
+            ))
+        }
+    };
+    listen::raise_open_files("icap-proxy", 3 * args.max_connections as u64 + 64);
+    let listener = match listen::listen(args.listen) {
         Ok(l) => l,
         Err(e) => return fail(format!("{}: {e}", args.listen)),
     };
@@ -186,23 +204,27 @@ async fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    let slots = Arc::new(tokio::sync::Semaphore::new(args.max_connections));
+    let mut gate = listen::Gate::new(args.max_connections, queue_timeout);
     let pool = Pool::default();
     let forward = tower::service_fn(move |req| forward(pool.clone(), req));
     let svc = AdaptLayer::new(cfg).layer(forward);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
+        let (stream, peer, slot) = match gate.accept(&listener).await {
+            Ok(listen::Accepted::Serve(stream, peer, slot)) => (stream, peer, slot),
+            Ok(listen::Accepted::Refuse(stream, peer)) => {
+                eprintln!(
+                    "icap-proxy: refused {peer}: {} connections open (--max-connections)",
+                    args.max_connections
+                );
+                tokio::spawn(listen::refuse(stream, OVERLOADED, Duration::from_secs(5)));
+                continue;
+            }
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning.
                 eprintln!("icap-proxy: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
         };
         let _ = stream.set_nodelay(true);
         let svc = svc.clone();
@@ -222,6 +244,11 @@ async fn main() -> ExitCode {
         });
     }
 }
+
+/// The answer of a connection refused while the proxy is full.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+    Content-Type: text/plain; charset=utf-8\r\nContent-Length: 35\r\n\r\n\
+    icap-proxy: too many connections.\r\n";
 
 /// Fields that concern one connection only (RFC 9110 7.6.1), dropped on the way through.
 const HOP_BY_HOP: [&str; 8] = [

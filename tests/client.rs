@@ -343,8 +343,12 @@ async fn failover_when_the_first_server_is_down_refuses_or_resets() {
 
     // Overloaded: every connection gets 503.
     let busy = start(
-        Server::new(ServerConfig::default().max_connections(0))
-            .route_blocker("blocker", Blocker::default()),
+        Server::new(
+            ServerConfig::default()
+                .max_connections(0)
+                .queue_timeout(Duration::ZERO),
+        )
+        .route_blocker("blocker", Blocker::default()),
     )
     .await;
     let c = Client::new(

@@ -628,3 +628,48 @@ fn the_crate_forbids_unsafe_code() {
         "src/lib.rs lost #![forbid(unsafe_code)]"
     );
 }
+
+/// A streamed echo commits to `200` only once the body's first chunk-size line parsed: a
+/// RESPMOD broken from its first line (a chunk size that overflows 64 bits) gets a `400` the
+/// client can read, not a `200` head and a cut connection.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn an_overflowing_first_chunk_line_gets_400_even_when_the_service_echoes() {
+    use icap::server::{BoxError, IncomingRequest, Reply, Server};
+    use icap::ServiceOptions;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let echo = tower::service_fn(|mut req: IncomingRequest| async move {
+        req.body.start_echo(64).await?;
+        while req.body.data().await?.is_some() {}
+        Ok::<_, BoxError>(Reply::unmodified())
+    });
+    let options = ServiceOptions::default()
+        .with_methods(vec![Method::Respmod])
+        .with_istag("\"echo-1\"");
+    let server = Server::default().route("respmod", options, echo);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+
+    let res_hdr = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n";
+    let request = format!(
+        "RESPMOD icap://127.0.0.1/respmod ICAP/1.0\r\nHost: 127.0.0.1\r\n\
+         Encapsulated: res-hdr=0, res-body={}\r\n\r\n{res_hdr}ffffffffffffffffffffff\r\nabc",
+        res_hdr.len()
+    );
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("ICAP/1.0 400 Bad Request\r\n"),
+        "got {answer:?}"
+    );
+    assert!(answer.contains("Connection: close\r\n"), "got {answer:?}");
+    assert!(answer.ends_with("\r\n\r\n"), "a whole answer: {answer:?}");
+}

@@ -5,7 +5,8 @@
 //! file still gets its verdict); the bytes on both sides of the gateway compared on a
 //! capture (preview, `100 Continue`, keep-alive); `503` when no upstream is up; `OPTIONS`
 //! probes marking a dead upstream down and reviving it after the delay; `--metrics`;
-//! certificate reload on SIGHUP; the connection cap; X.509 v1 certificates (which stunnel
+//! certificate reload on SIGHUP; the connection cap (a wait in the backlog, then 503); a
+//! burst of 500 clients at once, every one answered; X.509 v1 certificates (which stunnel
 //! accepts and rustls refuses) named, with the fix, by dlp-scan and the gateway.
 //!
 //! Needs c-icap and its modules (`bash .ci/install-peers.sh`): without them the c-icap
@@ -330,14 +331,24 @@ fn clients_without_a_valid_pinned_certificate_are_refused_before_any_icap_byte()
     assert_eq!(gw2.access(), Vec::<String>::new());
 }
 
+/// Over `--max-connections`, a newcomer waits in the listen backlog for the queue timeout
+/// (1 s here), then reads a 503 inside TLS; the silent connections that filled the gateway
+/// lose their place at the handshake timeout, and a client is then served.
 #[test]
-fn connections_over_the_cap_are_closed_at_once_and_silent_ones_free_their_place() {
+fn connections_over_the_cap_wait_then_read_503_and_silent_ones_free_their_place() {
     let _serial = serial();
     let dir = TempDir::new("gateway-cap");
     let pki = Pki::new();
     let (dlp_port, _dlp) = dlp_server(&dir);
     let upstream = [format!("icap://127.0.0.1:{dlp_port}/reqmod")];
-    let extra = ["--max-connections", "2", "--handshake-timeout", "2"];
+    let extra = [
+        "--max-connections",
+        "2",
+        "--handshake-timeout",
+        "3",
+        "--queue-timeout",
+        "1",
+    ];
     let gw = Gateway::start(&pki, &upstream, &extra, &dir);
     let file = data("meeting-notes.md");
     let url = gw.url("reqmod");
@@ -349,22 +360,22 @@ fn connections_over_the_cap_are_closed_at_once_and_silent_ones_free_their_place(
         .map(|_| TcpStream::connect(("127.0.0.1", gw.port)).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    // A third is closed at once: end of stream well before any timeout.
-    let mut third = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .unwrap();
+    // A third waits in the backlog, then is refused with a 503 it can read.
     let started = Instant::now();
-    let mut buf = [0u8; 16];
-    match third.read(&mut buf) {
-        Ok(0) => {}
-        other => panic!("the connection over the cap was not closed: {other:?}"),
-    }
-    assert!(started.elapsed() < Duration::from_millis(900));
+    let mut third = tls_client(&pki, gw.port);
+    let (raw, status) = read_answer(&mut third, false);
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&raw));
+    assert!(
+        raw.starts_with(b"ICAP/1.0 503 Service Overloaded\r\n"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_millis(2500),
+        "{waited:?}"
+    );
     gw.wait_log("2 connections open (--max-connections)");
-    // A real client over the cap fails the same way (its exit code 2: no verdict).
-    let out = dlp_scan(&pki, &dir, Some("client"), &["--server", &url, &file]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert_eq!(gw.access(), Vec::<String>::new());
     // The silent ones lose their place at the handshake timeout; the client is then served.
     gw.wait_log("handshake timed out");
@@ -373,6 +384,84 @@ fn connections_over_the_cap_are_closed_at_once_and_silent_ones_free_their_place(
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     gw.wait_matching(" REQMOD ", 1);
     drop(silent);
+}
+
+/// Raises this process's open-files limit to its hard limit: a burst holds hundreds of
+/// connections.
+fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    l.current = l.maximum;
+    let _ = setrlimit(Resource::Nofile, l);
+}
+
+/// 500 clients with certificates at once, one REQMOD each (every tenth with a card number),
+/// through the gateway at its defaults to dlp-server at its defaults: 500 verdicts, none
+/// lost.
+#[test]
+fn a_burst_of_500_tls_clients_through_the_gateway_gets_500_verdicts() {
+    let _serial = serial();
+    raise_nofile();
+    let dir = TempDir::new("gateway-burst");
+    let pki = Pki::new();
+    let (dlp_port, _dlp) = dlp_server(&dir);
+    let upstream = [format!("icap://127.0.0.1:{dlp_port}/reqmod")];
+    let gw = Gateway::start(&pki, &upstream, &[], &dir);
+    let port = gw.port;
+    let barrier = std::sync::Barrier::new(500);
+    let statuses: Vec<Result<u16, String>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..500)
+            .map(|i| {
+                let (barrier, pki) = (&barrier, &pki);
+                std::thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn_scoped(scope, move || {
+                        let body: &[u8] = if i % 10 == 0 {
+                            b"card 4111 1111 1111 1111\n"
+                        } else {
+                            b"meeting notes, nothing to see\n"
+                        };
+                        let http = "POST http://origin.example/up HTTP/1.1\r\nHost: origin.example\r\n\r\n";
+                        let mut req = format!(
+                            "REQMOD icaps://127.0.0.1:{port}/reqmod ICAP/1.0\r\nHost: 127.0.0.1\r\n\
+                             Allow: 204\r\nConnection: close\r\n\
+                             Encapsulated: req-hdr=0, req-body={}\r\n\r\n{http}{:x}\r\n",
+                            http.len(),
+                            body.len()
+                        )
+                        .into_bytes();
+                        req.extend_from_slice(body);
+                        req.extend_from_slice(b"\r\n0\r\n\r\n");
+                        barrier.wait();
+                        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            let mut s = tls_client(pki, port);
+                            s.write_all(&req).unwrap();
+                            read_answer(&mut s, false).1
+                        }));
+                        run.map_err(|e| {
+                            e.downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default()
+                        })
+                    })
+                    .unwrap()
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let failed: Vec<_> = statuses.iter().filter(|s| s.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        failed[0]
+    );
+    for (i, s) in statuses.iter().enumerate() {
+        let want = if i % 10 == 0 { 200 } else { 204 };
+        assert_eq!(s.as_ref().unwrap(), &want, "client {i}");
+    }
+    gw.wait_matching(" REQMOD ", 500);
 }
 
 #[test]

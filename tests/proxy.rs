@@ -165,7 +165,8 @@ fn connect_is_tunnelled() {
 
 /// Slow clients cannot hold the proxy: 200 clients trickling a request head are cut at
 /// `--header-timeout` (2 s: 408 or a close), a client over `--max-connections`
-/// is closed at once, and a normal request is served throughout.
+/// reads a 503 once the queue timeout (here 0: no wait in the backlog) has passed, and a
+/// normal request is served throughout.
 #[test]
 fn slow_heads_are_cut_and_connections_are_capped() {
     use std::io::{Read, Write};
@@ -186,6 +187,8 @@ fn slow_heads_are_cut_and_connections_are_capped() {
         "2".into(),
         "--max-connections".into(),
         "201".into(),
+        "--queue-timeout".into(),
+        "0".into(),
     ]);
     let mut slow: Vec<TcpStream> = (0..200)
         .map(|_| {
@@ -200,7 +203,7 @@ fn slow_heads_are_cut_and_connections_are_capped() {
     let (status, body) = curl(proxy.port, &[], &url);
     assert_eq!((status, sha(&body)), (200, pattern_sha(100)));
     // curl's slot is free once it has gone; one more connection fills the last slot, the
-    // next is over the limit and closed without an answer.
+    // next is over the limit and refused.
     std::thread::sleep(Duration::from_millis(300));
     let mut filler = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
     filler.write_all(b"GET http://x/ HTTP/1.1\r\n").unwrap();
@@ -209,12 +212,30 @@ fn slow_heads_are_cut_and_connections_are_capped() {
     over.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let _ = over.write_all(b"GET http://x/ HTTP/1.1\r\n\r\n");
-    let mut one = [0u8; 1];
-    match over.read(&mut one) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!("a connection over --max-connections is closed, got {other:?}"),
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 256];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match over.read(&mut buf) {
+            Ok(n) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            other => panic!("a connection over --max-connections reads a 503, got {other:?}"),
+        }
     }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"),
+        "{answer}"
+    );
+    let logged = (0..100).any(|_| {
+        let hit = proxy
+            .process
+            .log()
+            .contains("201 connections open (--max-connections)");
+        if !hit {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        hit
+    });
+    assert!(logged, "{}", proxy.process.log());
     slow.push(filler);
     let start = Instant::now();
     // Keep trickling: per-read activity must not renew the head's deadline.

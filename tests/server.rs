@@ -211,12 +211,17 @@ async fn stalled_client_gets_408_and_others_are_served() {
     srv.stop().await;
 }
 
-/// When full, the connection idle longest (a kept-alive one waiting for its next request)
-/// is closed to make room; a connection in the middle of a head is not idle, so with only
-/// such connections a newcomer gets 503.
+/// When full, the connection idle longest (a kept-alive one waiting for its next request,
+/// here with no grace) is closed to make room; a connection in the middle of a head keeping
+/// up with the minimum rate is not, so with only such connections a newcomer gets 503 (here
+/// at once: no wait in the backlog).
 #[tokio::test]
 async fn connection_limit_closes_idle_connections_first_then_answers_503() {
-    let srv = start(ServerConfig::default().max_connections(1)).await;
+    let cfg = ServerConfig::default()
+        .max_connections(1)
+        .eviction_grace(Duration::ZERO)
+        .queue_timeout(Duration::ZERO);
+    let srv = start(cfg).await;
     let mut first = TcpStream::connect(srv.addr).await.unwrap();
     first
         .write_all(&reqmod("Allow: 204\r\n", None))

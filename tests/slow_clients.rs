@@ -46,11 +46,14 @@ fn small_request() -> Vec<u8> {
 }
 
 /// Short timeouts, limits that only deadlines and eviction can satisfy: one address may take
-/// every slot.
+/// every slot. A connection that has not spoken for 200 ms may make room (the default grace is
+/// seconds), and a full server refuses at once instead of leaving newcomers in the backlog.
 fn config() -> ServerConfig {
     ServerConfig::default()
         .max_connections(CLIENTS)
         .max_connections_per_ip(10 * CLIENTS)
+        .eviction_grace(ms(200))
+        .queue_timeout(Duration::ZERO)
         .idle_timeout(Duration::from_secs(3))
         .head_timeout(Duration::from_secs(2))
         .read_timeout(Duration::from_secs(2))
@@ -70,6 +73,8 @@ enum Kind {
     BodyByte,
     /// Connects and sends nothing.
     Silent,
+    /// The header of a TLS handshake record, then nothing: a stalled handshake.
+    Handshake,
 }
 
 /// How a slow client's connection ended.
@@ -111,6 +116,7 @@ async fn slow_client(
         }
         Kind::BodyByte => (head_with_body(), b"400\r\n".repeat(64)),
         Kind::Silent => (Vec::new(), Vec::new()),
+        Kind::Handshake => (vec![0x16, 0x03, 0x01, 0x00, 0x80], Vec::new()),
     };
     s.write_all(&opening).await.ok()?;
     let t0 = Instant::now();
@@ -538,6 +544,13 @@ async fn write_all_then_read<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, len: 
     got
 }
 
+/// A server that refuses every connection at once.
+fn refusing() -> ServerConfig {
+    ServerConfig::default()
+        .max_connections(0)
+        .queue_timeout(Duration::ZERO)
+}
+
 fn assert_503(got: &[u8]) {
     let text = String::from_utf8_lossy(got);
     assert!(
@@ -552,7 +565,7 @@ fn assert_503(got: &[u8]) {
 /// writes a large body before reading gets the 503 instead of a broken pipe.
 #[tokio::test]
 async fn refused_client_writing_a_large_body_reads_the_503() {
-    let srv = start(ServerConfig::default().max_connections(0)).await;
+    let srv = start(refusing()).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let got = write_all_then_read(&mut s, 2 * 1024 * 1024).await;
     assert_503(&got);
@@ -569,7 +582,7 @@ async fn refused_tls_client_reads_the_503_after_the_handshake() {
         .build()
         .unwrap();
     let srv = serve(
-        Server::new(ServerConfig::default().max_connections(0))
+        Server::new(refusing())
             .route_blocker("blocker", Blocker::default())
             .tls(tls),
     )
@@ -693,4 +706,116 @@ fn accept_child() {
             stats.accept_errors.load(Ordering::Relaxed)
         );
     });
+}
+
+/// A normal client that must never be refused: a fresh connection per request (over TLS
+/// with `tls`), every 200 ms until `until`. Returns how long each took to be answered 204.
+async fn never_refused(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    until: Instant,
+) -> Vec<Duration> {
+    async fn ask<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Vec<u8> {
+        s.write_all(&small_request()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                other => panic!("normal client: no answer ({other:?}) after {got:?}"),
+            }
+        }
+        got
+    }
+    let mut waits = Vec::new();
+    while Instant::now() < until && waits.len() < 50 {
+        let start = Instant::now();
+        let exchange = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            match &tls {
+                None => ask(tcp).await,
+                Some(cfg) => {
+                    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                    let s = tokio_rustls::TlsConnector::from(cfg.clone())
+                        .connect(name, tcp)
+                        .await
+                        .expect("the normal client's handshake");
+                    ask(s).await
+                }
+            }
+        };
+        let got = timeout(ms(10_000), exchange)
+            .await
+            .expect("the normal client is answered");
+        assert!(
+            got.starts_with(b"ICAP/1.0 204 "),
+            "the normal client got {}",
+            String::from_utf8_lossy(&got)
+        );
+        waits.push(start.elapsed());
+        sleep(ms(200)).await;
+    }
+    waits
+}
+
+/// Fills a server of [`CLIENTS`] slots with as many slow clients of `kind`, then runs a
+/// normal client beside them for 3 s.
+async fn beside_slow_clients(
+    srv: net::Running,
+    kind: Kind,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> (Vec<Duration>, Arc<Stats>) {
+    let addr = srv.addr;
+    let ready = Arc::new(AtomicUsize::new(0));
+    let give_up = Instant::now() + ms(15_000);
+    let slow: Vec<_> = (0..CLIENTS)
+        .map(|_| tokio::spawn(slow_client(addr, kind, ready.clone(), give_up)))
+        .collect();
+    wait_ready(&ready, CLIENTS).await;
+    let waits = never_refused(addr, tls, Instant::now() + ms(3000)).await;
+    for t in &slow {
+        t.abort();
+    }
+    (waits, srv.stop().await)
+}
+
+/// Attackers make room, not the normal client: beside 300 slow clients holding every slot
+/// (heads or bodies a byte every 400 ms, TLS handshakes stalled after their first bytes), a
+/// normal client is never refused, at the server's default rate, grace and queue timeout. It
+/// waits in the listen backlog until a slow client falls a second behind the minimum rate,
+/// which then makes room (rather than at the 10 s grace of the rate, or the handshake
+/// timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_client_beside_300_slow_clients_is_never_refused() {
+    let cfg = || ServerConfig::default().max_connections(CLIENTS);
+    let tls = icap::tls::ServerTls::from_pem_files(pki("server-chain.pem"), pki("server.key"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let client_tls = icap::tls::ClientTls::default()
+        .with_ca_file(pki("ca.pem"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let heads = beside_slow_clients(start(cfg()).await, Kind::HeadByte, None);
+    let bodies = beside_slow_clients(start(cfg()).await, Kind::BodyByte, None);
+    let tls_srv = serve(
+        Server::new(cfg())
+            .route_blocker("blocker", Blocker::default())
+            .tls(tls),
+    )
+    .await;
+    let handshakes = beside_slow_clients(tls_srv, Kind::Handshake, Some(client_tls));
+    let (heads, bodies, handshakes) = tokio::join!(heads, bodies, handshakes);
+    for (kind, (waits, stats)) in [
+        (Kind::HeadByte, heads),
+        (Kind::BodyByte, bodies),
+        (Kind::Handshake, handshakes),
+    ] {
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 0, "{kind:?}");
+        // The first normal request took a slow client's slot (the next ones may find the
+        // one the normal client left).
+        assert!(stats.evicted.load(Ordering::Relaxed) >= 1, "{kind:?}");
+        assert_served_within(kind, &waits, ms(2500));
+    }
 }

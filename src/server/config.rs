@@ -29,15 +29,27 @@ use crate::proto::limits::Limits;
 pub struct ServerConfig {
     /// Decoder limits (head sizes, header count, preview, body size).
     pub limits: Limits,
-    /// Most connections served at once. When full, the connection that has waited longest
-    /// for its next request (idle) is closed to make room; with none idle, the newcomer gets
-    /// 503. Default 256.
+    /// Most connections served at once. Default 10,000: an idle keep-alive connection
+    /// holds a few KiB, and a proxy keeps many open. When full, a connection behind the
+    /// minimum rate or idle beyond [`eviction_grace`](Self::eviction_grace) makes room
+    /// for a newcomer; with none, newcomers wait in the listen backlog (see
+    /// [`queue_timeout`](Self::queue_timeout)). Each connection is a file descriptor: raise
+    /// the process's limit to match (beyond it, accepting backs off and connections wait
+    /// in the backlog).
     pub max_connections: usize,
     /// Most connections served at once for one client address (IPv6: one /64), with the same
-    /// make-room rule among that address's connections; keeps one client from taking every
-    /// slot. Default 128: an ICAP client is usually a proxy with many connections, and
-    /// services should announce no more than this in `Max-Connections`.
+    /// make-room rule among that address's connections. Default: no limit (`usize::MAX`),
+    /// since an ICAP server usually has few clients (a proxy or two, a few gateways) and a
+    /// per-address cap would cap the one that matters; set it on a server exposed to many
+    /// addresses, to keep one from taking every slot.
     pub max_connections_per_ip: usize,
+    /// How long a connection is safe from being closed to make room: after it is accepted,
+    /// to send its first request; between requests, once idle. Default 10 s.
+    pub eviction_grace: Duration,
+    /// How long, when the server is full and no connection can make room, newcomers are left
+    /// waiting in the listen backlog for a slot (as in a pre-forked server) before one is
+    /// accepted and answered 503. Default 10 s.
+    pub queue_timeout: Duration,
     /// How long a connection may wait for a request: the first one, or the next one on a
     /// kept-alive connection. Default 60 s.
     pub idle_timeout: Duration,
@@ -111,8 +123,10 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             limits: Limits::default(),
-            max_connections: 256,
-            max_connections_per_ip: 128,
+            max_connections: 10_000,
+            max_connections_per_ip: usize::MAX,
+            eviction_grace: Duration::from_secs(10),
+            queue_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             head_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(30),
@@ -147,6 +161,18 @@ impl ServerConfig {
     /// Sets the field `max_connections_per_ip`.
     pub fn max_connections_per_ip(mut self, value: usize) -> Self {
         self.max_connections_per_ip = value;
+        self
+    }
+
+    /// Sets the field `eviction_grace`.
+    pub fn eviction_grace(mut self, value: Duration) -> Self {
+        self.eviction_grace = value;
+        self
+    }
+
+    /// Sets the field `queue_timeout`.
+    pub fn queue_timeout(mut self, value: Duration) -> Self {
+        self.queue_timeout = value;
         self
     }
 

@@ -62,6 +62,11 @@ pub(crate) struct Conn<'s> {
 /// buffer doubles each time).
 const HEAD_ROOM: usize = 1024;
 
+/// How long a connection waits for its next request with the decoder of the last one (and
+/// the room it keeps for the next heads) before it lets that go: requests that follow each
+/// other closely reuse it, a connection at rest holds only a small head buffer.
+const IDLE_SETTLE: Duration = Duration::from_millis(100);
+
 /// Read room inside a body: a read buffer the pieces of which are all passed on before the
 /// next read is reused in place, so this is, with the service's own state, the memory of a
 /// connection streaming a body.
@@ -239,21 +244,41 @@ impl Conn<'_> {
             (a, b) => a.or(b),
         }
         .map(|d| d.saturating_sub(pending));
-        let r = match allow {
-            Some(d) => timeout(d, self.read(txn)).await,
-            None => Ok(self.read(txn).await),
+        if let (Some(slot), Some(c)) = (&self.slot, &self.clock) {
+            slot.reading(c.waited + pending, c.bytes, true);
+        }
+        let evicted = self.slot.as_ref().map(|s| s.eviction());
+        let on_evicted = async {
+            match evicted {
+                Some(e) => e.await,
+                None => std::future::pending().await,
+            }
+        };
+        // Closed to make room (behind the minimum rate while the server is full): answered
+        // like a client that fell behind its deadline. `None`: out of time.
+        let r = tokio::select! {
+            r = async {
+                match allow {
+                    Some(d) => timeout(d, self.read(txn)).await.ok(),
+                    None => Some(self.read(txn).await),
+                }
+            } => r,
+            _ = on_evicted => None,
         };
         self.reading_since = None;
         if let Some(c) = &mut self.clock {
             c.waited += started.elapsed();
-            if let Ok(Ok(n)) = &r {
+            if let Some(Ok(n)) = &r {
                 c.bytes += *n as u64;
+            }
+            if let Some(slot) = &self.slot {
+                slot.reading(c.waited, c.bytes, false);
             }
         }
         match r {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(ReadFail::Io(e)),
-            Err(_) => {
+            Some(Ok(n)) => Ok(n),
+            Some(Err(e)) => Err(ReadFail::Io(e)),
+            None => {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(ReadFail::Timeout)
             }
@@ -416,7 +441,29 @@ impl Server {
         let (io, secure): (Box<dyn Io>, bool) = match self.tls_acceptor() {
             None => (Box::new(tcp), false),
             Some(acceptor) => {
-                match timeout(self.config.tls_handshake_timeout, acceptor.accept(tcp)).await {
+                // A handshake's bytes are not counted: one that takes longer than a second is
+                // behind, and makes room first when the server is full.
+                slot.reading(Duration::ZERO, 0, true);
+                // Boxed: a handshake's state (rustls's connection, its buffers) is large, and
+                // inline it would size every connection's task, idle ones included.
+                let accept = Box::pin(timeout(
+                    self.config.tls_handshake_timeout,
+                    acceptor.accept(tcp),
+                ));
+                let handshake = tokio::select! {
+                    r = accept => r,
+                    _ = slot.evicted() => {
+                        tracing::debug!(
+                            kind = "tls_handshake",
+                            "TLS handshake with {peer} closed to make room"
+                        );
+                        return;
+                    }
+                };
+                if !slot.busy() {
+                    return;
+                }
+                match handshake {
                     Ok(Ok(tls)) => (Box::new(tls), true),
                     Ok(Err(e)) => {
                         tracing::debug!(
@@ -476,107 +523,182 @@ impl Server {
     }
 
     /// Runs one transaction; returns the decoder when the connection may carry another.
+    ///
+    /// One function per state, as the connection moves through them: [`Self::begin`], then
+    /// [`Self::read_head`] (waiting idle in [`Self::wait_idle`], reading the head against its
+    /// clock in [`Self::read_head_bytes`]), then [`Self::serve_head`].
     async fn transaction(
         &self,
         conn: &mut Conn<'_>,
         mut txn: ServerTransaction,
         peer: PeerInfo,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) -> Option<RequestDecoder> {
+        Self::begin(conn, &mut txn);
+        let request = self.read_head(conn, &mut txn, stop).await?;
+        // Boxed: the exchange's state is held only while a request is served, not by every
+        // connection waiting idle for its next one.
+        let keep = Box::pin(self.serve_head(conn, &mut txn, request, peer)).await;
+        keep.then(|| txn.into_decoder())
+    }
+
+    /// Resets the connection's clocks for a new transaction, and lets the last body's read
+    /// buffer go rather than read the next head into it (see [`HEAD_ROOM`]): a connection
+    /// waiting for its next request then holds none.
+    fn begin(conn: &mut Conn<'_>, txn: &mut ServerTransaction) {
         conn.clock = None;
         conn.reading_since = None;
         conn.room = HEAD_ROOM;
         let buf = txn.decoder_mut().buffer_mut();
-        if buf.is_empty() && buf.capacity() > 4 * HEAD_ROOM {
-            // The last body's buffer: let it go rather than read the next head into it (see
-            // HEAD_ROOM); a connection waiting for its next request then holds none.
+        if buf.is_empty() {
+            // Even a small remaining capacity may be the tail of a body-sized allocation
+            // whose pieces went to the service: a view keeps all of it.
             *buf = BytesMut::new();
         }
+    }
+
+    /// The request head: waits idle for its first byte, then reads it within head_timeout
+    /// (and the minimum rate) from that byte, empty lines before it included. `None` when
+    /// the connection ends instead (closed, timed out and answered, stopped, evicted).
+    async fn read_head(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        mut stop: watch::Receiver<bool>,
+    ) -> Option<crate::message::Request> {
         let istag = &self.config.istag;
-        // 1. The head: wait idle, then at most head_timeout (and the minimum rate) from the
-        // first byte, empty lines before it included.
-        let request = loop {
+        loop {
             match txn.poll_event() {
-                Ok(Some(ServerEvent::Request(r))) => break r,
+                Ok(Some(ServerEvent::Request(r))) => return Some(r),
                 Ok(Some(ev)) => {
                     // The decoder gives a head first; anything else is a bug to report to
                     // the client as ours, not a reason to bring the server down.
                     tracing::error!("unexpected event before the request head: {ev:?}");
-                    return self
-                        .fail_with(conn, &mut txn, ErrorStatus::ServerError, istag)
+                    self.fail_with(conn, txn, ErrorStatus::ServerError, istag)
                         .await;
+                    return None;
                 }
                 Ok(None) => {}
                 Err(_) => {
                     conn.failed("bad_request");
-                    return self
-                        .fail_with(conn, &mut txn, ErrorStatus::BadRequest, istag)
+                    self.fail_with(conn, txn, ErrorStatus::BadRequest, istag)
                         .await;
+                    return None;
                 }
             }
             if conn.clock.is_none() && txn.decoder_mut().buffered().is_empty() {
                 // Idle: between requests (or before the first), nothing of the next one here.
-                if *stop.borrow() || !conn.slot_idle() {
-                    return None;
-                }
-                let evicted = conn.slot.as_ref().map(|s| s.notify.clone());
-                let on_evicted = async {
-                    match &evicted {
-                        Some(n) => n.notified().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let read = tokio::select! {
-                    r = timeout(self.config.idle_timeout, conn.read(&mut txn)) => r,
-                    _ = stop.changed() => return None,
-                    _ = on_evicted => return None,
-                };
-                match read {
-                    Ok(Ok(0)) => {
-                        let _ = txn.on_eof();
-                        return None;
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(_)) | Err(_) => return None,
-                }
-                if !conn.slot_busy() {
-                    // Closed to make room just as the request began.
-                    return None;
-                }
-                conn.clock = Some(ReadClock::new(
-                    Some(self.config.head_timeout),
-                    self.config.min_rate,
-                ));
+                self.wait_idle(conn, txn, &mut stop).await?;
                 continue;
             }
             if conn.clock.is_none() {
                 conn.seen.started.get_or_insert_with(Instant::now);
                 // Pipelined: the next head is already (partly) here.
-                conn.clock = Some(ReadClock::new(
-                    Some(self.config.head_timeout),
-                    self.config.min_rate,
-                ));
+                conn.clock = Some(self.head_clock());
             }
-            match conn.read_timed(&mut txn, None).await {
-                Ok(0) => {
-                    let _ = txn.on_eof();
-                    return None;
-                }
-                Ok(_) => {}
-                Err(ReadFail::Io(_)) => {
-                    conn.failed("io");
-                    return None;
-                }
-                Err(ReadFail::Timeout) => {
-                    conn.failed("timeout");
-                    return self
-                        .fail_with(conn, &mut txn, ErrorStatus::RequestTimeout, istag)
-                        .await;
-                }
+            self.read_head_bytes(conn, txn).await?;
+        }
+    }
+
+    fn head_clock(&self) -> ReadClock {
+        ReadClock::new(Some(self.config.head_timeout), self.config.min_rate)
+    }
+
+    /// Waits, idle, for the first bytes of a request, then starts the head's clock. `None`
+    /// when the connection ends instead.
+    async fn wait_idle(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<()> {
+        if *stop.borrow() || !conn.slot_idle() {
+            return None;
+        }
+        let evicted = conn.slot.as_ref().map(|s| s.eviction());
+        let on_evicted = async {
+            match evicted {
+                Some(e) => e.await,
+                None => std::future::pending().await,
             }
         };
+        tokio::pin!(on_evicted);
+        let deadline = Instant::now() + self.config.idle_timeout;
+        let mut settled = false;
+        let read = loop {
+            let until = if settled {
+                deadline
+            } else {
+                deadline.min(Instant::now() + IDLE_SETTLE)
+            };
+            let read = tokio::select! {
+                r = timeout_at(until, conn.read(txn)) => r,
+                _ = stop.changed() => return None,
+                _ = &mut on_evicted => return None,
+            };
+            if read.is_err() && !settled && until < deadline {
+                // No request followed at once: wait on without the decoder's spare room (its
+                // header arena, a block kept for the next heads) and read buffer, so that a
+                // connection at rest holds little. (The read is cancel-safe: nothing was read.)
+                settled = true;
+                *txn.decoder_mut() = RequestDecoder::new(self.config.limits);
+                continue;
+            }
+            break read;
+        };
+        match read {
+            Ok(Ok(0)) => {
+                let _ = txn.on_eof();
+                return None;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return None,
+        }
+        if !conn.slot_busy() {
+            // Closed to make room just as the request began.
+            return None;
+        }
+        conn.clock = Some(self.head_clock());
+        Some(())
+    }
+
+    /// Reads more of a head against its clock; a head too slow is answered 408. `None`
+    /// when the connection ends.
+    async fn read_head_bytes(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+    ) -> Option<()> {
+        match conn.read_timed(txn, None).await {
+            Ok(0) => {
+                let _ = txn.on_eof();
+                None
+            }
+            Ok(_) => Some(()),
+            Err(ReadFail::Io(_)) => {
+                conn.failed("io");
+                None
+            }
+            Err(ReadFail::Timeout) => {
+                conn.failed("timeout");
+                let istag = &self.config.istag;
+                self.fail_with(conn, txn, ErrorStatus::RequestTimeout, istag)
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// A head is in: starts the body's clock and the transaction's span, and serves it.
+    /// True when the connection may carry another transaction.
+    async fn serve_head(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        request: crate::message::Request,
+        peer: PeerInfo,
+    ) -> bool {
         conn.room = BODY_ROOM;
-        // The body has its own clock, started now.
         conn.clock = Some(ReadClock::new(
             self.config.body_timeout,
             self.config.min_rate,
@@ -599,11 +721,9 @@ impl Server {
         );
         conn.seen.method = Some(request.method.clone());
         conn.seen.span = Some(span.clone());
-        let keep = self
-            .after_head(conn, &mut txn, request, path, peer)
+        self.after_head(conn, txn, request, path, peer)
             .instrument(span)
-            .await;
-        keep.then(|| txn.into_decoder())
+            .await
     }
 
     /// A transaction from its head on: routing, the checks that need no service, OPTIONS,

@@ -54,6 +54,9 @@ struct Feed {
     inflight_start: u64,
     /// An echo can still start (the service has read nothing yet).
     echo_possible: bool,
+    /// A first piece (data, or the end) came out of the decoder: the first chunk-size line
+    /// parsed, so a 200 echo can commit without answering a body broken from its start.
+    body_started: bool,
     /// Asked for during a preview: starts once the preview is read.
     echo_asked: Option<(usize, tokio::sync::oneshot::Sender<Result<(), BodyError>>)>,
     echo: Option<Echo>,
@@ -62,6 +65,7 @@ struct Feed {
 
 impl Feed {
     fn hand(&mut self, p: Piece) {
+        self.body_started = true;
         if let Piece::Data(d) = &p {
             self.sent += d.len() as u64;
             if self.echo_possible || self.echo.is_some() {
@@ -100,9 +104,28 @@ impl Feed {
     }
 }
 
+/// One exchange under way: the original head (for an echo), the body's feed, the spool an
+/// echo after the service may be read back from, and the control channel from the body.
+struct Exchange<'a> {
+    head: Request,
+    istag: &'a str,
+    feed: Feed,
+    spool: Option<Spool>,
+    ctl_rx: mpsc::UnboundedReceiver<Control>,
+    ctl_open: bool,
+}
+
+/// Why an exchange ended early: the connection is to be closed.
+struct Close;
+
 impl Server {
     /// Runs the service on a REQMOD or RESPMOD and answers; true when the connection may
     /// carry another transaction.
+    ///
+    /// One function per state: the service runs with the body fed to it
+    /// ([`Self::run_service`], which hands each step to [`Self::on_control`],
+    /// [`Self::on_piece`] and [`Self::start_echo`]), then its reply is answered by
+    /// [`Self::service_failed`], [`Self::finish_echo`] or [`Self::finish_answer`].
     pub(crate) async fn exchange(
         &self,
         conn: &mut Conn<'_>,
@@ -116,24 +139,55 @@ impl Server {
         let has_body = request.body.is_some();
         let previewed = has_body && txn.state() == ServerState::Preview;
         let (piece_tx, piece_rx) = mpsc::unbounded_channel();
-        let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel();
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let body = Body::new(has_body.then_some(piece_rx), ctl_tx, previewed);
-        let mut spool = (!head.allows_204() && has_body)
+        let spool = (!head.allows_204() && has_body)
             .then(|| Spool::new(self.config.spool_memory, self.config.spool_dir.clone()));
-        let mut feed = Feed {
-            sent: 0,
-            seen: 0,
-            inflight: VecDeque::new(),
-            inflight_start: 0,
-            echo_possible: has_body,
-            echo_asked: None,
-            echo: None,
-            pieces: Some(piece_tx),
+        let mut ex = Exchange {
+            head,
+            istag,
+            feed: Feed {
+                sent: 0,
+                seen: 0,
+                inflight: VecDeque::new(),
+                inflight_start: 0,
+                echo_possible: has_body,
+                body_started: !has_body,
+                echo_asked: None,
+                echo: None,
+                pieces: Some(piece_tx),
+            },
+            spool,
+            ctl_rx,
+            ctl_open: true,
         };
         let mut call = route.call(IncomingRequest::new(request, peer, body));
-        let mut ctl_open = true;
-        let outcome = loop {
+        let outcome = self.run_service(conn, txn, &mut ex, &mut call).await;
+        // The service has answered: the body it may still hold gets no more.
+        ex.feed.pieces = None;
+        drop(call);
+        match outcome {
+            Err(Close) => false,
+            Ok(Err(e)) => self.service_failed(conn, txn, &ex, peer, e).await,
+            Ok(Ok(reply)) if ex.feed.echo.is_some() => {
+                self.finish_echo(conn, txn, &mut ex, reply).await
+            }
+            Ok(Ok(reply)) => self.finish_answer(conn, txn, ex, reply).await,
+        }
+    }
+
+    /// Polls the service, the messages from its body and the socket until the service
+    /// answers.
+    async fn run_service(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        ex: &mut Exchange<'_>,
+        call: &mut super::service::ReplyFuture,
+    ) -> Result<Result<Reply, BoxError>, Close> {
+        loop {
             let in_preview = txn.state() == ServerState::Preview;
+            let feed = &ex.feed;
             let can_read = feed.pieces.is_some()
                 && txn.receiving()
                 && (in_preview || feed.sent - feed.seen < READ_AHEAD);
@@ -141,6 +195,8 @@ impl Server {
             // service looked at in this poll is passed on (echo) and dropped before the next
             // read, so that read finds the buffer free and reuses it, instead of allocating a
             // new one beside the one the pieces still hold (two buffers per connection).
+            let ctl_open = ex.ctl_open;
+            let ctl_rx = &mut ex.ctl_rx;
             let service = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = call.as_mut().poll(cx) {
                     return Poll::Ready(Step::Done(r));
@@ -155,157 +211,217 @@ impl Server {
             tokio::select! {
                 biased;
                 step = service => match step {
-                    Step::Done(r) => break r,
-                    Step::Control(None) => ctl_open = false,
-                    Step::Control(Some(Control::Seen(n))) => {
-                        feed.seen = n;
-                        if let Some(e) = &feed.echo {
-                            let upto = n.saturating_sub(e.holdback);
-                            for b in feed.take_upto(upto) {
-                                if forward(conn, txn, b).await.is_err() {
-                                    return false;
-                                }
-                            }
-                        } else if n > 0 && feed.echo_asked.is_none() {
-                            feed.echo_possible = false;
-                            feed.inflight.clear();
-                        }
-                    }
-                    Step::Control(Some(Control::Continue)) => {
-                        if txn.state() == (ServerState::Decide { ieof: false })
-                            && (txn.send_continue().is_err()
-                                || conn.flush_out(txn).await.is_err())
-                        {
-                            return false;
-                        }
-                    }
-                    Step::Control(Some(Control::StartEcho { holdback, done })) => {
-                        if !feed.echo_possible {
-                            let _ = done.send(Err(BodyError::misuse(
-                                "start_echo must come before the body is read",
-                            )));
-                        } else {
-                            feed.echo_asked = Some((holdback, done));
-                        }
-                    }
+                    Step::Done(r) => return Ok(r),
+                    Step::Control(None) => ex.ctl_open = false,
+                    Step::Control(Some(c)) => Self::on_control(conn, txn, ex, c).await?,
                 },
-                got = conn.next_piece(txn), if can_read => match got {
-                    Ok(Got::Data(d)) => {
-                        if let Some(s) = &mut spool {
-                            if let Err(e) = s.push(d.clone()).await {
-                                let e = BodyError::Io(Arc::new(e));
-                                feed.hand(Piece::Failed(e.clone()));
-                                self.body_error(conn, txn, e, istag).await;
-                                return false;
-                            }
-                        }
-                        feed.hand(Piece::Data(d));
-                    }
-                    Ok(Got::PreviewEnd) => feed.hand(Piece::PreviewEnd),
-                    Ok(Got::End) => feed.hand(Piece::End),
-                    Err(e) => {
-                        feed.hand(Piece::Failed(e.clone()));
-                        if feed.echo.is_none() {
-                            // The 200 of an echo is out: closing is the only signal left.
-                            self.body_error(conn, txn, e, istag).await;
-                        }
-                        return false;
-                    }
-                },
+                got = conn.next_piece(txn), if can_read => self.on_piece(conn, txn, ex, got).await?,
             }
             // An echo asked for starts once the preview is in (after 100 Continue where the
-            // client waits for one: an answer in the preview would end the body there).
-            if feed.echo_asked.is_some() && txn.state() != ServerState::Preview {
-                let (holdback, done) = feed.echo_asked.take().expect("checked");
-                let echo = self.echo_response(&head, istag, &Headers::new());
-                let mut started = Ok(());
-                if txn.state() == (ServerState::Decide { ieof: false }) {
-                    started = txn.send_continue();
-                }
-                let started = started
-                    .and_then(|()| conn.respond(txn, echo))
-                    .map_err(BodyError::Protocol);
-                if let Err(e) = started {
-                    let _ = done.send(Err(e));
-                    continue;
-                }
-                if conn.flush_out(txn).await.is_err() {
-                    let _ = done.send(Err(BodyError::Closed));
-                    return false;
-                }
-                feed.echo = Some(Echo {
-                    holdback: holdback as u64,
-                });
-                // Nothing will be echoed from a spool any more.
-                spool = None;
-                let _ = done.send(Ok(()));
+            // client waits for one: an answer in the preview would end the body there), and
+            // once the body's first chunk parsed (a body broken from its first line gets 400,
+            // not a 200 cut short).
+            if ex.feed.echo_asked.is_some()
+                && ex.feed.body_started
+                && txn.state() != ServerState::Preview
+            {
+                self.start_echo(conn, txn, ex).await?;
             }
-        };
-        // The service has answered: the body it may still hold gets no more.
-        feed.pieces = None;
-        drop(call);
-        let reply = match outcome {
-            Ok(r) => r,
+        }
+    }
+
+    /// A message from the service's body: what it has looked at (passed on in an echo),
+    /// `100 Continue` wanted, an echo asked for.
+    async fn on_control(
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        ex: &mut Exchange<'_>,
+        c: Control,
+    ) -> Result<(), Close> {
+        let feed = &mut ex.feed;
+        match c {
+            Control::Seen(n) => {
+                feed.seen = n;
+                if let Some(e) = &feed.echo {
+                    let upto = n.saturating_sub(e.holdback);
+                    for b in feed.take_upto(upto) {
+                        forward(conn, txn, b).await.map_err(|_| Close)?;
+                    }
+                } else if n > 0 && feed.echo_asked.is_none() {
+                    feed.echo_possible = false;
+                    feed.inflight.clear();
+                }
+            }
+            Control::Continue => {
+                if txn.state() == (ServerState::Decide { ieof: false })
+                    && (txn.send_continue().is_err() || conn.flush_out(txn).await.is_err())
+                {
+                    return Err(Close);
+                }
+            }
+            Control::StartEcho { holdback, done } => {
+                if !feed.echo_possible {
+                    let _ = done.send(Err(BodyError::misuse(
+                        "start_echo must come before the body is read",
+                    )));
+                } else {
+                    feed.echo_asked = Some((holdback, done));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A piece of the body from the wire: kept for a possible echo and handed to the
+    /// service; a body that cannot be read is answered (unless an echo already began).
+    async fn on_piece(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        ex: &mut Exchange<'_>,
+        got: Result<Got, BodyError>,
+    ) -> Result<(), Close> {
+        match got {
+            Ok(Got::Data(d)) => {
+                if let Some(s) = &mut ex.spool {
+                    if let Err(e) = s.push(d.clone()).await {
+                        let e = BodyError::Io(Arc::new(e));
+                        ex.feed.hand(Piece::Failed(e.clone()));
+                        self.body_error(conn, txn, e, ex.istag).await;
+                        return Err(Close);
+                    }
+                }
+                ex.feed.hand(Piece::Data(d));
+            }
+            Ok(Got::PreviewEnd) => ex.feed.hand(Piece::PreviewEnd),
+            Ok(Got::End) => ex.feed.hand(Piece::End),
             Err(e) => {
-                conn.failed("service");
-                tracing::error!(
-                    "{} {} from {peer} failed, answering 500: {e}",
-                    head.method,
-                    String::from_utf8_lossy(&head.uri)
-                );
-                if feed.echo.is_some() {
-                    return false;
+                ex.feed.hand(Piece::Failed(e.clone()));
+                if ex.feed.echo.is_none() {
+                    // The 200 of an echo is out: closing is the only signal left.
+                    self.body_error(conn, txn, e, ex.istag).await;
                 }
-                let res = self.error_response(ErrorStatus::ServerError, istag);
-                return self
-                    .send(conn, txn, res, ReplyBody::Empty, None, istag)
-                    .await;
+                return Err(Close);
             }
-        };
-        if feed.echo.is_some() {
-            return match reply {
-                Reply::Unmodified(_) => {
-                    // Forward what the service did not look at, then the rest as it comes.
-                    let rest: Vec<Bytes> = feed.inflight.drain(..).collect();
-                    for b in rest {
-                        if forward(conn, txn, b).await.is_err() {
-                            return false;
-                        }
-                    }
-                    while txn.receiving() {
-                        match conn.next_piece(txn).await {
-                            Ok(Got::Data(b)) => {
-                                if forward(conn, txn, b).await.is_err() {
-                                    return false;
-                                }
-                            }
-                            Ok(_) => break,
-                            Err(_) => return false,
-                        }
-                    }
-                    if txn.end_response().is_err() || conn.flush_out(txn).await.is_err() {
+        }
+        Ok(())
+    }
+
+    /// Starts the streaming echo the service asked for: its 200 head (after `100 Continue`
+    /// where the client waits for one).
+    async fn start_echo(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        ex: &mut Exchange<'_>,
+    ) -> Result<(), Close> {
+        let (holdback, done) = ex.feed.echo_asked.take().expect("checked by the caller");
+        let echo = self.echo_response(&ex.head, ex.istag, &Headers::new());
+        let mut started = Ok(());
+        if txn.state() == (ServerState::Decide { ieof: false }) {
+            started = txn.send_continue();
+        }
+        let started = started
+            .and_then(|()| conn.respond(txn, echo))
+            .map_err(BodyError::Protocol);
+        if let Err(e) = started {
+            let _ = done.send(Err(e));
+            return Ok(());
+        }
+        if conn.flush_out(txn).await.is_err() {
+            let _ = done.send(Err(BodyError::Closed));
+            return Err(Close);
+        }
+        ex.feed.echo = Some(Echo {
+            holdback: holdback as u64,
+        });
+        // Nothing will be echoed from a spool any more.
+        ex.spool = None;
+        let _ = done.send(Ok(()));
+        Ok(())
+    }
+
+    /// The service failed: 500, or a cut answer when its echo already began.
+    async fn service_failed(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        ex: &Exchange<'_>,
+        peer: PeerInfo,
+        e: BoxError,
+    ) -> bool {
+        conn.failed("service");
+        tracing::error!(
+            "{} {} from {peer} failed, answering 500: {e}",
+            ex.head.method,
+            String::from_utf8_lossy(&ex.head.uri)
+        );
+        if ex.feed.echo.is_some() {
+            return false;
+        }
+        let res = self.error_response(ErrorStatus::ServerError, ex.istag);
+        self.send(conn, txn, res, ReplyBody::Empty, None, ex.istag)
+            .await
+    }
+
+    /// The service answered during its echo: "unmodified" ends the echo (what it did not
+    /// look at, then the rest of the body as it comes); any other verdict can no longer
+    /// change the answer under way, so the client must not get a complete one: closing
+    /// without the last chunk makes it an error on the client's side.
+    async fn finish_echo(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        ex: &mut Exchange<'_>,
+        reply: Reply,
+    ) -> bool {
+        if !matches!(reply, Reply::Unmodified(_)) {
+            return false;
+        }
+        let rest: Vec<Bytes> = ex.feed.inflight.drain(..).collect();
+        for b in rest {
+            if forward(conn, txn, b).await.is_err() {
+                return false;
+            }
+        }
+        while txn.receiving() {
+            match conn.next_piece(txn).await {
+                Ok(Got::Data(b)) => {
+                    if forward(conn, txn, b).await.is_err() {
                         return false;
                     }
-                    txn.reuse() == Reuse::Keep
                 }
-                // A verdict other than "unmodified" after the echo began: the answer can
-                // no longer change, so the client must not get a complete one. Closing
-                // without the last chunk makes it an error on the client's side.
-                _ => false,
-            };
+                Ok(_) => break,
+                Err(_) => return false,
+            }
         }
+        if txn.end_response().is_err() || conn.flush_out(txn).await.is_err() {
+            return false;
+        }
+        txn.reuse() == Reuse::Keep
+    }
+
+    /// The service's reply, answered whole (an answer in a preview once the preview is
+    /// read to its end).
+    async fn finish_answer(
+        &self,
+        conn: &mut Conn<'_>,
+        txn: &mut ServerTransaction,
+        mut ex: Exchange<'_>,
+        reply: Reply,
+    ) -> bool {
         if txn.state() == ServerState::Preview {
             // Answered in the preview: read it to its end (it is short), so that the answer
             // comes where the client expects one and the connection stays usable.
-            if let Err(e) = conn.drain(txn, spool.as_mut()).await {
-                self.body_error(conn, txn, e, istag).await;
+            if let Err(e) = conn.drain(txn, ex.spool.as_mut()).await {
+                self.body_error(conn, txn, e, ex.istag).await;
                 return false;
             }
         }
         conn.release_read_buffer(txn);
         // Boxed: inline, its state (3.8 KiB) made every connection's future as large for the
         // whole exchange (8.1 KiB -> 5.8 KiB), while a streaming echo never gets here.
-        Box::pin(self.answer(conn, txn, &head, reply, spool, istag)).await
+        Box::pin(self.answer(conn, txn, &ex.head, reply, ex.spool, ex.istag)).await
     }
 }
 

@@ -17,9 +17,10 @@
 //! Connections are kept alive and pipelined requests are answered in order. Limits bound
 //! connections (in total and per client address), heads and bodies; deadlines and a minimum
 //! rate bound how long an idle, slow or stalled client can hold a connection (see
-//! [`ServerConfig`]). When the server is full, the connection idle longest makes room for a
-//! newcomer; with none idle the newcomer gets a 503 it can read (after the TLS handshake,
-//! its request drained). [`Server::serve`] stops accepting on shutdown and lets transactions
+//! [`ServerConfig`]). When the server is full, a connection behind the minimum rate, or idle
+//! beyond a grace, makes room for a newcomer; with none, newcomers wait in the listen backlog
+//! for a slot, and only after [`ServerConfig::queue_timeout`] get a 503 they can read (after
+//! the TLS handshake, their request drained). [`Server::serve`] stops accepting on shutdown and lets transactions
 //! in flight finish; [`Server::serve_connection`] serves one connection the caller accepted
 //! (a Unix socket, its own TLS, a socket handed over by a proxy). TLS (with optional
 //! client-certificate verification) is rustls.
@@ -137,7 +138,7 @@ use crate::BoxError;
 
 use crate::options::ServiceOptions;
 use service::Route;
-use slots::{Admission, Slots};
+use slots::{Admission, Policy, Slots};
 
 /// An ICAP server: services by path, configuration, optional TLS.
 pub struct Server {
@@ -183,7 +184,8 @@ pub struct Stats {
     /// Connections refused with 503 (or closed unanswered beyond
     /// [`ServerConfig::max_refusals`]) for the connection limits.
     pub refused: AtomicU64,
-    /// Idle connections closed to make room for a new one.
+    /// Connections closed to make room for a new one: idle beyond
+    /// [`ServerConfig::eviction_grace`], or behind the minimum rate.
     pub evicted: AtomicU64,
     /// Heads and bodies cut for arriving too slowly (head or body deadline, minimum rate,
     /// read timeout): each got 408 where the connection still worked.
@@ -368,20 +370,28 @@ impl Server {
         let server = Arc::new(self);
         let stats = server.stats.clone();
         let slots = Arc::new(Slots::default());
+        let policy = Policy::new(&server.config);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(64);
+        // Small: each acceptor admits what it accepts before it accepts more, so that a full
+        // server leaves newcomers in the listen backlog.
+        let (conn_tx, mut conn_rx) =
+            tokio::sync::mpsc::channel::<(TcpStream, SocketAddr, Admission)>(1);
         let mut acceptors = JoinSet::new();
         for l in listeners {
             let tx = conn_tx.clone();
             let stats = stats.clone();
+            let slots = slots.clone();
             acceptors.spawn(async move {
                 let mut backoff = Duration::ZERO;
                 loop {
+                    // Full: leave newcomers in the listen backlog until there is room.
+                    slots.room(&policy).await;
                     match l.accept().await {
-                        Ok(c) => {
+                        Ok((tcp, peer)) => {
                             backoff = Duration::ZERO;
-                            if tx.send(c).await.is_err() {
+                            let admission = slots.admit(peer, &policy).await;
+                            if tx.send((tcp, peer, admission)).await.is_err() {
                                 return;
                             }
                         }
@@ -404,13 +414,12 @@ impl Server {
             tokio::select! {
                 _ = &mut shutdown => break,
                 c = conn_rx.recv() => {
-                    let Some((tcp, peer)) = c else { break };
+                    let Some((tcp, peer, admission)) = c else { break };
                     stats.connections.fetch_add(1, Ordering::Relaxed);
                     let _ = tcp.set_nodelay(true);
                     let server = server.clone();
                     let stop = stop_rx.clone();
-                    let cfg = &server.config;
-                    match slots.admit(peer, cfg.max_connections, cfg.max_connections_per_ip) {
+                    match admission {
                         Admission::Admitted { slot, evicted } => {
                             if evicted {
                                 stats.evicted.fetch_add(1, Ordering::Relaxed);
