@@ -26,12 +26,6 @@
 //! bodies (see `icap::server::ServerConfig`); each has a flag (`--help` lists them and the
 //! exit status).
 
-#[path = "shared/dlp_service.rs"]
-#[allow(dead_code)]
-mod dlp_service;
-#[path = "shared/ops.rs"]
-mod ops;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,9 +34,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
-use dlp_service::{DlpConfig, Profile};
 use icap::server::{MinRate, ServerConfig};
 use icap::tls::ReloadableServerTls;
+use icap_dlp_engine::ops;
+use icap_dlp_engine::service::{self as dlp_service, DlpConfig, Profile};
 use icap_dlp_engine::Rules;
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -278,7 +273,16 @@ async fn run(args: Args) -> Result<(), String> {
         _ => None,
     };
     if let Some(addr) = args.metrics {
+        if cfg!(not(feature = "metrics")) {
+            return Err(
+                "--metrics: built without the `metrics` feature (the library records \
+                 nothing); build with --features metrics"
+                    .into(),
+            );
+        }
         let bound = ops::serve_metrics(addr).await?;
+        #[cfg(feature = "metrics")]
+        icap::metrics::describe();
         // On stdout, like the listeners, for scripts that pass port 0.
         println!("dlp-server: metrics at http://{bound}/metrics");
     }

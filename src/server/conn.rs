@@ -646,7 +646,13 @@ impl Server {
         }
         let route = route.expect("refused above when missing");
 
-        // 3. OPTIONS is answered from the declared options.
+        // 3. OPTIONS is answered from the declared options (503 while the service says it
+        // cannot serve).
+        if request.method == Method::Options && !route.is_available() {
+            self.fail_with(conn, txn, ErrorStatus::ServiceOverloaded, istag)
+                .await;
+            return false;
+        }
         if request.method == Method::Options {
             // An OPTIONS body (rare) is read and dropped before answering.
             if let Err(e) = conn.drain(txn, None).await {
