@@ -369,6 +369,11 @@ impl Clamd {
         &self.cfg
     }
 
+    /// Sessions open and idle in the pool, for a next scan.
+    pub fn idle_sessions(&self) -> usize {
+        self.idle.lock().expect("not poisoned").len()
+    }
+
     /// True while clamd answers (see the module's Health section).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)

@@ -113,7 +113,10 @@ impl fmt::Display for Profile {
 
 /// The bytes a streamed echo holds back from the client while clamd has not answered: the
 /// end of a body is passed on only with a clean verdict (see [`DlpConfig::holdback`]).
-pub const CLAMD_HOLDBACK: usize = 256 * 1024;
+/// squid 5.7 lets go of the bytes it sent only once they come back in the echo, and holds
+/// 64 KiB: holding back more stalls it (a 64 MiB download stopped after its headers with
+/// 256 KiB); 32 KiB leaves room for its preview and framing.
+pub const CLAMD_HOLDBACK: usize = 32 * 1024;
 
 /// The name a block over clamd's `StreamMaxLength` reports (ClamAV's names for exceeded
 /// limits start the same way).
