@@ -379,6 +379,7 @@ impl DlpService {
                 if streaming {
                     // The echo is under way: an error reply cuts it.
                     eprintln!("dlp-server: {} from {}: {e}", req.method, req.peer);
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     return Err(e.to_string().into());
                 }
                 return Ok(Err(self.no_verdict(&req, e)));
