@@ -648,23 +648,22 @@ impl Server {
 
         // 3. OPTIONS is answered from the declared options (503 while the service says it
         // cannot serve).
-        if request.method == Method::Options && !route.is_available() {
-            self.fail_with(conn, txn, ErrorStatus::ServiceOverloaded, istag)
-                .await;
-            return false;
-        }
         if request.method == Method::Options {
             // An OPTIONS body (rare) is read and dropped before answering.
             if let Err(e) = conn.drain(txn, None).await {
                 self.body_error(conn, txn, e, istag).await;
                 return false;
             }
-            let res = route
-                .options
-                .response_builder()
-                .map(|b| self.server_header(b))
-                .and_then(|b| b.build())
-                .unwrap_or_else(|_| self.error_response(ErrorStatus::ServerError, istag));
+            let res = if route.is_available() {
+                route
+                    .options
+                    .response_builder()
+                    .map(|b| self.server_header(b))
+                    .and_then(|b| b.build())
+                    .unwrap_or_else(|_| self.error_response(ErrorStatus::ServerError, istag))
+            } else {
+                self.error_response(ErrorStatus::ServiceOverloaded, istag)
+            };
             return self
                 .send(conn, txn, res, ReplyBody::Empty, None, istag)
                 .await;
