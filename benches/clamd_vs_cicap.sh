@@ -21,7 +21,8 @@
 # alternate between the servers; every round is printed.
 #
 #   bash benches/clamd_vs_cicap.sh [ROUNDS] [SECS] [CONC]    (defaults 2 10 16)
-#   SIZES="1024 1048576" (default) chooses the body sizes.
+#   SIZES="1024 1048576" (default) chooses the body sizes; DLP_BASELINE=PATH also runs another
+#   dlp-server binary (e.g. built from an earlier commit) as "baseline-*" in the same run.
 #
 # Needs (installs nothing): clamd and sigtool (clamav-daemon), c-icap with virus_scan.so
 # and clamd_mod.so (libc-icap-mod-virus-scan), python3; .ci/install-peers.sh installs them.
@@ -252,6 +253,11 @@ for size in $sizes; do
     port=$(free_port)
     run_case "dlp-server-$size-r$r" "$port" respmod "$work/body.$size" \
       target/release/examples/dlp-server --listen "127.0.0.1:$port" --clamd "$work/clamd.sock"
+    if [ -n "${DLP_BASELINE:-}" ]; then
+      port=$(free_port)
+      run_case "baseline-$size-r$r" "$port" respmod "$work/body.$size" \
+        "$DLP_BASELINE" --listen "127.0.0.1:$port" --clamd "$work/clamd.sock"
+    fi
     port=$(free_port)
     mkdir -p "$work/c-icap"
     cicap_conf "$work/c-icap" "$port"
