@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Install the real ICAP peers used by the interop tests: c-icap (+ url_check and
-# content_filtering modules, c-icap-client), squid, stunnel, openssl, curl, python3, haproxy.
+# Install the real ICAP peers used by the interop tests: c-icap (+ url_check,
+# content_filtering and virus_scan modules, c-icap-client), squid, stunnel, openssl, curl,
+# python3, haproxy, and ClamAV's clamd (with sigtool) for dlp-server --clamd.
 # Idempotent: does nothing (but the daemon check) when everything is already installed.
-# Leaves no squid / c-icap daemon running, with or without an init system.
+# Leaves no squid / c-icap / clamd / freshclam daemon running, with or without an init
+# system, and never fetches virus databases: the tests write their own one-line database
+# and start their own clamd.
 set -euo pipefail
 
 PKGS=(c-icap libc-icap-mod-urlcheck libc-icap-mod-contentfiltering
+      libc-icap-mod-virus-scan clamav-daemon clamav
       squid stunnel4 openssl curl python3 haproxy)
-# deliberately NOT: libc-icap-mod-virus-scan (pulls clamav + freshclam, wants the internet)
+# clamav-daemon depends on clamav-freshclam: policy-rc.d keeps its daemon from starting at
+# install, and it is disabled and stopped below, so nothing downloads databases.
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -53,7 +58,8 @@ fi
 
 # Make sure no packaged daemon is left running (the tests start their own on other ports).
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-  $SUDO systemctl disable --now squid.service c-icap.service haproxy.service >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now squid.service c-icap.service haproxy.service \
+    clamav-daemon.service clamav-daemon.socket clamav-freshclam.service >/dev/null 2>&1 || true
 elif command -v service >/dev/null && [ -x /etc/init.d/squid ]; then
   # sysvinit / no init: the init script stops a daemon it knows of; harmless otherwise
   if [ -f /run/squid.pid ]; then $SUDO service squid stop >/dev/null 2>&1 || true; fi
@@ -77,6 +83,15 @@ for port in 3128 1344; do
     esac
   done
 done
+# Packaged clamd / freshclam (started with /etc/clamav's configuration): the tests and
+# benches run clamd with their own --config-file, which this leaves alone.
+for pid in $(pgrep -x 'clamd|freshclam' 2>/dev/null || true); do
+  args=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)
+  if ! grep -q -- '--config-file=' <<<"$args" || grep -q '/etc/clamav' <<<"$args"; then
+    echo "install-peers: stopping $(cat "/proc/$pid/comm" 2>/dev/null) (pid $pid)"
+    $SUDO kill "$pid" 2>/dev/null || true
+  fi
+done
 for f in /run/squid.pid /run/c-icap/c-icap.pid /var/run/c-icap/c-icap.pid; do
   if [ -f "$f" ]; then
     pid=$(cat "$f" 2>/dev/null || true)
@@ -87,7 +102,8 @@ for f in /run/squid.pid /run/c-icap/c-icap.pid /var/run/c-icap/c-icap.pid; do
 done
 
 end=$(date +%s.%N)
-printf 'install-peers: done in %.1f s (c-icap %s, squid %s, stunnel %s, haproxy %s)\n' \
+printf 'install-peers: done in %.1f s (c-icap %s, squid %s, stunnel %s, haproxy %s, clamd %s)\n' \
   "$(awk -v a="$start" -v b="$end" 'BEGIN{print b-a}')" \
   "$(dpkg-query -W -f='${Version}' c-icap)" "$(dpkg-query -W -f='${Version}' squid)" \
-  "$(dpkg-query -W -f='${Version}' stunnel4)" "$(dpkg-query -W -f='${Version}' haproxy)"
+  "$(dpkg-query -W -f='${Version}' stunnel4)" "$(dpkg-query -W -f='${Version}' haproxy)" \
+  "$(dpkg-query -W -f='${Version}' clamav-daemon)"

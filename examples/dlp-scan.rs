@@ -27,12 +27,8 @@
 //! loopback, with TLS and client-certificate verification as a real appliance behind stunnel
 //! would have, and scans against them as load-balancing partners.
 
-#[path = "shared/tls_args.rs"]
-mod tls_args;
-use tls_args::TlsArgs;
-#[path = "shared/dlp_service.rs"]
-#[allow(dead_code)]
-mod dlp_service;
+use icap_dlp_engine::service as dlp_service;
+use icap_dlp_engine::tls_args::TlsArgs;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

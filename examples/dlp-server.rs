@@ -4,14 +4,17 @@
 //! cargo run --features server --example dlp-server -- \
 //!     --listen 127.0.0.1:1344 [--listen [::1]:1344] \
 //!     [--tls-cert server.pem --tls-key server.key [--client-ca ca.pem]] \
-//!     [--rules rules.txt] [--profile symantec|forcepoint|generic] [--verbose] \
+//!     [--rules rules.txt | --clamd /run/clamav/clamd.ctl] \
+//!     [--profile symantec|forcepoint|generic] [--verbose] \
 //!     [--metrics 127.0.0.1:9344] [--threads N] \
 //!     [--max-connections N] [--max-per-ip N] [--queue-timeout S] [--idle-timeout S] ...
 //! ```
 //!
 //! Services `icap://HOST:PORT/reqmod` and `icap://HOST:PORT/respmod` scan bodies for payment
 //! card numbers (Luhn), US SSNs, the EICAR test string and the keywords / regexes of the rules
-//! file (format: the `icap-dlp-engine` crate, `examples/dlp-engine`). Clean content gets 204
+//! file (format: the `icap-dlp-engine` crate, `examples/dlp-engine`); or, with `--clamd
+//! ADDR`, with ClamAV's daemon as the engine (its signatures, and card numbers and SSNs with
+//! its `StructuredDataDetection`; see docs/clamav.md). Clean content gets 204
 //! (or a 200 echo when the client does not allow 204); a violation gets a 200 carrying a
 //! block page, shaped like the chosen vendor's (`--profile`, default `generic`). With `--tls-cert` and `--tls-key` it
 //! speaks ICAPS; `--client-ca` then requires client certificates issued by that CA.
@@ -28,14 +31,6 @@
 //! At start the open-files limit is raised to the hard limit (a message says when it stays
 //! below `--max-connections`).
 
-#[path = "shared/dlp_service.rs"]
-#[allow(dead_code)]
-mod dlp_service;
-#[path = "shared/listen.rs"]
-mod listen;
-#[path = "shared/ops.rs"]
-mod ops;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,9 +39,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
-use dlp_service::{DlpConfig, Profile};
 use icap::server::{MinRate, ServerConfig};
+use icap_dlp_engine::listen;
 use icap::tls::ReloadableServerTls;
+use icap_dlp_engine::clamd::{Clamd, ClamdAddr, ClamdConfig};
+use icap_dlp_engine::ops;
+use icap_dlp_engine::service::{self as dlp_service, DlpConfig, OverLimit, Profile};
 use icap_dlp_engine::Rules;
 
 const EXIT_STATUS: &str = "Signals:
@@ -59,6 +57,8 @@ Exit status:
      file, an address that cannot be bound); the message names the file or address";
 
 const LIMITS: &str = "Limits and timeouts (seconds may have decimals)";
+
+const CLAMD: &str = "ClamAV engine (--clamd)";
 
 /// Threads for the echo spool's file operations (tokio runs each on a blocking thread). Left
 /// at tokio's 512, 64 echoes spilling at once started ~40, each with its stack and allocator
@@ -74,7 +74,8 @@ const SPOOL_MEMORY: usize = 64 * 1024;
 #[derive(Parser, Debug)]
 #[command(
     name = "dlp-server",
-    about = "The example DLP ICAP server: blocks payment cards, US SSNs, EICAR and rule matches",
+    about = "The example DLP ICAP server: blocks payment cards, US SSNs, EICAR and rule matches \
+             (embedded engine), or what clamd finds (--clamd)",
     after_help = EXIT_STATUS
 )]
 struct Args {
@@ -91,8 +92,40 @@ struct Args {
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
     /// Keywords, regexes and disabled detectors [default: cards, SSNs, EICAR].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "clamd")]
     rules: Option<PathBuf>,
+    /// Scan with clamd at ADDR (its LocalSocket path, or HOST:PORT of its TCPSocket) instead
+    /// of the embedded engine. While clamd does not answer PING, transactions and OPTIONS
+    /// get 503, never a 204.
+    #[arg(long, value_name = "ADDR", help_heading = CLAMD)]
+    clamd: Option<ClamdAddr>,
+    /// Scans sent to clamd at once; more wait for a turn (up to --clamd-timeout). Keep it
+    /// at most clamd's MaxThreads + MaxQueue.
+    #[arg(long, value_name = "N", default_value_t = 16, requires = "clamd", help_heading = CLAMD,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    clamd_max_in_flight: u16,
+    /// Longest wait for a turn, for one write to clamd, and for its verdict after the body.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = seconds,
+          requires = "clamd", help_heading = CLAMD)]
+    clamd_timeout: Duration,
+    /// A connection to clamd, and a PING.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = seconds,
+          requires = "clamd", help_heading = CLAMD)]
+    clamd_connect_timeout: Duration,
+    /// Time between two health checks (PING).
+    #[arg(long, value_name = "S", default_value = "2", value_parser = seconds,
+          requires = "clamd", help_heading = CLAMD)]
+    clamd_ping_interval: Duration,
+    /// Bytes of a streamed echo (see --stream-over) kept back until clamd's verdict: a late
+    /// finding cuts the transfer before them. In memory, per transaction.
+    #[arg(long, value_name = "BYTES", default_value_t = dlp_service::CLAMD_HOLDBACK,
+          requires = "clamd", help_heading = CLAMD)]
+    clamd_holdback: usize,
+    /// A body over clamd's StreamMaxLength, which clamd refuses to scan: block (as
+    /// Heuristics.Limits.Exceeded.StreamMaxLength) or allow (unscanned).
+    #[arg(long, value_name = "POLICY", default_value = "block", requires = "clamd",
+          help_heading = CLAMD)]
+    clamd_over_limit: OverLimit,
     /// How blocks look: symantec (ICAP 200 + HTTP 200 block text), forcepoint (HTTP 403 page
     /// over 512 bytes), generic (HTTP 403 page + X-Violations-Found / X-Infection-Found).
     #[arg(long, value_name = "NAME", default_value = "generic")]
@@ -288,11 +321,39 @@ async fn run(args: Args) -> Result<(), String> {
         _ => None,
     };
     if let Some(addr) = args.metrics {
+        if cfg!(not(feature = "metrics")) {
+            return Err(
+                "--metrics: built without the `metrics` feature (the library records \
+                 nothing); build with --features metrics"
+                    .into(),
+            );
+        }
         let bound = ops::serve_metrics(addr).await?;
+        #[cfg(feature = "metrics")]
+        icap::metrics::describe();
         // On stdout, like the listeners, for scripts that pass port 0.
         println!("dlp-server: metrics at http://{bound}/metrics");
     }
-    let mut cfg = DlpConfig::new(rules, args.profile);
+    let mut cfg = match &args.clamd {
+        None => DlpConfig::new(rules, args.profile),
+        Some(addr) => {
+            let mut c = ClamdConfig::new(addr.clone());
+            c.max_in_flight = args.clamd_max_in_flight.into();
+            c.timeout = args.clamd_timeout;
+            c.connect_timeout = args.clamd_connect_timeout;
+            c.ping_interval = args.clamd_ping_interval;
+            let clamd = Clamd::new(c);
+            // Started even when clamd is not up yet: it answers 503 until clamd is.
+            if let Err(e) = clamd.check().await {
+                eprintln!("dlp-server: clamd {addr} is not answering yet ({e}): 503 until it does");
+            }
+            clamd.spawn_health_check();
+            let mut cfg = DlpConfig::clamd(clamd, args.profile);
+            cfg.holdback = args.clamd_holdback;
+            cfg.over_limit = args.clamd_over_limit;
+            cfg
+        }
+    };
     cfg.preview = args.preview;
     cfg.stream_over = args.stream_over.0;
     cfg.verbose = args.verbose;
@@ -317,8 +378,12 @@ async fn run(args: Args) -> Result<(), String> {
         // Printed on stdout (one line per listener) so scripts can read the bound port
         // when they pass port 0.
         println!(
-            "dlp-server: {scheme}://{local}/reqmod and /respmod, profile {}{}",
+            "dlp-server: {scheme}://{local}/reqmod and /respmod, profile {}{}{}",
             args.profile,
+            match &args.clamd {
+                Some(a) => format!(", engine clamd at {a}"),
+                None => String::new(),
+            },
             if args.client_ca.is_some() {
                 ", client certificates required"
             } else {
@@ -333,7 +398,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     eprintln!(
         "dlp-server: {} connections ({} refused, {} closed to make room), {} requests \
-         ({} cut as too slow), {} messages scanned ({} bytes), {} blocked",
+         ({} cut as too slow), {} messages scanned ({} bytes), {} blocked, {} without a verdict",
         served.connections.load(Ordering::Relaxed),
         served.refused.load(Ordering::Relaxed),
         served.evicted.load(Ordering::Relaxed),
@@ -342,6 +407,7 @@ async fn run(args: Args) -> Result<(), String> {
         stats.scanned.load(Ordering::Relaxed),
         stats.bytes.load(Ordering::Relaxed),
         stats.blocked.load(Ordering::Relaxed),
+        stats.failed.load(Ordering::Relaxed),
     );
     Ok(())
 }

@@ -12,12 +12,10 @@
 //! a returned body with `--output`. `--verbose` also prints the request head as sent.
 //! The method defaults to OPTIONS, or REQMOD with `--req`, RESPMOD with `--resp`.
 
-#[path = "shared/tls_args.rs"]
-mod tls_args;
+use icap_dlp_engine::tls_args::TlsArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tls_args::TlsArgs;
 
 use bytes::BytesMut;
 use clap::Parser;

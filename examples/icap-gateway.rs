@@ -21,8 +21,7 @@
 //! its place. SIGHUP reads the certificate, key and client CA files again (new
 //! handshakes use them; if one cannot be used the old set stays). SIGINT / SIGTERM stop it.
 
-#[path = "shared/listen.rs"]
-mod listen;
+use icap_dlp_engine::listen;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

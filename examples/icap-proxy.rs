@@ -24,10 +24,8 @@
 //! One access-log line per request goes to stdout:
 //! `METHOD URL STATUS REQMOD-VERDICT/RESPMOD-VERDICT BYTES MS`.
 
-#[path = "shared/listen.rs"]
-mod listen;
-#[path = "shared/tls_args.rs"]
-mod tls_args;
+use icap_dlp_engine::listen;
+use icap_dlp_engine::tls_args::TlsArgs;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,7 +35,6 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tls_args::TlsArgs;
 
 use bytes::Bytes;
 use clap::Parser;

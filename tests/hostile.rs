@@ -635,7 +635,8 @@ fn the_crate_forbids_unsafe_code() {
 #[cfg(feature = "server")]
 #[tokio::test]
 async fn an_overflowing_first_chunk_line_gets_400_even_when_the_service_echoes() {
-    use icap::server::{BoxError, IncomingRequest, Reply, Server};
+    use icap::server::{IncomingRequest, Reply, Server};
+    use icap::BoxError;
     use icap::ServiceOptions;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -1,4 +1,4 @@
-//! Real clients against the example DLP server (`examples/shared/dlp_service.rs`), run
+//! Real clients against the example DLP server (`icap_dlp_engine::service`), run
 //! in-process on loopback: c-icap-client (OPTIONS, REQMOD, RESPMOD, with and without preview,
 //! 204 / echo / block answers, each vendor profile) and squid with curl and a local origin
 //! (REQMOD and RESPMOD, preview 1024, persistent ICAP connections on and off); openssl
@@ -10,18 +10,14 @@
 
 mod peers_support;
 
-#[path = "../examples/shared/dlp_service.rs"]
-#[allow(dead_code)]
-mod dlp_service;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dlp_service::{DlpConfig, Profile, Running};
 use icap::server::Stats;
+use icap_dlp_engine::service::{self as dlp_service, DlpConfig, Profile, Running};
 use icap_dlp_engine::{Rules, EICAR};
 use peers_support::{run_tool, write_file, Origin, Squid, TempDir, ToolOutput};
 use sha2::{Digest, Sha256};

@@ -4,9 +4,7 @@
 //! block is an ICAP 200 carrying `HTTP/1.1 200 OK`.
 #![cfg(all(feature = "scan", feature = "server"))]
 
-#[path = "../examples/shared/dlp_service.rs"]
-#[allow(dead_code)]
-mod dlp_service;
+use icap_dlp_engine::service as dlp_service;
 mod net;
 
 use bytes::Bytes;

@@ -565,7 +565,7 @@ impl Server {
         conn: &mut Conn<'_>,
         txn: &mut ServerTransaction,
         mut stop: watch::Receiver<bool>,
-    ) -> Option<crate::message::Request> {
+    ) -> Option<crate::proto::message::Request> {
         let istag = &self.config.istag;
         loop {
             match txn.poll_event() {
@@ -695,7 +695,7 @@ impl Server {
         &self,
         conn: &mut Conn<'_>,
         txn: &mut ServerTransaction,
-        request: crate::message::Request,
+        request: crate::proto::message::Request,
         peer: PeerInfo,
     ) -> bool {
         conn.room = BODY_ROOM;
@@ -767,19 +767,24 @@ impl Server {
         }
         let route = route.expect("refused above when missing");
 
-        // 3. OPTIONS is answered from the declared options.
+        // 3. OPTIONS is answered from the declared options (503 while the service says it
+        // cannot serve).
         if request.method == Method::Options {
             // An OPTIONS body (rare) is read and dropped before answering.
             if let Err(e) = conn.drain(txn, None).await {
                 self.body_error(conn, txn, e, istag).await;
                 return false;
             }
-            let res = route
-                .options
-                .response_builder()
-                .map(|b| self.server_header(b))
-                .and_then(|b| b.build())
-                .unwrap_or_else(|_| self.error_response(ErrorStatus::ServerError, istag));
+            let res = if route.is_available() {
+                route
+                    .options
+                    .response_builder()
+                    .map(|b| self.server_header(b))
+                    .and_then(|b| b.build())
+                    .unwrap_or_else(|_| self.error_response(ErrorStatus::ServerError, istag))
+            } else {
+                self.error_response(ErrorStatus::ServiceOverloaded, istag)
+            };
             return self
                 .send(conn, txn, res, ReplyBody::Empty, None, istag)
                 .await;

@@ -224,6 +224,26 @@ impl Server {
         self
     }
 
+    /// Makes OPTIONS of the service at `path` (routed before) answer 503 while `available`
+    /// returns false: for a service whose engine is down, so that clients and proxies that
+    /// probe with OPTIONS (squid, this crate's client) take it out of rotation instead of
+    /// waiting on it. The service still answers its own transactions (with an error, as it
+    /// sees fit). `available` is called for each OPTIONS request: keep it cheap (an atomic
+    /// load).
+    pub fn availability<F>(mut self, path: &str, available: F) -> Self
+    where
+        F: Fn() -> bool + Send + Sync + 'static,
+    {
+        if let Some(route) = self
+            .routes
+            .get_mut(path.trim_start_matches('/'))
+            .and_then(Arc::get_mut)
+        {
+            route.available = Some(Arc::new(available));
+        }
+        self
+    }
+
     /// Speaks TLS (ICAPS) with this rustls configuration on the connections
     /// [`Server::serve`] accepts, e.g. from [`ServerTls`](crate::tls::ServerTls) (add
     /// `require_client_certs(ca)` to ask clients for certificates):

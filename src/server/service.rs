@@ -212,10 +212,14 @@ impl Reply {
 /// The future a boxed service returns.
 pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Result<Reply, BoxError>> + Send>>;
 
+/// Whether a service can serve now (see `Server::availability`).
+pub(crate) type Availability = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// A service at a path, with the options it declares.
 pub(crate) struct Route {
     pub(crate) options: ServiceOptions,
     service: Mutex<BoxCloneService<IncomingRequest, Reply, BoxError>>,
+    pub(crate) available: Option<Availability>,
 }
 
 impl Route {
@@ -228,7 +232,13 @@ impl Route {
         Route {
             options,
             service: Mutex::new(BoxCloneService::new(service.map_err(Into::into))),
+            available: None,
         }
+    }
+
+    /// False while the service says it cannot serve (OPTIONS is then answered 503).
+    pub(crate) fn is_available(&self) -> bool {
+        self.available.as_ref().is_none_or(|f| f())
     }
 
     /// Calls a clone of the service (tower's pattern for shared services: each call waits

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 /// How to install every peer (root and Debian's apt).
 pub const INSTALL_HINT: &str = "install them with `bash .ci/install-peers.sh` (as root on Debian/Ubuntu: \
-     apt-get install c-icap libc-icap-mod-urlcheck libc-icap-mod-contentfiltering squid stunnel4 curl python3)";
+     apt-get install c-icap libc-icap-mod-urlcheck libc-icap-mod-contentfiltering libc-icap-mod-virus-scan clamav-daemon squid stunnel4 curl python3)";
 
 /// Directory of the peer templates and scripts (`tests/peers`).
 pub fn peers_dir() -> PathBuf {
@@ -580,4 +580,128 @@ pub fn gen_certs(out: &Path) {
         .status()
         .expect("run gen-certs.sh");
     assert!(status.success(), "gen-certs.sh failed: {status}");
+}
+
+/// The name clamd reports for the EICAR file with [`ClamdPeer`]'s database (the `.hdb`
+/// line is named after the file `sigtool --md5` hashed; clamd adds `.UNOFFICIAL` to
+/// signatures outside its official databases).
+pub const CLAMD_EICAR_NAME: &str = "Icap-Test.EICAR.UNOFFICIAL";
+
+/// clamd in the foreground on a Unix socket in a temporary directory, with a temporary
+/// database of one line (the MD5 of the EICAR file, from `sigtool --md5`) and structured
+/// data detection (one card number or SSN is enough). No network, no freshclam; it loads
+/// in well under a second.
+#[derive(Debug)]
+pub struct ClamdPeer {
+    /// Its `LocalSocket`.
+    pub socket: PathBuf,
+    /// The running process (`None` while stopped).
+    pub process: Option<Process>,
+    conf: PathBuf,
+    dir: TempDir,
+}
+
+impl ClamdPeer {
+    /// Starts clamd with `StreamMaxLength stream_max` (e.g. `100M`) and `MaxThreads 16`.
+    pub fn start(stream_max: &str) -> ClamdPeer {
+        let dir = TempDir::new("clamd");
+        let db = dir.subdir("db");
+        let sample = dir.join("Icap-Test.EICAR");
+        write_file(
+            &sample,
+            b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*",
+        );
+        let sig = Command::new(find_program("sigtool").expect("sigtool installed"))
+            .arg("--md5")
+            .arg(&sample)
+            .output()
+            .expect("run sigtool");
+        assert!(sig.status.success(), "sigtool: {sig:?}");
+        write_file(&db.join("icap-test.hdb"), &sig.stdout);
+        let socket = dir.join("clamd.sock");
+        let conf = dir.join("clamd.conf");
+        let text = format!(
+            "LocalSocket {}\nLocalSocketMode 666\nDatabaseDirectory {}\nTemporaryDirectory {}\n\
+             LogFile {}\nPidFile {}\nForeground yes\nStructuredDataDetection yes\n\
+             StructuredMinCreditCardCount 1\nStructuredMinSSNCount 1\nStreamMaxLength {stream_max}\n\
+             MaxThreads 16\nSelfCheck 3600\n",
+            socket.display(),
+            db.display(),
+            dir.path().display(),
+            dir.join("clamd.log").display(),
+            dir.join("clamd.pid").display(),
+        );
+        write_file(&conf, text.as_bytes());
+        let mut peer = ClamdPeer {
+            socket,
+            process: None,
+            conf,
+            dir,
+        };
+        peer.resume();
+        peer
+    }
+
+    /// Starts clamd again (after [`ClamdPeer::kill`]) on the same socket, and waits until it
+    /// answers `PING`.
+    pub fn resume(&mut self) {
+        let _ = fs::remove_file(&self.socket);
+        let mut cmd = Command::new(find_program("clamd").expect("clamd installed"));
+        cmd.arg("--foreground")
+            .arg(format!("--config-file={}", self.conf.display()));
+        let mut process = Process::spawn("clamd", cmd, self.dir.join("stdout.log"));
+        process.grace = Duration::from_secs(5);
+        let end = Instant::now() + Duration::from_secs(30);
+        while !clamd_pong(&self.socket) {
+            if let Ok(Some(s)) = process.child.try_wait() {
+                panic!("clamd exited ({s}):\n{}", process.log());
+            }
+            assert!(
+                Instant::now() < end,
+                "clamd did not answer PING within 30 s:\n{}",
+                process.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.process = Some(process);
+    }
+
+    /// Kills clamd at once (SIGKILL: no goodbye to its clients), leaving its socket file.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            p.stopped = true;
+        }
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("clamd.log")).unwrap_or_default()
+    }
+}
+
+/// True when clamd at `socket` answers `zPING` with `PONG`.
+pub fn clamd_pong(socket: &Path) -> bool {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"zPING\0").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    let mut got = Vec::new();
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.ends_with(b"\0") {
+            break;
+        }
+    }
+    got == b"PONG\0"
 }

@@ -1,8 +1,5 @@
-//! Operations shared by the example servers (dlp-server, icap-gateway): the Prometheus
-//! scrape endpoint of `--metrics ADDR`, and the reload of the TLS certificate, key and
-//! client CA on SIGHUP.
-//!
-//! Use from an example with `#[path = "shared/ops.rs"] mod ops;`.
+//! Operations of the example servers: the Prometheus scrape endpoint of `--metrics ADDR`,
+//! and the reload of the TLS certificate, key and client CA on SIGHUP.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,15 +26,9 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Installs the Prometheus recorder as the process's `metrics` recorder and serves
 /// `GET /metrics` in Prometheus text on `addr` (other paths: 404). Returns the bound
 /// address (port 0 picks one). Call once, in the tokio runtime, before the client or
-/// server records anything.
+/// server records anything; the library records only when built with its `metrics`
+/// feature, which the caller checks (and then calls `icap::metrics::describe`).
 pub async fn serve_metrics(addr: SocketAddr) -> Result<SocketAddr, String> {
-    if cfg!(not(feature = "metrics")) {
-        return Err(
-            "--metrics: built without the `metrics` feature (the library records \
-                    nothing); build with --features metrics"
-                .into(),
-        );
-    }
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("--metrics {addr}: {e}"))?;
@@ -47,8 +38,6 @@ pub async fn serve_metrics(addr: SocketAddr) -> Result<SocketAddr, String> {
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| format!("--metrics: {e}"))?;
-    #[cfg(feature = "metrics")]
-    icap::metrics::describe();
     // The recorder keeps histogram samples until upkeep folds them in.
     let upkeep = handle.clone();
     tokio::spawn(async move {

@@ -1,24 +1,27 @@
-//! The example DLP service in blocking mode, shared by `examples/dlp-server.rs` (the binary)
-//! and `examples/dlp-scan.rs` (which starts it in-process on loopback).
-//!
-//! Include it with (the engine is the `icap-dlp-engine` crate, examples/dlp-engine):
+//! The example DLP service in blocking mode, shared by `examples/dlp-server.rs` (the binary),
+//! `examples/dlp-scan.rs` (which starts it in-process on loopback) and the tests.
 //!
 //! ```text
-//! #[path = "shared/dlp_service.rs"]
-//! mod dlp_service;
+//! use icap_dlp_engine::service::{self, DlpConfig, Profile};
 //!
-//! let cfg = dlp_service::DlpConfig::new(rules, dlp_service::Profile::Generic);
-//! let running = dlp_service::spawn_loopback(cfg, Some(&server_tls)).await?;
+//! let cfg = DlpConfig::new(rules, Profile::Generic);           // or DlpConfig::clamd(clamd, ..)
+//! let running = service::spawn_loopback(cfg, Some(&server_tls)).await?;
 //! // icaps://localhost:{running.addr().port()}/reqmod ...
 //! running.shutdown().await?;
 //! ```
 //!
 //! Two services, `reqmod` and `respmod`, each offering its one method (as Symantec recommends:
-//! one service per direction). Bodies are streamed through a [`Scanner`]: memory per
-//! transaction is the scanner's fixed window, plus the server's echo spool (128 KiB, then a
-//! temporary file) when the client did not allow 204. Clean content gets
-//! [`Reply::unmodified`] (a 204, or a 200 echo where 204 is not allowed); a violation gets a
-//! 200 carrying an HTTP response in place of the message, shaped by the [`Profile`].
+//! one service per direction). Bodies go through an [`Engine`] as they arrive: the embedded
+//! [`Scanner`] (memory per transaction is its fixed window) or clamd (streamed with
+//! `INSTREAM`, see [`crate::clamd`]); plus the server's echo spool when the client did not
+//! allow 204. Clean content gets [`Reply::unmodified`] (a 204, or a 200 echo where 204 is
+//! not allowed); a finding gets a 200 carrying an HTTP response in place of the message,
+//! shaped by the [`Profile`], whichever engine found it.
+//!
+//! With clamd, a transaction without a verdict is never answered as clean: while clamd is
+//! down (its `PING` fails) transactions get 503 and OPTIONS too; a timeout, or an error of
+//! clamd's own, gets 500; a body over clamd's `StreamMaxLength` is blocked (or let through,
+//! see [`OverLimit`]).
 
 use std::fmt;
 use std::io;
@@ -30,12 +33,14 @@ use bytes::Bytes;
 use icap::server::{IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Stats};
 use icap::tls::ServerTls;
 use icap::BoxError;
+use icap::builder::ErrorStatus;
 use icap::{Method, ServiceOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use icap_dlp_engine::{icap_headers, Finding, FindingKind, Rules, Scanner, MAX_MATCH_LEN};
+use crate::clamd::{Clamd, ClamdError, ClamdVerdict};
+use crate::{icap_headers, Finding, FindingKind, Rules, Scanner, MAX_MATCH_LEN};
 
 /// Preview size announced in OPTIONS: enough for file magic and most small uploads.
 pub const PREVIEW: u64 = 4096;
@@ -108,11 +113,53 @@ impl fmt::Display for Profile {
     }
 }
 
+/// The bytes a streamed echo holds back from the client while clamd has not answered: the
+/// end of a body is passed on only with a clean verdict (see [`DlpConfig::holdback`]).
+/// squid 5.7 lets go of the bytes it sent only once they come back in the echo, and holds
+/// 64 KiB: holding back more stalls it (a 64 MiB download stopped after its headers with
+/// 256 KiB); 32 KiB leaves room for its preview and framing.
+pub const CLAMD_HOLDBACK: usize = 32 * 1024;
+
+/// The name a block over clamd's `StreamMaxLength` reports (ClamAV's names for exceeded
+/// limits start the same way).
+pub const OVER_LIMIT_THREAT: &str = "Heuristics.Limits.Exceeded.StreamMaxLength";
+
+/// What scans the bodies.
+#[derive(Debug, Clone)]
+pub enum Engine {
+    /// The embedded scanner with these rules (cards, SSNs, EICAR, keywords, regexes).
+    Embedded(Arc<Rules>),
+    /// ClamAV's daemon: its signatures, and its structured-data heuristics when clamd has
+    /// `StructuredDataDetection yes`.
+    Clamd(Arc<Clamd>),
+}
+
+/// What to do with a body over clamd's `StreamMaxLength` (which clamd refuses to scan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimit {
+    /// Block it, as an unscanned file (the default: nothing unscanned passes).
+    Block,
+    /// Let it through unscanned (and say so on stderr).
+    Allow,
+}
+
+impl std::str::FromStr for OverLimit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "block" => Ok(OverLimit::Block),
+            "allow" => Ok(OverLimit::Allow),
+            other => Err(format!("{other:?}: expected block or allow")),
+        }
+    }
+}
+
 /// What the DLP service is configured with.
 #[derive(Debug, Clone)]
 pub struct DlpConfig {
-    /// What to look for.
-    pub rules: Arc<Rules>,
+    /// What scans the bodies.
+    pub engine: Engine,
     /// How blocks are answered.
     pub profile: Profile,
     /// `Preview` announced in OPTIONS.
@@ -128,18 +175,38 @@ pub struct DlpConfig {
     /// Default [`STREAM_OVER`]; `None`: always read the whole body, then answer (larger
     /// bodies from such clients then stall until the server's read timeout).
     pub stream_over: Option<u64>,
+    /// Bytes a streamed echo keeps back until the engine has seen past them. The embedded
+    /// scanner decides on each match a few bytes after it ends (its default is
+    /// [`MAX_MATCH_LEN`] + 64); clamd decides only at the end of the body, so with clamd
+    /// the last [`CLAMD_HOLDBACK`] bytes (by default) are sent only on a clean verdict, and
+    /// a late finding cuts the transfer short of them. Held in memory, per transaction.
+    pub holdback: usize,
+    /// Bodies over clamd's `StreamMaxLength` (ignored by the embedded engine).
+    pub over_limit: OverLimit,
 }
 
 impl DlpConfig {
-    /// Default preview, quiet, default server settings, bodies over [`STREAM_OVER`] streamed.
+    /// The embedded engine with `rules`: default preview, quiet, default server settings,
+    /// bodies over [`STREAM_OVER`] streamed.
     pub fn new(rules: Rules, profile: Profile) -> Self {
         DlpConfig {
-            rules: Arc::new(rules),
+            engine: Engine::Embedded(Arc::new(rules)),
             profile,
             preview: PREVIEW,
             verbose: false,
             server: ServerConfig::default(),
             stream_over: Some(STREAM_OVER),
+            holdback: MAX_MATCH_LEN + 64,
+            over_limit: OverLimit::Block,
+        }
+    }
+
+    /// clamd as the engine, with the same defaults, but [`CLAMD_HOLDBACK`].
+    pub fn clamd(clamd: Arc<Clamd>, profile: Profile) -> Self {
+        DlpConfig {
+            engine: Engine::Clamd(clamd),
+            holdback: CLAMD_HOLDBACK,
+            ..DlpConfig::new(Rules::default(), profile)
         }
     }
 }
@@ -163,6 +230,9 @@ pub struct DlpStats {
     pub blocked: AtomicU64,
     /// Body bytes scanned.
     pub bytes: AtomicU64,
+    /// Transactions without a verdict (clamd down, timed out or in error): answered with an
+    /// ICAP error.
+    pub failed: AtomicU64,
 }
 
 /// One of the two services (`reqmod` or `respmod`).
@@ -176,8 +246,12 @@ impl DlpService {
     fn options(&self) -> ServiceOptions {
         ServiceOptions::new([self.method.clone()], self.cfg.profile.istag())
             .with_service(format!(
-                "icap example DLP ({} profile, blocking mode)",
-                self.cfg.profile
+                "icap example DLP ({} profile, blocking mode, {} engine)",
+                self.cfg.profile,
+                match self.cfg.engine {
+                    Engine::Embedded(_) => "embedded",
+                    Engine::Clamd(_) => "clamd",
+                }
             ))
             .with_service_id("dlp")
             // One scanner per connection, each small: no practical limit below the server's,
@@ -197,27 +271,24 @@ impl DlpService {
             .with_include(["X-Client-IP", "X-Client-Username", "X-Authenticated-User"])
     }
 
+    /// True when the body is echoed while scanned (see [`DlpConfig::stream_over`]).
+    fn streams(&self, req: &IncomingRequest) -> bool {
+        match self.cfg.stream_over {
+            Some(limit) if !req.allows_204() => declared_len(req).is_none_or(|n| n > limit),
+            _ => false,
+        }
+    }
+
     /// Scans the body; a verdict needs the whole of it (a card number may sit in its last
     /// bytes), so every read past the preview is wanted (the server sends 100 Continue).
-    async fn handle(&self, mut req: IncomingRequest) -> Result<Reply, BoxError> {
-        let mut scanner = Scanner::new(&self.cfg.rules);
-        let stream = match self.cfg.stream_over {
-            Some(limit) if !req.allows_204() => declared_len(&req).is_none_or(|n| n > limit),
-            _ => false,
+    async fn handle(&self, req: IncomingRequest) -> Result<Reply, BoxError> {
+        let (scanned, findings, total, req) = match &self.cfg.engine {
+            Engine::Embedded(rules) => self.scan_embedded(rules, req).await?,
+            Engine::Clamd(clamd) => match self.scan_clamd(clamd, req).await? {
+                Ok(scan) => scan,
+                Err(reply) => return Ok(reply),
+            },
         };
-        // Hold back what the scanner may still be deciding on: a match up to
-        // MAX_MATCH_LEN long, confirmed by the bytes after it.
-        let streaming = stream && req.body.start_echo(MAX_MATCH_LEN + 64).await.is_ok();
-        // A body that cannot be read is answered by the server (400/408, or a close).
-        while let Some(piece) = req.body.data().await? {
-            scanner.feed(&piece);
-            if streaming && !scanner.findings().is_empty() {
-                // Found while echoing: stop; the server cuts the answer.
-                break;
-            }
-        }
-        let scanned = scanner.bytes_scanned();
-        let (findings, total) = scanner.finish_with_total();
         self.stats.scanned.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes.fetch_add(scanned, Ordering::Relaxed);
         let name = file_name(&req);
@@ -234,6 +305,125 @@ impl DlpService {
             // a "not allowed" to any sane client, never a silent pass.
             Err(e) => Err(format!("cannot build the block answer: {e}").into()),
         }
+    }
+
+    /// The embedded scanner over the body: bytes scanned, findings, their total.
+    async fn scan_embedded(
+        &self,
+        rules: &Rules,
+        mut req: IncomingRequest,
+    ) -> Result<(u64, Vec<Finding>, u64, IncomingRequest), BoxError> {
+        let mut scanner = Scanner::new(rules);
+        let stream = self.streams(&req);
+        // Hold back what the scanner may still be deciding on: a match up to
+        // MAX_MATCH_LEN long, confirmed by the bytes after it.
+        let streaming = stream && req.body.start_echo(self.cfg.holdback).await.is_ok();
+        // A body that cannot be read is answered by the server (400/408, or a close).
+        while let Some(piece) = req.body.data().await? {
+            scanner.feed(&piece);
+            if streaming && !scanner.findings().is_empty() {
+                // Found while echoing: stop; the server cuts the answer.
+                break;
+            }
+        }
+        let scanned = scanner.bytes_scanned();
+        let (findings, total) = scanner.finish_with_total();
+        Ok((scanned, findings, total, req))
+    }
+
+    /// clamd over the body, streamed with INSTREAM as it arrives. `Ok(Err(reply))`: no
+    /// verdict, and the error (or the over-limit policy's) answer to give instead.
+    #[allow(clippy::type_complexity)]
+    async fn scan_clamd(
+        &self,
+        clamd: &Arc<Clamd>,
+        mut req: IncomingRequest,
+    ) -> Result<Result<(u64, Vec<Finding>, u64, IncomingRequest), Reply>, BoxError> {
+        // Checked before anything is read or echoed: a dead engine gets the client a 503
+        // at once (and squid's bypass or failover a reason), never a 204.
+        let mut scan = match clamd.scan().await {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(self.no_verdict(&req, e))),
+        };
+        let streaming = self.streams(&req) && req.body.start_echo(self.cfg.holdback).await.is_ok();
+        let fed = async {
+            while let Some(piece) = req.body.data().await? {
+                if let Err(e) = scan.feed(&piece).await {
+                    return Ok::<_, BoxError>(Err(e));
+                }
+            }
+            Ok(Ok(()))
+        };
+        let verdict = match fed.await? {
+            Ok(()) => scan.finish().await,
+            Err(e) => Err(e),
+        };
+        let scanned = req.body.bytes_read();
+        let finding = match verdict {
+            Ok(ClamdVerdict::Clean) => None,
+            Ok(ClamdVerdict::Found(name)) => Some(clamd_finding(name)),
+            Err(ClamdError::SizeLimit) if self.cfg.over_limit == OverLimit::Allow => {
+                eprintln!(
+                    "dlp-server: {} from {} {} bytes: over clamd's StreamMaxLength, \
+                     let through unscanned (--clamd-over-limit allow)",
+                    req.method,
+                    req.peer,
+                    req.body.bytes_read()
+                );
+                None
+            }
+            Err(ClamdError::SizeLimit) => Some(Finding {
+                kind: FindingKind::Heuristic(OVER_LIMIT_THREAT.to_string()),
+                offset: 0,
+                summary: "over clamd's StreamMaxLength, not scanned".to_string(),
+            }),
+            Err(e) => {
+                if streaming {
+                    // The echo is under way: an error reply cuts it.
+                    eprintln!("dlp-server: {} from {}: {e}", req.method, req.peer);
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(e.to_string().into());
+                }
+                return Ok(Err(self.no_verdict(&req, e)));
+            }
+        };
+        let total = u64::from(finding.is_some());
+        Ok(Ok((scanned, finding.into_iter().collect(), total, req)))
+    }
+
+    /// The answer when clamd gave no verdict (said on stderr whatever --verbose says:
+    /// errors are loud): 503 while it is down, else 500.
+    fn no_verdict(&self, req: &IncomingRequest, e: ClamdError) -> Reply {
+        eprintln!("dlp-server: {} from {}: {e}", req.method, req.peer);
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        match e {
+            ClamdError::Unavailable(_) | ClamdError::Connect(_) | ClamdError::Io(_) => {
+                Reply::error(ErrorStatus::ServiceOverloaded)
+            }
+            _ => Reply::error(ErrorStatus::ServerError),
+        }
+    }
+}
+
+/// A clamd finding as the profiles report it: its `Heuristics.Structured.*` data-leak
+/// heuristics as violations, anything else as malware.
+fn clamd_finding(name: String) -> Finding {
+    let (kind, summary) = if name.starts_with("Heuristics.Structured.") {
+        let what = if name.contains("CreditCard") {
+            "payment card number"
+        } else if name.contains("SSN") {
+            "US social security number"
+        } else {
+            "structured data"
+        };
+        (FindingKind::Heuristic(name), format!("{what} (ClamAV)"))
+    } else {
+        (FindingKind::Virus(name), "malware (ClamAV)".to_string())
+    };
+    Finding {
+        kind,
+        offset: 0,
+        summary,
     }
 }
 
@@ -344,7 +534,7 @@ fn block_reply(
         for (n, v) in icap_headers(findings, name, false) {
             b = b.header(n, v);
         }
-        if findings.iter().any(|f| f.kind != FindingKind::Eicar) {
+        if findings.iter().any(|f| !f.kind.is_infection()) {
             b = b.header("X-Blocked-Reason", "DLP policy violation");
         }
     }
@@ -365,6 +555,8 @@ fn block_reply(
 
 /// The server with both services: `reqmod` and `respmod`, TLS when `tls` is given (client
 /// certificates required when it has a client CA). Returns the counters both services share.
+/// With clamd, OPTIONS answers 503 while it is down: keep its state fresh with
+/// [`Clamd::spawn_health_check`].
 pub fn dlp_server(
     cfg: &DlpConfig,
     tls: Option<&ServerTls>,
@@ -383,6 +575,10 @@ pub fn dlp_server(
             async move { svc.handle(req).await }
         });
         server = server.route(path, options, handler);
+        if let Engine::Clamd(clamd) = &cfg.engine {
+            let clamd = clamd.clone();
+            server = server.availability(path, move || clamd.is_up());
+        }
     }
     if let Some(t) = tls {
         server = server.tls(t.build()?);

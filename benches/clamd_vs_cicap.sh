@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Same-run comparison of two ClamAV ICAP servers on the same clamd: the release dlp-server
+# example with --clamd, and c-icap 0.5's virus_scan with clamd_mod (Debian's c-icap and
+# libc-icap-mod-virus-scan), the combination sites run behind squid.
+#
+# One clamd (foreground, a Unix socket, a one-line EICAR database, StructuredDataDetection on,
+# MaxThreads 16) serves both. The load generator is the same for both: CONC keep-alive
+# connections (python3 threads, raw sockets), each sending RESPMOD with Allow: 204 and no
+# preview, a clean body of SIZE bytes (random bytes and text: no card, SSN or EICAR), one
+# after the other for SECS seconds. An answer is a 204, or a 200 that echoes the body
+# unchanged (read whole and compared: c-icap answers bodies of 64 KiB and more so, Allow: 204
+# or not; column "of 200"); anything else, or a broken connection, is an error (the
+# connection is then opened again). c-icap runs 1 child x CONC threads (all connections served at
+# once, as dlp-server serves them); dlp-server runs with its defaults (--threads 1,
+# --clamd-max-in-flight 16).
+#
+# Reported per server and body size: transactions/s, errors, server CPU per transaction
+# (user + system time of all the server's processes over the load, divided by the answers),
+# clamd's CPU per transaction (the engine's share: the same work for both), and the server's
+# peak RSS (VmHWM; for c-icap the sum over its processes, and its largest process). Rounds
+# alternate between the servers; every round is printed.
+#
+#   bash benches/clamd_vs_cicap.sh [ROUNDS] [SECS] [CONC]    (defaults 2 10 16)
+#   SIZES="1024 1048576" (default) chooses the body sizes; DLP_BASELINE=PATH also runs another
+#   dlp-server binary (e.g. built from an earlier commit) as "baseline-*" in the same run.
+#
+# Needs (installs nothing): clamd and sigtool (clamav-daemon), c-icap with virus_scan.so
+# and clamd_mod.so (libc-icap-mod-virus-scan), python3; .ci/install-peers.sh installs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-2}
+secs=${2:-10}
+conc=${3:-16}
+sizes=${SIZES:-1024 1048576}
+
+for p in clamd sigtool c-icap python3; do
+  command -v "$p" >/dev/null || [ -x "/usr/sbin/$p" ] ||
+    { echo "clamd_vs_cicap.sh: needs $p (see .ci/install-peers.sh)" >&2; exit 2; }
+done
+PATH=$PATH:/usr/sbin
+moddir=$(dirname "$(ls /usr/lib/*/c_icap/virus_scan.so /usr/lib/c_icap/virus_scan.so 2>/dev/null | head -1)" 2>/dev/null || true)
+[ -n "$moddir" ] || { echo "clamd_vs_cicap.sh: needs c-icap's virus_scan.so (libc-icap-mod-virus-scan)" >&2; exit 2; }
+
+cargo build --release --quiet --features server --example dlp-server
+
+work=$(mktemp -d /tmp/icap-clamd-bench-XXXXXX)
+chmod 755 "$work"
+server_pid=""
+clamd_pid=""
+cleanup() {
+  if [ -n "$server_pid" ]; then kill -TERM -- "-$server_pid" 2>/dev/null || true; fi
+  if [ -n "$clamd_pid" ]; then kill -TERM "$clamd_pid" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# clamd, shared by both servers.
+mkdir -p "$work/db"
+printf '%s' 'X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*' > "$work/Icap-Test.EICAR"
+sigtool --md5 "$work/Icap-Test.EICAR" > "$work/db/icap-test.hdb"
+cat > "$work/clamd.conf" <<CONF
+LocalSocket $work/clamd.sock
+LocalSocketMode 666
+DatabaseDirectory $work/db
+TemporaryDirectory $work
+LogFile $work/clamd.log
+Foreground yes
+StructuredDataDetection yes
+StructuredMinCreditCardCount 1
+StructuredMinSSNCount 1
+StreamMaxLength 100M
+MaxThreads 16
+CONF
+clamd --foreground --config-file="$work/clamd.conf" > "$work/clamd.out" 2>&1 &
+clamd_pid=$!
+for _ in $(seq 300); do [ -S "$work/clamd.sock" ] && break; sleep 0.1; done
+[ -S "$work/clamd.sock" ] || { echo "clamd did not start:" >&2; cat "$work/clamd.out" >&2; exit 1; }
+
+cat > "$work/load.py" <<'PY'
+import socket, sys, threading, time
+port, service, path, conns, secs = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+body = open(path, "rb").read()
+http = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % len(body)
+req = (b"RESPMOD icap://127.0.0.1:%d/%s ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\n"
+       b"Encapsulated: res-hdr=0, res-body=%d\r\n\r\n" % (port, service.encode(), len(http))
+       + http + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+counts = [[0, 0, 0] for _ in range(conns)]  # 204s, 200 echoes, errors
+end = time.time() + secs
+
+class Conn:
+    def __init__(self):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.buf = b""
+    def need(self, n):
+        while len(self.buf) < n:
+            got = self.s.recv(1 << 16)
+            if not got:
+                raise OSError("closed")
+            self.buf += got
+    def until(self, sep):
+        while sep not in self.buf:
+            got = self.s.recv(1 << 16)
+            if not got:
+                raise OSError("closed")
+            self.buf += got
+        i = self.buf.index(sep) + len(sep)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+    def take(self, n):
+        self.need(n)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+def answer(c):
+    """1 for a 204, 2 for a 200 echoing the body unchanged; raises otherwise."""
+    head = c.until(b"\r\n\r\n")
+    if head.startswith(b"ICAP/1.0 204"):
+        return 1, head
+    if not head.startswith(b"ICAP/1.0 200"):
+        raise ValueError(head.split(b"\r\n")[0])
+    enc = [l for l in head.split(b"\r\n") if l.lower().startswith(b"encapsulated:")][0]
+    parts = dict(p.strip().split(b"=") for p in enc.split(b":", 1)[1].split(b","))
+    c.take(int(parts[b"res-body"]))
+    n = 0
+    while True:
+        size = int(c.until(b"\r\n").split(b";")[0], 16)
+        if size == 0:
+            c.until(b"\r\n")
+            break
+        data = c.take(size)
+        if data != body[n:n + size]:
+            raise ValueError("echo differs")
+        n += size
+        c.take(2)
+    if n != len(body):
+        raise ValueError("echo of %d bytes" % n)
+    return 2, head
+
+def worker(i):
+    c = None
+    while time.time() < end:
+        try:
+            if c is None:
+                c = Conn()
+            c.s.sendall(req)
+            kind, head = answer(c)
+            counts[i][kind - 1] += 1
+            if b"connection: close" in head.lower():
+                c.s.close(); c = None
+        except (OSError, ValueError, KeyError, IndexError):
+            counts[i][2] += 1
+            if c is not None:
+                c.s.close()
+            c = None
+    if c is not None:
+        c.s.close()
+
+ts = [threading.Thread(target=worker, args=(i,)) for i in range(conns)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(sum(c[0] for c in counts), sum(c[1] for c in counts), sum(c[2] for c in counts))
+PY
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  return 1
+}
+group_pids() { ps -o pid= -g "$1" 2>/dev/null | tr -d ' '; }
+ticks() { # user + system ticks of the given pids
+  local t=0 p v
+  for p in "$@"; do
+    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    t=$((t + v))
+  done
+  echo "$t"
+}
+tck=$(getconf CLK_TCK)
+
+# One measured case: $1 name, $2 port, $3 service, $4 body file, then the server command.
+run_case() {
+  local name=$1 port=$2 service=$3 body=$4
+  shift 4
+  setsid "$@" > "$work/$name.out" 2>&1 &
+  server_pid=$!
+  if ! wait_port "$port"; then
+    printf '%-24s FAILED: nothing listens on port %s; its output:\n' "$name" "$port"
+    sed -n '1,5p' "$work/$name.out"
+    kill -TERM -- "-$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+    return 0
+  fi
+  sleep 0.5
+  local pids c0 k0 c1 k1 ok echoed err t0 t1 rss big v n
+  # shellcheck disable=SC2207
+  pids=($(group_pids "$server_pid"))
+  c0=$(ticks "${pids[@]}"); k0=$(ticks "$clamd_pid")
+  t0=$(date +%s.%N)
+  read -r ok echoed err < <(python3 "$work/load.py" "$port" "$service" "$body" "$conc" "$secs")
+  t1=$(date +%s.%N)
+  # shellcheck disable=SC2207
+  pids=($(group_pids "$server_pid"))
+  c1=$(ticks "${pids[@]}"); k1=$(ticks "$clamd_pid")
+  rss=0; big=0; n=0
+  for p in "${pids[@]}"; do
+    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    rss=$((rss + v)); n=$((n + 1))
+    if [ "$v" -gt "$big" ]; then big=$v; fi
+  done
+  kill -TERM -- "-$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+  local answers=$((ok + echoed))
+  local total=$((answers + err))
+  [ "$total" -gt 0 ] || total=1
+  printf '%-24s %8s %7s %9.1f %7s %10.1f %10.1f %6s %10s %10s\n' "$name" "$answers" "$echoed" \
+    "$(echo "$answers / ($t1 - $t0)" | bc -l)" "$err" \
+    "$(echo "($c1 - $c0) * 1000000 / $tck / $total" | bc -l)" \
+    "$(echo "($k1 - $k0) * 1000000 / $tck / $total" | bc -l)" \
+    "$n" "$rss" "$big"
+}
+
+cicap_conf() { # $1 dir, $2 port
+  sed -e "s|@PORT@|$2|g" -e "s|@DIR@|$1|g" -e "s|@MODDIR@|$moddir|g" \
+      -e "s|@PEERS@|$PWD/tests/peers|g" -e "s|@EXTRA@||g" \
+      -e "s|^ThreadsPerChild .*|ThreadsPerChild $conc|" \
+      -e "s|^MaxSpareThreads .*|MaxSpareThreads $conc|" \
+      -e "s|^DebugLevel .*|DebugLevel 0|" \
+      tests/peers/c-icap/c-icap.conf.in > "$1/c-icap.conf"
+  cat >> "$1/c-icap.conf" <<CONF
+Module common clamd_mod.so
+clamd_mod.ClamdSocket $work/clamd.sock
+Service virus_scan virus_scan.so
+virus_scan.DefaultEngine clamd
+virus_scan.ScanFileTypes TEXT DATA EXECUTABLE ARCHIVE GIF JPEG MSOFFICE
+virus_scan.MaxObjectSize 100M
+virus_scan.Allow204Responces on
+CONF
+}
+
+echo "load: $conc keep-alive connections, RESPMOD + Allow: 204, no preview, ${secs}s per case;" \
+  "$(nproc) cores (shared: figures are noisy); clamd $(clamd --version | cut -d/ -f1)"
+printf '%-24s %8s %7s %9s %7s %10s %10s %6s %10s %10s\n' server answers "of 200" "txn/s" errors \
+  "cpu us/txn" "clamd us/t" procs "peak KiB" "largest"
+for size in $sizes; do
+  set +o pipefail
+  { head -c $((size / 2)) /dev/urandom
+    yes "Quarterly report draft, internal use only, order 4711 shipped to customer" | head -c $((size - size / 2))
+  } > "$work/body.$size"
+  set -o pipefail
+  for r in $(seq 1 "$rounds"); do
+    port=$(free_port)
+    run_case "dlp-server-$size-r$r" "$port" respmod "$work/body.$size" \
+      target/release/examples/dlp-server --listen "127.0.0.1:$port" --clamd "$work/clamd.sock"
+    if [ -n "${DLP_BASELINE:-}" ]; then
+      port=$(free_port)
+      run_case "baseline-$size-r$r" "$port" respmod "$work/body.$size" \
+        "$DLP_BASELINE" --listen "127.0.0.1:$port" --clamd "$work/clamd.sock"
+    fi
+    port=$(free_port)
+    mkdir -p "$work/c-icap"
+    cicap_conf "$work/c-icap" "$port"
+    run_case "c-icap-vscan-$size-r$r" "$port" virus_scan "$work/body.$size" \
+      c-icap -N -f "$work/c-icap/c-icap.conf"
+  done
+done
