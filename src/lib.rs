@@ -75,9 +75,9 @@ mod transaction;
 mod upstream;
 mod uri;
 
-/// The README's code blocks, compiled and run as doctests (the scanner block needs the
-/// client).
-#[cfg(all(doctest, feature = "client"))]
+/// The README's code blocks, compiled and run as doctests (the client, scanner and server
+/// blocks need their features).
+#[cfg(all(doctest, feature = "scan", feature = "server"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
