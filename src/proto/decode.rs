@@ -340,12 +340,9 @@ impl<M: Message> Decoder<M> {
         if let State::Body { .. } = self.state {
             return self.body_step();
         }
-        // Returned as it came: re-wrapping would copy the (large) event once more.
-        let r = self.step();
-        if r.is_err() {
-            self.state = State::Failed;
-        }
-        r
+        // Returned as it came, without a look at it (`step` marks the decoder failed
+        // itself): a result kept to be looked at is copied whole, as large as a head.
+        self.step()
     }
 
     /// An empty view still holds the caller's buffer (`advance` keeps it): let go, so the
@@ -442,25 +439,25 @@ impl<M: Message> Decoder<M> {
                 let base = at + start;
                 match section {
                     crate::Section::ReqHdr => {
-                        req = Some(
-                            HttpRequestHead::parse_in(
-                                part,
-                                self.limits.max_headers,
-                                &mut self.spans,
-                            )
-                            .map_err(|e| e.at(base))?,
-                        )
+                        match HttpRequestHead::parse_in(
+                            part,
+                            self.limits.max_headers,
+                            &mut self.spans,
+                        ) {
+                            Ok(h) => req = Some(h),
+                            Err(e) => return Err(self.fail(e.at(base))),
+                        }
                     }
                     _ => {
-                        res = Some(
-                            HttpResponseHead::parse_in(
-                                part,
-                                self.limits.max_headers,
-                                self.limits.max_folded_value,
-                                &mut self.spans,
-                            )
-                            .map_err(|e| e.at(base))?,
-                        )
+                        match HttpResponseHead::parse_in(
+                            part,
+                            self.limits.max_headers,
+                            self.limits.max_folded_value,
+                            &mut self.spans,
+                        ) {
+                            Ok(h) => res = Some(h),
+                            Err(e) => return Err(self.fail(e.at(base))),
+                        }
                     }
                 }
             }
@@ -526,14 +523,18 @@ impl<M: Message> Decoder<M> {
                     };
                     let (n, fields) = match fast {
                         Some((n, hstart, fields)) => (n, Some((hstart, fields))),
-                        None => match self.scan_icap(scanned, limit)? {
-                            Some(n) => (n, None),
-                            None => return Ok(None),
+                        None => match self.scan_icap(scanned, limit) {
+                            Ok(Some(n)) => (n, None),
+                            Ok(None) => return Ok(None),
+                            Err(e) => return Err(self.fail(e)),
                         },
                     };
                     let at = self.consumed;
                     let raw = self.take(n);
-                    let (line, headers, enc, preview) = M::parse_head(self, raw, at, fields)?;
+                    let (line, headers, enc, preview) = match M::parse_head(self, raw, at, fields) {
+                        Ok(parts) => parts,
+                        Err(e) => return Err(self.fail(e)),
+                    };
                     match enc {
                         None => {
                             // No Encapsulated header: nothing follows the head.
@@ -543,14 +544,14 @@ impl<M: Message> Decoder<M> {
                         Some(enc) => {
                             let heads = enc.heads_len();
                             if heads > self.limits.max_http_head as u64 {
-                                return Err(Error::new(
+                                return Err(self.fail(Error::new(
                                     ErrorKind::HttpHeadTooLarge,
                                     self.consumed,
                                     format!(
                                         "Encapsulated announces {heads} bytes of HTTP heads, over the limit of {}",
                                         self.limits.max_http_head
                                     ),
-                                ));
+                                )));
                             }
                             let at = self.consumed;
                             if self.buffered().len() as u64 >= heads {

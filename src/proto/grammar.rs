@@ -46,6 +46,51 @@ pub(crate) fn has_ctl(s: &[u8]) -> bool {
         .fold(false, |bad, &b| bad | (b < 0x20) | (b == 0x7f))
 }
 
+/// Sixteen bytes at a time, as bit masks (bit `k` for byte `k`), on x86-64: SSE2 compares
+/// and `pmovmskb` through `safe_arch`'s safe wrappers, so the crate keeps
+/// `forbid(unsafe_code)`. Elsewhere the scanners use eight-byte `u64` steps (SWAR) instead.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+pub(crate) mod simd {
+    use safe_arch::{
+        bitor_m128i, cmp_eq_mask_i8_m128i, m128i, min_u8_m128i, move_mask_i8_m128i,
+        set_splat_i8_m128i, sub_i8_m128i,
+    };
+
+    /// Bytes of `v` at most `n` (unsigned), as all-ones lanes.
+    #[inline(always)]
+    fn at_most(v: m128i, n: u8) -> m128i {
+        cmp_eq_mask_i8_m128i(min_u8_m128i(v, set_splat_i8_m128i(n as i8)), v)
+    }
+
+    /// Bytes of `v` in `lo..=hi`.
+    #[inline(always)]
+    fn between(v: m128i, lo: u8, hi: u8) -> m128i {
+        at_most(sub_i8_m128i(v, set_splat_i8_m128i(lo as i8)), hi - lo)
+    }
+
+    /// Control bytes (below 0x20, HTAB included) and DEL: where a field value stops.
+    #[inline(always)]
+    pub(crate) fn ctl_mask(block: &[u8; 16]) -> u32 {
+        let v = m128i::from(*block);
+        let ctl = at_most(v, 0x1f);
+        let del = cmp_eq_mask_i8_m128i(v, set_splat_i8_m128i(0x7f));
+        move_mask_i8_m128i(bitor_m128i(ctl, del)) as u32
+    }
+
+    /// Bytes other than `A-Z a-z 0-9 -`, which nearly every header name is made of (all
+    /// `tchar`s): the first such byte is usually the colon.
+    #[inline(always)]
+    pub(crate) fn not_name_fast_mask(block: &[u8; 16]) -> u32 {
+        let v = m128i::from(*block);
+        // Bit 5 set maps A-Z onto a-z and no byte outside A-Z into a-z.
+        let alpha = between(bitor_m128i(v, set_splat_i8_m128i(0x20)), b'a', b'z');
+        let digit = between(v, b'0', b'9');
+        let dash = cmp_eq_mask_i8_m128i(v, set_splat_i8_m128i(b'-' as i8));
+        let fast = bitor_m128i(bitor_m128i(alpha, digit), dash);
+        !(move_mask_i8_m128i(fast) as u32) & 0xffff
+    }
+}
+
 /// Optional whitespace (SP and HTAB) trimmed from both ends, with the count trimmed from the
 /// front (a header value's offset in its line).
 #[inline]
