@@ -40,9 +40,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use icap::server::{MinRate, ServerConfig};
-use icap_dlp_engine::listen;
 use icap::tls::ReloadableServerTls;
 use icap_dlp_engine::clamd::{Clamd, ClamdAddr, ClamdConfig};
+use icap_dlp_engine::listen;
 use icap_dlp_engine::ops;
 use icap_dlp_engine::service::{self as dlp_service, DlpConfig, OverLimit, Profile};
 use icap_dlp_engine::Rules;

@@ -30,10 +30,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use icap::builder::ErrorStatus;
 use icap::server::{IncomingRequest, Reply, ReplyBody, Server, ServerConfig, Stats};
 use icap::tls::ServerTls;
 use icap::BoxError;
-use icap::builder::ErrorStatus;
 use icap::{Method, ServiceOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
