@@ -27,7 +27,8 @@ use icap_dlp_engine::clamd::{Clamd, ClamdAddr, ClamdConfig, ClamdError, ClamdVer
 use icap_dlp_engine::service::{self, DlpConfig, OverLimit, Profile, Running};
 use icap_dlp_engine::EICAR;
 use peers_support::{
-    run_tool, serial, write_file, CIcap, ClamdPeer, Origin, Squid, TempDir, CLAMD_EICAR_NAME,
+    curl_via, run_tool, serial, write_file, CIcap, ClamdPeer, Origin, Squid, TempDir,
+    CLAMD_EICAR_NAME,
 };
 use sha2::{Digest, Sha256};
 
@@ -469,27 +470,10 @@ fn clamd_down_means_503_and_service_resumes_when_it_is_back() {
     );
 }
 
-/// curl through squid; `upload` POSTs that file. (status, body, curl's exit success).
+/// curl through squid (60 s at most); `upload` POSTs that file. (status, body, success).
 fn curl(dir: &Path, proxy: &str, url: &str, upload: Option<&Path>) -> (u16, Vec<u8>, bool) {
-    let out = dir.join("curl.body");
-    let _ = std::fs::remove_file(&out);
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "60", "-x", proxy, "-o"])
-        .arg(&out)
-        .args(["-w", "%{http_code}"]);
-    if let Some(f) = upload {
-        cmd.arg("-H")
-            .arg("Content-Type: application/octet-stream")
-            .arg("--data-binary")
-            .arg(format!("@{}", f.display()));
-    }
-    cmd.arg(url);
-    let r = run_tool(dir, &mut cmd, Duration::from_secs(70));
-    (
-        r.stdout.trim().parse().unwrap_or(0),
-        std::fs::read(&out).unwrap_or_default(),
-        r.status.success(),
-    )
+    let f = curl_via(dir, proxy, url, upload, Duration::from_secs(60));
+    (f.code, f.body, f.ok)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use icap::{ResponseDecoder, ResponseEvent};
 use peers_support::{
-    available, find_program, free_port, gen_certs, run_tool, serial, write_file, CIcap, Process,
-    Stunnel, StunnelMode, TempDir, ToolOutput,
+    assert_sample_verdicts, available, find_program, free_port, gen_certs, run_tool, scan_verdicts,
+    serial, write_file, CIcap, Process, Stunnel, StunnelMode, TempDir, ToolOutput,
 };
 use sha2::{Digest, Sha256};
 
@@ -671,21 +671,9 @@ fn an_upstream_killed_mid_run_fails_over_and_every_file_gets_its_verdict() {
         }
     };
     let out = std::fs::read_to_string(&scan_out).unwrap();
-    let verdicts: Vec<serde_json::Value> = out
-        .lines()
-        .filter(|l| l.contains("\"file\""))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let verdicts = scan_verdicts(&out);
     assert_eq!(verdicts.len(), 120, "{out}");
-    for v in &verdicts {
-        let file = v["file"].as_str().unwrap();
-        let want = if file.ends_with(".csv") {
-            "blocked"
-        } else {
-            "allowed"
-        };
-        assert_eq!(v["verdict"], want, "{v}");
-    }
+    assert_sample_verdicts(&verdicts, "");
     assert_eq!(status.code(), Some(1), "{out}");
     // After the kill every transaction was answered by the survivor.
     let log = gw.wait_matching(" REQMOD ", 120);

@@ -14,7 +14,9 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use peers_support::{available, free_port, serial, Process, TempDir};
+use peers_support::{
+    assert_sample_verdicts, available, free_port, scan_verdicts, serial, Process, TempDir,
+};
 
 mod example_bins;
 use example_bins::{data, example};
@@ -167,21 +169,9 @@ fn a_server_killed_behind_haproxy_costs_no_verdict() {
     };
     let out = std::fs::read_to_string(&scan_out).unwrap();
     let err = std::fs::read_to_string(dir.join("scan.err")).unwrap();
-    let verdicts: Vec<serde_json::Value> = out
-        .lines()
-        .filter(|l| l.contains("\"file\""))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let verdicts = scan_verdicts(&out);
     assert_eq!(verdicts.len(), 300, "{out}\n{err}");
-    for v in &verdicts {
-        let file = v["file"].as_str().unwrap();
-        let want = if file.ends_with(".csv") {
-            "blocked"
-        } else {
-            "allowed"
-        };
-        assert_eq!(v["verdict"], want, "{v}\n{err}");
-    }
+    assert_sample_verdicts(&verdicts, &err);
     // 1: something was blocked, and nothing failed.
     assert_eq!(status.code(), Some(1), "{out}\n{err}");
     // HAProxy saw the server go, and the two others carried the rest of the files.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use icap::server::Stats;
 use icap_dlp_engine::service::{self as dlp_service, DlpConfig, Profile, Running};
 use icap_dlp_engine::{Rules, EICAR};
-use peers_support::{run_tool, write_file, Origin, Squid, TempDir, ToolOutput};
+use peers_support::{curl_via, run_tool, write_file, Fetched, Origin, Squid, TempDir, ToolOutput};
 use sha2::{Digest, Sha256};
 
 /// A test card number (Visa test range, passes Luhn).
@@ -486,33 +486,11 @@ fn cicap_client_vendor_profiles() {
 // ---------------------------------------------------------------------------------------------
 // squid + curl
 
-/// What curl got.
-struct Fetched {
-    code: u16,
-    body: Vec<u8>,
-}
-
-/// curl through the proxy; `upload` POSTs that file.
+/// curl through the proxy (30 s at most); `upload` POSTs that file. curl must succeed.
 fn curl(dir: &Path, proxy: &str, url: &str, upload: Option<&Path>) -> Fetched {
-    let out = dir.join("curl.body");
-    let _ = std::fs::remove_file(&out);
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "30", "-x", proxy, "-o"])
-        .arg(&out)
-        .args(["-w", "%{http_code}"]);
-    if let Some(f) = upload {
-        cmd.arg("-H")
-            .arg("Content-Type: application/octet-stream")
-            .arg("--data-binary")
-            .arg(format!("@{}", f.display()));
-    }
-    cmd.arg(url);
-    let r = run_tool(dir, &mut cmd, Duration::from_secs(40));
-    assert!(r.status.success(), "curl {url}: {}\n{}", r.status, r.stderr);
-    Fetched {
-        code: r.stdout.trim().parse().expect("curl's %{http_code}"),
-        body: std::fs::read(&out).unwrap_or_default(),
-    }
+    let f = curl_via(dir, proxy, url, upload, Duration::from_secs(30));
+    assert!(f.ok, "curl {url} failed (status {})", f.code);
+    f
 }
 
 /// Files the origin serves, and what each should give through squid.

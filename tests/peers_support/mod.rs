@@ -364,6 +364,69 @@ pub fn run_tool(dir: &Path, cmd: &mut Command, limit: Duration) -> ToolOutput {
     }
 }
 
+/// What curl got through a proxy.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The HTTP status (0 when curl got none).
+    pub code: u16,
+    /// The body as far as it came.
+    pub body: Vec<u8>,
+    /// Whether curl exited 0 (a transfer cut by the proxy makes it fail).
+    pub ok: bool,
+}
+
+/// curl through the HTTP proxy `proxy`, giving up after `max_time`; `upload` POSTs that file.
+pub fn curl_via(
+    dir: &Path,
+    proxy: &str,
+    url: &str,
+    upload: Option<&Path>,
+    max_time: Duration,
+) -> Fetched {
+    let out = dir.join("curl.body");
+    let _ = fs::remove_file(&out);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", &max_time.as_secs().to_string()])
+        .args(["-x", proxy, "-o"])
+        .arg(&out)
+        .args(["-w", "%{http_code}"]);
+    if let Some(f) = upload {
+        cmd.arg("-H")
+            .arg("Content-Type: application/octet-stream")
+            .arg("--data-binary")
+            .arg(format!("@{}", f.display()));
+    }
+    cmd.arg(url);
+    let r = run_tool(dir, &mut cmd, max_time + Duration::from_secs(10));
+    Fetched {
+        code: r.stdout.trim().parse().unwrap_or(0),
+        body: fs::read(&out).unwrap_or_default(),
+        ok: r.status.success(),
+    }
+}
+
+/// The verdicts of `dlp-scan --json` output: one JSON object per scanned file.
+pub fn scan_verdicts(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter(|l| l.contains("\"file\""))
+        .map(|l| serde_json::from_str(l).expect("dlp-scan --json line"))
+        .collect()
+}
+
+/// Checks each verdict against the sample set the peer tests scan: `.csv` files hold card
+/// numbers and are blocked, the others are allowed.
+pub fn assert_sample_verdicts(verdicts: &[serde_json::Value], context: &str) {
+    for v in verdicts {
+        let file = v["file"].as_str().expect("file name");
+        let want = if file.ends_with(".csv") {
+            "blocked"
+        } else {
+            "allowed"
+        };
+        assert_eq!(v["verdict"], want, "{v}\n{context}");
+    }
+}
+
 /// Writes `data` to `path`.
 pub fn write_file(path: &Path, data: &[u8]) {
     fs::File::create(path)
