@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use icap::{ResponseDecoder, ResponseEvent};
 use peers_support::{
     assert_sample_verdicts, available, find_program, free_port, gen_certs, run_tool, scan_verdicts,
-    serial, write_file, CIcap, Process, Stunnel, StunnelMode, TempDir, ToolOutput,
+    serial, wait_for, write_file, CIcap, Process, Stunnel, StunnelMode, TempDir, ToolOutput,
 };
 use sha2::{Digest, Sha256};
 
@@ -657,18 +657,9 @@ fn an_upstream_killed_mid_run_fails_over_and_every_file_gets_its_verdict() {
         .status()
         .unwrap();
     a.stop();
-    let status = {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = scan.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > end {
-                let _ = scan.kill();
-                panic!("dlp-scan did not finish");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let Some(status) = wait_for(&mut scan, Duration::from_secs(60)) else {
+        let _ = scan.kill();
+        panic!("dlp-scan did not finish");
     };
     let out = std::fs::read_to_string(&scan_out).unwrap();
     let verdicts = scan_verdicts(&out);

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use peers_support::{
-    assert_sample_verdicts, available, free_port, scan_verdicts, serial, Process, TempDir,
+    assert_sample_verdicts, available, free_port, scan_verdicts, serial, wait_for, Process, TempDir,
 };
 
 mod example_bins;
@@ -154,18 +154,9 @@ fn a_server_killed_behind_haproxy_costs_no_verdict() {
     servers[victim].stop();
     let killed_at = scanned(&servers[victim]);
 
-    let status = {
-        let end = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(s) = scan.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > end {
-                let _ = scan.kill();
-                panic!("dlp-scan did not finish");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let Some(status) = wait_for(&mut scan, Duration::from_secs(120)) else {
+        let _ = scan.kill();
+        panic!("dlp-scan did not finish");
     };
     let out = std::fs::read_to_string(&scan_out).unwrap();
     let err = std::fs::read_to_string(dir.join("scan.err")).unwrap();

@@ -207,7 +207,8 @@ fn send_signal(signal: &str, target: &str) {
 }
 
 /// Waits for `child` to exit for at most `limit`.
-fn wait_for(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+/// Waits up to `limit` for `child` to exit.
+pub fn wait_for(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let end = Instant::now() + limit;
     loop {
         if let Ok(Some(s)) = child.try_wait() {
