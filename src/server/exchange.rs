@@ -191,6 +191,11 @@ impl Server {
             let can_read = feed.pieces.is_some()
                 && txn.receiving()
                 && (in_preview || feed.sent - feed.seen < READ_AHEAD);
+            if !can_read {
+                // Only the service can move next, maybe not soon (a verdict awaited): what it
+                // passed on so far goes out now rather than wait for the next read.
+                conn.flush_queued(txn).await.map_err(|_| Close)?;
+            }
             // The service first, then what it asked for, and only then the socket: what the
             // service looked at in this poll is passed on (echo) and dropped before the next
             // read, so that read finds the buffer free and reuses it, instead of allocating a
@@ -425,9 +430,10 @@ impl Server {
     }
 }
 
-/// Sends one piece of a streaming echo.
+/// Queues one piece of a streaming echo; written with the pieces after it (see
+/// [`Conn::queue_out`]).
 async fn forward(conn: &mut Conn<'_>, txn: &mut ServerTransaction, b: Bytes) -> io::Result<()> {
     txn.send_data(b)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    conn.flush_out(txn).await
+    conn.queue_out(txn).await
 }
