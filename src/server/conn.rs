@@ -53,6 +53,10 @@ pub(crate) struct Conn<'s> {
     /// Room made in the read buffer before each read: [`HEAD_ROOM`] until the head is in,
     /// [`BODY_ROOM`] after, growing to [`BODY_ROOM_MAX`] while reads fill it.
     room: usize,
+    /// Whether the body's read room may grow: not while its pieces are kept (a spool for an
+    /// echo after the service), as each kept piece holds on to the whole buffer it was read
+    /// into.
+    room_grows: bool,
 }
 
 /// Read room while a head is awaited. The decoded head points into the buffer it was read
@@ -167,10 +171,15 @@ impl Conn<'_> {
             self.seen.received += n as u64;
             self.seen.started.get_or_insert_with(Instant::now);
         }
-        if self.room >= BODY_ROOM && n >= self.room {
+        if self.room_grows && self.room >= BODY_ROOM && n >= self.room {
             self.room = (self.room * 2).min(BODY_ROOM_MAX);
         }
         Ok(n)
+    }
+
+    /// Lets the body's read room grow (see [`BODY_ROOM_MAX`]), or keeps it as it is.
+    pub(crate) fn let_room_grow(&mut self, grow: bool) {
+        self.room_grows = grow;
     }
 
     /// Writes the queued answer bytes once they reach [`WRITE_HIGH`]; below that they wait
@@ -543,6 +552,7 @@ impl Server {
             reading_since: None,
             seen: Seen::default(),
             room: HEAD_ROOM,
+            room_grows: false,
         };
         observe::server_connections(1.0);
         let mut decoder = RequestDecoder::new(self.config.limits);

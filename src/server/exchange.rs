@@ -143,6 +143,7 @@ impl Server {
         let body = Body::new(has_body.then_some(piece_rx), ctl_tx, previewed);
         let spool = (!head.allows_204() && has_body)
             .then(|| Spool::new(self.config.spool_memory, self.config.spool_dir.clone()));
+        conn.let_room_grow(spool.is_none());
         let mut ex = Exchange {
             head,
             istag,
@@ -342,6 +343,7 @@ impl Server {
         });
         // Nothing will be echoed from a spool any more.
         ex.spool = None;
+        conn.let_room_grow(true);
         let _ = done.send(Ok(()));
         Ok(())
     }
