@@ -4,8 +4,8 @@
 # libc-icap-mod-virus-scan), the combination sites run behind squid.
 #
 # One clamd (foreground, a Unix socket, a one-line EICAR database, StructuredDataDetection on,
-# MaxThreads 16) serves both. The load generator is the same for both: CONC keep-alive
-# connections (python3 threads, raw sockets), each sending RESPMOD with Allow: 204 and no
+# MaxThreads 16) serves both. The load generator is the same for both (benches/icap_load.py):
+# CONC keep-alive connections (python3 threads, raw sockets), each sending RESPMOD with Allow: 204 and no
 # preview, a clean body of SIZE bytes (random bytes and text: no card, SSN or EICAR), one
 # after the other for SECS seconds. An answer is a 204, or a 200 that echoes the body
 # unchanged (read whole and compared: c-icap answers bodies of 64 KiB and more so, Allow: 204
@@ -77,90 +77,6 @@ clamd_pid=$!
 for _ in $(seq 300); do [ -S "$work/clamd.sock" ] && break; sleep 0.1; done
 [ -S "$work/clamd.sock" ] || { echo "clamd did not start:" >&2; cat "$work/clamd.out" >&2; exit 1; }
 
-cat > "$work/load.py" <<'PY'
-import socket, sys, threading, time
-port, service, path, conns, secs = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
-body = open(path, "rb").read()
-http = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % len(body)
-req = (b"RESPMOD icap://127.0.0.1:%d/%s ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\n"
-       b"Encapsulated: res-hdr=0, res-body=%d\r\n\r\n" % (port, service.encode(), len(http))
-       + http + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
-counts = [[0, 0, 0] for _ in range(conns)]  # 204s, 200 echoes, errors
-end = time.time() + secs
-
-class Conn:
-    def __init__(self):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=60)
-        self.buf = b""
-    def need(self, n):
-        while len(self.buf) < n:
-            got = self.s.recv(1 << 16)
-            if not got:
-                raise OSError("closed")
-            self.buf += got
-    def until(self, sep):
-        while sep not in self.buf:
-            got = self.s.recv(1 << 16)
-            if not got:
-                raise OSError("closed")
-            self.buf += got
-        i = self.buf.index(sep) + len(sep)
-        out, self.buf = self.buf[:i], self.buf[i:]
-        return out
-    def take(self, n):
-        self.need(n)
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-def answer(c):
-    """1 for a 204, 2 for a 200 echoing the body unchanged; raises otherwise."""
-    head = c.until(b"\r\n\r\n")
-    if head.startswith(b"ICAP/1.0 204"):
-        return 1, head
-    if not head.startswith(b"ICAP/1.0 200"):
-        raise ValueError(head.split(b"\r\n")[0])
-    enc = [l for l in head.split(b"\r\n") if l.lower().startswith(b"encapsulated:")][0]
-    parts = dict(p.strip().split(b"=") for p in enc.split(b":", 1)[1].split(b","))
-    c.take(int(parts[b"res-body"]))
-    n = 0
-    while True:
-        size = int(c.until(b"\r\n").split(b";")[0], 16)
-        if size == 0:
-            c.until(b"\r\n")
-            break
-        data = c.take(size)
-        if data != body[n:n + size]:
-            raise ValueError("echo differs")
-        n += size
-        c.take(2)
-    if n != len(body):
-        raise ValueError("echo of %d bytes" % n)
-    return 2, head
-
-def worker(i):
-    c = None
-    while time.time() < end:
-        try:
-            if c is None:
-                c = Conn()
-            c.s.sendall(req)
-            kind, head = answer(c)
-            counts[i][kind - 1] += 1
-            if b"connection: close" in head.lower():
-                c.s.close(); c = None
-        except (OSError, ValueError, KeyError, IndexError):
-            counts[i][2] += 1
-            if c is not None:
-                c.s.close()
-            c = None
-    if c is not None:
-        c.s.close()
-
-ts = [threading.Thread(target=worker, args=(i,)) for i in range(conns)]
-for t in ts: t.start()
-for t in ts: t.join()
-print(sum(c[0] for c in counts), sum(c[1] for c in counts), sum(c[2] for c in counts))
-PY
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
@@ -197,7 +113,7 @@ run_case() {
   pids=($(group_pids "$server_pid"))
   c0=$(ticks "${pids[@]}"); k0=$(ticks "$clamd_pid")
   t0=$(date +%s.%N)
-  read -r ok echoed err < <(python3 "$work/load.py" "$port" "$service" "$body" "$conc" "$secs")
+  read -r ok echoed err _ < <(python3 benches/icap_load.py "$port" "$service" "$body" "$conc" "$secs" --allow-204)
   t1=$(date +%s.%N)
   # shellcheck disable=SC2207
   pids=($(group_pids "$server_pid"))

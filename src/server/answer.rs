@@ -208,8 +208,10 @@ impl Server {
                     .map_err(|e| io::Error::other(e.to_string())),
                 ReplyBody::Reader(mut r) => {
                     let mut ok = Ok(());
-                    // One buffer for the whole body: each piece is written out (and dropped)
-                    // before the next read, which then reuses the buffer in place.
+                    // One buffer for the whole body: each full piece is written out (and
+                    // dropped) before the next read, which then reuses the buffer in place. A
+                    // short piece (the last, or all of a small body) waits for what follows,
+                    // so a small echo goes out in one write with its head and last chunk.
                     let mut buf = BytesMut::new();
                     loop {
                         buf.reserve(READER_ROOM);
@@ -220,7 +222,9 @@ impl Server {
                                     ok = Err(io::Error::other(e.to_string()));
                                     break;
                                 }
-                                if conn.flush_out(txn).await.is_err() {
+                                if bytes::Buf::remaining(txn.outgoing()) >= READER_ROOM
+                                    && conn.flush_out(txn).await.is_err()
+                                {
                                     return false;
                                 }
                             }

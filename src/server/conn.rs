@@ -51,8 +51,12 @@ pub(crate) struct Conn<'s> {
     /// What the transaction under way did, for its span and metrics.
     pub(crate) seen: Seen,
     /// Room made in the read buffer before each read: [`HEAD_ROOM`] until the head is in,
-    /// [`BODY_ROOM`] after.
+    /// [`BODY_ROOM`] after, growing to [`BODY_ROOM_MAX`] while reads fill it.
     room: usize,
+    /// Whether the body's read room may grow: not while its pieces are kept (a spool for an
+    /// echo after the service), as each kept piece holds on to the whole buffer it was read
+    /// into.
+    room_grows: bool,
 }
 
 /// Read room while a head is awaited. The decoded head points into the buffer it was read
@@ -67,10 +71,20 @@ const HEAD_ROOM: usize = 1024;
 /// other closely reuse it, a connection at rest holds only a small head buffer.
 const IDLE_SETTLE: Duration = Duration::from_millis(100);
 
-/// Read room inside a body: a read buffer the pieces of which are all passed on before the
-/// next read is reused in place, so this is, with the service's own state, the memory of a
-/// connection streaming a body.
+/// Read room at the start of a body: a read buffer the pieces of which are all passed on
+/// before the next read is reused in place, so this is, with the service's own state, the
+/// memory of a connection streaming a body.
 const BODY_ROOM: usize = 16 * 1024;
+
+/// The most read room a body grows to: a read that fills the room doubles it, so a body that
+/// arrives faster than it is passed on is read in fewer, larger reads (32 per MiB at most
+/// once grown), while a slow one keeps the small buffer.
+const BODY_ROOM_MAX: usize = 64 * 1024;
+
+/// Answer bytes queued before they are written without waiting for a read that would block:
+/// pieces of an echo are queued as the service passes them, and written together before the
+/// connection next waits on the client (see [`Conn::next_piece`]) or once this much is queued.
+const WRITE_HIGH: usize = 64 * 1024;
 
 /// One transaction as seen on the wire: reset before each, reported after.
 #[derive(Default)]
@@ -157,7 +171,34 @@ impl Conn<'_> {
             self.seen.received += n as u64;
             self.seen.started.get_or_insert_with(Instant::now);
         }
+        if self.room_grows && self.room >= BODY_ROOM && n >= self.room {
+            self.room = (self.room * 2).min(BODY_ROOM_MAX);
+        }
         Ok(n)
+    }
+
+    /// Lets the body's read room grow (see [`BODY_ROOM_MAX`]), or keeps it as it is.
+    pub(crate) fn let_room_grow(&mut self, grow: bool) {
+        self.room_grows = grow;
+    }
+
+    /// Writes the queued answer bytes once they reach [`WRITE_HIGH`]; below that they wait
+    /// for more, up to the next read that finds nothing buffered.
+    pub(crate) async fn queue_out(&mut self, txn: &mut ServerTransaction) -> io::Result<()> {
+        if bytes::Buf::remaining(txn.outgoing()) >= WRITE_HIGH {
+            self.flush_out(txn).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes what is queued, if anything.
+    pub(crate) async fn flush_queued(&mut self, txn: &mut ServerTransaction) -> io::Result<()> {
+        if bytes::Buf::has_remaining(txn.outgoing()) {
+            self.flush_out(txn).await
+        } else {
+            Ok(())
+        }
     }
 
     /// Lets the read buffer go once the request is read to its end with nothing of the next
@@ -329,6 +370,11 @@ impl Conn<'_> {
             if !txn.receiving() {
                 return Ok(Got::End);
             }
+            // Nothing buffered is left to pass on: what was queued goes out now, in one
+            // write, before waiting on the client.
+            self.flush_queued(txn)
+                .await
+                .map_err(|e| BodyError::Io(Arc::new(e)))?;
             let per_read = Some(self.cfg.read_timeout);
             match self.read_timed(txn, per_read).await {
                 Err(ReadFail::Timeout) => return Err(BodyError::Timeout),
@@ -506,6 +552,7 @@ impl Server {
             reading_since: None,
             seen: Seen::default(),
             room: HEAD_ROOM,
+            room_grows: false,
         };
         observe::server_connections(1.0);
         let mut decoder = RequestDecoder::new(self.config.limits);

@@ -143,6 +143,7 @@ impl Server {
         let body = Body::new(has_body.then_some(piece_rx), ctl_tx, previewed);
         let spool = (!head.allows_204() && has_body)
             .then(|| Spool::new(self.config.spool_memory, self.config.spool_dir.clone()));
+        conn.let_room_grow(spool.is_none());
         let mut ex = Exchange {
             head,
             istag,
@@ -191,6 +192,11 @@ impl Server {
             let can_read = feed.pieces.is_some()
                 && txn.receiving()
                 && (in_preview || feed.sent - feed.seen < READ_AHEAD);
+            if !can_read {
+                // Only the service can move next, maybe not soon (a verdict awaited): what it
+                // passed on so far goes out now rather than wait for the next read.
+                conn.flush_queued(txn).await.map_err(|_| Close)?;
+            }
             // The service first, then what it asked for, and only then the socket: what the
             // service looked at in this poll is passed on (echo) and dropped before the next
             // read, so that read finds the buffer free and reuses it, instead of allocating a
@@ -337,6 +343,7 @@ impl Server {
         });
         // Nothing will be echoed from a spool any more.
         ex.spool = None;
+        conn.let_room_grow(true);
         let _ = done.send(Ok(()));
         Ok(())
     }
@@ -425,9 +432,10 @@ impl Server {
     }
 }
 
-/// Sends one piece of a streaming echo.
+/// Queues one piece of a streaming echo; written with the pieces after it (see
+/// [`Conn::queue_out`]).
 async fn forward(conn: &mut Conn<'_>, txn: &mut ServerTransaction, b: Bytes) -> io::Result<()> {
     txn.send_data(b)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    conn.flush_out(txn).await
+    conn.queue_out(txn).await
 }
