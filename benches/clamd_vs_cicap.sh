@@ -28,6 +28,7 @@
 # and clamd_mod.so (libc-icap-mod-virus-scan), python3; .ci/install-peers.sh installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 rounds=${1:-2}
 secs=${2:-10}
 conc=${3:-16}
@@ -78,20 +79,6 @@ for _ in $(seq 300); do [ -S "$work/clamd.sock" ] && break; sleep 0.1; done
 [ -S "$work/clamd.sock" ] || { echo "clamd did not start:" >&2; cat "$work/clamd.out" >&2; exit 1; }
 
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
-  return 1
-}
-group_pids() { ps -o pid= -g "$1" 2>/dev/null | tr -d ' '; }
-ticks() { # user + system ticks of the given pids
-  local t=0 p v
-  for p in "$@"; do
-    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-    t=$((t + v))
-  done
-  echo "$t"
-}
 tck=$(getconf CLK_TCK)
 
 # One measured case: $1 name, $2 port, $3 service, $4 body file, then the server command.

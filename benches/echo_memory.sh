@@ -44,6 +44,7 @@
 # a Rust toolchain (builds the release dlp-server example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 rounds=${1:-5}
 conc=${2:-64}
 kib=${3:-1024}
@@ -87,24 +88,9 @@ set +o pipefail
 } > "$work/body"
 set -o pipefail
 
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-  done
-}
 
-wait_port() {
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  return 1
-}
 
 # The processes of server group $1 (the server was started as a group leader).
-group_pids() { ps -o pid= -g "$1" 2>/dev/null | tr -d ' '; }
 
 # Largest sampled PSS total and anonymous RSS total (KiB) of group $1, written to $2.
 sample_pss() {

@@ -19,6 +19,7 @@
 # Rust toolchain, and an open-files hard limit above N (the holder raises its soft limit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 n=${1:-10000}
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -le "$((n + 100))" ]; then
@@ -38,21 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-  done
-}
 
-wait_port() {
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  return 1
-}
 
 rss_kib() { # RSS of process group $1, KiB
   local total=0 v pid

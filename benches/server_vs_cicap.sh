@@ -33,6 +33,7 @@
 # installs them), python3, bc, and a Rust toolchain (builds the release dlp-server example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 secs=${1:-5}
 rounds=${2:-1}
 sizes=${SIZES:-1024 1048576}
@@ -68,20 +69,6 @@ cleanup() {
 trap cleanup EXIT
 printf 'disable: card\ndisable: ssn\ndisable: eicar\n' > "$work/off.rules"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
-  return 1
-}
-group_pids() { ps -o pid= -g "$1" 2>/dev/null | tr -d ' '; }
-ticks() { # user + system ticks of the given pids
-  local t=0 p v
-  for p in "$@"; do
-    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-    t=$((t + v))
-  done
-  echo "$t"
-}
 tck=$(getconf CLK_TCK)
 
 cicap_conf() { # $1 dir, $2 port, $3 threads

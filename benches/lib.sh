@@ -1,0 +1,24 @@
+# Helpers shared by the side-by-side bench scripts (sourced, not run): ports on loopback,
+# process groups, and CPU ticks read from /proc.
+
+# A free TCP port on 127.0.0.1 (the kernel's choice).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits up to 30 s for something to listen on 127.0.0.1:$1; fails after that.
+wait_port() {
+  for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  return 1
+}
+
+# The PIDs of process group $1 (a server and its children).
+group_pids() { ps -o pid= -g "$1" 2>/dev/null | tr -d ' '; }
+
+# User + system clock ticks of the given PIDs, summed.
+ticks() {
+  local t=0 p v
+  for p in "$@"; do
+    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    t=$((t + v))
+  done
+  echo "$t"
+}
