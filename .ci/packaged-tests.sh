@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo package --locked --allow-dirty --no-verify >/dev/null
 ver=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-dir="target/package/icap-$ver"
+# cargo writes the package under its target directory, wherever CARGO_TARGET_DIR puts it.
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+dir="$target/package/icap-$ver"
 rm -rf "$dir"
-tar -xzf "target/package/icap-$ver.crate" -C target/package
-cargo test --manifest-path "$dir/Cargo.toml" --target-dir "$PWD/target" --features http,client,server \
+tar -xzf "$target/package/icap-$ver.crate" -C "$target/package"
+cargo test --manifest-path "$dir/Cargo.toml" --target-dir "$target" --features http,client,server \
   --test codec_rfc --test codec_captures --test builders --test codec_errors
