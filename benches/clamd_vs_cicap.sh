@@ -34,12 +34,9 @@ secs=${2:-10}
 conc=${3:-16}
 sizes=${SIZES:-1024 1048576}
 
-for p in clamd sigtool c-icap python3; do
-  command -v "$p" >/dev/null || [ -x "/usr/sbin/$p" ] ||
-    { echo "clamd_vs_cicap.sh: needs $p (see .ci/install-peers.sh)" >&2; exit 2; }
-done
+need clamd_vs_cicap.sh clamd sigtool c-icap python3
 PATH=$PATH:/usr/sbin
-moddir=$(dirname "$(ls /usr/lib/*/c_icap/virus_scan.so /usr/lib/c_icap/virus_scan.so 2>/dev/null | head -1)" 2>/dev/null || true)
+moddir=$(cicap_module_dir virus_scan.so)
 [ -n "$moddir" ] || { echo "clamd_vs_cicap.sh: needs c-icap's virus_scan.so (libc-icap-mod-virus-scan)" >&2; exit 2; }
 
 cargo build --release --quiet --features server --example dlp-server

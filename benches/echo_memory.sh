@@ -52,10 +52,8 @@ shift $(($# < 3 ? $# : 3))
 if [ "${1:-}" = "--" ]; then shift; fi
 dlp_extra=("$@")
 
-for p in c-icap c-icap-client cmp; do
-  command -v "$p" >/dev/null || { echo "echo_memory.sh: needs $p (see .ci/install-peers.sh)" >&2; exit 2; }
-done
-moddir=$(dirname "$(ls /usr/lib/*/c_icap/srv_echo.so /usr/lib/c_icap/srv_echo.so 2>/dev/null | head -1)" 2>/dev/null || true)
+need echo_memory.sh c-icap c-icap-client cmp
+moddir=$(cicap_module_dir srv_echo.so)
 [ -n "$moddir" ] || { echo "echo_memory.sh: needs c-icap's srv_echo.so (see .ci/install-peers.sh)" >&2; exit 2; }
 
 cargo build --release --quiet --features server --example dlp-server

@@ -27,7 +27,7 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -le "$((n + 100))" ]; the
   exit 2
 fi
 command -v c-icap >/dev/null || { echo "idle_connections.sh: needs c-icap (see .ci/install-peers.sh)" >&2; exit 2; }
-moddir=$(dirname "$(ls /usr/lib/*/c_icap/srv_echo.so /usr/lib/c_icap/srv_echo.so 2>/dev/null | head -1)" 2>/dev/null || true)
+moddir=$(cicap_module_dir srv_echo.so)
 [ -n "$moddir" ] || { echo "idle_connections.sh: needs c-icap's srv_echo.so" >&2; exit 2; }
 
 cargo build --release --quiet --features server --example dlp-server

@@ -22,3 +22,18 @@ ticks() {
   done
   echo "$t"
 }
+
+# Exits 2 naming the first of the programs ($2...) that is missing, for script $1.
+need() {
+  local who=$1 p
+  shift
+  for p in "$@"; do
+    command -v "$p" >/dev/null || [ -x "/usr/sbin/$p" ] ||
+      { echo "$who: needs $p (see .ci/install-peers.sh)" >&2; exit 2; }
+  done
+}
+
+# The directory holding c-icap's module $1 (e.g. srv_echo.so), or nothing.
+cicap_module_dir() {
+  dirname "$(ls /usr/lib/*/c_icap/"$1" /usr/lib/c_icap/"$1" 2>/dev/null | head -1)" 2>/dev/null || true
+}

@@ -43,12 +43,9 @@ servers=${SERVERS:-dlp-on dlp-off c-icap}
 read -r -a dlp_args <<< "${DLP_ARGS:-}"
 if [ -n "${DLP_BASELINE:-}" ]; then servers="$servers base-on base-off"; fi
 
-for p in c-icap python3 bc; do
-  command -v "$p" >/dev/null || [ -x "/usr/sbin/$p" ] ||
-    { echo "server_vs_cicap.sh: needs $p (see .ci/install-peers.sh)" >&2; exit 2; }
-done
+need server_vs_cicap.sh c-icap python3 bc
 PATH=$PATH:/usr/sbin
-moddir=$(dirname "$(ls /usr/lib/*/c_icap/srv_echo.so /usr/lib/c_icap/srv_echo.so 2>/dev/null | head -1)" 2>/dev/null || true)
+moddir=$(cicap_module_dir srv_echo.so)
 [ -n "$moddir" ] || { echo "server_vs_cicap.sh: needs c-icap's srv_echo.so (see .ci/install-peers.sh)" >&2; exit 2; }
 
 if [ -n "${DLP_SERVER:-}" ]; then

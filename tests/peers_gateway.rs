@@ -35,7 +35,7 @@ use peers_support::{
 use sha2::{Digest, Sha256};
 
 mod example_bins;
-use example_bins::{data, example};
+use example_bins::{data, example, sample_files};
 
 /// The test PKI (`tests/peers/gen-certs.sh`) in a temporary directory.
 struct Pki {
@@ -613,17 +613,7 @@ fn an_upstream_killed_mid_run_fails_over_and_every_file_gets_its_verdict() {
         &dir,
     );
     // 120 files, every third one with card numbers.
-    let mut files = Vec::new();
-    for i in 0..120 {
-        let (src, name) = if i % 3 == 0 {
-            ("customer-export.csv", format!("export-{i:03}.csv"))
-        } else {
-            ("meeting-notes.md", format!("notes-{i:03}.md"))
-        };
-        let p = dir.join(&name);
-        std::fs::copy(data(src), &p).unwrap();
-        files.push(p.display().to_string());
-    }
+    let files = sample_files(dir.path(), 120);
     let mut cmd = Command::new(example("dlp-scan"));
     cmd.args(["--ca", &pki.file("ca.pem"), "--timeout", "20", "--json"])
         .args(["--client-cert", &pki.file("client.pem")])

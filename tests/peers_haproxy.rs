@@ -19,7 +19,7 @@ use peers_support::{
 };
 
 mod example_bins;
-use example_bins::{data, example};
+use example_bins::{example, sample_files};
 
 /// dlp-server on `port`, one line per scanned message in its log.
 fn dlp_server(dir: &TempDir, port: u16) -> Process {
@@ -115,17 +115,7 @@ fn a_server_killed_behind_haproxy_costs_no_verdict() {
     wait_log(&haproxy, "icap_servers/dlp3 is UP", Duration::from_secs(10));
 
     // 300 files, every third one with card numbers, scanned through HAProxy.
-    let mut files = Vec::new();
-    for i in 0..300 {
-        let (src, name) = if i % 3 == 0 {
-            ("customer-export.csv", format!("export-{i:03}.csv"))
-        } else {
-            ("meeting-notes.md", format!("notes-{i:03}.md"))
-        };
-        let p = dir.join(&name);
-        std::fs::copy(data(src), &p).unwrap();
-        files.push(p.display().to_string());
-    }
+    let files = sample_files(dir.path(), 300);
     let scan_out = dir.join("scan.out");
     let mut scan = Command::new(example("dlp-scan"))
         .args(["--timeout", "30", "--json"])
