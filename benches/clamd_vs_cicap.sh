@@ -4,9 +4,9 @@
 # libc-icap-mod-virus-scan), the combination sites run behind squid.
 #
 # One clamd (foreground, a Unix socket, a one-line EICAR database, StructuredDataDetection on,
-# MaxThreads 16) serves both. The load generator is the same for both (benches/icap_load.py):
-# CONC keep-alive connections (python3 threads, raw sockets), each sending RESPMOD with Allow: 204 and no
-# preview, a clean body of SIZE bytes (random bytes and text: no card, SSN or EICAR), one
+# MaxThreads 16) serves both. The load generator is the same for both (icap-load, a binary of
+# benches/fixtures, one thread): CONC keep-alive connections, each sending RESPMOD with Allow:
+# 204 and no preview, a clean body of SIZE bytes (random bytes and text: no card, SSN or EICAR), one
 # after the other for SECS seconds. An answer is a 204, or a 200 that echoes the body
 # unchanged (read whole and compared: c-icap answers bodies of 64 KiB and more so, Allow: 204
 # or not; column "of 200"); anything else, or a broken connection, is an error (the
@@ -16,16 +16,22 @@
 #
 # Reported per server and body size: transactions/s, errors, server CPU per transaction
 # (user + system time of all the server's processes over the load, divided by the answers),
-# clamd's CPU per transaction (the engine's share: the same work for both), and the server's
-# peak RSS (VmHWM; for c-icap the sum over its processes, and its largest process). Rounds
+# clamd's CPU per transaction (the engine's share: the same work for both), the load
+# generator's CPU per transaction, the server's peak RSS (VmHWM; for c-icap the sum over its
+# processes, and its largest process), and the 1-minute load average after the case. Rounds
 # alternate between the servers; every round is printed.
+#
+# Pinning (benches/lib.sh, pin_setup): PIN=1 (default) runs the generator on core 0 and the
+# server (c-icap with its children) on core 1; clamd, the same engine for both, is left to the
+# scheduler. PIN=0 unpinned. The header says which.
 #
 #   bash benches/clamd_vs_cicap.sh [ROUNDS] [SECS] [CONC]    (defaults 2 10 16)
 #   SIZES="1024 1048576" (default) chooses the body sizes; DLP_BASELINE=PATH also runs another
 #   dlp-server binary (e.g. built from an earlier commit) as "baseline-*" in the same run.
 #
 # Needs (installs nothing): clamd and sigtool (clamav-daemon), c-icap with virus_scan.so
-# and clamd_mod.so (libc-icap-mod-virus-scan), python3; .ci/install-peers.sh installs them.
+# and clamd_mod.so (libc-icap-mod-virus-scan), python3 (free ports), taskset (util-linux) when
+# pinned; .ci/install-peers.sh installs them. Builds the release dlp-server and icap-load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
@@ -40,6 +46,8 @@ moddir=$(cicap_module_dir virus_scan.so)
 [ -n "$moddir" ] || { echo "clamd_vs_cicap.sh: needs c-icap's virus_scan.so (libc-icap-mod-virus-scan)" >&2; exit 2; }
 
 cargo build --release --quiet --features server --example dlp-server
+build_load_gen
+pin_setup
 
 work=$(mktemp -d /tmp/icap-clamd-bench-XXXXXX)
 chmod 755 "$work"
@@ -82,7 +90,7 @@ tck=$(getconf CLK_TCK)
 run_case() {
   local name=$1 port=$2 service=$3 body=$4
   shift 4
-  setsid "$@" > "$work/$name.out" 2>&1 &
+  setsid "${pin_server[@]}" "$@" > "$work/$name.out" 2>&1 &
   server_pid=$!
   if ! wait_port "$port"; then
     printf '%-24s FAILED: nothing listens on port %s; its output:\n' "$name" "$port"
@@ -92,12 +100,12 @@ run_case() {
     return 0
   fi
   sleep 0.5
-  local pids c0 k0 c1 k1 ok echoed err t0 t1 rss big v n
+  local pids c0 k0 c1 k1 ok echoed err gen_cpu gen_us=- t0 t1 rss big v n
   # shellcheck disable=SC2207
   pids=($(group_pids "$server_pid"))
   c0=$(ticks "${pids[@]}"); k0=$(ticks "$clamd_pid")
   t0=$(date +%s.%N)
-  read -r ok echoed err _ < <(python3 benches/icap_load.py "$port" "$service" "$body" "$conc" "$secs" --allow-204)
+  read -r ok echoed err _ gen_cpu < <("${pin_load[@]}" "$load_gen" "$port" "$service" "$body" "$conc" "$secs" --allow-204)
   t1=$(date +%s.%N)
   # shellcheck disable=SC2207
   pids=($(group_pids "$server_pid"))
@@ -114,11 +122,12 @@ run_case() {
   local answers=$((ok + echoed))
   local total=$((answers + err))
   [ "$total" -gt 0 ] || total=1
-  printf '%-24s %8s %7s %9.1f %7s %10.1f %10.1f %6s %10s %10s\n' "$name" "$answers" "$echoed" \
+  if [ "$gen_cpu" != - ]; then gen_us=$(printf '%.1f' "$(echo "$gen_cpu * 1000000 / $total" | bc -l)"); fi
+  printf '%-24s %8s %7s %9.1f %7s %10.1f %10.1f %10s %6s %10s %10s %6s\n' "$name" "$answers" "$echoed" \
     "$(echo "$answers / ($t1 - $t0)" | bc -l)" "$err" \
     "$(echo "($c1 - $c0) * 1000000 / $tck / $total" | bc -l)" \
     "$(echo "($k1 - $k0) * 1000000 / $tck / $total" | bc -l)" \
-    "$n" "$rss" "$big"
+    "$gen_us" "$n" "$rss" "$big" "$(load1)"
 }
 
 cicap_conf() { # $1 dir, $2 port
@@ -141,8 +150,9 @@ CONF
 
 echo "load: $conc keep-alive connections, RESPMOD + Allow: 204, no preview, ${secs}s per case;" \
   "$(nproc) cores (shared: figures are noisy); clamd $(clamd --version | cut -d/ -f1)"
-printf '%-24s %8s %7s %9s %7s %10s %10s %6s %10s %10s\n' server answers "of 200" "txn/s" errors \
-  "cpu us/txn" "clamd us/t" procs "peak KiB" "largest"
+echo "load generator: icap-load (benches/fixtures, one thread); $pin_mode; $(uptime)"
+printf '%-24s %8s %7s %9s %7s %10s %10s %10s %6s %10s %10s %6s\n' server answers "of 200" "txn/s" errors \
+  "cpu us/txn" "clamd us/t" "gen us/t" procs "peak KiB" "largest" load1
 for size in $sizes; do
   set +o pipefail
   { head -c $((size / 2)) /dev/urandom
@@ -152,7 +162,7 @@ for size in $sizes; do
   for r in $(seq 1 "$rounds"); do
     port=$(free_port)
     run_case "dlp-server-$size-r$r" "$port" respmod "$work/body.$size" \
-      target/release/examples/dlp-server --listen "127.0.0.1:$port" --clamd "$work/clamd.sock"
+      "${CARGO_TARGET_DIR:-target}/release/examples/dlp-server" --listen "127.0.0.1:$port" --clamd "$work/clamd.sock"
     if [ -n "${DLP_BASELINE:-}" ]; then
       port=$(free_port)
       run_case "baseline-$size-r$r" "$port" respmod "$work/body.$size" \

@@ -37,3 +37,33 @@ need() {
 cicap_module_dir() {
   dirname "$(ls /usr/lib/*/c_icap/"$1" /usr/lib/c_icap/"$1" 2>/dev/null | head -1)" 2>/dev/null || true
 }
+
+# Builds the load generator of the side-by-side scripts (`icap-load`, a binary of
+# benches/fixtures: one thread, raw ICAP over keep-alive connections, every echo compared
+# with the body sent) in release; sets $load_gen to its path.
+build_load_gen() {
+  cargo build --release --quiet -p icap-bench-fixtures --bin icap-load
+  load_gen=${CARGO_TARGET_DIR:-target}/release/icap-load
+}
+
+# Core pinning. PIN=1 (the default) runs the load generator on core PIN_LOAD (0) and the
+# server under test on core PIN_SERVER (1), through taskset: each server gets one core (its
+# child processes and threads inherit it) and never shares it with the generator. PIN=0
+# leaves both to the scheduler. Sets the command prefixes pin_load and pin_server (arrays,
+# empty when unpinned) and pin_mode (for the report).
+pin_setup() {
+  pin_load=()
+  pin_server=()
+  if [ "${PIN:-1}" = 0 ]; then
+    pin_mode="unpinned (PIN=0)"
+  elif [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    pin_load=(taskset -c "${PIN_LOAD:-0}")
+    pin_server=(taskset -c "${PIN_SERVER:-1}")
+    pin_mode="pinned (PIN=1): load generator on core ${PIN_LOAD:-0}, server on core ${PIN_SERVER:-1}"
+  else
+    pin_mode="unpinned (PIN=1 needs taskset and 2 cores)"
+  fi
+}
+
+# The 1-minute load average, to print beside each figure (the machine is shared).
+load1() { cut -d' ' -f1 /proc/loadavg; }

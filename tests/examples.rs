@@ -1,16 +1,19 @@
 //! The example binaries end to end: dlp-scan's main job (embedded TLS DLP pair), its JSON
 //! output, exit codes, connection types, timeout and answer cap against hostile partners;
-//! icap-client against dlp-server.
+//! icap-client against dlp-server; the benches' load generator (`icap-load`) against
+//! dlp-server and c-icap's echo.
 #![cfg(all(feature = "client", feature = "server"))]
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use icap_bench_fixtures::load::{LoadConfig, LoadReport};
 use serde_json::Value;
 
 mod example_bins;
 use example_bins::{data, example};
+mod peers_support;
 
 #[test]
 fn dlp_scan_main_job_blocks_the_export_and_allows_the_rest() {
@@ -401,4 +404,105 @@ fn dlp_server_and_icap_client_name_the_file_they_cannot_use() {
         format!("icap-client: TLS configuration: {missing}: no such file\n")
     );
     assert!(!stderr.contains("byte 0"));
+}
+
+/// The load generator of `benches/server_vs_cicap.sh` for `secs` on `port`: 4 connections,
+/// `body` in every RESPMOD.
+fn load(port: u16, service: &str, body: &[u8], secs: f64, allow_204_preview: bool) -> LoadReport {
+    icap_bench_fixtures::load::run(&LoadConfig {
+        port,
+        service: service.into(),
+        body: body.to_vec(),
+        conns: 4,
+        duration: Duration::from_secs_f64(secs),
+        allow_204: allow_204_preview,
+        preview: allow_204_preview,
+    })
+    .expect("the load starts")
+}
+
+/// A clean body (no card, SSN or EICAR) over the 56 KiB the server echoes streamed.
+fn load_body() -> Vec<u8> {
+    let line = b"Quarterly report draft, internal use only, order 4711 shipped\n";
+    line.iter().cycle().take(200 * 1024).copied().collect()
+}
+
+#[test]
+fn load_generator_against_dlp_server() {
+    let _serial = peers_support::serial();
+    let srv = DlpServer::start();
+    let body = load_body();
+    let r = load(srv.1, "respmod", &body, 1.0, false);
+    assert_eq!(
+        (r.errors, r.no_content, &r.first_error),
+        (0, 0, &None),
+        "{r:?}"
+    );
+    assert!(r.echoed > 0, "{r:?}");
+    assert!(r.cpu.is_some_and(|c| c > Duration::ZERO), "{r:?}");
+    let r = load(srv.1, "respmod", &body, 1.0, true);
+    assert_eq!((r.errors, r.echoed, &r.first_error), (0, 0, &None), "{r:?}");
+    assert!(r.no_content > 0, "{r:?}");
+}
+
+#[test]
+fn load_generator_against_cicap_echo() {
+    if !peers_support::available(&["c-icap"]) {
+        return;
+    }
+    let _serial = peers_support::serial();
+    let cicap = peers_support::CIcap::start("");
+    let body = load_body();
+    let r = load(cicap.port, "echo", &body, 1.0, false);
+    assert_eq!(
+        (r.errors, r.no_content, &r.first_error),
+        (0, 0, &None),
+        "{r:?}"
+    );
+    assert!(r.echoed > 0, "{r:?}");
+    // With Allow: 204, c-icap's echo answers 204 and 200 in turn (a toggle in srv_echo.c).
+    let r = load(cicap.port, "echo", &body[..1024], 1.0, true);
+    assert_eq!((r.errors, &r.first_error), (0, &None), "{r:?}");
+    assert!(r.no_content > 0 && r.echoed > 0, "{r:?}");
+}
+
+#[test]
+fn load_generator_counts_a_changed_echo_as_an_error() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let body = load_body();
+    let mut echo = body.clone();
+    echo[150_000] ^= 1;
+    // Answers every request with a 200 echoing `body` with one bit changed.
+    std::thread::spawn(move || {
+        let mut answer = b"ICAP/1.0 200 OK\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\n\
+                           HTTP/1.1 200 OK\r\n\r\n"
+            .to_vec();
+        answer.extend_from_slice(format!("{:x}\r\n", echo.len()).as_bytes());
+        answer.extend_from_slice(&echo);
+        answer.extend_from_slice(b"\r\n0\r\n\r\n");
+        for mut s in l.incoming().flatten() {
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut buf = [0; 65536];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    req.extend_from_slice(&buf[..n]);
+                    if req.ends_with(b"\r\n0\r\n\r\n") {
+                        req.clear();
+                        if s.write_all(&answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let r = load(port, "respmod", &body, 0.3, false);
+    assert_eq!((r.echoed, r.no_content), (0, 0), "{r:?}");
+    assert!(r.errors > 0, "{r:?}");
+    assert_eq!(
+        r.first_error.as_deref(),
+        Some("echo differs at byte 150000")
+    );
 }
