@@ -150,7 +150,7 @@ CONF
 
 echo "load: $conc keep-alive connections, RESPMOD + Allow: 204, no preview, ${secs}s per case;" \
   "$(nproc) cores (shared: figures are noisy); clamd $(clamd --version | cut -d/ -f1)"
-echo "load generator: icap-load (benches/fixtures, one thread); $pin_mode; $(uptime)"
+echo "load generator: icap-load (benches/fixtures, one thread); $pin_mode; load average $(cut -d" " -f1-3 /proc/loadavg)"
 printf '%-24s %8s %7s %9s %7s %10s %10s %10s %6s %10s %10s %6s\n' server answers "of 200" "txn/s" errors \
   "cpu us/txn" "clamd us/t" "gen us/t" procs "peak KiB" "largest" load1
 for size in $sizes; do

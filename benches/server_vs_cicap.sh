@@ -144,7 +144,7 @@ run_one() {
 echo "server_vs_cicap: ${secs}s per run, $rounds round(s); $(nproc) cores (shared with the load" \
   "generator and others: noisy); c-icap echo 1 child x max(8, CONNS) threads; dlp-server" \
   "defaults ${dlp_args[*]:-}"
-echo "load generator: icap-load (benches/fixtures, one thread); $pin_mode; $(uptime)"
+echo "load generator: icap-load (benches/fixtures, one thread); $pin_mode; load average $(cut -d" " -f1-3 /proc/loadavg)"
 printf '%-8s %7s %5s %3s %-8s %9s %6s %6s %4s %9s %9s %8s %5s %6s | %6s %6s %6s\n' load size conns r \
   server "txn/s" 204 200 err "cpu us/t" "peak KiB" "gen us/t" "gen%" load1 "x txn" "x cpu" "x rss"
 for size in $sizes; do
