@@ -281,13 +281,15 @@ async fn serve_metrics(addr: SocketAddr, gw: Gateway) -> Result<(), String> {
                 continue;
             };
             for h in gw.health() {
-                let up = h.uri.clone();
+                let up = h.server.to_string();
                 metrics::gauge!("icap_gateway_upstream_up", "upstream" => up.clone())
                     .set(if h.up { 1.0 } else { 0.0 });
                 metrics::gauge!("icap_gateway_upstream_failures", "upstream" => up.clone())
-                    .set(h.failures);
-                metrics::gauge!("icap_gateway_upstream_idle_connections", "upstream" => up)
-                    .set(h.idle as f64);
+                    .set(h.recent_failures);
+                metrics::gauge!("icap_gateway_upstream_idle_connections", "upstream" => up.clone())
+                    .set(h.idle_connections as f64);
+                metrics::gauge!("icap_gateway_upstream_connections_in_use", "upstream" => up)
+                    .set(h.connections_in_use as f64);
             }
             let body = handle.render();
             tokio::spawn(async move {
