@@ -126,6 +126,12 @@ struct Args {
     #[arg(long, value_name = "POLICY", default_value = "block", requires = "clamd",
           help_heading = CLAMD)]
     clamd_over_limit: OverLimit,
+    /// Bodies of at most BYTES go to a clamd on a Unix socket as an open file (FILDES, as
+    /// c-icap does), held in memory until their end; longer ones are streamed (INSTREAM).
+    /// 0: always INSTREAM. Keep it under clamd's MaxFileSize and MaxScanSize.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024, requires = "clamd",
+          help_heading = CLAMD)]
+    clamd_fildes_max: usize,
     /// How blocks look: symantec (ICAP 200 + HTTP 200 block text), forcepoint (HTTP 403 page
     /// over 512 bytes), generic (HTTP 403 page + X-Violations-Found / X-Infection-Found).
     #[arg(long, value_name = "NAME", default_value = "generic")]
@@ -342,6 +348,7 @@ async fn run(args: Args) -> Result<(), String> {
             c.timeout = args.clamd_timeout;
             c.connect_timeout = args.clamd_connect_timeout;
             c.ping_interval = args.clamd_ping_interval;
+            c.fildes_max = args.clamd_fildes_max;
             let clamd = Clamd::new(c);
             // Started even when clamd is not up yet: it answers 503 until clamd is.
             if let Err(e) = clamd.check().await {
