@@ -105,6 +105,11 @@ struct Args {
     /// answered 503.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     queue_timeout: f64,
+    /// Seconds a connection may sit idle (between transactions, or before its first) and
+    /// keep its place while the gateway is full: past them, the one idle the longest is
+    /// closed to make room for a newcomer.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    eviction_grace: f64,
 }
 
 /// The answer of a connection refused while the gateway is full.
@@ -345,6 +350,7 @@ async fn run(args: Args) -> Result<(), String> {
         return Err("--max-connections: must be at least 1".into());
     }
     let queue_timeout = secs(args.queue_timeout, "queue-timeout")?;
+    let eviction_grace = secs(args.eviction_grace, "eviction-grace")?;
     listen::raise_open_files("icap-gateway", 2 * args.max_connections as u64 + 64);
     let listener =
         listen::listen(args.listen).map_err(|e| format!("--listen {}: {e}", args.listen))?;
@@ -355,12 +361,13 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn(gw.clone().probe_forever());
     eprintln!("icap-gateway: listening on {}", args.listen);
     let pins = Arc::new(pins);
-    // Each connection holds a permit from accept to close: the handshake timeout bounds how
-    // long an unauthenticated one holds it, the client timeout an idle authenticated one.
-    let mut gate = listen::Gate::new(args.max_connections, queue_timeout);
+    // Each connection holds a slot from accept to close: the handshake timeout bounds how
+    // long an unauthenticated one holds it, the client timeout an idle authenticated one,
+    // and when the gateway is full one idle past the eviction grace gives it up.
+    let mut gate = listen::Gate::new(args.max_connections, queue_timeout, eviction_grace);
     loop {
-        let (tcp, peer, permit) = match gate.accept(&listener).await {
-            Ok(listen::Accepted::Serve(tcp, peer, permit)) => (tcp, peer, permit),
+        let (tcp, peer, slot) = match gate.accept(&listener).await {
+            Ok(listen::Accepted::Serve(tcp, peer, slot)) => (tcp, peer, slot),
             Ok(listen::Accepted::Refuse(tcp, peer)) => {
                 metrics::counter!("icap_gateway_refused_total", "reason" => "capacity")
                     .increment(1);
@@ -388,8 +395,16 @@ async fn run(args: Args) -> Result<(), String> {
         let acceptor = acceptor.read().expect("acceptor lock").clone();
         let (gw, pins) = (gw.clone(), pins.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            let activity = slot.activity.clone();
+            let _slot = slot;
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => r,
+                () = activity.evicted() => {
+                    return eprintln!("icap-gateway: closed {peer}: no handshake within the \
+                                      eviction grace while the gateway was full");
+                }
+            };
+            let tls = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     metrics::counter!("icap_gateway_refused_total", "reason" => "handshake")
@@ -425,14 +440,21 @@ async fn run(args: Args) -> Result<(), String> {
                 }
             }
             let label = format!("{client}@{peer}");
+            // Evicted while idle, the stream reads as closed: the gateway ends the
+            // connection as if the client had.
+            let stream = listen::Watched::new(tls, activity.clone());
             let r = gw
-                .serve_connection(tls, |t| {
+                .serve_connection(stream, |t| {
+                    activity.idle();
                     record(t);
                     println!("{}", access_line(&label, t))
                 })
                 .await;
             if let Err(e) = r {
                 eprintln!("icap-gateway: {peer}: {e}");
+            }
+            if activity.is_evicted() {
+                eprintln!("icap-gateway: closed {peer}: idle past the eviction grace while the gateway was full");
             }
         });
     }

@@ -96,6 +96,11 @@ struct Args {
     /// answered 503.
     #[arg(long = "queue-timeout", value_name = "SECS", default_value_t = 10.0)]
     queue_timeout: f64,
+    /// Seconds a connection may sit between requests (or before its first) and keep its
+    /// place while the proxy is full: past them, the one idle the longest is closed
+    /// (gracefully: never within a request) to make room for a newcomer.
+    #[arg(long = "eviction-grace", value_name = "SECS", default_value_t = 10.0)]
+    eviction_grace: f64,
     /// Seconds a request body may stay silent; a body that does is cut and its connection
     /// closed (it would otherwise hold an ICAP connection to the scanner too).
     #[arg(
@@ -201,7 +206,16 @@ async fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    let mut gate = listen::Gate::new(args.max_connections, queue_timeout);
+    let eviction_grace = match Duration::try_from_secs_f64(args.eviction_grace) {
+        Ok(t) => t,
+        Err(_) => {
+            return fail(format!(
+                "--eviction-grace {}: not a number of seconds",
+                args.eviction_grace
+            ))
+        }
+    };
+    let mut gate = listen::Gate::new(args.max_connections, queue_timeout, eviction_grace);
     let pool = Pool::default();
     let forward = tower::service_fn(move |req| forward(pool.clone(), req));
     let svc = AdaptLayer::new(cfg).layer(forward);
@@ -226,18 +240,35 @@ async fn main() -> ExitCode {
         let _ = stream.set_nodelay(true);
         let svc = svc.clone();
         tokio::spawn(async move {
+            let activity = slot.activity.clone();
             let _slot = slot;
+            let marks = activity.clone();
             let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
-                handle(svc.clone(), peer, req.map(|b| GuardedBody::new(b, pace)))
+                let (svc, marks) = (svc.clone(), marks.clone());
+                marks.busy();
+                async move {
+                    let r = handle(svc, peer, req.map(|b| GuardedBody::new(b, pace))).await;
+                    // The answer's body may still be on its way: a graceful shutdown
+                    // lets it finish.
+                    marks.idle();
+                    r
+                }
             });
             // Without a timer hyper waits for a head forever: a client sending a byte now
             // and then would hold its connection (and a slot) for good.
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), handler)
-                .with_upgrades()
-                .await;
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = activity.evicted() => {}
+            }
+            eprintln!("icap-proxy: closing {peer}: idle past the eviction grace while full");
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         });
     }
 }
