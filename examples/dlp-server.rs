@@ -42,6 +42,7 @@ use clap::Parser;
 use icap::server::{MinRate, ServerConfig};
 use icap::tls::ReloadableServerTls;
 use icap_dlp_engine::clamd::{Clamd, ClamdAddr, ClamdConfig};
+use icap_dlp_engine::cli::{seconds, seconds_or_zero};
 use icap_dlp_engine::listen;
 use icap_dlp_engine::ops;
 use icap_dlp_engine::service::{self as dlp_service, DlpConfig, OverLimit, Profile};
@@ -216,24 +217,6 @@ struct Args {
 /// A value, or `off`.
 #[derive(Debug, Clone, Copy)]
 struct Off<T>(Option<T>);
-
-/// Seconds, decimals allowed, more than 0.
-fn seconds(v: &str) -> Result<Duration, String> {
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| *s > 0.0)
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or(format!("{v:?}: expected seconds (more than 0)"))
-}
-
-/// Seconds, decimals allowed, 0 or more.
-fn seconds_or_zero(v: &str) -> Result<Duration, String> {
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0)
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or(format!("{v:?}: expected seconds (0 or more)"))
-}
 
 fn seconds_or_off(v: &str) -> Result<Off<Duration>, String> {
     match v {
