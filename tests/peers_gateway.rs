@@ -155,6 +155,26 @@ fn dlp_server_on(dir: &TempDir, port: u16) -> (u16, Process) {
     (port, p)
 }
 
+/// What most tests start from: a directory, certificates, and dlp-server as the upstream.
+struct Setup {
+    dir: TempDir,
+    pki: Pki,
+    upstream: [String; 1],
+    _dlp: Process,
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = TempDir::new(name);
+    let pki = Pki::new();
+    let (dlp_port, dlp) = dlp_server(&dir);
+    Setup {
+        upstream: [format!("icap://127.0.0.1:{dlp_port}/reqmod")],
+        dir,
+        pki,
+        _dlp: dlp,
+    }
+}
+
 fn dlp_scan(pki: &Pki, dir: &TempDir, cert: Option<&str>, args: &[&str]) -> ToolOutput {
     let mut cmd = Command::new(example("dlp-scan"));
     cmd.args(["--ca", &pki.file("ca.pem"), "--timeout", "20"]);
@@ -293,10 +313,12 @@ fn dlp_scan_with_a_client_certificate_through_the_gateway_to_dlp_server_and_c_ic
 #[test]
 fn clients_without_a_valid_pinned_certificate_are_refused_before_any_icap_byte() {
     let _serial = serial();
-    let dir = TempDir::new("gateway-refusals");
-    let pki = Pki::new();
-    let (dlp_port, _dlp) = dlp_server(&dir);
-    let upstream = [format!("icap://127.0.0.1:{dlp_port}/reqmod")];
+    let Setup {
+        dir,
+        pki,
+        upstream,
+        _dlp,
+    } = setup("gateway-refusals");
     let pin = pki.sha256("client.pem");
     let gw = Gateway::start(&pki, &upstream, &["--client-cert-sha256", &pin], &dir);
     let file = data("meeting-notes.md");
@@ -337,10 +359,12 @@ fn clients_without_a_valid_pinned_certificate_are_refused_before_any_icap_byte()
 #[test]
 fn connections_over_the_cap_wait_then_read_503_and_silent_ones_free_their_place() {
     let _serial = serial();
-    let dir = TempDir::new("gateway-cap");
-    let pki = Pki::new();
-    let (dlp_port, _dlp) = dlp_server(&dir);
-    let upstream = [format!("icap://127.0.0.1:{dlp_port}/reqmod")];
+    let Setup {
+        dir,
+        pki,
+        upstream,
+        _dlp,
+    } = setup("gateway-cap");
     let extra = [
         "--max-connections",
         "2",
@@ -393,10 +417,12 @@ fn connections_over_the_cap_wait_then_read_503_and_silent_ones_free_their_place(
 #[test]
 fn a_full_gateway_closes_connections_idle_past_the_grace_and_keeps_busy_ones() {
     let _serial = serial();
-    let dir = TempDir::new("gateway-evict");
-    let pki = Pki::new();
-    let (dlp_port, _dlp) = dlp_server(&dir);
-    let upstream = [format!("icap://127.0.0.1:{dlp_port}/reqmod")];
+    let Setup {
+        dir,
+        pki,
+        upstream,
+        _dlp,
+    } = setup("gateway-evict");
     let extra = [
         "--max-connections",
         "2",
@@ -480,10 +506,12 @@ fn raise_nofile() {
 fn a_burst_of_500_tls_clients_through_the_gateway_gets_500_verdicts() {
     let _serial = serial();
     raise_nofile();
-    let dir = TempDir::new("gateway-burst");
-    let pki = Pki::new();
-    let (dlp_port, _dlp) = dlp_server(&dir);
-    let upstream = [format!("icap://127.0.0.1:{dlp_port}/reqmod")];
+    let Setup {
+        dir,
+        pki,
+        upstream,
+        _dlp,
+    } = setup("gateway-burst");
     let gw = Gateway::start(&pki, &upstream, &[], &dir);
     let port = gw.port;
     let barrier = std::sync::Barrier::new(500);

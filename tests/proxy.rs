@@ -163,6 +163,19 @@ fn connect_is_tunnelled() {
     assert_eq!(verdicts(&line), "tunnel");
 }
 
+/// The proxy with `extra` flags, failing open to an ICAP server that is not there: these
+/// tests are about its connections, not its verdicts.
+fn proxy_without_scanner(extra: &[&str]) -> Proxy {
+    let dead = free_port();
+    let mut args = vec![
+        "--respmod".to_string(),
+        format!("icap://127.0.0.1:{dead}/respmod"),
+        "--fail-open".to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Proxy::start(&args)
+}
+
 /// Slow clients cannot hold the proxy: 200 clients trickling a request head are cut at
 /// `--header-timeout` (2 s: 408 or a close), a client over `--max-connections`
 /// reads a 503 once the queue timeout (here 0: no wait in the backlog) has passed, and a
@@ -178,17 +191,13 @@ fn slow_heads_are_cut_and_connections_are_capped() {
     }
     let _g = serial();
     let origin = Origin::start();
-    let dead = free_port();
-    let proxy = Proxy::start(&[
-        "--respmod".into(),
-        format!("icap://127.0.0.1:{dead}/respmod"),
-        "--fail-open".into(),
-        "--header-timeout".into(),
-        "2".into(),
-        "--max-connections".into(),
-        "201".into(),
-        "--queue-timeout".into(),
-        "0".into(),
+    let proxy = proxy_without_scanner(&[
+        "--header-timeout",
+        "2",
+        "--max-connections",
+        "201",
+        "--queue-timeout",
+        "0",
     ]);
     let mut slow: Vec<TcpStream> = (0..200)
         .map(|_| {
@@ -385,17 +394,13 @@ fn a_full_proxy_closes_connections_idle_past_the_grace() {
     }
     let _g = serial();
     let origin = Origin::start();
-    let dead = free_port();
-    let proxy = Proxy::start(&[
-        "--respmod".into(),
-        format!("icap://127.0.0.1:{dead}/respmod"),
-        "--fail-open".into(),
-        "--max-connections".into(),
-        "2".into(),
-        "--eviction-grace".into(),
-        "1".into(),
-        "--queue-timeout".into(),
-        "30".into(),
+    let proxy = proxy_without_scanner(&[
+        "--max-connections",
+        "2",
+        "--eviction-grace",
+        "1",
+        "--queue-timeout",
+        "30",
     ]);
     let url = origin.url("/bytes/100");
     // A keep-alive connection that made one request, then one that sends nothing.
