@@ -436,19 +436,18 @@ impl ChunkedDecoder {
     #[inline(always)]
     fn whole_line(&mut self, buf: &[u8], i: usize, base: u64) -> Option<Step> {
         // At most 15 digits: the size then fits in 60 bits, with no overflow to check.
-        let most = self.max_chunk_line.min(15);
         let line = buf.get(i..)?;
+        // Digits and the byte after them, looked for in one bound: running off its end is
+        // a line too long for this path, or cut short, the byte parser's either way.
+        let window = &line[..line.len().min(self.max_chunk_line.min(15) + 1)];
         let (mut size, mut n) = (0u64, 0);
         loop {
-            let d = HEX[*line.get(n)? as usize];
+            let d = HEX[*window.get(n)? as usize];
             if d > 15 {
                 break;
             }
             size = size << 4 | u64::from(d);
             n += 1;
-            if n > most {
-                return None;
-            }
         }
         let data = n + 2;
         if size == 0
