@@ -1190,7 +1190,8 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
 
         /// Bodies of whole lines (the whole-line path) decode as they do a byte at a time and
-        /// cut anywhere (the byte parser), errors and offsets included: sizes in either case
+        /// cut anywhere (the byte parser), as views, slices or joined pieces, errors and
+        /// offsets included: sizes in either case
         /// with leading zeros, extensions and whitespace, the budget and the line limit
         /// passed, and one byte anywhere replaced.
         #[test]
@@ -1226,6 +1227,9 @@ mod tests {
             }
             let want = run(&wire, 1);
             proptest::prop_assert_eq!(&run(&wire, wire.len()), &want);
+            // Borrowed slices and joined pieces take the whole-line path too.
+            proptest::prop_assert_eq!(&run_other(&wire, wire.len(), None), &want);
+            proptest::prop_assert_eq!(&run_other(&wire, wire.len(), Some(7)), &want);
             for cut in 0..=wire.len() {
                 proptest::prop_assert_eq!(&run_bytes(&wire, cut), &want, "cut {}", cut);
             }
