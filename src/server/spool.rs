@@ -84,6 +84,19 @@ impl Spool {
         f.write_all(&b).await
     }
 
+    /// The body kept, as one piece, when it is all in memory and at most `max` bytes;
+    /// otherwise the spool back, for [`Spool::into_reader`].
+    pub(crate) fn into_small(self, max: usize) -> Result<Bytes, Spool> {
+        if self.failed.is_some() || self.file.is_some() || self.mem_len > max {
+            return Err(self);
+        }
+        Ok(match &self.mem[..] {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => Bytes::from(many.concat()),
+        })
+    }
+
     pub(crate) async fn into_reader(mut self) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
         if let Some(e) = self.failed.take() {
             return Err(e);
