@@ -281,7 +281,7 @@ impl DlpService {
 
     /// Scans the body; a verdict needs the whole of it (a card number may sit in its last
     /// bytes), so every read past the preview is wanted (the server sends 100 Continue).
-    async fn handle(&self, req: IncomingRequest) -> Result<Reply, BoxError> {
+    async fn handle(self: Arc<Self>, req: IncomingRequest) -> Result<Reply, BoxError> {
         let (scanned, findings, total, req) = match &self.cfg.engine {
             Engine::Embedded(rules) => self.scan_embedded(rules, req).await?,
             // Boxed: inline, clamd's exchange made this future (moved twice on each call)
@@ -572,10 +572,7 @@ pub fn dlp_server(
             stats: stats.clone(),
         });
         let options = svc.options();
-        let handler = tower::service_fn(move |req| {
-            let svc = svc.clone();
-            async move { svc.handle(req).await }
-        });
+        let handler = tower::service_fn(move |req| svc.clone().handle(req));
         server = server.route(path, options, handler);
         if let Engine::Clamd(clamd) = &cfg.engine {
             let clamd = clamd.clone();
