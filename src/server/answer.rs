@@ -3,6 +3,7 @@
 //! and the error answers the server gives on its own.
 
 use std::io;
+use std::sync::OnceLock;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -109,6 +110,7 @@ impl Server {
         reply: Reply,
         spool: Option<Spool>,
         istag: &str,
+        echo_fields: &OnceLock<Headers>,
     ) -> bool {
         let in_preview = matches!(
             txn.state(),
@@ -133,7 +135,7 @@ impl Server {
                     self.body_error(conn, txn, e, istag).await;
                     return false;
                 }
-                let res = self.echo_response(req, istag, &extra);
+                let res = self.echo_response(req, istag, echo_fields, &extra);
                 // The spool exists whenever a body came without Allow: 204.
                 let body = match spool.map(|s| s.into_small(READER_ROOM)) {
                     Some(Ok(b)) if req.body.is_some() => Outgoing::Spooled(b),
@@ -161,13 +163,27 @@ impl Server {
 
     /// The 200 that gives the client its own message back: the encapsulated heads as they
     /// came (the request head only for REQMOD, RFC 3507 4.9.2), and a body when it had one.
-    pub(crate) fn echo_response(&self, req: &Request, istag: &str, extra: &Headers) -> Response {
+    ///
+    /// Its own ICAP fields (`Server`, `ISTag`) are made once per service, in `fields`, and
+    /// copied from there.
+    pub(crate) fn echo_response(
+        &self,
+        req: &Request,
+        istag: &str,
+        fields: &OnceLock<Headers>,
+        extra: &Headers,
+    ) -> Response {
         let mut res = Response::new(200, "OK");
-        if let Some(s) = &self.config.server_name {
-            res.headers.append("Server", s);
-        }
-        res.headers
-            .append("ISTag", format!("\"{}\"", istag.trim_matches('"')));
+        res.headers = fields
+            .get_or_init(|| {
+                let mut h = Headers::new();
+                if let Some(s) = &self.config.server_name {
+                    h.append("Server", s);
+                }
+                h.append("ISTag", format!("\"{}\"", istag.trim_matches('"')));
+                h
+            })
+            .clone();
         for (n, v) in extra.iter() {
             res.headers.append(&String::from_utf8_lossy(n), v);
         }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::body::{Body, BodyError, Control, Piece};
 use super::conn::{Conn, Got};
+use super::link::{self, Receiver, Sender};
 use super::service::{IncomingRequest, PeerInfo, Reply, ReplyBody, Route};
 use super::spool::Spool;
 use super::Server;
@@ -60,7 +60,7 @@ struct Feed {
     /// Asked for during a preview: starts once the preview is read.
     echo_asked: Option<(usize, tokio::sync::oneshot::Sender<Result<(), BodyError>>)>,
     echo: Option<Echo>,
-    pieces: Option<mpsc::UnboundedSender<Piece>>,
+    pieces: Option<Sender<Piece>>,
 }
 
 impl Feed {
@@ -109,9 +109,10 @@ impl Feed {
 struct Exchange<'a> {
     head: Request,
     istag: &'a str,
+    echo_fields: &'a std::sync::OnceLock<Headers>,
     feed: Feed,
     spool: Option<Spool>,
-    ctl_rx: mpsc::UnboundedReceiver<Control>,
+    ctl_rx: Receiver<Control>,
     ctl_open: bool,
 }
 
@@ -138,8 +139,7 @@ impl Server {
         let head = request.clone();
         let has_body = request.body.is_some();
         let previewed = has_body && txn.state() == ServerState::Preview;
-        let (piece_tx, piece_rx) = mpsc::unbounded_channel();
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (piece_tx, piece_rx, ctl_tx, ctl_rx) = link::link();
         let body = Body::new(has_body.then_some(piece_rx), ctl_tx, previewed);
         let spool = (!head.allows_204() && has_body)
             .then(|| Spool::new(self.config.spool_memory, self.config.spool_dir.clone()));
@@ -147,6 +147,7 @@ impl Server {
         let mut ex = Exchange {
             head,
             istag,
+            echo_fields: &route.echo_fields,
             feed: Feed {
                 sent: 0,
                 seen: 0,
@@ -322,7 +323,7 @@ impl Server {
         ex: &mut Exchange<'_>,
     ) -> Result<(), Close> {
         let (holdback, done) = ex.feed.echo_asked.take().expect("checked by the caller");
-        let echo = self.echo_response(&ex.head, ex.istag, &Headers::new());
+        let echo = self.echo_response(&ex.head, ex.istag, ex.echo_fields, &Headers::new());
         let mut started = Ok(());
         if txn.state() == (ServerState::Decide { ieof: false }) {
             started = txn.send_continue();
@@ -428,7 +429,8 @@ impl Server {
         conn.release_read_buffer(txn);
         // Boxed: inline, its state (3.8 KiB) made every connection's future as large for the
         // whole exchange (8.1 KiB -> 5.8 KiB), while a streaming echo never gets here.
-        Box::pin(self.answer(conn, txn, &ex.head, reply, ex.spool, ex.istag)).await
+        let (head, istag, fields) = (&ex.head, ex.istag, ex.echo_fields);
+        Box::pin(self.answer(conn, txn, head, reply, ex.spool, istag, fields)).await
     }
 }
 

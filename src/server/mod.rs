@@ -113,6 +113,7 @@ mod body;
 mod config;
 mod conn;
 mod exchange;
+mod link;
 mod service;
 mod slots;
 mod spool;

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::io::AsyncRead;
@@ -242,6 +242,8 @@ pub(crate) struct Route {
     pub(crate) options: ServiceOptions,
     service: Mutex<Box<dyn CallService>>,
     pub(crate) available: Option<Availability>,
+    /// The ICAP header fields of its 200 echoes (`Server`, `ISTag`), made at the first.
+    pub(crate) echo_fields: OnceLock<Headers>,
 }
 
 impl Route {
@@ -255,6 +257,7 @@ impl Route {
             options,
             service: Mutex::new(Box::new(Typed(service))),
             available: None,
+            echo_fields: OnceLock::new(),
         }
     }
 
