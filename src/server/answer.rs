@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 
 use super::body::BodyError;
 use super::conn::Conn;
-use super::service::{Reply, ReplyBody};
+use super::service::{Reply, ReplyBody, Route};
 use super::spool::Spool;
 use super::Server;
 use crate::builder::{ErrorStatus, ResponseBuilder};
@@ -109,9 +109,9 @@ impl Server {
         req: &Request,
         reply: Reply,
         spool: Option<Spool>,
-        istag: &str,
-        echo_fields: &OnceLock<Headers>,
+        route: &Route,
     ) -> bool {
+        let istag = route.options.istag.as_str();
         let in_preview = matches!(
             txn.state(),
             ServerState::Decide { .. } | ServerState::Preview
@@ -135,11 +135,13 @@ impl Server {
                     self.body_error(conn, txn, e, istag).await;
                     return false;
                 }
-                let res = self.echo_response(req, istag, echo_fields, &extra);
+                let res = self.echo_response(req, istag, &route.echo_fields, &extra);
                 // The spool exists whenever a body came without Allow: 204.
-                let body = match spool.map(|s| s.into_small(READER_ROOM)) {
-                    Some(Ok(b)) if req.body.is_some() => Outgoing::Spooled(b),
-                    Some(Err(s)) if req.body.is_some() => match s.into_reader().await {
+                let mut spool = spool.filter(|_| req.body.is_some());
+                let small = spool.as_mut().and_then(|s| s.take_small(READER_ROOM));
+                let body = match (small, spool) {
+                    (Some(b), _) => Outgoing::Spooled(b),
+                    (None, Some(s)) => match s.into_reader().await {
                         Ok(r) => Outgoing::Reply(ReplyBody::Reader(r)),
                         Err(e) => {
                             tracing::error!("no echo, answering 500: {e}");

@@ -110,11 +110,13 @@ enum Busy {
     /// The connection is to be closed.
     Closed,
     /// No request came within [`IDLE_SETTLE`]: the connection waits on at rest until the
-    /// deadline, with this (fresh) decoder.
-    Settled(RequestDecoder, Instant),
+    /// deadline, with a fresh decoder.
+    Settled(Instant),
 }
 
 /// What waiting for a head gave.
+// Lives for one step, on the stack: boxing the head would allocate per request.
+#[allow(clippy::large_enum_variant)]
 enum Head {
     /// The head (from [`Server::wait_idle`]: `None`, bytes came, read on).
     Request(Option<crate::proto::message::Request>),
@@ -589,8 +591,8 @@ impl Server {
             // not per transaction: moving that state into a new box is a copy of all of it.
             match Box::pin(self.busy(&mut conn, decoder, peer, stop.clone())).await {
                 Busy::Closed => break,
-                Busy::Settled(d, deadline) => {
-                    decoder = d;
+                Busy::Settled(deadline) => {
+                    decoder = RequestDecoder::new(self.config.limits);
                     if !self
                         .wait_settled(&mut conn, &mut decoder, &mut stop, deadline)
                         .await
@@ -633,7 +635,7 @@ impl Server {
                 }
                 Head::Settled(deadline) => {
                     conn.finish();
-                    return Busy::Settled(txn.into_decoder(), deadline);
+                    return Busy::Settled(deadline);
                 }
             };
             let path = match &last_uri {
@@ -762,9 +764,8 @@ impl Server {
             Err(_) if until < deadline => {
                 // No request followed at once: wait on without the decoder's spare room (its
                 // header arena, a block kept for the next heads), its read buffer and the
-                // busy connection's state, so that a connection at rest holds little. (The
-                // read is cancel-safe: nothing was read.)
-                *txn.decoder_mut() = RequestDecoder::new(self.config.limits);
+                // busy connection's state (the caller starts a new decoder), so that a
+                // connection at rest holds little. (The read is cancel-safe: nothing was read.)
                 return Head::Settled(deadline);
             }
             Ok(Err(_)) | Err(_) => return Head::Closed,

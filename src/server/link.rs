@@ -195,7 +195,10 @@ mod tests {
         assert!(rx.recv().await.is_none());
         // The other direction is its own: its receiver gone, its values are refused.
         drop(crx);
-        assert!(matches!(ctx.send(Control::Continue), Err(Control::Continue)));
+        assert!(matches!(
+            ctx.send(Control::Continue),
+            Err(Control::Continue)
+        ));
     }
 
     #[tokio::test]

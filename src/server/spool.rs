@@ -85,12 +85,13 @@ impl Spool {
     }
 
     /// The body kept, as one piece, when it is all in memory and at most `max` bytes;
-    /// otherwise the spool back, for [`Spool::into_reader`].
-    pub(crate) fn into_small(self, max: usize) -> Result<Bytes, Spool> {
+    /// otherwise `None`, and [`Spool::into_reader`] reads it.
+    pub(crate) fn take_small(&mut self, max: usize) -> Option<Bytes> {
         if self.failed.is_some() || self.file.is_some() || self.mem_len > max {
-            return Err(self);
+            return None;
         }
-        Ok(match &self.mem[..] {
+        self.mem_len = 0;
+        Some(match std::mem::take(&mut self.mem).as_slice() {
             [] => Bytes::new(),
             [one] => one.clone(),
             many => Bytes::from(many.concat()),
