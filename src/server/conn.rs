@@ -586,7 +586,7 @@ impl Server {
         let mut decoder = RequestDecoder::new(self.config.limits);
         let mut stop = stop;
         loop {
-            // Boxed: the state of a transaction under way (about 9 KiB) is held only while the
+            // Boxed: the state of a transaction under way (about 10 KiB) is held only while the
             // connection is busy, not by every connection at rest. Boxed once per busy spell,
             // not per transaction: moving that state into a new box is a copy of all of it.
             match Box::pin(self.busy(&mut conn, decoder, peer, stop.clone())).await {
