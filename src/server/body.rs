@@ -16,7 +16,9 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use super::link::{self, Receiver, Sender};
+pub(crate) use link::{link, Receiver, Sender};
+
+mod link;
 
 use crate::proto::error::{Error, ErrorKind};
 
@@ -175,7 +177,7 @@ impl Body {
 
     /// A body of these bytes, in one piece: for testing a service without a server.
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
-        let (tx, rx, _, _) = link::link();
+        let (tx, rx, _, _) = link();
         let _ = tx.send(Piece::Data(bytes.into()));
         let _ = tx.send(Piece::End);
         let mut b = Body::empty();
@@ -368,7 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_preview_is_replayed_and_continue_is_asked_lazily() {
-        let (tx, rx, ctx, mut crx) = link::link();
+        let (tx, rx, ctx, mut crx) = link();
         let mut b = Body::new(Some(rx), ctx, true);
         tx.send(Piece::Data(Bytes::from_static(b"ab"))).unwrap();
         tx.send(Piece::Data(Bytes::from_static(b"cd"))).unwrap();
@@ -389,7 +391,7 @@ mod tests {
         assert_eq!(got, ["Seen(2)", "Seen(4)", "Continue"]);
         assert_eq!(b.data().await.unwrap(), None);
         // The connection task gone in the middle of a body: an error, the same each time.
-        let (tx, rx, ctx, _crx) = link::link();
+        let (tx, rx, ctx, _crx) = link();
         let mut b = Body::new(Some(rx), ctx, false);
         drop(tx);
         assert!(matches!(b.data().await, Err(BodyError::Closed)));

@@ -10,9 +10,8 @@ use std::task::Poll;
 
 use bytes::Bytes;
 
-use super::body::{Body, BodyError, Control, Piece};
+use super::body::{self, Body, BodyError, Control, Piece, Receiver, Sender};
 use super::conn::{Conn, Got};
-use super::link::{self, Receiver, Sender};
 use super::service::{IncomingRequest, PeerInfo, Reply, ReplyBody, Route};
 use super::spool::Spool;
 use super::Server;
@@ -139,7 +138,7 @@ impl Server {
         let head = request.clone();
         let has_body = request.body.is_some();
         let previewed = has_body && txn.state() == ServerState::Preview;
-        let (piece_tx, piece_rx, ctl_tx, ctl_rx) = link::link();
+        let (piece_tx, piece_rx, ctl_tx, ctl_rx) = body::link();
         let body = Body::new(has_body.then_some(piece_rx), ctl_tx, previewed);
         let spool = (!head.allows_204() && has_body)
             .then(|| Spool::new(self.config.spool_memory, self.config.spool_dir.clone()));

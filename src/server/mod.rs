@@ -113,7 +113,6 @@ mod body;
 mod config;
 mod conn;
 mod exchange;
-mod link;
 mod service;
 mod slots;
 mod spool;

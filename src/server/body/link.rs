@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use super::body::{Control, Piece};
+use super::{Control, Piece};
 
 /// One direction.
 pub(crate) struct Queue<T> {
