@@ -171,9 +171,11 @@ impl Server {
             Err(Close) => false,
             Ok(Err(e)) => self.service_failed(conn, txn, &ex, peer, e).await,
             Ok(Ok(reply)) if ex.feed.echo.is_some() => {
-                self.finish_echo(conn, txn, &mut ex, reply).await
+                let unmodified = matches!(reply, Reply::Unmodified(_));
+                drop(reply);
+                self.finish_echo(conn, txn, &mut ex, unmodified).await
             }
-            Ok(Ok(reply)) => self.finish_answer(conn, txn, ex, reply).await,
+            Ok(Ok(reply)) => self.finish_answer(conn, txn, &mut ex, reply).await,
         }
     }
 
@@ -368,8 +370,8 @@ impl Server {
             return false;
         }
         let res = self.error_response(ErrorStatus::ServerError, ex.istag);
-        self.send(conn, txn, res, ReplyBody::Empty, None, ex.istag)
-            .await
+        // Boxed: a rare path, which inline would make every exchange's state larger.
+        Box::pin(self.send(conn, txn, res, ReplyBody::Empty, None, ex.istag)).await
     }
 
     /// The service answered during its echo: "unmodified" ends the echo (what it did not
@@ -381,9 +383,9 @@ impl Server {
         conn: &mut Conn<'_>,
         txn: &mut ServerTransaction,
         ex: &mut Exchange<'_>,
-        reply: Reply,
+        unmodified: bool,
     ) -> bool {
-        if !matches!(reply, Reply::Unmodified(_)) {
+        if !unmodified {
             return false;
         }
         let rest: Vec<Bytes> = ex.feed.inflight.drain(..).collect();
@@ -410,12 +412,13 @@ impl Server {
     }
 
     /// The service's reply, answered whole (an answer in a preview once the preview is
-    /// read to its end).
+    /// read to its end). The exchange is lent, not moved: each async layer keeps its own
+    /// copy of what it is given by value.
     async fn finish_answer(
         &self,
         conn: &mut Conn<'_>,
         txn: &mut ServerTransaction,
-        mut ex: Exchange<'_>,
+        ex: &mut Exchange<'_>,
         reply: Reply,
     ) -> bool {
         if txn.state() == ServerState::Preview {
@@ -429,7 +432,8 @@ impl Server {
         conn.release_read_buffer(txn);
         // Boxed: inline, its state (3.8 KiB) made every connection's future as large for the
         // whole exchange (8.1 KiB -> 5.8 KiB), while a streaming echo never gets here.
-        Box::pin(self.answer(conn, txn, &ex.head, reply, ex.spool, ex.route)).await
+        let spool = ex.spool.take();
+        Box::pin(self.answer(conn, txn, &ex.head, reply, spool, ex.route)).await
     }
 }
 
