@@ -31,10 +31,10 @@ for f in options-200 reqmod-browser-get respmod-squid cicap-204 block-403; do
     r2=$([ "$em" -gt 100 ] && echo "scale=2; $ie / $em" | bc || echo -)
     printf '%-20s %10d %10d %10d %10d %10d %8s %8s\n' $f "$icap" "$ho" "$all" "$ie" "$em" "$r1" "$r2"
 done
-printf '\n%-12s %12s %12s %12s %12s   (instructions per MiB of body)\n' chunk shared with coalesce feed
+printf '\n%-12s %12s %12s %12s %12s %12s   (instructions per MiB of body)\n' chunk shared with coalesce feed bound
 for c in 1024 16384; do
     printf '%-12s' $c
-    for how in shared with coalesce feed; do
+    for how in shared with coalesce feed bound; do
         printf ' %12d' "$(per body-$c $how 2)"
     done
     printf '\n'

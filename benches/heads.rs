@@ -208,7 +208,7 @@ fn heads(c: &mut Criterion) {
 /// embedded-head parsers), `views` (only the `Bytes` views the latter take), `heads-only`
 /// (feed the head bytes and decode until the head event, then finish the message: count it
 /// with `--toggle-collect='heads::*_head'`, which counts only `request_head` /
-/// `response_head`). Bodies: `body-<chunk>:<shared|with|coalesce|feed>:<n>`, see below.
+/// `response_head`). Bodies: `body-<chunk>:<shared|with|coalesce|feed|bound>:<n>`, see below.
 fn callgrind(spec: &str) {
     let mut it = spec.split(':');
     let (name, what, n) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
@@ -216,7 +216,8 @@ fn callgrind(spec: &str) {
     if let Some(chunk) = name.strip_prefix("body-") {
         // `body-<chunk>:<how>:<n>`: 1 MiB in `chunk`-byte chunks, fed as a shared Bytes and
         // taken out as `Data` events (`shared`), through `decode_with` (`with`), or as `Data`
-        // events joined up to 16 KiB (`coalesce`); or copied in with `feed` (`feed`).
+        // events joined up to 16 KiB (`coalesce`), or `Data` events bound before they are
+        // matched (`bound`); or copied in with `feed` (`feed`).
         let (wire, _) = support::body_message(1 << 20, chunk.parse().unwrap());
         let wire = bytes::Bytes::from(wire);
         let mut dec = ResponseDecoder::default();
@@ -231,6 +232,7 @@ fn callgrind(spec: &str) {
             }
             sum += match what {
                 "with" => support::drain_response_with(&mut dec),
+                "bound" => drain_bound(&mut dec),
                 _ => drain_response(&mut dec),
             };
         }
@@ -279,6 +281,20 @@ fn callgrind(spec: &str) {
         };
     }
     std::hint::black_box(sum);
+}
+
+/// A consumer that binds each event before looking at it (`while let Some(ev) = ...`), as
+/// most code does: what moving an event costs it, beside `drain_response`.
+#[inline(never)]
+fn drain_bound(dec: &mut ResponseDecoder) -> usize {
+    let mut n = 0;
+    while let Some(ev) = dec.decode().expect("decodes") {
+        std::hint::black_box(&ev);
+        if let ResponseEvent::Data(d) = ev {
+            n += d.len();
+        }
+    }
+    n
 }
 
 criterion_group!(benches, heads);

@@ -27,9 +27,6 @@
 //! loopback, with TLS and client-certificate verification as a real appliance behind stunnel
 //! would have, and scans against them as load-balancing partners.
 
-use icap_dlp_engine::service as dlp_service;
-use icap_dlp_engine::tls_args::TlsArgs;
-
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +38,9 @@ use icap::client::{BodySource, Client, PreviewPolicy};
 use icap::dlp::{Profile, Verdict};
 use icap::dlp::{ScanMode, ScanRequest};
 use icap::tls::{ClientTls, ServerTls, Trust};
+use icap_dlp_engine::cli::seconds;
+use icap_dlp_engine::service as dlp_service;
+use icap_dlp_engine::tls_args::TlsArgs;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 
@@ -156,16 +156,6 @@ fn demo_pki() -> Result<DemoPki, rcgen::Error> {
             .with_trust(Trust::Ca(vec![der(&ca_cert)]))
             .with_identity(vec![der(&cli_cert)], key(&cli_key)),
     })
-}
-
-/// A positive number of seconds, fractions allowed.
-fn seconds(s: &str) -> Result<Duration, String> {
-    let n: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    if n > 0.0 {
-        Duration::try_from_secs_f64(n).map_err(|e| format!("{s:?}: {e}"))
-    } else {
-        Err(format!("{s:?}: must be more than 0"))
-    }
 }
 
 /// Opens `path` for reading and checks that it is a regular file.

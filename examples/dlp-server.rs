@@ -42,6 +42,7 @@ use clap::Parser;
 use icap::server::{MinRate, ServerConfig};
 use icap::tls::ReloadableServerTls;
 use icap_dlp_engine::clamd::{Clamd, ClamdAddr, ClamdConfig};
+use icap_dlp_engine::cli::{seconds, seconds_or_zero};
 use icap_dlp_engine::listen;
 use icap_dlp_engine::ops;
 use icap_dlp_engine::service::{self as dlp_service, DlpConfig, OverLimit, Profile};
@@ -126,6 +127,12 @@ struct Args {
     #[arg(long, value_name = "POLICY", default_value = "block", requires = "clamd",
           help_heading = CLAMD)]
     clamd_over_limit: OverLimit,
+    /// Bodies of at most BYTES go to a clamd on a Unix socket as an open file (FILDES, as
+    /// c-icap does), held in memory until their end; longer ones are streamed (INSTREAM).
+    /// 0: always INSTREAM. Keep it under clamd's MaxFileSize and MaxScanSize.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024, requires = "clamd",
+          help_heading = CLAMD)]
+    clamd_fildes_max: usize,
     /// How blocks look: symantec (ICAP 200 + HTTP 200 block text), forcepoint (HTTP 403 page
     /// over 512 bytes), generic (HTTP 403 page + X-Violations-Found / X-Infection-Found).
     #[arg(long, value_name = "NAME", default_value = "generic")]
@@ -210,24 +217,6 @@ struct Args {
 /// A value, or `off`.
 #[derive(Debug, Clone, Copy)]
 struct Off<T>(Option<T>);
-
-/// Seconds, decimals allowed, more than 0.
-fn seconds(v: &str) -> Result<Duration, String> {
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| *s > 0.0)
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or(format!("{v:?}: expected seconds (more than 0)"))
-}
-
-/// Seconds, decimals allowed, 0 or more.
-fn seconds_or_zero(v: &str) -> Result<Duration, String> {
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0)
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or(format!("{v:?}: expected seconds (0 or more)"))
-}
 
 fn seconds_or_off(v: &str) -> Result<Off<Duration>, String> {
     match v {
@@ -342,6 +331,7 @@ async fn run(args: Args) -> Result<(), String> {
             c.timeout = args.clamd_timeout;
             c.connect_timeout = args.clamd_connect_timeout;
             c.ping_interval = args.clamd_ping_interval;
+            c.fildes_max = args.clamd_fildes_max;
             let clamd = Clamd::new(c);
             // Started even when clamd is not up yet: it answers 503 until clamd is.
             if let Err(e) = clamd.check().await {

@@ -12,7 +12,6 @@
 //! a returned body with `--output`. `--verbose` also prints the request head as sent.
 //! The method defaults to OPTIONS, or REQMOD with `--req`, RESPMOD with `--resp`.
 
-use icap_dlp_engine::tls_args::TlsArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,6 +20,8 @@ use bytes::BytesMut;
 use clap::Parser;
 use icap::client::{BodySource, Client, ClientRequest, PreviewPolicy};
 use icap::{Encoder, Headers, HttpRequestHead, HttpResponseHead};
+use icap_dlp_engine::cli::seconds;
+use icap_dlp_engine::tls_args::TlsArgs;
 use tokio::io::AsyncWriteExt;
 
 const EXIT_STATUS: &str = "Exit status:
@@ -80,15 +81,6 @@ struct Args {
     /// Most answer bytes (heads, framing, body) beyond the size of the body sent.
     #[arg(long = "max-answer", value_name = "BYTES", default_value_t = 16 << 20)]
     max_answer: u64,
-}
-
-/// A positive number of seconds, fractions allowed.
-fn seconds(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|n| *n > 0.0)
-        .and_then(|n| Duration::try_from_secs_f64(n).ok())
-        .ok_or(format!("{s:?}: expected seconds (more than 0)"))
 }
 
 fn split_header(h: &str) -> Result<(String, String), String> {

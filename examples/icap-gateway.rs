@@ -21,6 +21,7 @@
 //! its place. SIGHUP reads the certificate, key and client CA files again (new
 //! handshakes use them; if one cannot be used the old set stays). SIGINT / SIGTERM stop it.
 
+use icap_dlp_engine::cli::{seconds, seconds_or_zero};
 use icap_dlp_engine::listen;
 
 use std::net::SocketAddr;
@@ -79,14 +80,14 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 3)]
     failure_limit: u32,
     /// Seconds a down upstream waits before an OPTIONS probe may revive it.
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-    revival_delay: f64,
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds)]
+    revival_delay: Duration,
     /// Seconds between OPTIONS health probes.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    probe_interval: f64,
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
+    probe_interval: Duration,
     /// Seconds an upstream may stay silent while an answer is awaited.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
-    upstream_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = seconds)]
+    upstream_timeout: Duration,
     /// Request bytes kept for replaying a transaction on another upstream.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     replay_limit: usize,
@@ -94,8 +95,8 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// Seconds a TLS handshake may take.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    handshake_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
+    handshake_timeout: Duration,
     /// Most client connections at once, handshakes included. When full, newcomers wait in
     /// the listen backlog; after --queue-timeout one is answered 503 (logged, counted as
     /// refused with reason "capacity") so that its client can fail over.
@@ -103,17 +104,18 @@ struct Args {
     max_connections: usize,
     /// Seconds newcomers wait in the listen backlog while the gateway is full, before one is
     /// answered 503.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    queue_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds_or_zero)]
+    queue_timeout: Duration,
+    /// Seconds a connection may sit idle (between transactions, or before its first) and
+    /// keep its place while the gateway is full: past them, the one idle the longest is
+    /// closed to make room for a newcomer.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds_or_zero)]
+    eviction_grace: Duration,
 }
 
 /// The answer of a connection refused while the gateway is full.
 const OVERLOADED: &[u8] = b"ICAP/1.0 503 Service Overloaded\r\nISTag: \"icap-gateway\"\r\n\
     Connection: close\r\nEncapsulated: null-body=0\r\n\r\n";
-
-fn secs(s: f64, flag: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(s).map_err(|_| format!("--{flag}: not a number of seconds: {s}"))
-}
 
 fn parse_pin(s: &str) -> Result<[u8; 32], String> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
@@ -281,13 +283,15 @@ async fn serve_metrics(addr: SocketAddr, gw: Gateway) -> Result<(), String> {
                 continue;
             };
             for h in gw.health() {
-                let up = h.uri.clone();
+                let up = h.server.to_string();
                 metrics::gauge!("icap_gateway_upstream_up", "upstream" => up.clone())
                     .set(if h.up { 1.0 } else { 0.0 });
                 metrics::gauge!("icap_gateway_upstream_failures", "upstream" => up.clone())
-                    .set(h.failures);
-                metrics::gauge!("icap_gateway_upstream_idle_connections", "upstream" => up)
-                    .set(h.idle as f64);
+                    .set(h.recent_failures);
+                metrics::gauge!("icap_gateway_upstream_idle_connections", "upstream" => up.clone())
+                    .set(h.idle_connections as f64);
+                metrics::gauge!("icap_gateway_upstream_connections_in_use", "upstream" => up)
+                    .set(h.connections_in_use as f64);
             }
             let body = handle.render();
             tokio::spawn(async move {
@@ -334,15 +338,16 @@ async fn run(args: Args) -> Result<(), String> {
     reload_on_sighup(acceptor.clone(), files);
     let cfg = GatewayConfig::default()
         .failure_limit(args.failure_limit)
-        .revival_delay(secs(args.revival_delay, "revival-delay")?)
-        .probe_interval(secs(args.probe_interval, "probe-interval")?)
-        .upstream_timeout(secs(args.upstream_timeout, "upstream-timeout")?)
+        .revival_delay(args.revival_delay)
+        .probe_interval(args.probe_interval)
+        .upstream_timeout(args.upstream_timeout)
         .replay_limit(args.replay_limit);
-    let handshake_timeout = secs(args.handshake_timeout, "handshake-timeout")?;
+    let handshake_timeout = args.handshake_timeout;
     if args.max_connections == 0 {
         return Err("--max-connections: must be at least 1".into());
     }
-    let queue_timeout = secs(args.queue_timeout, "queue-timeout")?;
+    let queue_timeout = args.queue_timeout;
+    let eviction_grace = args.eviction_grace;
     listen::raise_open_files("icap-gateway", 2 * args.max_connections as u64 + 64);
     let listener =
         listen::listen(args.listen).map_err(|e| format!("--listen {}: {e}", args.listen))?;
@@ -353,12 +358,13 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn(gw.clone().probe_forever());
     eprintln!("icap-gateway: listening on {}", args.listen);
     let pins = Arc::new(pins);
-    // Each connection holds a permit from accept to close: the handshake timeout bounds how
-    // long an unauthenticated one holds it, the client timeout an idle authenticated one.
-    let mut gate = listen::Gate::new(args.max_connections, queue_timeout);
+    // Each connection holds a slot from accept to close: the handshake timeout bounds how
+    // long an unauthenticated one holds it, the client timeout an idle authenticated one,
+    // and when the gateway is full one idle past the eviction grace gives it up.
+    let mut gate = listen::Gate::new(args.max_connections, queue_timeout, eviction_grace);
     loop {
-        let (tcp, peer, permit) = match gate.accept(&listener).await {
-            Ok(listen::Accepted::Serve(tcp, peer, permit)) => (tcp, peer, permit),
+        let (tcp, peer, slot) = match gate.accept(&listener).await {
+            Ok(listen::Accepted::Serve(tcp, peer, slot)) => (tcp, peer, slot),
             Ok(listen::Accepted::Refuse(tcp, peer)) => {
                 metrics::counter!("icap_gateway_refused_total", "reason" => "capacity")
                     .increment(1);
@@ -386,8 +392,16 @@ async fn run(args: Args) -> Result<(), String> {
         let acceptor = acceptor.read().expect("acceptor lock").clone();
         let (gw, pins) = (gw.clone(), pins.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            let activity = slot.activity.clone();
+            let _slot = slot;
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => r,
+                () = activity.evicted() => {
+                    return eprintln!("icap-gateway: closed {peer}: no handshake within the \
+                                      eviction grace while the gateway was full");
+                }
+            };
+            let tls = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     metrics::counter!("icap_gateway_refused_total", "reason" => "handshake")
@@ -423,14 +437,21 @@ async fn run(args: Args) -> Result<(), String> {
                 }
             }
             let label = format!("{client}@{peer}");
+            // Evicted while idle, the stream reads as closed: the gateway ends the
+            // connection as if the client had.
+            let stream = listen::Watched::new(tls, activity.clone());
             let r = gw
-                .serve_connection(tls, |t| {
+                .serve_connection(stream, |t| {
+                    activity.idle();
                     record(t);
                     println!("{}", access_line(&label, t))
                 })
                 .await;
             if let Err(e) = r {
                 eprintln!("icap-gateway: {peer}: {e}");
+            }
+            if activity.is_evicted() {
+                eprintln!("icap-gateway: closed {peer}: idle past the eviction grace while the gateway was full");
             }
         });
     }

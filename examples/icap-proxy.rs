@@ -24,6 +24,7 @@
 //! One access-log line per request goes to stdout:
 //! `METHOD URL STATUS REQMOD-VERDICT/RESPMOD-VERDICT BYTES MS`.
 
+use icap_dlp_engine::cli::{seconds, seconds_or_zero};
 use icap_dlp_engine::listen;
 use icap_dlp_engine::tls_args::TlsArgs;
 use std::collections::HashMap;
@@ -87,30 +88,34 @@ struct Args {
     tls: TlsArgs,
     /// Seconds a request head may take from its first byte (and an idle kept-alive
     /// connection may wait for one): a client that trickles its head is cut.
-    #[arg(long = "header-timeout", value_name = "SECS", default_value_t = 30.0)]
-    header_timeout: f64,
+    #[arg(long = "header-timeout", value_name = "SECS", default_value = "30", value_parser = seconds)]
+    header_timeout: Duration,
     /// Client connections served at once; when full, newcomers wait in the listen backlog.
     #[arg(long = "max-connections", value_name = "N", default_value_t = 10000)]
     max_connections: usize,
     /// Seconds newcomers wait in the listen backlog while the proxy is full, before one is
     /// answered 503.
-    #[arg(long = "queue-timeout", value_name = "SECS", default_value_t = 10.0)]
-    queue_timeout: f64,
+    #[arg(long = "queue-timeout", value_name = "SECS", default_value = "10",
+          value_parser = seconds_or_zero)]
+    queue_timeout: Duration,
+    /// Seconds a connection may sit between requests (or before its first) and keep its
+    /// place while the proxy is full: past them, the one idle the longest is closed
+    /// (gracefully: never within a request) to make room for a newcomer.
+    #[arg(long = "eviction-grace", value_name = "SECS", default_value = "10",
+          value_parser = seconds_or_zero)]
+    eviction_grace: Duration,
     /// Seconds a request body may stay silent; a body that does is cut and its connection
     /// closed (it would otherwise hold an ICAP connection to the scanner too).
-    #[arg(
-        long = "body-idle-timeout",
-        value_name = "SECS",
-        default_value_t = 30.0
-    )]
-    body_idle_timeout: f64,
+    #[arg(long = "body-idle-timeout", value_name = "SECS", default_value = "30",
+          value_parser = seconds)]
+    body_idle_timeout: Duration,
     /// Least average request-body rate in bytes/s, checked once --rate-grace has passed: a
     /// client sending a byte now and then is cut. 0 checks no rate.
     #[arg(long = "min-body-rate", value_name = "BYTES", default_value_t = 1024)]
     min_body_rate: u64,
     /// Seconds a request body may take before its average rate is checked.
-    #[arg(long = "rate-grace", value_name = "SECS", default_value_t = 10.0)]
-    rate_grace: f64,
+    #[arg(long = "rate-grace", value_name = "SECS", default_value = "10", value_parser = seconds)]
+    rate_grace: Duration,
 }
 
 /// The time side of request bodies (`--body-idle-timeout`, `--min-body-rate`, `--rate-grace`).
@@ -122,16 +127,12 @@ struct BodyPace {
 }
 
 impl BodyPace {
-    fn from_args(args: &Args) -> Result<BodyPace, String> {
-        let secs = |v: f64, flag: &str| match Duration::try_from_secs_f64(v) {
-            Ok(t) if !t.is_zero() => Ok(t),
-            _ => Err(format!("--{flag} {v}: not a positive number of seconds")),
-        };
-        Ok(BodyPace {
-            idle: secs(args.body_idle_timeout, "body-idle-timeout")?,
+    fn from_args(args: &Args) -> BodyPace {
+        BodyPace {
+            idle: args.body_idle_timeout,
             min_rate: args.min_body_rate,
-            grace: secs(args.rate_grace, "rate-grace")?,
-        })
+            grace: args.rate_grace,
+        }
     }
 }
 
@@ -167,15 +168,8 @@ async fn main() -> ExitCode {
             }
         }
     }
-    let queue_timeout = match Duration::try_from_secs_f64(args.queue_timeout) {
-        Ok(t) => t,
-        Err(_) => {
-            return fail(format!(
-                "--queue-timeout {}: not a number of seconds",
-                args.queue_timeout
-            ))
-        }
-    };
+    let queue_timeout = args.queue_timeout;
+
     listen::raise_open_files("icap-proxy", 3 * args.max_connections as u64 + 64);
     let listener = match listen::listen(args.listen) {
         Ok(l) => l,
@@ -188,20 +182,12 @@ async fn main() -> ExitCode {
         respmod.as_deref().unwrap_or("off"),
         if args.fail_open { "open" } else { "closed" }
     );
-    let header_timeout = match Duration::try_from_secs_f64(args.header_timeout) {
-        Ok(t) if !t.is_zero() => t,
-        _ => {
-            return fail(format!(
-                "--header-timeout {}: not a positive number of seconds",
-                args.header_timeout
-            ))
-        }
-    };
-    let pace = match BodyPace::from_args(&args) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    let mut gate = listen::Gate::new(args.max_connections, queue_timeout);
+    let header_timeout = args.header_timeout;
+
+    let pace = BodyPace::from_args(&args);
+    let eviction_grace = args.eviction_grace;
+
+    let mut gate = listen::Gate::new(args.max_connections, queue_timeout, eviction_grace);
     let pool = Pool::default();
     let forward = tower::service_fn(move |req| forward(pool.clone(), req));
     let svc = AdaptLayer::new(cfg).layer(forward);
@@ -226,18 +212,35 @@ async fn main() -> ExitCode {
         let _ = stream.set_nodelay(true);
         let svc = svc.clone();
         tokio::spawn(async move {
+            let activity = slot.activity.clone();
             let _slot = slot;
+            let marks = activity.clone();
             let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
-                handle(svc.clone(), peer, req.map(|b| GuardedBody::new(b, pace)))
+                let (svc, marks) = (svc.clone(), marks.clone());
+                marks.busy();
+                async move {
+                    let r = handle(svc, peer, req.map(|b| GuardedBody::new(b, pace))).await;
+                    // The answer's body may still be on its way: a graceful shutdown
+                    // lets it finish.
+                    marks.idle();
+                    r
+                }
             });
             // Without a timer hyper waits for a head forever: a client sending a byte now
             // and then would hold its connection (and a slot) for good.
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), handler)
-                .with_upgrades()
-                .await;
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = activity.evicted() => {}
+            }
+            eprintln!("icap-proxy: closing {peer}: idle past the eviction grace while full");
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         });
     }
 }

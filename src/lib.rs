@@ -20,7 +20,8 @@
 //!   ICAP-aware relay ([`gateway`], feature `gateway`).
 //!
 //! Every public type has one path: the codec's and the transaction's types at the crate
-//! root, everything else in the module of its layer.
+//! root, with the one report the client and the gateway share ([`ServerHealth`], either
+//! feature); everything else in the module of its layer.
 //!
 //! Errors are told apart by whose fault they are: bytes on the wire that break the protocol
 //! are an [`Error`] with an [`ErrorKind`] and the byte offset where the problem was seen; a
@@ -97,4 +98,7 @@ pub use transaction::{
     ClientEvent, ClientState, ClientTransaction, CloseReason, RequestBody, Reuse, ServerEvent,
     ServerState, ServerTransaction,
 };
+#[cfg(any(feature = "client", feature = "gateway"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "client", feature = "gateway"))))]
+pub use upstream::ServerHealth;
 pub use uri::{IcapUri, Scheme};

@@ -31,7 +31,7 @@ pub const CLIENT_BYTES_RECEIVED: &str = "icap_client_received_bytes_total";
 /// `method`, in seconds (histogram).
 pub const CLIENT_DURATION: &str = "icap_client_transaction_duration_seconds";
 /// Connections open to a `server`, busy or idle in the pool (gauge; the
-/// `connections_in_use` of [`ServerHealth`](crate::client::ServerHealth)).
+/// `connections_in_use` of [`ServerHealth`](crate::ServerHealth)).
 pub const CLIENT_POOL_OPEN: &str = "icap_client_pool_open_connections";
 /// Kept-alive connections to a `server` waiting in the pool (gauge).
 pub const CLIENT_POOL_IDLE: &str = "icap_client_pool_idle_connections";

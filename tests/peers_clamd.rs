@@ -170,6 +170,79 @@ async fn instream_client_against_a_real_clamd() {
     );
 }
 
+/// The `n` lines of clamd's log that report `name` found, once it has written them (it
+/// logs after it answers).
+fn found_lines(peer: &ClamdPeer, name: &str, n: usize) -> Vec<String> {
+    let lines = || -> Vec<String> {
+        peer.log()
+            .lines()
+            .filter(|l| l.contains(name) && l.contains("FOUND"))
+            .map(str::to_string)
+            .collect()
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while lines().len() < n && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = lines();
+    assert_eq!(got.len(), n, "{name} in clamd's log: {got:?}");
+    got
+}
+
+/// How clamd names a body passed as a file: the memfd's name.
+const AS_FILE: &str = "memfd:icap-clamd";
+
+/// Small bodies to a local clamd go as an open file (FILDES), longer ones switch to
+/// INSTREAM with what was held; both on one pooled session, one after the other. Which way
+/// each went is read from clamd's own log (the memfd's name against `instream(...)`).
+#[tokio::test]
+async fn fildes_for_small_bodies_and_instream_past_the_limit() {
+    if !peers(&[]) {
+        return;
+    }
+    let _serial = serial();
+    let peer = ClamdPeer::start("100M");
+    let mut cfg = ClamdConfig::new(ClamdAddr::Unix(peer.socket.clone()));
+    cfg.fildes_max = 4096;
+    let clamd = Clamd::new(cfg.clone());
+    clamd.check().await.expect("PONG");
+
+    // EICAR in 7-byte pieces, held and passed as a file.
+    assert_eq!(
+        scan(&clamd, EICAR, 7).await.unwrap(),
+        found(CLAMD_EICAR_NAME)
+    );
+    let lines = found_lines(&peer, CLAMD_EICAR_NAME, 1);
+    assert!(lines[0].contains(AS_FILE), "went as a file: {lines:?}");
+    // A card after 8 KiB of clean text: over fildes_max mid-body, streamed from the start.
+    let mut long = clean_text(8192);
+    long.extend_from_slice(CARD_FILE);
+    assert_eq!(scan(&clamd, &long, 1000).await.unwrap(), found(CARD_NAME));
+    let lines = found_lines(&peer, CARD_NAME, 1);
+    assert!(lines[0].contains("instream"), "went as a stream: {lines:?}");
+    // Exactly fildes_max bytes still go as a file, and clean is clean.
+    assert_eq!(
+        scan(&clamd, &clean_text(4096), 4096).await.unwrap(),
+        ClamdVerdict::Clean
+    );
+    assert_eq!(scan(&clamd, SSN_FILE, 5).await.unwrap(), found(SSN_NAME));
+    assert!(found_lines(&peer, SSN_NAME, 1)[0].contains(AS_FILE));
+    // An empty body is a file too.
+    assert_eq!(scan(&clamd, b"", 1).await.unwrap(), ClamdVerdict::Clean);
+    assert_eq!(clamd.idle_sessions(), 1, "one session carried both kinds");
+
+    // fildes_max 0: always INSTREAM.
+    cfg.fildes_max = 0;
+    let streamed = Clamd::new(cfg);
+    streamed.check().await.unwrap();
+    assert_eq!(
+        scan(&streamed, EICAR, 68).await.unwrap(),
+        found(CLAMD_EICAR_NAME)
+    );
+    let lines = found_lines(&peer, CLAMD_EICAR_NAME, 2);
+    assert!(lines[1].contains("instream"), "went as a stream: {lines:?}");
+}
+
 /// A clamd that accepts and never answers: every wait is bounded.
 #[tokio::test]
 async fn a_silent_clamd_times_out() {

@@ -155,6 +155,26 @@ fn dlp_server_on(dir: &TempDir, port: u16) -> (u16, Process) {
     (port, p)
 }
 
+/// What most tests start from: a directory, certificates, and dlp-server as the upstream.
+struct Setup {
+    dir: TempDir,
+    pki: Pki,
+    upstream: [String; 1],
+    _dlp: Process,
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = TempDir::new(name);
+    let pki = Pki::new();
+    let (dlp_port, dlp) = dlp_server(&dir);
+    Setup {
+        upstream: [format!("icap://127.0.0.1:{dlp_port}/reqmod")],
+        dir,
+        pki,
+        _dlp: dlp,
+    }
+}
+
 fn dlp_scan(pki: &Pki, dir: &TempDir, cert: Option<&str>, args: &[&str]) -> ToolOutput {
     let mut cmd = Command::new(example("dlp-scan"));
     cmd.args(["--ca", &pki.file("ca.pem"), "--timeout", "20"]);
@@ -293,10 +313,12 @@ fn dlp_scan_with_a_client_certificate_through_the_gateway_to_dlp_server_and_c_ic
 #[test]
 fn clients_without_a_valid_pinned_certificate_are_refused_before_any_icap_byte() {
     let _serial = serial();
-    let dir = TempDir::new("gateway-refusals");
-    let pki = Pki::new();
-    let (dlp_port, _dlp) = dlp_server(&dir);
-    let upstream = [format!("icap://127.0.0.1:{dlp_port}/reqmod")];
+    let Setup {
+        dir,
+        pki,
+        upstream,
+        _dlp,
+    } = setup("gateway-refusals");
     let pin = pki.sha256("client.pem");
     let gw = Gateway::start(&pki, &upstream, &["--client-cert-sha256", &pin], &dir);
     let file = data("meeting-notes.md");
@@ -337,10 +359,12 @@ fn clients_without_a_valid_pinned_certificate_are_refused_before_any_icap_byte()
 #[test]
 fn connections_over_the_cap_wait_then_read_503_and_silent_ones_free_their_place() {
     let _serial = serial();
-    let dir = TempDir::new("gateway-cap");
-    let pki = Pki::new();
-    let (dlp_port, _dlp) = dlp_server(&dir);
-    let upstream = [format!("icap://127.0.0.1:{dlp_port}/reqmod")];
+    let Setup {
+        dir,
+        pki,
+        upstream,
+        _dlp,
+    } = setup("gateway-cap");
     let extra = [
         "--max-connections",
         "2",
@@ -386,6 +410,86 @@ fn connections_over_the_cap_wait_then_read_503_and_silent_ones_free_their_place(
     drop(silent);
 }
 
+/// A full gateway makes room by closing the connection idle the longest once it has been
+/// idle for `--eviction-grace` (1 s here), long before the queue timeout (30 s): first one
+/// that never started its handshake, then one idle after a transaction. A connection in the
+/// middle of a request keeps its place and gets its answer.
+#[test]
+fn a_full_gateway_closes_connections_idle_past_the_grace_and_keeps_busy_ones() {
+    let _serial = serial();
+    let Setup {
+        dir,
+        pki,
+        upstream,
+        _dlp,
+    } = setup("gateway-evict");
+    let extra = [
+        "--max-connections",
+        "2",
+        "--eviction-grace",
+        "1",
+        "--queue-timeout",
+        "30",
+    ];
+    let gw = Gateway::start(&pki, &upstream, &extra, &dir);
+    gw.wait_log("tls handshake eof");
+    std::thread::sleep(Duration::from_millis(200));
+    let file = data("meeting-notes.md");
+    let url = gw.url("reqmod");
+    let http = "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n";
+    let request = format!(
+        "REQMOD icap://127.0.0.1:{}/reqmod ICAP/1.0\r\nHost: 127.0.0.1\r\nAllow: 204\r\n\
+         Encapsulated: req-hdr=0, null-body={}\r\n\r\n{http}",
+        gw.port,
+        http.len()
+    );
+    let (head, rest) = request.as_bytes().split_at(30);
+
+    // One connection that never starts its handshake, one in the middle of a request.
+    let mut silent = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    let mut busy = tls_client(&pki, gw.port);
+    busy.write_all(head).unwrap();
+    busy.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Full: a newcomer gets the place of the silent one once it has been idle for 1 s.
+    let started = Instant::now();
+    let out = dlp_scan(&pki, &dir, Some("client"), &["--server", &url, &file]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    gw.wait_log("no handshake within the eviction grace");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(
+        matches!(silent.read(&mut [0u8; 64]), Ok(0) | Err(_)),
+        "closed"
+    );
+    // The busy one kept its place: its request completes and is answered.
+    busy.write_all(rest).unwrap();
+    busy.flush().unwrap();
+    let (raw, status) = read_answer(&mut busy, false);
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&raw));
+
+    // Now idle after its transaction; once past the grace, a full gateway closes it for a
+    // newcomer (the other place is taken by a fresh connection, not idle long enough).
+    std::thread::sleep(Duration::from_millis(1500));
+    let _fresh = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = dlp_scan(&pki, &dir, Some("client"), &["--server", &url, &file]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    gw.wait_log("idle past the eviction grace while the gateway was full");
+    let mut rest_of_stream = Vec::new();
+    let _ = busy.read_to_end(&mut rest_of_stream);
+    assert!(rest_of_stream.is_empty(), "nothing but the close");
+    let access = gw.access();
+    let reqmods = access.iter().filter(|l| l.contains(" REQMOD ")).count();
+    assert_eq!(reqmods, 3, "{access:?}");
+}
+
 /// Raises this process's open-files limit to its hard limit: a burst holds hundreds of
 /// connections.
 fn raise_nofile() {
@@ -402,10 +506,12 @@ fn raise_nofile() {
 fn a_burst_of_500_tls_clients_through_the_gateway_gets_500_verdicts() {
     let _serial = serial();
     raise_nofile();
-    let dir = TempDir::new("gateway-burst");
-    let pki = Pki::new();
-    let (dlp_port, _dlp) = dlp_server(&dir);
-    let upstream = [format!("icap://127.0.0.1:{dlp_port}/reqmod")];
+    let Setup {
+        dir,
+        pki,
+        upstream,
+        _dlp,
+    } = setup("gateway-burst");
     let gw = Gateway::start(&pki, &upstream, &[], &dir);
     let port = gw.port;
     let barrier = std::sync::Barrier::new(500);

@@ -163,6 +163,19 @@ fn connect_is_tunnelled() {
     assert_eq!(verdicts(&line), "tunnel");
 }
 
+/// The proxy with `extra` flags, failing open to an ICAP server that is not there: these
+/// tests are about its connections, not its verdicts.
+fn proxy_without_scanner(extra: &[&str]) -> Proxy {
+    let dead = free_port();
+    let mut args = vec![
+        "--respmod".to_string(),
+        format!("icap://127.0.0.1:{dead}/respmod"),
+        "--fail-open".to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Proxy::start(&args)
+}
+
 /// Slow clients cannot hold the proxy: 200 clients trickling a request head are cut at
 /// `--header-timeout` (2 s: 408 or a close), a client over `--max-connections`
 /// reads a 503 once the queue timeout (here 0: no wait in the backlog) has passed, and a
@@ -178,17 +191,13 @@ fn slow_heads_are_cut_and_connections_are_capped() {
     }
     let _g = serial();
     let origin = Origin::start();
-    let dead = free_port();
-    let proxy = Proxy::start(&[
-        "--respmod".into(),
-        format!("icap://127.0.0.1:{dead}/respmod"),
-        "--fail-open".into(),
-        "--header-timeout".into(),
-        "2".into(),
-        "--max-connections".into(),
-        "201".into(),
-        "--queue-timeout".into(),
-        "0".into(),
+    let proxy = proxy_without_scanner(&[
+        "--header-timeout",
+        "2",
+        "--max-connections",
+        "201",
+        "--queue-timeout",
+        "0",
     ]);
     let mut slow: Vec<TcpStream> = (0..200)
         .map(|_| {
@@ -368,4 +377,82 @@ fn slow_request_bodies_are_cut_by_rate_and_by_silence() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
         "silent bodies cut after {took:?}"
     );
+}
+
+/// A full proxy makes room by closing the connection idle the longest once it has been idle
+/// for `--eviction-grace` (1 s here), long before the queue timeout (30 s): a keep-alive
+/// connection after its request, then one that never sent a byte. A request that finds the
+/// proxy full is served within a few seconds.
+#[test]
+fn a_full_proxy_closes_connections_idle_past_the_grace() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    if !available(&["curl"]) {
+        return;
+    }
+    let _g = serial();
+    let origin = Origin::start();
+    let proxy = proxy_without_scanner(&[
+        "--max-connections",
+        "2",
+        "--eviction-grace",
+        "1",
+        "--queue-timeout",
+        "30",
+    ]);
+    let url = origin.url("/bytes/100");
+    // A keep-alive connection that made one request, then one that sends nothing.
+    let mut used = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    used.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(used, "GET {url} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The head, then its 100-byte body.
+    let complete = |a: &[u8]| {
+        a.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .is_some_and(|end| a.len() >= end + 4 + 100)
+    };
+    while !complete(&answer) {
+        let n = used.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut silent = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Full. The used one has been idle longest: closed for the newcomer.
+    let started = Instant::now();
+    let (status, body) = curl(proxy.port, &[], &url);
+    assert_eq!((status, sha(&body)), (200, pattern_sha(100)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(used.read(&mut buf), Ok(0) | Err(_)),
+        "the idle keep-alive connection was closed"
+    );
+    // The silent one is next, once past the grace.
+    let started = Instant::now();
+    let (status, _) = curl(proxy.port, &[], &url);
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(matches!(silent.read(&mut buf), Ok(0) | Err(_)));
+    assert!(proxy
+        .process
+        .log()
+        .contains("idle past the eviction grace while full"));
 }

@@ -1,42 +1,14 @@
 //! The client's view of its servers' health: the model itself (squid's) is shared with the
 //! gateway in `crate::upstream`; this file ties it to a client [`Endpoint`] (its idle
-//! connections, its metrics, its errors) and makes the public [`ServerHealth`] report.
-
-use std::time::{Duration, SystemTime};
+//! connections, its metrics, its errors) and makes its [`ServerHealth`] report.
 
 use crate::client::ClientError;
 use crate::options::ServiceOptions;
 use crate::upstream::{Change, Policy};
-use crate::uri::IcapUri;
+use crate::ServerHealth;
 
 use super::pool::Endpoint;
 use super::ClientConfig;
-
-/// One server's health, from [`Client::health`](super::Client::health).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ServerHealth {
-    /// The server.
-    pub server: IcapUri,
-    /// Whether it gets traffic. A down server waits for a good OPTIONS probe.
-    pub up: bool,
-    /// When it last went up or down (the client's creation, if never).
-    pub since: SystemTime,
-    /// Failures within [`ClientConfig::failure_window`], the count that marks it down (as in
-    /// squid, remembered in ten slots, so a failure may be forgotten up to a tenth of the
-    /// window early).
-    pub recent_failures: u32,
-    /// Failures since the client was made, probes included.
-    pub total_failures: u64,
-    /// The last failure.
-    pub last_error: Option<String>,
-    /// When down: the earliest time of the next probe.
-    pub next_probe: Option<SystemTime>,
-    /// A probe is under way.
-    pub probing: bool,
-    /// Connections in use now.
-    pub connections_in_use: usize,
-}
 
 impl ClientConfig {
     pub(crate) fn health_policy(&self) -> Policy {
@@ -122,27 +94,21 @@ impl Endpoint {
     }
 
     pub(crate) fn down_error(&self) -> ClientError {
-        let s = self.health.snapshot(Duration::MAX);
+        let o = self.health.outage();
         ClientError::Down {
             server: self.name(),
-            down_for: s.down_for.unwrap_or_default(),
-            last_error: s.last_error.unwrap_or_default(),
+            down_for: o.down_for,
+            last_error: o.last_error,
         }
     }
 
     pub(crate) fn report(&self, cfg: &ClientConfig) -> ServerHealth {
-        let s = self.health.snapshot(cfg.failure_window);
-        ServerHealth {
-            server: self.uri.clone(),
-            up: s.up,
-            since: s.since,
-            recent_failures: s.recent_failures,
-            total_failures: s.total_failures,
-            last_error: s.last_error,
-            next_probe: s.next_probe,
-            probing: s.probing,
-            connections_in_use: self.in_use(),
-        }
+        self.health.report(
+            self.uri.clone(),
+            cfg.failure_window,
+            self.in_use(),
+            self.idle.len(),
+        )
     }
 
     pub(crate) fn avoided(&self) -> bool {

@@ -129,7 +129,6 @@ use std::time::Instant;
 pub use body::{AnswerBody, BodySource};
 pub use config::{Balance, ClientBuilder, ClientConfig, PreviewPolicy};
 
-pub use health::ServerHealth;
 pub use request::{CallBuilder, ClientRequest, Progress};
 pub use response::{ClientResponse, Exchange, ServerReport};
 
@@ -139,6 +138,7 @@ use crate::options::ServiceOptions;
 use crate::proto::error::Error;
 use crate::proto::head::{HttpRequestHead, HttpResponseHead};
 use crate::uri::IcapUri;
+use crate::ServerHealth;
 
 use failover::counts_against_server;
 use pool::Endpoint;

@@ -27,4 +27,3 @@ pub use config::GatewayConfig;
 pub use error::{Fault, GatewayError};
 pub use relay::TransactionLog;
 pub use service::Gateway;
-pub use upstreams::UpstreamHealth;

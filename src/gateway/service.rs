@@ -10,10 +10,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::proto::head::Method;
 use crate::uri::IcapUri;
+use crate::ServerHealth;
 
 use super::downstream::{wants_close, Downstream};
 use super::relay::{drain, relay_once, Failure, Replay, TransactionLog};
-use super::upstreams::{UpstreamHealth, Upstreams};
+use super::upstreams::Upstreams;
 use super::{GatewayConfig, GatewayError};
 
 /// The gateway's own answer when no upstream can take a transaction.
@@ -86,7 +87,7 @@ impl Gateway {
     }
 
     /// Every upstream's health, in the configured order.
-    pub fn health(&self) -> Vec<UpstreamHealth> {
+    pub fn health(&self) -> Vec<ServerHealth> {
         self.inner.upstreams.report(&self.inner.cfg)
     }
 
@@ -192,6 +193,7 @@ impl Gateway {
                     continue;
                 }
             };
+            let _busy = u.busy();
             rec.upstream = u.addr.clone();
             let out_before = rec.bytes_out;
             let once = relay_once(
@@ -347,6 +349,49 @@ mod tests {
         assert_eq!(log.status, 204);
         assert_eq!(log.upstream, format!("127.0.0.1:{port}"));
         assert!(log.error.is_none());
+    }
+
+    #[tokio::test]
+    async fn health_counts_a_connection_in_use_while_its_transaction_runs() {
+        // An upstream that reads the request and answers only when told.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut got = vec![0u8; REQ.len()];
+            c.read_exact(&mut got).await.unwrap();
+            wait.await.unwrap();
+            c.write_all(ANSWER).await.unwrap();
+            let _ = c.read(&mut [0u8; 16]).await;
+        });
+        let gw = Gateway::new(vec![uri(port)], GatewayConfig::default()).unwrap();
+        let h = &gw.health()[0];
+        assert_eq!((h.connections_in_use, h.idle_connections), (0, 0));
+        assert_eq!(h.server, uri(port));
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(REQ).await.unwrap();
+        let served = tokio::spawn({
+            let gw = gw.clone();
+            async move { gw.serve_connection(server, |_| {}).await }
+        });
+        let mut in_use = 0;
+        for _ in 0..200 {
+            in_use = gw.health()[0].connections_in_use;
+            if in_use == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(in_use, 1, "while the upstream holds its answer");
+        go.send(()).unwrap();
+        let mut out = vec![0u8; ANSWER.len()];
+        client.read_exact(&mut out).await.unwrap();
+        assert_eq!(out, ANSWER);
+        client.shutdown().await.unwrap();
+        served.await.unwrap().unwrap();
+        let h = &gw.health()[0];
+        assert_eq!((h.connections_in_use, h.idle_connections), (0, 1), "{h:?}");
     }
 
     #[tokio::test]

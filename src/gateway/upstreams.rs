@@ -12,24 +12,9 @@ use crate::proto::decode::{ResponseDecoder, ResponseEvent};
 use crate::proto::head::Method;
 use crate::upstream::{Change, Health, IdlePool, Policy};
 use crate::uri::IcapUri;
+use crate::ServerHealth;
 
 use super::{GatewayConfig, GatewayError};
-
-/// The state of one upstream as [`Gateway::health`](super::Gateway::health) reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct UpstreamHealth {
-    /// The upstream, as configured.
-    pub uri: String,
-    /// False while marked down.
-    pub up: bool,
-    /// Failures within [`GatewayConfig::failure_window`].
-    pub failures: u32,
-    /// The last failure, as a log line would say it.
-    pub last_error: Option<String>,
-    /// Idle connections kept for reuse.
-    pub idle: usize,
-}
 
 pub(super) struct Upstream {
     pub(super) uri: IcapUri,
@@ -37,6 +22,18 @@ pub(super) struct Upstream {
     pub(super) addr: String,
     idle: IdlePool<TcpStream>,
     health: Health,
+    /// Connections carrying a transaction now (see [`Busy`]).
+    busy: AtomicUsize,
+}
+
+/// Counts one connection as carrying a transaction for as long as it lives, however the
+/// transaction ends.
+pub(super) struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Upstream {
@@ -46,6 +43,7 @@ impl Upstream {
             uri,
             idle: IdlePool::new(),
             health: Health::new(),
+            busy: AtomicUsize::new(0),
         }
     }
 
@@ -92,6 +90,12 @@ impl Upstream {
             }
         }
         Ok((self.connect(cfg.connect_timeout).await?, false))
+    }
+
+    /// Marks a connection as carrying a transaction until the guard drops.
+    pub(super) fn busy(&self) -> Busy<'_> {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(&self.busy)
     }
 
     /// Keeps `c` for the next transaction.
@@ -178,15 +182,13 @@ impl Upstream {
             })?
     }
 
-    fn report(&self, window: Duration) -> UpstreamHealth {
-        let s = self.health.snapshot(window);
-        UpstreamHealth {
-            uri: self.uri.to_string(),
-            up: s.up,
-            failures: s.recent_failures,
-            last_error: s.last_error,
-            idle: self.idle.len(),
-        }
+    fn report(&self, window: Duration) -> ServerHealth {
+        self.health.report(
+            self.uri.clone(),
+            window,
+            self.busy.load(Ordering::Relaxed),
+            self.idle.len(),
+        )
     }
 }
 
@@ -240,7 +242,7 @@ impl Upstreams {
         }
     }
 
-    pub(super) fn report(&self, cfg: &GatewayConfig) -> Vec<UpstreamHealth> {
+    pub(super) fn report(&self, cfg: &GatewayConfig) -> Vec<ServerHealth> {
         self.list
             .iter()
             .map(|u| u.report(cfg.failure_window))
@@ -310,7 +312,7 @@ mod tests {
         assert_eq!(ups.pick(&[0, 2]), None);
         let h = ups.report(&GatewayConfig::default());
         assert!(h[0].up && !h[1].up && h[2].up);
-        assert_eq!(h[1].failures, 1);
+        assert_eq!(h[1].recent_failures, 1);
         assert_eq!(
             h[1].last_error.as_deref(),
             Some("no upstream could take the transaction")
@@ -385,7 +387,7 @@ mod tests {
         let a_local = a.local_addr().unwrap();
         u.keep(a, &cfg);
         u.keep(b, &cfg);
-        assert_eq!(ups.report(&cfg)[0].idle, 1);
+        assert_eq!(ups.report(&cfg)[0].idle_connections, 1);
         let (c, pooled) = u.connection(&cfg, false).await.unwrap();
         assert!(pooled);
         assert_eq!(c.local_addr().unwrap(), a_local);
@@ -393,6 +395,6 @@ mod tests {
         u.keep(c, &cfg);
         let (_, pooled) = u.connection(&cfg, true).await.unwrap();
         assert!(!pooled);
-        assert_eq!(ups.report(&cfg)[0].idle, 1);
+        assert_eq!(ups.report(&cfg)[0].idle_connections, 1);
     }
 }

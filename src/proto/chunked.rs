@@ -99,14 +99,26 @@ pub(crate) trait Input: std::ops::Deref<Target = [u8]> + Buf {
 }
 
 impl Input for BytesMut {
+    #[inline]
     fn take(&mut self, n: usize) -> Bytes {
         self.split_to(n).freeze()
     }
 }
 
 impl Input for Bytes {
+    /// `split_to`, inlined where pieces are taken (that one is an out-of-line call around
+    /// the same clone): one view more of the buffer, its refcount up once.
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Bytes {
-        self.split_to(n)
+        if n == self.len() {
+            return std::mem::take(self);
+        }
+        // The clone of a caller's `Vec`-backed buffer is a shared view (the buffer promoted
+        // once), so `truncate` only sets its length.
+        let mut piece = self.clone();
+        piece.truncate(n);
+        self.advance(n);
+        piece
     }
 }
 
@@ -383,6 +395,11 @@ impl ChunkedDecoder {
             i = 2;
             self.state = State::Start;
         }
+        if self.state == State::Start {
+            if let Some(step) = self.whole_line(buf, i, base) {
+                return Ok(step);
+            }
+        }
         if self.in_line() {
             i = self.size_line(buf, i, base)?;
             if self.in_line() {
@@ -405,6 +422,54 @@ impl ChunkedDecoder {
                 len,
             },
             Step::More { skip } => Step::More { skip: i + skip },
+        })
+    }
+
+    /// The common size line, read whole: at `buf[i..]` (state `Start`, so nothing of the line
+    /// read before) hex digits and CRLF, a data chunk within the line limit and the body
+    /// budget, and at least one byte of its data. Returns what [`Self::size_line`] and the
+    /// data step after it would, with the state they would leave; `None`, with nothing
+    /// changed, for any other line (extensions, the last chunk, a line cut short, an error),
+    /// which the byte-by-byte parser then reads from the same byte. The general parser must
+    /// keep its place in a line and check each byte against the limits as it comes; a line
+    /// already whole needs none of that, one test per digit.
+    #[inline(always)]
+    fn whole_line(&mut self, buf: &[u8], i: usize, base: u64) -> Option<Step> {
+        // At most 15 digits: the size then fits in 60 bits, with no overflow to check.
+        let line = buf.get(i..)?;
+        // Digits and the byte after them, looked for in one bound: running off its end is
+        // a line too long for this path, or cut short, the byte parser's either way.
+        let window = &line[..line.len().min(self.max_chunk_line.min(15) + 1)];
+        let (mut size, mut n) = (0u64, 0);
+        loop {
+            let d = HEX[*window.get(n)? as usize];
+            if d > 15 {
+                break;
+            }
+            size = size << 4 | u64::from(d);
+            n += 1;
+        }
+        let data = n + 2;
+        if size == 0
+            || line.get(n..data) != Some(b"\r\n")
+            || line.len() == data
+            || size > self.limit - self.total
+        {
+            return None;
+        }
+        let len = size.min((line.len() - data) as u64);
+        self.line_start = base + i as u64;
+        self.size = size;
+        self.total += size;
+        self.remaining = size - len;
+        self.state = if self.remaining == 0 {
+            State::DataCr
+        } else {
+            State::Data
+        };
+        Some(Step::Data {
+            skip: i + data,
+            len: len as usize,
         })
     }
 
@@ -1042,6 +1107,133 @@ mod tests {
             .decode_coalesced(&mut buf, &mut base, &mut joined, 64)
             .unwrap_err();
         assert_eq!((e.kind(), e.offset()), (ErrorKind::BadChunkSize, 16));
+    }
+
+    /// The whole-line path against the byte-by-byte parser: the same step and the same state
+    /// after it, for lines it takes; nothing changed for lines it leaves.
+    #[test]
+    fn a_whole_line_is_read_as_the_byte_parser_reads_it() {
+        let limits = Limits {
+            max_chunk_line: 5,
+            ..Limits::default()
+        };
+        let state = |d: &ChunkedDecoder| (d.state, d.size, d.remaining, d.total, d.line_start);
+        for (line, taken) in [
+            (&b"3\r\nabc\r\n"[..], true),
+            (b"3\r\nab", true),
+            (b"1f\r\nxy", true),
+            (b"1F\r\nxy", true),
+            (b"0000a\r\n0123456789", true),
+            (b"00000a\r\n0123456789", false),
+            (b"3\r\n", false),
+            (b"3\r", false),
+            (b"3", false),
+            (b"", false),
+            (b"0\r\n\r\n", false),
+            (b"3;x\r\nabc", false),
+            (b"3 \r\nabc", false),
+            (b"3\nabc", false),
+            (b"3\rxabc", false),
+            (b"29\r\nabc", false),
+            (b"g\r\nabc", false),
+        ] {
+            let text = String::from_utf8_lossy(line);
+            let mut fast = ChunkedDecoder::new(&limits).with_budget(40, ErrorKind::PreviewOverrun);
+            fast.total = 1;
+            let before = state(&fast);
+            let mut slow = fast.clone();
+            let got = fast.whole_line(line, 0, 7);
+            assert_eq!(got.is_some(), taken, "{text:?}");
+            let Some(step) = got else {
+                assert_eq!(state(&fast), before, "{text:?}");
+                continue;
+            };
+            let mut i = slow.size_line(line, 0, 7).expect("a line taken is valid");
+            let Step::Data { skip, len } = slow.next_state(&line[i..], 7 + i as u64).unwrap()
+            else {
+                panic!("{text:?}")
+            };
+            i += skip;
+            assert_eq!(step, Step::Data { skip: i, len }, "{text:?}");
+            assert_eq!(state(&fast), state(&slow), "{text:?}");
+        }
+    }
+
+    /// `run` over a caller's `Bytes` (the input `feed_bytes` decodes in place), cut once at
+    /// `cut`: what is left of the first part is joined with the second, as the decoder does.
+    fn run_bytes(
+        wire: &[u8],
+        cut: usize,
+    ) -> (Vec<u8>, Option<LastChunk>, Option<(ErrorKind, u64)>) {
+        let limits = Limits {
+            max_chunk_line: 12,
+            ..Limits::default()
+        };
+        let mut dec = ChunkedDecoder::new(&limits).with_budget(40, ErrorKind::PreviewOverrun);
+        let (mut base, mut data) = (0u64, Vec::new());
+        let mut buf = Bytes::copy_from_slice(&wire[..cut]);
+        for next in [&wire[cut..], b""] {
+            loop {
+                match dec.decode_from(&mut buf, &mut base) {
+                    Ok(Some(Chunk::Data(d))) => data.extend_from_slice(&d),
+                    Ok(Some(Chunk::Last(l))) => return (data, Some(l), None),
+                    Ok(None) => break,
+                    Err(e) => return (data, None, Some((e.kind(), e.offset()))),
+                }
+            }
+            buf = [&buf[..], next].concat().into();
+        }
+        (data, None, None)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Bodies of whole lines (the whole-line path) decode as they do a byte at a time and
+        /// cut anywhere (the byte parser), as views, slices or joined pieces, errors and
+        /// offsets included: sizes in either case
+        /// with leading zeros, extensions and whitespace, the budget and the line limit
+        /// passed, and one byte anywhere replaced.
+        #[test]
+        fn whole_lines_and_bytes_agree_under_any_cut(
+            chunks in proptest::collection::vec(
+                (0usize..24, 0usize..12, proptest::prelude::any::<bool>(), 0u8..4),
+                0..6,
+            ),
+            last in 0u8..3,
+            flip in proptest::option::of((0usize..400, proptest::prelude::any::<u8>())),
+        ) {
+            let mut wire = Vec::new();
+            for (size, zeros, upper, ext) in chunks {
+                let hex = format!("{}{size:x}", "0".repeat(zeros));
+                wire.extend_from_slice(if upper { hex.to_uppercase() } else { hex }.as_bytes());
+                wire.extend_from_slice(match ext {
+                    0 | 1 => &b""[..],
+                    2 => b";x=1",
+                    _ => b" ",
+                });
+                wire.extend_from_slice(b"\r\n");
+                wire.extend((0..size).map(|k| b'a' + (k % 26) as u8));
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(match last {
+                0 => &b"0\r\n\r\n"[..],
+                1 => b"0; ieof\r\n\r\n",
+                _ => b"0\r\nT: 1\r\n\r\n",
+            });
+            if let Some((at, b)) = flip {
+                let at = at % wire.len();
+                wire[at] = b;
+            }
+            let want = run(&wire, 1);
+            proptest::prop_assert_eq!(&run(&wire, wire.len()), &want);
+            // Borrowed slices and joined pieces take the whole-line path too.
+            proptest::prop_assert_eq!(&run_other(&wire, wire.len(), None), &want);
+            proptest::prop_assert_eq!(&run_other(&wire, wire.len(), Some(7)), &want);
+            for cut in 0..=wire.len() {
+                proptest::prop_assert_eq!(&run_bytes(&wire, cut), &want, "cut {}", cut);
+            }
+        }
     }
 
     /// A slow client's size line: every byte is consumed as it arrives (nothing is left in

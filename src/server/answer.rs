@@ -3,13 +3,14 @@
 //! and the error answers the server gives on its own.
 
 use std::io;
+use std::sync::OnceLock;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::body::BodyError;
 use super::conn::Conn;
-use super::service::{Reply, ReplyBody};
+use super::service::{Reply, ReplyBody, Route};
 use super::spool::Spool;
 use super::Server;
 use crate::builder::{ErrorStatus, ResponseBuilder};
@@ -23,6 +24,28 @@ use crate::transaction::{Reuse, ServerState, ServerTransaction};
 /// Bytes read at once from a reply body given as a reader (the echo spool's file among
 /// them): what a connection holds while it sends one.
 const READER_ROOM: usize = 16 * 1024;
+
+/// A body to send: the service's, or an echo's kept in memory and small enough to go as the
+/// one chunk a reader of it would give (see [`READER_ROOM`]), without a read buffer for it.
+pub(crate) enum Outgoing {
+    Reply(ReplyBody),
+    Spooled(Bytes),
+}
+
+impl From<ReplyBody> for Outgoing {
+    fn from(b: ReplyBody) -> Self {
+        Outgoing::Reply(b)
+    }
+}
+
+/// Whether `value` is `istag` in quotes, as the server writes it.
+fn is_quoted(value: &[u8], istag: &str) -> bool {
+    let t = istag.trim_matches('"').as_bytes();
+    value.len() == t.len() + 2
+        && value.first() == Some(&b'"')
+        && value.last() == Some(&b'"')
+        && &value[1..value.len() - 1] == t
+}
 
 impl Server {
     pub(crate) fn server_header(&self, b: ResponseBuilder) -> ResponseBuilder {
@@ -86,8 +109,9 @@ impl Server {
         req: &Request,
         reply: Reply,
         spool: Option<Spool>,
-        istag: &str,
+        route: &Route,
     ) -> bool {
+        let istag = route.options.istag.as_str();
         let in_preview = matches!(
             txn.state(),
             ServerState::Decide { .. } | ServerState::Preview
@@ -111,11 +135,14 @@ impl Server {
                     self.body_error(conn, txn, e, istag).await;
                     return false;
                 }
-                let res = self.echo_response(req, istag, &extra);
+                let res = self.echo_response(req, istag, &route.echo_fields, &extra);
                 // The spool exists whenever a body came without Allow: 204.
-                let body = match spool {
-                    Some(s) if req.body.is_some() => match s.into_reader().await {
-                        Ok(r) => ReplyBody::Reader(r),
+                let mut spool = spool.filter(|_| req.body.is_some());
+                let small = spool.as_mut().and_then(|s| s.take_small(READER_ROOM));
+                let body = match (small, spool) {
+                    (Some(b), _) => Outgoing::Spooled(b),
+                    (None, Some(s)) => match s.into_reader().await {
+                        Ok(r) => Outgoing::Reply(ReplyBody::Reader(r)),
                         Err(e) => {
                             tracing::error!("no echo, answering 500: {e}");
                             let res = self.error_response(ErrorStatus::ServerError, istag);
@@ -124,7 +151,7 @@ impl Server {
                                 .await;
                         }
                     },
-                    _ => ReplyBody::Empty,
+                    _ => Outgoing::Reply(ReplyBody::Empty),
                 };
                 self.send(conn, txn, res, body, None, istag).await
             }
@@ -138,13 +165,27 @@ impl Server {
 
     /// The 200 that gives the client its own message back: the encapsulated heads as they
     /// came (the request head only for REQMOD, RFC 3507 4.9.2), and a body when it had one.
-    pub(crate) fn echo_response(&self, req: &Request, istag: &str, extra: &Headers) -> Response {
+    ///
+    /// Its own ICAP fields (`Server`, `ISTag`) are made once per service, in `fields`, and
+    /// copied from there.
+    pub(crate) fn echo_response(
+        &self,
+        req: &Request,
+        istag: &str,
+        fields: &OnceLock<Headers>,
+        extra: &Headers,
+    ) -> Response {
         let mut res = Response::new(200, "OK");
-        if let Some(s) = &self.config.server_name {
-            res.headers.append("Server", s);
-        }
-        res.headers
-            .append("ISTag", format!("\"{}\"", istag.trim_matches('"')));
+        res.headers = fields
+            .get_or_init(|| {
+                let mut h = Headers::new();
+                if let Some(s) = &self.config.server_name {
+                    h.append("Server", s);
+                }
+                h.append("ISTag", format!("\"{}\"", istag.trim_matches('"')));
+                h
+            })
+            .clone();
         for (n, v) in extra.iter() {
             res.headers.append(&String::from_utf8_lossy(n), v);
         }
@@ -164,10 +205,11 @@ impl Server {
         conn: &mut Conn<'_>,
         txn: &mut ServerTransaction,
         res: Response,
-        body: ReplyBody,
+        body: impl Into<Outgoing>,
         original_from: Option<u64>,
         istag: &str,
     ) -> bool {
+        let body = body.into();
         let mut res = res;
         if let Some(name) = &self.config.server_name {
             if !res.headers.contains("Server") {
@@ -175,9 +217,15 @@ impl Server {
             }
         }
         // The service's ISTag, whatever the reply carried: it is declared once, with the
-        // service's options.
-        res.headers
-            .insert("ISTag", format!("\"{}\"", istag.trim_matches('"')));
+        // service's options. (An echo's head has it already.)
+        let tagged = {
+            let mut tags = res.headers.get_all("ISTag");
+            matches!((tags.next(), tags.next()), (Some(v), None) if is_quoted(v, istag))
+        };
+        if !tagged {
+            res.headers
+                .insert("ISTag", format!("\"{}\"", istag.trim_matches('"')));
+        }
         if matches!(txn.state(), ServerState::Body | ServerState::Preview) {
             // Answered before the request was read to its end: rather than read on to keep
             // the connection, close it (and say so) once the answer is out.
@@ -202,11 +250,12 @@ impl Server {
         }
         if txn.state() == ServerState::Responding {
             let sent = match body {
-                ReplyBody::Empty => Ok(()),
-                ReplyBody::Full(b) => txn
+                Outgoing::Reply(ReplyBody::Empty) => Ok(()),
+                Outgoing::Spooled(b) if b.is_empty() => Ok(()),
+                Outgoing::Reply(ReplyBody::Full(b)) | Outgoing::Spooled(b) => txn
                     .send_data(b)
                     .map_err(|e| io::Error::other(e.to_string())),
-                ReplyBody::Reader(mut r) => {
+                Outgoing::Reply(ReplyBody::Reader(mut r)) => {
                     let mut ok = Ok(());
                     // One buffer for the whole body: each full piece is written out (and
                     // dropped) before the next read, which then reuses the buffer in place. A
@@ -261,18 +310,21 @@ impl Server {
 /// Content-Length) and handed over as `body`: when the two disagree, what would go out is
 /// invalid HTTP (a head announcing bytes that never come, or a body the head does not
 /// announce), so it does not go out.
-fn mismatch(res: &Response, body: &ReplyBody, whole: bool) -> Option<Error> {
+fn mismatch(res: &Response, body: &Outgoing, whole: bool) -> Option<Error> {
     let wrong = |m: String| Some(Error::new(crate::ErrorKind::InvalidMessage, 0, m));
     let declared = res.body.is_some();
     let len = match body {
-        ReplyBody::Empty if declared => {
+        Outgoing::Reply(ReplyBody::Empty) if declared => {
             return wrong("the response declares a body, the reply gives none".into())
         }
-        ReplyBody::Full(_) | ReplyBody::Reader(_) if !declared => {
+        Outgoing::Reply(ReplyBody::Full(_) | ReplyBody::Reader(_)) | Outgoing::Spooled(_)
+            if !declared =>
+        {
             return wrong("the reply gives a body, the response declares none".into())
         }
-        // A 206 prefix is not the whole body its head describes.
-        ReplyBody::Full(b) if whole => b.len() as u64,
+        // A 206 prefix is not the whole body its head describes. (An echo, spooled, is
+        // what the client sent, as a reader of it would give it.)
+        Outgoing::Reply(ReplyBody::Full(b)) if whole => b.len() as u64,
         _ => return None,
     };
     let head = match (&res.http_response, &res.http_request) {

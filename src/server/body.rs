@@ -1,7 +1,7 @@
 //! [`Body`]: the request body a service owns, and [`BodyError`].
 //!
-//! The connection task decodes the body and hands it over piece by piece through a channel;
-//! the body tells the connection task, through a second channel, what it has taken (which
+//! The connection task decodes the body and hands it over piece by piece through a queue;
+//! the body tells the connection task, through a second queue (see `link`), what it has taken (which
 //! paces reading: the connection reads ahead at most a window of bytes) and when it wants
 //! the body past a preview (the connection then sends `100 Continue`, lazily, as hyper does
 //! for `Expect: 100-continue`). The body is `'static`: a service may move it, spawn it or
@@ -14,7 +14,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+pub(crate) use link::{link, Receiver, Sender};
+
+mod link;
 
 use crate::proto::error::{Error, ErrorKind};
 
@@ -106,8 +110,8 @@ impl BodyError {
 ///
 /// A request without a body has an empty one (its first [`Body::data`] is `Ok(None)`).
 pub struct Body {
-    pieces: Option<mpsc::UnboundedReceiver<Piece>>,
-    control: Option<mpsc::UnboundedSender<Control>>,
+    pieces: Option<Receiver<Piece>>,
+    control: Option<Sender<Control>>,
     /// Preview pieces looked at by [`Body::preview`], handed out again first.
     replay: VecDeque<Bytes>,
     /// A marker met by [`Body::preview`] after the replayed pieces.
@@ -137,8 +141,8 @@ impl Default for Body {
 
 impl Body {
     pub(crate) fn new(
-        pieces: Option<mpsc::UnboundedReceiver<Piece>>,
-        control: mpsc::UnboundedSender<Control>,
+        pieces: Option<Receiver<Piece>>,
+        control: Sender<Control>,
         previewed: bool,
     ) -> Self {
         Body {
@@ -173,7 +177,7 @@ impl Body {
 
     /// A body of these bytes, in one piece: for testing a service without a server.
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx, _, _) = link();
         let _ = tx.send(Piece::Data(bytes.into()));
         let _ = tx.send(Piece::End);
         let mut b = Body::empty();
@@ -366,15 +370,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_preview_is_replayed_and_continue_is_asked_lazily() {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (ctx, mut crx) = mpsc::unbounded_channel();
+        let (tx, rx, ctx, mut crx) = link();
         let mut b = Body::new(Some(rx), ctx, true);
         tx.send(Piece::Data(Bytes::from_static(b"ab"))).unwrap();
         tx.send(Piece::Data(Bytes::from_static(b"cd"))).unwrap();
         tx.send(Piece::PreviewEnd).unwrap();
         assert_eq!(b.preview().await.unwrap().unwrap(), "abcd");
         assert!(
-            crx.try_recv().is_err(),
+            crx.try_recv().is_none(),
             "looking at the preview asks nothing"
         );
         assert_eq!(b.data().await.unwrap().unwrap(), "ab");
@@ -382,14 +385,13 @@ mod tests {
         tx.send(Piece::Data(Bytes::from_static(b"ef"))).unwrap();
         tx.send(Piece::End).unwrap();
         assert_eq!(b.data().await.unwrap().unwrap(), "ef");
-        let got: Vec<String> = std::iter::from_fn(|| crx.try_recv().ok())
+        let got: Vec<String> = std::iter::from_fn(|| crx.try_recv())
             .map(|c| format!("{c:?}"))
             .collect();
         assert_eq!(got, ["Seen(2)", "Seen(4)", "Continue"]);
         assert_eq!(b.data().await.unwrap(), None);
         // The connection task gone in the middle of a body: an error, the same each time.
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (ctx, _crx) = mpsc::unbounded_channel();
+        let (tx, rx, ctx, _crx) = link();
         let mut b = Body::new(Some(rx), ctx, false);
         drop(tx);
         assert!(matches!(b.data().await, Err(BodyError::Closed)));

@@ -59,12 +59,17 @@ pub(crate) struct Conn<'s> {
     room_grows: bool,
 }
 
-/// Read room while a head is awaited. The decoded head points into the buffer it was read
-/// into and keeps that buffer for the whole transaction, while the body is read into another:
-/// a small first buffer makes that cost ~1 KiB instead of a body-sized buffer per
-/// connection, and an idle connection holds no more. Longer heads take a few more reads (the
-/// buffer doubles each time).
+/// Read room while a connection at rest awaits a head. The decoded head points into the
+/// buffer it was read into and keeps that buffer for the whole transaction, while the body is
+/// read into another: a small first buffer makes that cost ~1 KiB instead of a body-sized
+/// buffer per connection, and an idle connection holds no more. Longer heads take a few more
+/// reads (the buffer doubles each time).
 const HEAD_ROOM: usize = 1024;
+
+/// Read room for a head on a busy connection (one that served a request less than
+/// [`IDLE_SETTLE`] ago, or whose head has begun): a small request comes whole in one read,
+/// head and body, where [`HEAD_ROOM`] took two; the buffer lives as long as the transaction.
+const HEAD_ROOM_BUSY: usize = 4 * 1024;
 
 /// How long a connection waits for its next request with the decoder of the last one (and
 /// the room it keeps for the next heads) before it lets that go: requests that follow each
@@ -98,6 +103,26 @@ pub(crate) struct Seen {
     received: u64,
     pub(crate) error: Option<&'static str>,
     span: Option<tracing::Span>,
+}
+
+/// How a connection's busy spell ended (see [`Server::busy`]).
+enum Busy {
+    /// The connection is to be closed.
+    Closed,
+    /// No request came within [`IDLE_SETTLE`]: the connection waits on at rest until the
+    /// deadline, with a fresh decoder.
+    Settled(Instant),
+}
+
+/// What waiting for a head gave.
+// Lives for one step, on the stack: boxing the head would allocate per request.
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    /// The head (from [`Server::wait_idle`]: `None`, bytes came, read on).
+    Request(Option<crate::proto::message::Request>),
+    /// Nothing within [`IDLE_SETTLE`]: the idle deadline.
+    Settled(Instant),
+    Closed,
 }
 
 /// Why a timed read failed.
@@ -164,7 +189,10 @@ impl Conn<'_> {
     }
 
     async fn read(&mut self, txn: &mut ServerTransaction) -> io::Result<usize> {
-        let buf = txn.decoder_mut().buffer_mut();
+        self.read_into(txn.decoder_mut().buffer_mut()).await
+    }
+
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         buf.reserve(self.room);
         let n = self.io.read_buf(buf).await?;
         if n > 0 {
@@ -556,37 +584,81 @@ impl Server {
         };
         observe::server_connections(1.0);
         let mut decoder = RequestDecoder::new(self.config.limits);
+        let mut stop = stop;
         loop {
-            let txn = ServerTransaction::new(decoder);
-            let next = self.transaction(&mut conn, txn, peer, stop.clone()).await;
-            conn.finish();
-            match next {
-                Some(d) => decoder = d,
-                None => break,
+            // Boxed: the state of a transaction under way (about 10 KiB) is held only while the
+            // connection is busy, not by every connection at rest. Boxed once per busy spell,
+            // not per transaction: moving that state into a new box is a copy of all of it.
+            match Box::pin(self.busy(&mut conn, decoder, peer, stop.clone())).await {
+                Busy::Closed => break,
+                Busy::Settled(deadline) => {
+                    decoder = RequestDecoder::new(self.config.limits);
+                    if !self
+                        .wait_settled(&mut conn, &mut decoder, &mut stop, deadline)
+                        .await
+                    {
+                        break;
+                    }
+                }
             }
         }
         observe::server_connections(-1.0);
         let _ = timeout(Duration::from_secs(1), conn.io.shutdown()).await;
     }
 
-    /// Runs one transaction; returns the decoder when the connection may carry another.
+    /// Runs transactions one after the other while they follow each other closely: until
+    /// the connection ends, or has waited [`IDLE_SETTLE`] for its next request.
     ///
-    /// One function per state, as the connection moves through them: [`Self::begin`], then
-    /// [`Self::read_head`] (waiting idle in [`Self::wait_idle`], reading the head against its
-    /// clock in [`Self::read_head_bytes`]), then [`Self::serve_head`].
-    async fn transaction(
+    /// One function per state, as each transaction moves through them: [`Self::begin`],
+    /// then [`Self::read_head`] (waiting idle in [`Self::wait_idle`], reading the head
+    /// against its clock in [`Self::read_head_bytes`]), then [`Self::start_head`] and
+    /// [`Self::after_head`]. They are awaited here, not through a function per transaction:
+    /// each async layer stores (and moves) the whole state of the one it awaits.
+    async fn busy(
         &self,
         conn: &mut Conn<'_>,
-        mut txn: ServerTransaction,
+        mut decoder: RequestDecoder,
         peer: PeerInfo,
         stop: watch::Receiver<bool>,
-    ) -> Option<RequestDecoder> {
-        Self::begin(conn, &mut txn);
-        let request = self.read_head(conn, &mut txn, stop).await?;
-        // Boxed: the exchange's state is held only while a request is served, not by every
-        // connection waiting idle for its next one.
-        let keep = Box::pin(self.serve_head(conn, &mut txn, request, peer)).await;
-        keep.then(|| txn.into_decoder())
+    ) -> Busy {
+        // The service path of the last request URI: the same on most requests of a
+        // connection, so parsed once.
+        let mut last_uri: Option<(Bytes, Option<String>)> = None;
+        loop {
+            let mut txn = ServerTransaction::new(decoder);
+            Self::begin(conn, &mut txn);
+            let request = match self.read_head(conn, &mut txn, stop.clone()).await {
+                Head::Request(Some(r)) => r,
+                Head::Request(None) | Head::Closed => {
+                    conn.finish();
+                    return Busy::Closed;
+                }
+                Head::Settled(deadline) => {
+                    conn.finish();
+                    return Busy::Settled(deadline);
+                }
+            };
+            let path = match &last_uri {
+                Some((uri, path)) if *uri == request.uri => path.clone(),
+                _ => {
+                    let path = IcapUri::parse(&String::from_utf8_lossy(&request.uri))
+                        .ok()
+                        .map(|u| u.path().trim_start_matches('/').to_string());
+                    last_uri = Some((request.uri.clone(), path.clone()));
+                    path
+                }
+            };
+            let span = self.start_head(conn, &request, path.as_deref(), peer);
+            let keep = self
+                .after_head(conn, &mut txn, request, path, peer)
+                .instrument(span)
+                .await;
+            conn.finish();
+            if !keep {
+                return Busy::Closed;
+            }
+            decoder = txn.into_decoder();
+        }
     }
 
     /// Resets the connection's clocks for a new transaction, and lets the last body's read
@@ -595,7 +667,7 @@ impl Server {
     fn begin(conn: &mut Conn<'_>, txn: &mut ServerTransaction) {
         conn.clock = None;
         conn.reading_since = None;
-        conn.room = HEAD_ROOM;
+        conn.room = HEAD_ROOM_BUSY;
         let buf = txn.decoder_mut().buffer_mut();
         if buf.is_empty() {
             // Even a small remaining capacity may be the tail of a body-sized allocation
@@ -605,45 +677,50 @@ impl Server {
     }
 
     /// The request head: waits idle for its first byte, then reads it within head_timeout
-    /// (and the minimum rate) from that byte, empty lines before it included. `None` when
-    /// the connection ends instead (closed, timed out and answered, stopped, evicted).
+    /// (and the minimum rate) from that byte, empty lines before it included.
+    /// [`Head::Closed`] when the connection ends instead (closed, timed out and answered,
+    /// stopped, evicted).
     async fn read_head(
         &self,
         conn: &mut Conn<'_>,
         txn: &mut ServerTransaction,
         mut stop: watch::Receiver<bool>,
-    ) -> Option<crate::proto::message::Request> {
+    ) -> Head {
         let istag = &self.config.istag;
         loop {
             match txn.poll_event() {
-                Ok(Some(ServerEvent::Request(r))) => return Some(r),
+                Ok(Some(ServerEvent::Request(r))) => return Head::Request(Some(r)),
                 Ok(Some(ev)) => {
                     // The decoder gives a head first; anything else is a bug to report to
                     // the client as ours, not a reason to bring the server down.
                     tracing::error!("unexpected event before the request head: {ev:?}");
                     self.fail_with(conn, txn, ErrorStatus::ServerError, istag)
                         .await;
-                    return None;
+                    return Head::Closed;
                 }
                 Ok(None) => {}
                 Err(_) => {
                     conn.failed("bad_request");
                     self.fail_with(conn, txn, ErrorStatus::BadRequest, istag)
                         .await;
-                    return None;
+                    return Head::Closed;
                 }
             }
             if conn.clock.is_none() && txn.decoder_mut().buffered().is_empty() {
                 // Idle: between requests (or before the first), nothing of the next one here.
-                self.wait_idle(conn, txn, &mut stop).await?;
-                continue;
+                match self.wait_idle(conn, txn, &mut stop).await {
+                    Head::Request(_) => continue,
+                    other => return other,
+                }
             }
             if conn.clock.is_none() {
                 conn.seen.started.get_or_insert_with(Instant::now);
-                // Pipelined: the next head is already (partly) here.
+                // Pipelined (or read while settled): the next head is already (partly) here.
                 conn.clock = Some(self.head_clock());
             }
-            self.read_head_bytes(conn, txn).await?;
+            if self.read_head_bytes(conn, txn).await.is_none() {
+                return Head::Closed;
+            }
         }
     }
 
@@ -651,16 +728,18 @@ impl Server {
         ReadClock::new(Some(self.config.head_timeout), self.config.min_rate)
     }
 
-    /// Waits, idle, for the first bytes of a request, then starts the head's clock. `None`
-    /// when the connection ends instead.
+    /// Waits, idle, for the first bytes of a request, at most [`IDLE_SETTLE`], then starts
+    /// the head's clock. [`Head::Request`] (with no request: read on) when bytes came,
+    /// [`Head::Settled`] with the idle deadline when none did (the rest of the wait is
+    /// [`Self::wait_settled`]'s), [`Head::Closed`] when the connection ends instead.
     async fn wait_idle(
         &self,
         conn: &mut Conn<'_>,
         txn: &mut ServerTransaction,
         stop: &mut watch::Receiver<bool>,
-    ) -> Option<()> {
+    ) -> Head {
         if *stop.borrow() || !conn.slot_idle() {
-            return None;
+            return Head::Closed;
         }
         let evicted = conn.slot.as_ref().map(|s| s.eviction());
         let on_evicted = async {
@@ -669,44 +748,61 @@ impl Server {
                 None => std::future::pending().await,
             }
         };
-        tokio::pin!(on_evicted);
         let deadline = Instant::now() + self.config.idle_timeout;
-        let mut settled = false;
-        let read = loop {
-            let until = if settled {
-                deadline
-            } else {
-                deadline.min(Instant::now() + IDLE_SETTLE)
-            };
-            let read = tokio::select! {
-                r = timeout_at(until, conn.read(txn)) => r,
-                _ = stop.changed() => return None,
-                _ = &mut on_evicted => return None,
-            };
-            if read.is_err() && !settled && until < deadline {
-                // No request followed at once: wait on without the decoder's spare room (its
-                // header arena, a block kept for the next heads) and read buffer, so that a
-                // connection at rest holds little. (The read is cancel-safe: nothing was read.)
-                settled = true;
-                *txn.decoder_mut() = RequestDecoder::new(self.config.limits);
-                continue;
-            }
-            break read;
+        let until = deadline.min(Instant::now() + IDLE_SETTLE);
+        let read = tokio::select! {
+            r = timeout_at(until, conn.read(txn)) => r,
+            _ = stop.changed() => return Head::Closed,
+            _ = on_evicted => return Head::Closed,
         };
         match read {
             Ok(Ok(0)) => {
                 let _ = txn.on_eof();
-                return None;
+                return Head::Closed;
             }
             Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => return None,
+            Err(_) if until < deadline => {
+                // No request followed at once: wait on without the decoder's spare room (its
+                // header arena, a block kept for the next heads), its read buffer and the
+                // busy connection's state (the caller starts a new decoder), so that a
+                // connection at rest holds little. (The read is cancel-safe: nothing was read.)
+                return Head::Settled(deadline);
+            }
+            Ok(Err(_)) | Err(_) => return Head::Closed,
         }
         if !conn.slot_busy() {
             // Closed to make room just as the request began.
-            return None;
+            return Head::Closed;
         }
         conn.clock = Some(self.head_clock());
-        Some(())
+        Head::Request(None)
+    }
+
+    /// The rest of an idle wait (see [`Self::wait_idle`]), with a small read buffer and
+    /// outside the busy connection's box, until the first bytes of a request come (true) or
+    /// the connection ends (false). The head's clock starts with the next transaction.
+    async fn wait_settled(
+        &self,
+        conn: &mut Conn<'_>,
+        decoder: &mut RequestDecoder,
+        stop: &mut watch::Receiver<bool>,
+        deadline: Instant,
+    ) -> bool {
+        let evicted = conn.slot.as_ref().map(|s| s.eviction());
+        let on_evicted = async {
+            match evicted {
+                Some(e) => e.await,
+                None => std::future::pending().await,
+            }
+        };
+        conn.room = HEAD_ROOM;
+        let read = tokio::select! {
+            r = timeout_at(deadline, conn.read_into(decoder.buffer_mut())) => r,
+            _ = stop.changed() => return false,
+            _ = on_evicted => return false,
+        };
+        // Closed, failed or timed out: nothing to answer.
+        matches!(read, Ok(Ok(n)) if n > 0) && conn.slot_busy()
     }
 
     /// Reads more of a head against its clock; a head too slow is answered 408. `None`
@@ -736,28 +832,24 @@ impl Server {
         }
     }
 
-    /// A head is in: starts the body's clock and the transaction's span, and serves it.
-    /// True when the connection may carry another transaction.
-    async fn serve_head(
+    /// A head is in: starts the body's clock and returns the transaction's span.
+    fn start_head(
         &self,
         conn: &mut Conn<'_>,
-        txn: &mut ServerTransaction,
-        request: crate::proto::message::Request,
+        request: &crate::proto::message::Request,
+        path: Option<&str>,
         peer: PeerInfo,
-    ) -> bool {
+    ) -> tracing::Span {
         conn.room = BODY_ROOM;
         conn.clock = Some(ReadClock::new(
             self.config.body_timeout,
             self.config.min_rate,
         ));
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let path = IcapUri::parse(&String::from_utf8_lossy(&request.uri))
-            .ok()
-            .map(|u| u.path().trim_start_matches('/').to_string());
         let span = tracing::info_span!(
             "icap.server.transaction",
             peer = %peer,
-            service = path.as_deref().unwrap_or(""),
+            service = path.unwrap_or(""),
             method = observe::method_label(&request.method),
             status = tracing::field::Empty,
             verdict = tracing::field::Empty,
@@ -768,9 +860,7 @@ impl Server {
         );
         conn.seen.method = Some(request.method.clone());
         conn.seen.span = Some(span.clone());
-        self.after_head(conn, txn, request, path, peer)
-            .instrument(span)
-            .await
+        span
     }
 
     /// A transaction from its head on: routing, the checks that need no service, OPTIONS,

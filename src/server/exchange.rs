@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
-use super::body::{Body, BodyError, Control, Piece};
+use super::body::{self, Body, BodyError, Control, Piece, Receiver, Sender};
 use super::conn::{Conn, Got};
 use super::service::{IncomingRequest, PeerInfo, Reply, ReplyBody, Route};
 use super::spool::Spool;
@@ -60,7 +59,7 @@ struct Feed {
     /// Asked for during a preview: starts once the preview is read.
     echo_asked: Option<(usize, tokio::sync::oneshot::Sender<Result<(), BodyError>>)>,
     echo: Option<Echo>,
-    pieces: Option<mpsc::UnboundedSender<Piece>>,
+    pieces: Option<Sender<Piece>>,
 }
 
 impl Feed {
@@ -109,9 +108,10 @@ impl Feed {
 struct Exchange<'a> {
     head: Request,
     istag: &'a str,
+    route: &'a Route,
     feed: Feed,
     spool: Option<Spool>,
-    ctl_rx: mpsc::UnboundedReceiver<Control>,
+    ctl_rx: Receiver<Control>,
     ctl_open: bool,
 }
 
@@ -138,8 +138,7 @@ impl Server {
         let head = request.clone();
         let has_body = request.body.is_some();
         let previewed = has_body && txn.state() == ServerState::Preview;
-        let (piece_tx, piece_rx) = mpsc::unbounded_channel();
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (piece_tx, piece_rx, ctl_tx, ctl_rx) = body::link();
         let body = Body::new(has_body.then_some(piece_rx), ctl_tx, previewed);
         let spool = (!head.allows_204() && has_body)
             .then(|| Spool::new(self.config.spool_memory, self.config.spool_dir.clone()));
@@ -147,6 +146,7 @@ impl Server {
         let mut ex = Exchange {
             head,
             istag,
+            route,
             feed: Feed {
                 sent: 0,
                 seen: 0,
@@ -171,9 +171,11 @@ impl Server {
             Err(Close) => false,
             Ok(Err(e)) => self.service_failed(conn, txn, &ex, peer, e).await,
             Ok(Ok(reply)) if ex.feed.echo.is_some() => {
-                self.finish_echo(conn, txn, &mut ex, reply).await
+                let unmodified = matches!(reply, Reply::Unmodified(_));
+                drop(reply);
+                self.finish_echo(conn, txn, &mut ex, unmodified).await
             }
-            Ok(Ok(reply)) => self.finish_answer(conn, txn, ex, reply).await,
+            Ok(Ok(reply)) => self.finish_answer(conn, txn, &mut ex, reply).await,
         }
     }
 
@@ -322,7 +324,8 @@ impl Server {
         ex: &mut Exchange<'_>,
     ) -> Result<(), Close> {
         let (holdback, done) = ex.feed.echo_asked.take().expect("checked by the caller");
-        let echo = self.echo_response(&ex.head, ex.istag, &Headers::new());
+        let fields = &ex.route.echo_fields;
+        let echo = self.echo_response(&ex.head, ex.istag, fields, &Headers::new());
         let mut started = Ok(());
         if txn.state() == (ServerState::Decide { ieof: false }) {
             started = txn.send_continue();
@@ -367,8 +370,8 @@ impl Server {
             return false;
         }
         let res = self.error_response(ErrorStatus::ServerError, ex.istag);
-        self.send(conn, txn, res, ReplyBody::Empty, None, ex.istag)
-            .await
+        // Boxed: a rare path, which inline would make every exchange's state larger.
+        Box::pin(self.send(conn, txn, res, ReplyBody::Empty, None, ex.istag)).await
     }
 
     /// The service answered during its echo: "unmodified" ends the echo (what it did not
@@ -380,9 +383,9 @@ impl Server {
         conn: &mut Conn<'_>,
         txn: &mut ServerTransaction,
         ex: &mut Exchange<'_>,
-        reply: Reply,
+        unmodified: bool,
     ) -> bool {
-        if !matches!(reply, Reply::Unmodified(_)) {
+        if !unmodified {
             return false;
         }
         let rest: Vec<Bytes> = ex.feed.inflight.drain(..).collect();
@@ -409,12 +412,13 @@ impl Server {
     }
 
     /// The service's reply, answered whole (an answer in a preview once the preview is
-    /// read to its end).
+    /// read to its end). The exchange is lent, not moved: each async layer keeps its own
+    /// copy of what it is given by value.
     async fn finish_answer(
         &self,
         conn: &mut Conn<'_>,
         txn: &mut ServerTransaction,
-        mut ex: Exchange<'_>,
+        ex: &mut Exchange<'_>,
         reply: Reply,
     ) -> bool {
         if txn.state() == ServerState::Preview {
@@ -428,7 +432,8 @@ impl Server {
         conn.release_read_buffer(txn);
         // Boxed: inline, its state (3.8 KiB) made every connection's future as large for the
         // whole exchange (8.1 KiB -> 5.8 KiB), while a streaming echo never gets here.
-        Box::pin(self.answer(conn, txn, &ex.head, reply, ex.spool, ex.istag)).await
+        let spool = ex.spool.take();
+        Box::pin(self.answer(conn, txn, &ex.head, reply, spool, ex.route)).await
     }
 }
 

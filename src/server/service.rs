@@ -8,11 +8,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::io::AsyncRead;
-use tower::util::BoxCloneService;
 use tower::ServiceExt;
 
 use super::body::Body;
@@ -215,11 +214,36 @@ pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Result<Reply, BoxError
 /// Whether a service can serve now (see `Server::availability`).
 pub(crate) type Availability = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// A service of any type behind one call: what a route keeps.
+trait CallService: Send {
+    /// Calls a clone of the service once ready, in one boxed future.
+    fn call_clone(&self, req: IncomingRequest) -> ReplyFuture;
+}
+
+/// The service of a route, typed.
+struct Typed<S>(S);
+
+impl<S> CallService for Typed<S>
+where
+    S: tower::Service<IncomingRequest, Response = Reply> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    fn call_clone(&self, req: IncomingRequest) -> ReplyFuture {
+        // One allocation per call, the service's own future inside it, rather than a boxed
+        // clone, a boxed future and a box around both (`BoxCloneService` and `oneshot`).
+        let svc = self.0.clone();
+        Box::pin(async move { svc.oneshot(req).await.map_err(Into::into) })
+    }
+}
+
 /// A service at a path, with the options it declares.
 pub(crate) struct Route {
     pub(crate) options: ServiceOptions,
-    service: Mutex<BoxCloneService<IncomingRequest, Reply, BoxError>>,
+    service: Mutex<Box<dyn CallService>>,
     pub(crate) available: Option<Availability>,
+    /// The ICAP header fields of its 200 echoes (`Server`, `ISTag`), made at the first.
+    pub(crate) echo_fields: OnceLock<Headers>,
 }
 
 impl Route {
@@ -231,8 +255,9 @@ impl Route {
     {
         Route {
             options,
-            service: Mutex::new(BoxCloneService::new(service.map_err(Into::into))),
+            service: Mutex::new(Box::new(Typed(service))),
             available: None,
+            echo_fields: OnceLock::new(),
         }
     }
 
@@ -244,11 +269,9 @@ impl Route {
     /// Calls a clone of the service (tower's pattern for shared services: each call waits
     /// for readiness on its own clone, so a concurrency limit counts calls).
     pub(crate) fn call(&self, req: IncomingRequest) -> ReplyFuture {
-        let svc = self
-            .service
+        self.service
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Box::pin(svc.oneshot(req))
+            .call_clone(req)
     }
 }

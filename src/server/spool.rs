@@ -84,6 +84,20 @@ impl Spool {
         f.write_all(&b).await
     }
 
+    /// The body kept, as one piece, when it is all in memory and at most `max` bytes;
+    /// otherwise `None`, and [`Spool::into_reader`] reads it.
+    pub(crate) fn take_small(&mut self, max: usize) -> Option<Bytes> {
+        if self.failed.is_some() || self.file.is_some() || self.mem_len > max {
+            return None;
+        }
+        self.mem_len = 0;
+        Some(match std::mem::take(&mut self.mem).as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => Bytes::from(many.concat()),
+        })
+    }
+
     pub(crate) async fn into_reader(mut self) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
         if let Some(e) = self.failed.take() {
             return Err(e);

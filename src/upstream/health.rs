@@ -7,6 +7,8 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::uri::IcapUri;
+
 /// `d` after `now`; a duration too long for the clock (`Duration::MAX` as "no limit")
 /// means a century.
 pub(crate) fn after(now: Instant, d: Duration) -> Instant {
@@ -41,20 +43,46 @@ pub(crate) enum Change {
     Revived,
 }
 
-/// A point-in-time view, for the public reports of the client and the gateway (the
-/// gateway's report is the shorter).
+/// One ICAP server's health as a client of it sees it: what [`Client::health`] reports for
+/// each of its servers and [`Gateway::health`] for each of its upstreams. Both keep it on
+/// squid's model: failures counted in a sliding window mark a server down; a down server
+/// gets no traffic until an `OPTIONS` probe, a revival delay later, answers well.
+///
+/// [`Client::health`]: crate::client::Client::health
+/// [`Gateway::health`]: crate::gateway::Gateway::health
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerHealth {
+    /// The server, as configured.
+    pub server: IcapUri,
+    /// Whether it gets traffic. A down server waits for a good `OPTIONS` probe.
+    pub up: bool,
+    /// When it last went up or down (the client's or gateway's creation, if never).
+    pub since: SystemTime,
+    /// Failures within the failure window, the count that marks it down (as in squid,
+    /// remembered in ten slots, so a failure may be forgotten up to a tenth of the window
+    /// early).
+    pub recent_failures: u32,
+    /// Failures since the client or gateway was made, probes included.
+    pub total_failures: u64,
+    /// The last failure, as a log line would say it.
+    pub last_error: Option<String>,
+    /// When down: the earliest time of the next probe.
+    pub next_probe: Option<SystemTime>,
+    /// A probe is under way.
+    pub probing: bool,
+    /// Connections carrying a transaction now.
+    pub connections_in_use: usize,
+    /// Kept-alive connections waiting for the next transaction.
+    pub idle_connections: usize,
+}
+
+/// How long a down server has been down, and why, for the client's "server down" error.
+#[cfg(feature = "client")]
 #[derive(Debug, Clone)]
-#[cfg_attr(not(feature = "client"), allow(dead_code))]
-pub(crate) struct Snapshot {
-    pub(crate) up: bool,
-    /// When it last went up or down (creation, if never).
-    pub(crate) since: SystemTime,
-    pub(crate) down_for: Option<Duration>,
-    pub(crate) recent_failures: u32,
-    pub(crate) total_failures: u64,
-    pub(crate) last_error: Option<String>,
-    pub(crate) next_probe: Option<SystemTime>,
-    pub(crate) probing: bool,
+pub(crate) struct Outage {
+    pub(crate) down_for: Duration,
+    pub(crate) last_error: String,
 }
 
 /// Slots of the failure memory: squid's fading counter, bounded however fast a server
@@ -227,7 +255,14 @@ impl Health {
         }
     }
 
-    pub(crate) fn snapshot(&self, window: Duration) -> Snapshot {
+    /// The public report; `window` is the failure window of the caller's policy.
+    pub(crate) fn report(
+        &self,
+        server: IcapUri,
+        window: Duration,
+        connections_in_use: usize,
+        idle_connections: usize,
+    ) -> ServerHealth {
         let now = Instant::now();
         let mut s = self.lock();
         s.forget_old(now, window);
@@ -239,15 +274,31 @@ impl Health {
                 wall.checked_sub(now - t).unwrap_or(wall)
             }
         };
-        Snapshot {
+        ServerHealth {
+            server,
             up: !s.down,
             since: at(s.since),
-            down_for: s.down.then(|| now.duration_since(s.since)),
             recent_failures: s.recent_failures(),
             total_failures: s.total_failures,
             last_error: s.last_error.clone(),
             next_probe: s.down.then(|| at(s.next_probe)),
             probing: s.probing,
+            connections_in_use,
+            idle_connections,
+        }
+    }
+
+    /// How long it has been down and why.
+    #[cfg(feature = "client")]
+    pub(crate) fn outage(&self) -> Outage {
+        let s = self.lock();
+        Outage {
+            down_for: if s.down {
+                s.since.elapsed()
+            } else {
+                Duration::ZERO
+            },
+            last_error: s.last_error.clone().unwrap_or_default(),
         }
     }
 }
@@ -255,6 +306,10 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(h: &Health, window: Duration) -> ServerHealth {
+        h.report(IcapUri::parse("icap://127.0.0.1/x").unwrap(), window, 0, 0)
+    }
 
     fn policy(limit: u32) -> Policy {
         Policy {
@@ -276,12 +331,13 @@ mod tests {
         assert!(h.is_down());
         // Failures of a down server are counted but change nothing.
         assert_eq!(h.failed(&p, "d".into()), Change::None);
-        let s = h.snapshot(p.failure_window);
+        let s = report(&h, p.failure_window);
         assert!(!s.up);
         assert_eq!(s.total_failures, 4);
         assert_eq!(s.last_error.as_deref(), Some("d"));
         assert!(s.next_probe.is_some());
-        assert!(s.down_for.is_some());
+        #[cfg(feature = "client")]
+        assert!(!h.outage().last_error.is_empty());
     }
 
     #[test]
@@ -305,7 +361,7 @@ mod tests {
         };
         h.failed(&p, "old".into());
         std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(h.snapshot(p.failure_window).recent_failures, 0);
+        assert_eq!(report(&h, p.failure_window).recent_failures, 0);
         assert_eq!(h.failed(&p, "new".into()), Change::None);
         assert!(!h.is_down());
     }
@@ -331,7 +387,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(h.claim_probe());
         assert!(!h.claim_probe(), "one probe at a time");
-        assert!(h.snapshot(p.failure_window).probing);
+        assert!(report(&h, p.failure_window).probing);
         // A failed probe starts the delay again.
         assert_eq!(h.options_result(&p, Err("refused".into())), Change::None);
         h.end_probe();
@@ -340,7 +396,7 @@ mod tests {
         assert!(h.claim_probe());
         assert_eq!(h.options_result(&p, Ok(())), Change::Revived);
         h.end_probe();
-        let s = h.snapshot(p.failure_window);
+        let s = report(&h, p.failure_window);
         assert!(s.up && !s.probing && s.next_probe.is_none());
         assert_eq!(s.recent_failures, 0);
         assert!(!h.avoided());
@@ -354,7 +410,7 @@ mod tests {
             h.failed(&p, String::new());
         }
         assert!(h.lock().recent.len() <= SLOTS);
-        assert_eq!(h.snapshot(p.failure_window).recent_failures, 10_000);
+        assert_eq!(report(&h, p.failure_window).recent_failures, 10_000);
     }
 
     #[test]

@@ -9,5 +9,6 @@ mod idle;
 
 #[cfg(feature = "client")]
 pub(crate) use health::after;
+pub use health::ServerHealth;
 pub(crate) use health::{Change, Health, Policy};
 pub(crate) use idle::IdlePool;

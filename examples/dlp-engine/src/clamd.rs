@@ -1,5 +1,6 @@
 //! ClamAV's daemon (clamd) as the engine: bodies streamed to it with `INSTREAM` as they
-//! arrive, over sessions that are pooled, bounded and timed, and its health kept by `PING`.
+//! arrive (or, small ones to a local clamd, handed over as a file with `FILDES`), over
+//! sessions that are pooled, bounded and timed, and its health kept by `PING`.
 //!
 //! # The protocol, as used here
 //!
@@ -18,13 +19,23 @@
 //!   closes the connection, possibly while chunks are still being written.
 //! - anything else ending in `ERROR`: clamd could not scan (a database or memory problem).
 //!
+//! `INSTREAM` makes clamd copy the stream into a temporary file before it scans it, which is
+//! most of its work on a small body. A clamd on a Unix socket can instead be handed an open
+//! file (`zFILDES\0`, then one byte carrying the descriptor as `SCM_RIGHTS`), as c-icap's
+//! clamd module does: a body of at most [`ClamdConfig::fildes_max`] bytes is held until its
+//! end, written to an anonymous in-memory file (`memfd_create`, Linux) and passed that way;
+//! clamd answers `fd[N]: OK` or `fd[N]: NAME FOUND`. A longer body switches to `INSTREAM`
+//! with what was held. `StreamMaxLength` does not apply to such files (clamd's
+//! `MaxFileSize` and `MaxScanSize` do).
+//!
 //! # Bounds
 //!
 //! At most [`ClamdConfig::max_in_flight`] scans at once (a scan waits up to
 //! [`ClamdConfig::timeout`] for its turn), each holding one session; idle sessions are kept
 //! for [`ClamdConfig::idle_keep`] (under clamd's own `IdleTimeout`, 30 s by default). Every
-//! connect, write and answer has a deadline. Memory per scan is one chunk header: the body
-//! goes through as it comes.
+//! connect, write and answer has a deadline. Memory per scan is at most
+//! [`ClamdConfig::fildes_max`] bytes held for `FILDES`, else a 16 KiB gathering buffer: the
+//! body goes through as it comes.
 //!
 //! # Health
 //!
@@ -116,6 +127,11 @@ pub struct ClamdConfig {
     pub idle_keep: Duration,
     /// Time between two `PING`s of the health check. Default 2 s.
     pub ping_interval: Duration,
+    /// Bodies of at most this many bytes go to a clamd on a Unix socket as a file
+    /// (`FILDES`, Linux), held in memory until their end; longer ones, and every body to a
+    /// TCP clamd, are streamed (`INSTREAM`). 0: always `INSTREAM`. Default 256 KiB; keep it
+    /// under clamd's `MaxFileSize` and `MaxScanSize`.
+    pub fildes_max: usize,
 }
 
 impl ClamdConfig {
@@ -129,6 +145,7 @@ impl ClamdConfig {
             chunk_size: 64 * 1024,
             idle_keep: Duration::from_secs(10),
             ping_interval: Duration::from_secs(2),
+            fildes_max: 256 * 1024,
         }
     }
 }
@@ -158,6 +175,8 @@ pub enum ClamdError {
     Timeout(&'static str),
     /// The body is over clamd's `StreamMaxLength` (`INSTREAM size limit exceeded`).
     SizeLimit,
+    /// The body could not be put in a file for `FILDES` (no memory for it, say).
+    Spool(io::Error),
     /// clamd answered with an error of its own (a database or memory problem): its text.
     Engine(String),
     /// An answer this client does not understand: its text.
@@ -175,6 +194,7 @@ impl fmt::Display for ClamdError {
                 f.write_str("clamd refused the body: INSTREAM size limit exceeded")
             }
             ClamdError::Engine(msg) => write!(f, "clamd error: {msg}"),
+            ClamdError::Spool(e) => write!(f, "cannot hold the body for clamd: {e}"),
             ClamdError::Protocol(msg) => write!(f, "unexpected answer from clamd: {msg:?}"),
         }
     }
@@ -325,9 +345,13 @@ fn classify_error(text: &str) -> ClamdError {
     }
 }
 
-/// The verdict in an `INSTREAM` answer (`stream: OK`, `stream: NAME FOUND`).
+/// The verdict in an `INSTREAM` or `FILDES` answer (`stream: OK`, `fd[12]: NAME FOUND`).
 fn parse_verdict(text: &str) -> Result<ClamdVerdict, ClamdError> {
-    match text.strip_prefix("stream: ") {
+    let scanned = text.strip_prefix("stream: ").or_else(|| {
+        let (fd, rest) = text.strip_prefix("fd[")?.split_once("]: ")?;
+        fd.bytes().all(|b| b.is_ascii_digit()).then_some(rest)
+    });
+    match scanned {
         Some("OK") => Ok(ClamdVerdict::Clean),
         Some(rest) => match rest.strip_suffix(" FOUND") {
             Some(name) if !name.is_empty() => Ok(ClamdVerdict::Found(name.to_string())),
@@ -480,17 +504,31 @@ impl Clamd {
             Some(s) => s,
             None => Session::open(&self.cfg).await?,
         };
-        let mut pending = Vec::with_capacity(GATHER);
-        pending.extend_from_slice(b"zINSTREAM\0");
+        let (held, pending) = if self.fildes() {
+            (Some(Vec::new()), Vec::new())
+        } else {
+            let mut pending = Vec::with_capacity(GATHER);
+            pending.extend_from_slice(b"zINSTREAM\0");
+            (None, pending)
+        };
         Ok(Instream {
             clamd: self.clone(),
             session: Some(session),
             _turn: turn,
             sent: 0,
+            held,
             pending,
             pooled,
             written: false,
         })
+    }
+
+    /// Small bodies go as a file descriptor: to a clamd on this machine, where the
+    /// descriptor can be passed.
+    fn fildes(&self) -> bool {
+        cfg!(target_os = "linux")
+            && self.cfg.fildes_max > 0
+            && matches!(self.cfg.addr, ClamdAddr::Unix(_))
     }
 
     fn take_idle(&self) -> Option<Session> {
@@ -517,6 +555,9 @@ pub struct Instream {
     session: Option<Session>,
     _turn: OwnedSemaphorePermit,
     sent: u64,
+    /// `FILDES` mode: the body so far (at most [`ClamdConfig::fildes_max`] bytes); `None`
+    /// once streaming with `INSTREAM`.
+    held: Option<Vec<u8>>,
     /// Bytes gathered and not yet written (at most [`GATHER`]).
     pending: Vec<u8>,
     /// The session came from the pool (clamd may have closed it a moment ago).
@@ -540,11 +581,28 @@ impl Instream {
     }
 
     /// Sends `data` to clamd, in chunks of at most [`ClamdConfig::chunk_size`] (small ones
-    /// gathered before they are written).
+    /// gathered before they are written); or holds it, while the body may still go as a
+    /// file.
     pub async fn feed(&mut self, data: &[u8]) -> Result<(), ClamdError> {
         if self.session.is_none() {
             return Err(ClamdError::Protocol("the scan already failed".into()));
         }
+        if let Some(held) = &mut self.held {
+            if held.len() + data.len() <= self.clamd.cfg.fildes_max {
+                held.extend_from_slice(data);
+                self.sent += data.len() as u64;
+                return Ok(());
+            }
+            // Too long for a file in memory: stream it, from what was held.
+            let held = self.held.take().unwrap_or_default();
+            self.sent -= held.len() as u64;
+            self.pending.extend_from_slice(b"zINSTREAM\0");
+            self.stream(&held).await?;
+        }
+        self.stream(data).await
+    }
+
+    async fn stream(&mut self, data: &[u8]) -> Result<(), ClamdError> {
         let chunk_size = self.clamd.cfg.chunk_size.clamp(1, u32::MAX as usize);
         for chunk in data.chunks(chunk_size) {
             let len = u32::try_from(chunk.len()).expect("clamped to u32");
@@ -593,6 +651,35 @@ impl Instream {
         }
     }
 
+    /// `FILDES`: the held body in an anonymous file, its descriptor passed to clamd. A
+    /// pooled session that clamd closed meanwhile is replaced once, as in [`Self::flush`].
+    #[cfg(target_os = "linux")]
+    async fn hand_over(&mut self, body: &[u8]) -> Result<(), ClamdError> {
+        let file = fildes::body_file(body).map_err(ClamdError::Spool)?;
+        let limit = self.clamd.cfg.timeout;
+        let session = self.session.as_mut().expect("checked by the callers");
+        let mut result = fildes::send(&mut session.conn, &file, limit).await;
+        if result.is_err() && self.pooled {
+            self.pooled = false;
+            match Session::open(&self.clamd.cfg).await {
+                Ok(mut fresh) => {
+                    result = fildes::send(&mut fresh.conn, &file, limit).await;
+                    self.session = Some(fresh);
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.explain(e).await),
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    async fn hand_over(&mut self, _body: &[u8]) -> Result<(), ClamdError> {
+        unreachable!("FILDES is chosen on Linux only")
+    }
+
     async fn write_direct(&mut self, bytes: &[u8]) -> Result<(), ClamdError> {
         let limit = self.clamd.cfg.timeout;
         let session = self.session.as_mut().expect("checked by the callers");
@@ -626,8 +713,13 @@ impl Instream {
         if self.session.is_none() {
             return Err(ClamdError::Protocol("the scan already failed".into()));
         }
-        self.pending.extend_from_slice(&0u32.to_be_bytes());
-        self.flush().await?;
+        match self.held.take() {
+            Some(body) => self.hand_over(&body).await?,
+            None => {
+                self.pending.extend_from_slice(&0u32.to_be_bytes());
+                self.flush().await?;
+            }
+        }
         let limit = self.clamd.cfg.timeout;
         let mut session = self.session.take().expect("flush keeps it on success");
         let id = session.next_id;
@@ -644,6 +736,76 @@ impl Instream {
             Err(_) => {}
         }
         verdict
+    }
+}
+
+/// Passing a body to clamd as an open file.
+#[cfg(target_os = "linux")]
+mod fildes {
+    use std::fs::File;
+    use std::io::{self, IoSlice, Seek, Write};
+    use std::mem::MaybeUninit;
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use tokio::io::Interest;
+
+    use super::{write_all, ClamdError, Conn};
+
+    /// `body` in an anonymous in-memory file, read from its start.
+    pub(super) fn body_file(body: &[u8]) -> io::Result<File> {
+        let fd = rustix::fs::memfd_create("icap-clamd", rustix::fs::MemfdFlags::CLOEXEC)?;
+        let mut file = File::from(fd);
+        file.write_all(body)?;
+        file.rewind()?;
+        Ok(file)
+    }
+
+    /// `zFILDES\0`, then one byte carrying `file`'s descriptor (clamd wants at least one
+    /// byte of data with it).
+    pub(super) async fn send(
+        conn: &mut Conn,
+        file: &File,
+        limit: Duration,
+    ) -> Result<(), ClamdError> {
+        if !matches!(conn, Conn::Unix(_)) {
+            return Err(ClamdError::Protocol(
+                "FILDES needs clamd on a Unix socket".into(),
+            ));
+        }
+        write_all(conn, b"zFILDES\0", limit).await?;
+        let Conn::Unix(sock) = conn else {
+            unreachable!("checked above")
+        };
+        let pass = async {
+            loop {
+                sock.writable().await?;
+                let sent = sock.try_io(Interest::WRITABLE, || {
+                    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                    let mut control = SendAncillaryBuffer::new(&mut space);
+                    let fds = [file.as_fd()];
+                    control.push(SendAncillaryMessage::ScmRights(&fds));
+                    let byte = [0u8];
+                    Ok(sendmsg(
+                        sock.as_fd(),
+                        &[IoSlice::new(&byte)],
+                        &mut control,
+                        SendFlags::NOSIGNAL,
+                    )?)
+                });
+                match sent {
+                    Ok(1) => return Ok(()),
+                    Ok(_) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout(limit, pass).await {
+            Ok(r) => r.map_err(ClamdError::Io),
+            Err(_) => Err(ClamdError::Timeout("passing the body's file to clamd")),
+        }
     }
 }
 
@@ -682,6 +844,16 @@ mod tests {
             parse_verdict("stream: Win.Test.EICAR_HDB-1 FOUND").unwrap(),
             ClamdVerdict::Found("Win.Test.EICAR_HDB-1".into())
         );
+        // FILDES answers name the descriptor clamd received.
+        assert_eq!(parse_verdict("fd[12]: OK").unwrap(), ClamdVerdict::Clean);
+        assert_eq!(
+            parse_verdict("fd[7]: Heuristics.Structured.SSN FOUND").unwrap(),
+            ClamdVerdict::Found("Heuristics.Structured.SSN".into())
+        );
+        assert!(matches!(
+            parse_verdict("fd[x]: OK"),
+            Err(ClamdError::Protocol(_))
+        ));
         assert!(matches!(
             parse_verdict("INSTREAM size limit exceeded. ERROR"),
             Err(ClamdError::SizeLimit)

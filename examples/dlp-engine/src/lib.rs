@@ -8,17 +8,19 @@
 //! - The root: the embedded engine ([`Scanner`], [`Rules`]), a streaming scanner for
 //!   payment cards, US SSNs, EICAR, keywords and regexes, and the ICAP headers that report
 //!   any engine's findings ([`icap_headers`]).
-//! - [`clamd`]: ClamAV's daemon as the engine, over its INSTREAM protocol.
+//! - [`clamd`]: ClamAV's daemon as the engine (its INSTREAM and FILDES commands).
 //! - [`service`]: the DLP ICAP service (`reqmod`, `respmod`, vendor profiles, the block
 //!   page) over either engine ([`service::Engine`]).
 //! - [`ops`]: the `--metrics` endpoint and the TLS reload on SIGHUP of the example servers.
-//! - [`listen`]: listening under load (backlog, open-files limit, backpressure) for the
-//!   example servers.
+//! - [`listen`]: listening under load (backlog, open-files limit, backpressure, eviction of
+//!   idle connections) for the example servers.
+//! - [`cli`]: the value parsers the examples' command lines share.
 //! - [`tls_args`]: the TLS flags of the client examples.
 
 mod scanner;
 
 pub mod clamd;
+pub mod cli;
 pub mod listen;
 pub mod ops;
 pub mod service;

@@ -281,23 +281,27 @@ impl DlpService {
 
     /// Scans the body; a verdict needs the whole of it (a card number may sit in its last
     /// bytes), so every read past the preview is wanted (the server sends 100 Continue).
-    async fn handle(&self, req: IncomingRequest) -> Result<Reply, BoxError> {
-        let (scanned, findings, total, req) = match &self.cfg.engine {
-            Engine::Embedded(rules) => self.scan_embedded(rules, req).await?,
-            Engine::Clamd(clamd) => match self.scan_clamd(clamd, req).await? {
+    async fn handle(self: Arc<Self>, mut req: IncomingRequest) -> Result<Reply, BoxError> {
+        // The request is lent to the scan, not moved in and back: it is large, and each
+        // move is a copy of it.
+        let (scanned, findings, total) = match &self.cfg.engine {
+            Engine::Embedded(rules) => self.scan_embedded(rules, &mut req).await?,
+            // Boxed: inline, clamd's exchange made this future (moved twice on each call)
+            // about 4 KiB for the embedded scanner too.
+            Engine::Clamd(clamd) => match Box::pin(self.scan_clamd(clamd, &mut req)).await? {
                 Ok(scan) => scan,
                 Err(reply) => return Ok(reply),
             },
         };
         self.stats.scanned.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes.fetch_add(scanned, Ordering::Relaxed);
-        let name = file_name(&req);
         if self.cfg.verbose {
-            log_line(&req, &name, scanned, total, &findings);
+            log_line(&req, &file_name(&req), scanned, total, &findings);
         }
         if findings.is_empty() {
             return Ok(Reply::unmodified());
         }
+        let name = file_name(&req);
         self.stats.blocked.fetch_add(1, Ordering::Relaxed);
         match block_reply(self.cfg.profile, &name, &findings, total) {
             Ok(r) => Ok(r),
@@ -311,10 +315,10 @@ impl DlpService {
     async fn scan_embedded(
         &self,
         rules: &Rules,
-        mut req: IncomingRequest,
-    ) -> Result<(u64, Vec<Finding>, u64, IncomingRequest), BoxError> {
+        req: &mut IncomingRequest,
+    ) -> Result<(u64, Vec<Finding>, u64), BoxError> {
         let mut scanner = Scanner::new(rules);
-        let stream = self.streams(&req);
+        let stream = self.streams(req);
         // Hold back what the scanner may still be deciding on: a match up to
         // MAX_MATCH_LEN long, confirmed by the bytes after it.
         let streaming = stream && req.body.start_echo(self.cfg.holdback).await.is_ok();
@@ -328,7 +332,7 @@ impl DlpService {
         }
         let scanned = scanner.bytes_scanned();
         let (findings, total) = scanner.finish_with_total();
-        Ok((scanned, findings, total, req))
+        Ok((scanned, findings, total))
     }
 
     /// clamd over the body, streamed with INSTREAM as it arrives. `Ok(Err(reply))`: no
@@ -337,15 +341,15 @@ impl DlpService {
     async fn scan_clamd(
         &self,
         clamd: &Arc<Clamd>,
-        mut req: IncomingRequest,
-    ) -> Result<Result<(u64, Vec<Finding>, u64, IncomingRequest), Reply>, BoxError> {
+        req: &mut IncomingRequest,
+    ) -> Result<Result<(u64, Vec<Finding>, u64), Reply>, BoxError> {
         // Checked before anything is read or echoed: a dead engine gets the client a 503
         // at once (and squid's bypass or failover a reason), never a 204.
         let mut scan = match clamd.scan().await {
             Ok(s) => s,
-            Err(e) => return Ok(Err(self.no_verdict(&req, e))),
+            Err(e) => return Ok(Err(self.no_verdict(req, e))),
         };
-        let streaming = self.streams(&req) && req.body.start_echo(self.cfg.holdback).await.is_ok();
+        let streaming = self.streams(req) && req.body.start_echo(self.cfg.holdback).await.is_ok();
         let fed = async {
             while let Some(piece) = req.body.data().await? {
                 if let Err(e) = scan.feed(&piece).await {
@@ -384,11 +388,11 @@ impl DlpService {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     return Err(e.to_string().into());
                 }
-                return Ok(Err(self.no_verdict(&req, e)));
+                return Ok(Err(self.no_verdict(req, e)));
             }
         };
         let total = u64::from(finding.is_some());
-        Ok(Ok((scanned, finding.into_iter().collect(), total, req)))
+        Ok(Ok((scanned, finding.into_iter().collect(), total)))
     }
 
     /// The answer when clamd gave no verdict (said on stderr whatever --verbose says:
@@ -570,10 +574,7 @@ pub fn dlp_server(
             stats: stats.clone(),
         });
         let options = svc.options();
-        let handler = tower::service_fn(move |req| {
-            let svc = svc.clone();
-            async move { svc.handle(req).await }
-        });
+        let handler = tower::service_fn(move |req| svc.clone().handle(req));
         server = server.route(path, options, handler);
         if let Engine::Clamd(clamd) = &cfg.engine {
             let clamd = clamd.clone();
