@@ -22,8 +22,9 @@
 //! `INSTREAM` makes clamd copy the stream into a temporary file before it scans it, which is
 //! most of its work on a small body. A clamd on a Unix socket can instead be handed an open
 //! file (`zFILDES\0`, then one byte carrying the descriptor as `SCM_RIGHTS`), as c-icap's
-//! clamd module does: a body of at most [`ClamdConfig::fildes_max`] bytes is held until its
-//! end, written to an anonymous in-memory file (`memfd_create`, Linux) and passed that way;
+//! clamd module does: a body of at most [`ClamdConfig::fildes_max`] bytes is written as it
+//! comes to an anonymous in-memory file (`memfd_create`, Linux: kernel memory, as c-icap's
+//! spool files are page cache) and passed once whole;
 //! clamd answers `fd[N]: OK` or `fd[N]: NAME FOUND`. A longer body switches to `INSTREAM`
 //! with what was held. `StreamMaxLength` does not apply to such files (clamd's
 //! `MaxFileSize` and `MaxScanSize` do).
@@ -33,9 +34,9 @@
 //! At most [`ClamdConfig::max_in_flight`] scans at once (a scan waits up to
 //! [`ClamdConfig::timeout`] for its turn), each holding one session; idle sessions are kept
 //! for [`ClamdConfig::idle_keep`] (under clamd's own `IdleTimeout`, 30 s by default). Every
-//! connect, write and answer has a deadline. Memory per scan is at most
-//! [`ClamdConfig::fildes_max`] bytes held for `FILDES`, else a 16 KiB gathering buffer: the
-//! body goes through as it comes.
+//! connect, write and answer has a deadline. Memory per scan is a 16 KiB gathering buffer
+//! (the body goes through as it comes), or for `FILDES` at most [`ClamdConfig::fildes_max`]
+//! bytes in its anonymous file.
 //!
 //! # Health
 //!
@@ -45,7 +46,8 @@
 //! [`ClamdError::Unavailable`]) until a `PING` answers `PONG` again.
 
 use std::fmt;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -128,7 +130,8 @@ pub struct ClamdConfig {
     /// Time between two `PING`s of the health check. Default 2 s.
     pub ping_interval: Duration,
     /// Bodies of at most this many bytes go to a clamd on a Unix socket as a file
-    /// (`FILDES`, Linux), held in memory until their end; longer ones, and every body to a
+    /// (`FILDES`, Linux), held in an anonymous in-memory file until their end; longer ones,
+    /// and every body to a
     /// TCP clamd, are streamed (`INSTREAM`). 0: always `INSTREAM`. Default 256 KiB; keep it
     /// under clamd's `MaxFileSize` and `MaxScanSize`.
     pub fildes_max: usize,
@@ -505,7 +508,7 @@ impl Clamd {
             None => Session::open(&self.cfg).await?,
         };
         let (held, pending) = if self.fildes() {
-            (Some(Vec::new()), Vec::new())
+            (Some(HeldBody::default()), Vec::new())
         } else {
             let mut pending = Vec::with_capacity(GATHER);
             pending.extend_from_slice(b"zINSTREAM\0");
@@ -557,7 +560,7 @@ pub struct Instream {
     sent: u64,
     /// `FILDES` mode: the body so far (at most [`ClamdConfig::fildes_max`] bytes); `None`
     /// once streaming with `INSTREAM`.
-    held: Option<Vec<u8>>,
+    held: Option<HeldBody>,
     /// Bytes gathered and not yet written (at most [`GATHER`]).
     pending: Vec<u8>,
     /// The session came from the pool (clamd may have closed it a moment ago).
@@ -588,16 +591,24 @@ impl Instream {
             return Err(ClamdError::Protocol("the scan already failed".into()));
         }
         if let Some(held) = &mut self.held {
-            if held.len() + data.len() <= self.clamd.cfg.fildes_max {
-                held.extend_from_slice(data);
+            if held.len + data.len() <= self.clamd.cfg.fildes_max {
+                held.write(data).map_err(ClamdError::Spool)?;
                 self.sent += data.len() as u64;
                 return Ok(());
             }
             // Too long for a file in memory: stream it, from what was held.
-            let held = self.held.take().unwrap_or_default();
-            self.sent -= held.len() as u64;
+            let held = self.held.take().expect("checked above");
+            self.sent -= held.len as u64;
             self.pending.extend_from_slice(b"zINSTREAM\0");
-            self.stream(&held).await?;
+            let mut file = held.rewound().map_err(ClamdError::Spool)?;
+            let mut buf = vec![0u8; GATHER];
+            loop {
+                let n = file.read(&mut buf).map_err(ClamdError::Spool)?;
+                if n == 0 {
+                    break;
+                }
+                self.stream(&buf[..n]).await?;
+            }
         }
         self.stream(data).await
     }
@@ -654,16 +665,15 @@ impl Instream {
     /// `FILDES`: the held body in an anonymous file, its descriptor passed to clamd. A
     /// pooled session that clamd closed meanwhile is replaced once, as in [`Self::flush`].
     #[cfg(target_os = "linux")]
-    async fn hand_over(&mut self, body: &[u8]) -> Result<(), ClamdError> {
-        let file = fildes::body_file(body).map_err(ClamdError::Spool)?;
+    async fn hand_over(&mut self, file: &File) -> Result<(), ClamdError> {
         let limit = self.clamd.cfg.timeout;
         let session = self.session.as_mut().expect("checked by the callers");
-        let mut result = fildes::send(&mut session.conn, &file, limit).await;
+        let mut result = fildes::send(&mut session.conn, file, limit).await;
         if result.is_err() && self.pooled {
             self.pooled = false;
             match Session::open(&self.clamd.cfg).await {
                 Ok(mut fresh) => {
-                    result = fildes::send(&mut fresh.conn, &file, limit).await;
+                    result = fildes::send(&mut fresh.conn, file, limit).await;
                     self.session = Some(fresh);
                 }
                 Err(e) => result = Err(e),
@@ -676,7 +686,7 @@ impl Instream {
     }
 
     #[cfg(not(target_os = "linux"))]
-    async fn hand_over(&mut self, _body: &[u8]) -> Result<(), ClamdError> {
+    async fn hand_over(&mut self, _file: &File) -> Result<(), ClamdError> {
         unreachable!("FILDES is chosen on Linux only")
     }
 
@@ -714,7 +724,10 @@ impl Instream {
             return Err(ClamdError::Protocol("the scan already failed".into()));
         }
         match self.held.take() {
-            Some(body) => self.hand_over(&body).await?,
+            Some(held) => {
+                let file = held.rewound().map_err(ClamdError::Spool)?;
+                self.hand_over(&file).await?
+            }
             None => {
                 self.pending.extend_from_slice(&0u32.to_be_bytes());
                 self.flush().await?;
@@ -739,11 +752,55 @@ impl Instream {
     }
 }
 
+/// A body on its way to `FILDES`: written as it comes to an anonymous in-memory file,
+/// made at its first byte.
+#[derive(Default)]
+struct HeldBody {
+    file: Option<File>,
+    len: usize,
+}
+
+impl HeldBody {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(anonymous_file()?),
+        };
+        file.write_all(data)?;
+        self.len += data.len();
+        Ok(())
+    }
+
+    /// The file, read from its start (an empty one for an empty body).
+    fn rewound(self) -> io::Result<File> {
+        let mut file = match self.file {
+            Some(f) => f,
+            None => anonymous_file()?,
+        };
+        file.rewind()?;
+        Ok(file)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn anonymous_file() -> io::Result<File> {
+    let fd = rustix::fs::memfd_create("icap-clamd", rustix::fs::MemfdFlags::CLOEXEC)?;
+    Ok(File::from(fd))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn anonymous_file() -> io::Result<File> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
 /// Passing a body to clamd as an open file.
 #[cfg(target_os = "linux")]
 mod fildes {
     use std::fs::File;
-    use std::io::{self, IoSlice, Seek, Write};
+    use std::io::{self, IoSlice};
     use std::mem::MaybeUninit;
     use std::os::fd::AsFd;
     use std::time::Duration;
@@ -752,15 +809,6 @@ mod fildes {
     use tokio::io::Interest;
 
     use super::{write_all, ClamdError, Conn};
-
-    /// `body` in an anonymous in-memory file, read from its start.
-    pub(super) fn body_file(body: &[u8]) -> io::Result<File> {
-        let fd = rustix::fs::memfd_create("icap-clamd", rustix::fs::MemfdFlags::CLOEXEC)?;
-        let mut file = File::from(fd);
-        file.write_all(body)?;
-        file.rewind()?;
-        Ok(file)
-    }
 
     /// `zFILDES\0`, then one byte carrying `file`'s descriptor (clamd wants at least one
     /// byte of data with it).
