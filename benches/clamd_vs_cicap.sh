@@ -27,7 +27,9 @@
 #
 #   bash benches/clamd_vs_cicap.sh [ROUNDS] [SECS] [CONC]    (defaults 2 10 16)
 #   SIZES="1024 1048576" (default) chooses the body sizes; DLP_BASELINE=PATH also runs another
-#   dlp-server binary (e.g. built from an earlier commit) as "baseline-*" in the same run.
+#   dlp-server binary (e.g. built from an earlier commit) as "baseline-*" in the same run;
+#   INSTREAM=1 also runs dlp-server with --clamd-fildes-max 0 (every body by INSTREAM, none
+#   handed over as a file) as "instream-*".
 #
 # Needs (installs nothing): clamd and sigtool (clamav-daemon), c-icap with virus_scan.so
 # and clamd_mod.so (libc-icap-mod-virus-scan), python3 (free ports), taskset (util-linux) when
@@ -163,6 +165,12 @@ for size in $sizes; do
     port=$(free_port)
     run_case "dlp-server-$size-r$r" "$port" respmod "$work/body.$size" \
       "${CARGO_TARGET_DIR:-target}/release/examples/dlp-server" --listen "127.0.0.1:$port" --clamd "$work/clamd.sock"
+    if [ "${INSTREAM:-0}" = 1 ]; then
+      port=$(free_port)
+      run_case "instream-$size-r$r" "$port" respmod "$work/body.$size" \
+        "${CARGO_TARGET_DIR:-target}/release/examples/dlp-server" --listen "127.0.0.1:$port" \
+        --clamd "$work/clamd.sock" --clamd-fildes-max 0
+    fi
     if [ -n "${DLP_BASELINE:-}" ]; then
       port=$(free_port)
       run_case "baseline-$size-r$r" "$port" respmod "$work/body.$size" \
