@@ -62,7 +62,7 @@ work=$(mktemp -d /tmp/icap-echo-mem-XXXXXX)
 # Both dlp-server binaries run from copies in the same directory: how much of a binary's text
 # a process maps (file-backed RSS) depends on how the file sits in the page cache (a file
 # written by `cp` maps ~1 MiB more of the same 8 MB binary than the linker's output here).
-cp target/release/examples/dlp-server "$work/dlp-server"
+cp "${CARGO_TARGET_DIR:-target}"/release/examples/dlp-server "$work/dlp-server"
 dlp=$work/dlp-server
 if [ -n "${DLP_BASELINE:-}" ]; then
   cp "$DLP_BASELINE" "$work/dlp-baseline"

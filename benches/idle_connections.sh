@@ -83,7 +83,7 @@ else
   echo "$n idle keep-alive connections from 127.0.0.1, one REQMOD on each; $(nproc) cores"
 fi
 port=$(free_port)
-run_case dlp-server "$port" reqmod target/release/examples/dlp-server --listen "127.0.0.1:$port"
+run_case dlp-server "$port" reqmod "${CARGO_TARGET_DIR:-target}"/release/examples/dlp-server --listen "127.0.0.1:$port"
 if [ -n "${DLP_BASELINE:-}" ]; then
   port=$(free_port)
   # shellcheck disable=SC2086 # flags, split on purpose

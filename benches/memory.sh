@@ -23,7 +23,7 @@ cargo build --release --quiet --features client,server --example dlp-scan
 printf '%-28s %14s %10s %10s %10s\n' case "peak RSS KiB" wall user sys
 for mode in reqmod respmod; do
   for flags in "" "--no-204"; do
-    out=$(/usr/bin/time -v target/release/examples/dlp-scan --mode "$mode" $flags "$file" 2>&1 >/dev/null) || true
+    out=$(/usr/bin/time -v "${CARGO_TARGET_DIR:-target}"/release/examples/dlp-scan --mode "$mode" $flags "$file" 2>&1 >/dev/null) || true
     rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' <<<"$out")
     wall=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' <<<"$out")
     user=$(sed -n 's/.*User time (seconds): //p' <<<"$out")

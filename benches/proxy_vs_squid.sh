@@ -56,8 +56,8 @@ CONF
 else
   python3 -m http.server "$origin" --bind 127.0.0.1 -d "$dir/www" >"$dir/origin.log" 2>&1 & pids+=($!)
 fi
-target/release/examples/dlp-server --listen "127.0.0.1:$icap" >"$dir/dlp.log" 2>&1 & pids+=($!)
-target/release/examples/icap-proxy --listen "127.0.0.1:$ours" --respmod "icap://127.0.0.1:$icap/respmod" >"$dir/proxy.log" 2>&1 & pids+=($!)
+"${CARGO_TARGET_DIR:-target}"/release/examples/dlp-server --listen "127.0.0.1:$icap" >"$dir/dlp.log" 2>&1 & pids+=($!)
+"${CARGO_TARGET_DIR:-target}"/release/examples/icap-proxy --listen "127.0.0.1:$ours" --respmod "icap://127.0.0.1:$icap/respmod" >"$dir/proxy.log" 2>&1 & pids+=($!)
 sed -e "s|@PORT@|$squid|; s|@DIR@|$dir/squid|g; s|@ICAP_PORT@|$icap|g; s|@RESPMOD_SERVICE@|respmod|; s|@PERSISTENT@|on|; s|@EXTRA@||" \
     -e '/svc_req/d' -e '/@REQMOD_SERVICE@/d' tests/peers/squid/squid.conf.in > "$dir/squid.conf"
 mkdir -p "$dir/squid"
