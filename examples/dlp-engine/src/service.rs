@@ -13,7 +13,7 @@
 //! Two services, `reqmod` and `respmod`, each offering its one method (as Symantec recommends:
 //! one service per direction). Bodies go through an [`Engine`] as they arrive: the embedded
 //! [`Scanner`] (memory per transaction is its fixed window) or clamd (streamed with
-//! `INSTREAM`, see [`crate::clamd`]); plus the server's echo spool when the client did not
+//! `INSTREAM`, or handed over as a file when small, see [`crate::clamd`]); plus the server's echo spool when the client did not
 //! allow 204. Clean content gets [`Reply::unmodified`] (a 204, or a 200 echo where 204 is
 //! not allowed); a finding gets a 200 carrying an HTTP response in place of the message,
 //! shaped by the [`Profile`], whichever engine found it.
@@ -335,7 +335,7 @@ impl DlpService {
         Ok((scanned, findings, total))
     }
 
-    /// clamd over the body, streamed with INSTREAM as it arrives. `Ok(Err(reply))`: no
+    /// clamd over the body, as it arrives (see [`Clamd::scan`]). `Ok(Err(reply))`: no
     /// verdict, and the error (or the over-limit policy's) answer to give instead.
     #[allow(clippy::type_complexity)]
     async fn scan_clamd(
