@@ -336,6 +336,11 @@ impl<M: Message> Decoder<M> {
 
     /// Decodes the next event from buffered bytes; `Ok(None)` means more input is needed
     /// (or, after [`RequestEvent::PreviewEnd`], a decision). After an error every call fails again.
+    ///
+    /// An event is as large as the head it may carry (about 500 bytes). In a loop over many
+    /// small body pieces, match it inside the `Result` (`Ok(Some(ResponseEvent::Data(d)))`)
+    /// rather than taking it out first with `?`: taking it out moves the whole event once per
+    /// piece. [`Self::decode_with`] hands body data out as borrowed slices, with no event.
     pub fn decode(&mut self) -> Result<Option<M::Event>> {
         if let State::Body { .. } = self.state {
             return self.body_step();
