@@ -133,12 +133,7 @@ run_case() {
 }
 
 cicap_conf() { # $1 dir, $2 port
-  sed -e "s|@PORT@|$2|g" -e "s|@DIR@|$1|g" -e "s|@MODDIR@|$moddir|g" \
-      -e "s|@PEERS@|$PWD/tests/peers|g" -e "s|@EXTRA@||g" \
-      -e "s|^ThreadsPerChild .*|ThreadsPerChild $conc|" \
-      -e "s|^MaxSpareThreads .*|MaxSpareThreads $conc|" \
-      -e "s|^DebugLevel .*|DebugLevel 0|" \
-      tests/peers/c-icap/c-icap.conf.in > "$1/c-icap.conf"
+  cicap_conf_from_template "$1" "$2" "$conc"
   cat >> "$1/c-icap.conf" <<CONF
 Module common clamd_mod.so
 clamd_mod.ClamdSocket $work/clamd.sock
@@ -156,11 +151,7 @@ echo "load generator: icap-load (benches/fixtures, one thread); $pin_mode; load 
 printf '%-24s %8s %7s %9s %7s %10s %10s %10s %6s %10s %10s %6s\n' server answers "of 200" "txn/s" errors \
   "cpu us/txn" "clamd us/t" "gen us/t" procs "peak KiB" "largest" load1
 for size in $sizes; do
-  set +o pipefail
-  { head -c $((size / 2)) /dev/urandom
-    yes "Quarterly report draft, internal use only, order 4711 shipped to customer" | head -c $((size - size / 2))
-  } > "$work/body.$size"
-  set -o pipefail
+  clean_body "$work/body.$size" "$size"
   for r in $(seq 1 "$rounds"); do
     port=$(free_port)
     run_case "dlp-server-$size-r$r" "$port" respmod "$work/body.$size" \

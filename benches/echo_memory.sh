@@ -198,13 +198,7 @@ stat() {
     if (w == "max") print v[NR]; else print v[int((NR + 1) / 2)] }'
 }
 
-cicap_conf() { # $1 dir, $2 port, $3 threads per child
-  sed -e "s|@PORT@|$2|g" -e "s|@DIR@|$1|g" -e "s|@MODDIR@|$moddir|g" \
-      -e "s|@PEERS@|$PWD/tests/peers|g" -e "s|@EXTRA@||g" \
-      -e "s|^ThreadsPerChild .*|ThreadsPerChild $3|" \
-      -e "s|^MaxSpareThreads .*|MaxSpareThreads $3|" \
-      tests/peers/c-icap/c-icap.conf.in > "$1/c-icap.conf"
-}
+cicap_conf() { cicap_conf_from_template "$@"; } # $1 dir, $2 port, $3 threads per child
 
 echo "echo load: $rounds rounds of $conc parallel c-icap-client RESPMOD -no204, $kib KiB bodies"
 echo "dlp-server: ServerConfig defaults, default flags (--threads 1: everything on the main" \

@@ -67,3 +67,33 @@ pin_setup() {
 
 # The 1-minute load average, to print beside each figure (the machine is shared).
 load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# The dlp-server binary to measure: $DLP_SERVER when set, else the release example, built
+# here. Sets dlp.
+dlp_server_binary() {
+  if [ -n "${DLP_SERVER:-}" ]; then
+    dlp=$DLP_SERVER
+  else
+    cargo build --release --quiet --features server --example dlp-server
+    dlp=${CARGO_TARGET_DIR:-target}/release/examples/dlp-server
+  fi
+}
+
+# A clean body of $2 bytes in file $1: half random bytes, half text, nothing any detector
+# (card, SSN, EICAR) finds.
+clean_body() {
+  { head -c $(($2 / 2)) /dev/urandom || true
+    yes "Quarterly report draft, internal use only, order 4711 shipped to customer" | head -c $(($2 - $2 / 2)) || true
+  } > "$1"
+}
+
+# c-icap's configuration from the tests' template (tests/peers/c-icap/c-icap.conf.in) in
+# $1/c-icap.conf: port $2, one child with $3 threads, modules from $moddir, no debug log.
+cicap_conf_from_template() {
+  sed -e "s|@PORT@|$2|g" -e "s|@DIR@|$1|g" -e "s|@MODDIR@|$moddir|g" \
+      -e "s|@PEERS@|$PWD/tests/peers|g" -e "s|@EXTRA@||g" \
+      -e "s|^ThreadsPerChild .*|ThreadsPerChild $3|" \
+      -e "s|^MaxSpareThreads .*|MaxSpareThreads $3|" \
+      -e "s|^DebugLevel .*|DebugLevel 0|" \
+      tests/peers/c-icap/c-icap.conf.in > "$1/c-icap.conf"
+}

@@ -39,12 +39,7 @@ need server_profile.sh valgrind strace c-icap python3 bc
 PATH=$PATH:/usr/sbin
 moddir=$(cicap_module_dir srv_echo.so)
 [ -n "$moddir" ] || { echo "server_profile.sh: needs c-icap's srv_echo.so" >&2; exit 2; }
-if [ -n "${DLP_SERVER:-}" ]; then
-  dlp=$DLP_SERVER
-else
-  cargo build --release --quiet --features server --example dlp-server
-  dlp=${CARGO_TARGET_DIR:-target}/release/examples/dlp-server
-fi
+dlp_server_binary
 build_load_gen
 
 work=$(mktemp -d /tmp/icap-server-profile-XXXXXX)
@@ -57,11 +52,7 @@ cleanup() {
 }
 trap cleanup EXIT
 printf 'disable: card\ndisable: ssn\ndisable: eicar\n' > "$work/off.rules"
-set +o pipefail
-{ head -c $((size / 2)) /dev/urandom
-  yes "Quarterly report draft, internal use only, order 4711 shipped to customer" | head -c $((size - size / 2))
-} > "$work/body"
-set -o pipefail
+clean_body "$work/body" "$size"
 
 # Starts server $1 on port $2 for $3 connections, prefixed by the command in $4... (valgrind
 # or nothing); sets server_pid (its process group) and service.
@@ -75,12 +66,7 @@ start() {
     c-icap)
       service=echo
       mkdir -p "$work/c-icap"
-      sed -e "s|@PORT@|$port|g" -e "s|@DIR@|$work/c-icap|g" -e "s|@MODDIR@|$moddir|g" \
-        -e "s|@PEERS@|$PWD/tests/peers|g" -e "s|@EXTRA@||g" \
-        -e "s|^ThreadsPerChild .*|ThreadsPerChild $((conns > 8 ? conns : 8))|" \
-        -e "s|^MaxSpareThreads .*|MaxSpareThreads $((conns > 8 ? conns : 8))|" \
-        -e "s|^DebugLevel .*|DebugLevel 0|" \
-        tests/peers/c-icap/c-icap.conf.in > "$work/c-icap/c-icap.conf"
+      cicap_conf_from_template "$work/c-icap" "$port" $((conns > 8 ? conns : 8))
       setsid "$@" c-icap -N -f "$work/c-icap/c-icap.conf" > "$work/server.out" 2>&1 & ;;
   esac
   server_pid=$!

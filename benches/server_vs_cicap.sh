@@ -56,12 +56,7 @@ PATH=$PATH:/usr/sbin
 moddir=$(cicap_module_dir srv_echo.so)
 [ -n "$moddir" ] || { echo "server_vs_cicap.sh: needs c-icap's srv_echo.so (see .ci/install-peers.sh)" >&2; exit 2; }
 
-if [ -n "${DLP_SERVER:-}" ]; then
-  dlp=$DLP_SERVER
-else
-  cargo build --release --quiet --features server --example dlp-server
-  dlp=${CARGO_TARGET_DIR:-target}/release/examples/dlp-server
-fi
+dlp_server_binary
 build_load_gen
 pin_setup
 
@@ -78,14 +73,7 @@ printf 'disable: card\ndisable: ssn\ndisable: eicar\n' > "$work/off.rules"
 
 tck=$(getconf CLK_TCK)
 
-cicap_conf() { # $1 dir, $2 port, $3 threads
-  sed -e "s|@PORT@|$2|g" -e "s|@DIR@|$1|g" -e "s|@MODDIR@|$moddir|g" \
-      -e "s|@PEERS@|$PWD/tests/peers|g" -e "s|@EXTRA@||g" \
-      -e "s|^ThreadsPerChild .*|ThreadsPerChild $3|" \
-      -e "s|^MaxSpareThreads .*|MaxSpareThreads $3|" \
-      -e "s|^DebugLevel .*|DebugLevel 0|" \
-      tests/peers/c-icap/c-icap.conf.in > "$1/c-icap.conf"
-}
+cicap_conf() { cicap_conf_from_template "$@"; } # $1 dir, $2 port, $3 threads
 
 # One measured run: $1 server kind, $2 body file, $3 conns, $4 load flags; prints
 # "txn/s n204 n200 errors cpu_us_per_txn peak_kib load_us_per_txn load_pct load1" (or
@@ -148,11 +136,7 @@ echo "load generator: icap-load (benches/fixtures, one thread); $pin_mode; load 
 printf '%-8s %7s %5s %3s %-8s %9s %6s %6s %4s %9s %9s %8s %5s %6s | %6s %6s %6s\n' load size conns r \
   server "txn/s" 204 200 err "cpu us/t" "peak KiB" "gen us/t" "gen%" load1 "x txn" "x cpu" "x rss"
 for size in $sizes; do
-  set +o pipefail
-  { head -c $((size / 2)) /dev/urandom
-    yes "Quarterly report draft, internal use only, order 4711 shipped to customer" | head -c $((size - size / 2))
-  } > "$work/body.$size"
-  set -o pipefail
+  clean_body "$work/body.$size" "$size"
   for load in $loads; do
     flags=""
     if [ "$load" = preview ]; then flags="--allow-204 --preview"; fi
